@@ -1,0 +1,406 @@
+//! Semantic checks that serde cannot express: one-of fields, ranges, durations, regexes,
+//! weights. Each problem is `(field path, reason)`.
+
+use super::networking::*;
+use super::{Percent, Resource, Spec, StringMatch};
+use std::time::Duration;
+
+/// Largest compiled regex accepted (Envoy's RE2 program-size guard serves the same end).
+pub const MAX_REGEX_BYTES: usize = 1 << 16;
+/// Longest regex source accepted.
+pub const MAX_REGEX_LEN: usize = 1024;
+
+type Problems = Vec<(String, String)>;
+
+/// Parse a duration as Istio writes them: `1s`, `0.5s`, `250ms`, `1m`, `1h`, `10us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (expected e.g. \"1s\" or \"250ms\")"))?;
+    let secs = match unit {
+        "h" => n * 3600.0,
+        "m" => n * 60.0,
+        "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return Err(format!("invalid duration {s:?}: unit must be one of h, m, s, ms, us, ns")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 315_576_000_000.0 {
+        return Err(format!("duration {s:?} out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Compile a user regex under the size guard (RE2 semantics are close to the regex crate's).
+pub fn check_regex(re: &str) -> Result<(), String> {
+    if re.len() > MAX_REGEX_LEN {
+        return Err(format!("regex is {} characters, over the limit of {MAX_REGEX_LEN}", re.len()));
+    }
+    regex::RegexBuilder::new(re)
+        .size_limit(MAX_REGEX_BYTES)
+        .build()
+        .map(|_| ())
+        .map_err(|e| format!("invalid or too complex regex: {}", e.to_string().lines().last().unwrap_or("")))
+}
+
+struct V {
+    p: Problems,
+}
+
+impl V {
+    fn bad(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.p.push((field.into(), reason.into()));
+    }
+    fn dur(&mut self, field: String, d: &Option<String>) {
+        if let Some(d) = d {
+            if let Err(e) = parse_duration(d) {
+                self.bad(field, e);
+            }
+        }
+    }
+    fn pct(&mut self, field: String, p: &Option<Percent>) {
+        if let Some(p) = p {
+            if !(0.0..=100.0).contains(&p.value) || p.value.is_nan() {
+                self.bad(field, format!("percentage {} must be between 0 and 100", p.value));
+            }
+        }
+    }
+    fn sm(&mut self, field: String, m: &StringMatch) {
+        let n = m.exact.is_some() as u8 + m.prefix.is_some() as u8 + m.regex.is_some() as u8;
+        if n != 1 {
+            self.bad(field.clone(), "exactly one of exact, prefix, regex must be set");
+        }
+        if let Some(r) = &m.regex {
+            if let Err(e) = check_regex(r) {
+                self.bad(format!("{field}.regex"), e);
+            }
+        }
+    }
+    fn port(&mut self, field: String, p: u32) {
+        if p == 0 || p > 65535 {
+            self.bad(field, format!("port {p} out of range 1-65535"));
+        }
+    }
+    fn dest(&mut self, f: String, d: &Destination) {
+        if d.host.is_empty() {
+            self.bad(format!("{f}.host"), "required");
+        }
+        if let Some(p) = &d.port {
+            self.port(format!("{f}.port.number"), p.number);
+        }
+    }
+}
+
+/// Validate one resource; empty means valid.
+pub fn validate(r: &Resource) -> Problems {
+    let mut v = V { p: Vec::new() };
+    match &r.spec {
+        Spec::VirtualService(vs) => virtual_service(&mut v, vs),
+        Spec::DestinationRule(dr) => destination_rule(&mut v, dr),
+        Spec::ServiceEntry(se) => service_entry(&mut v, se),
+        Spec::Service(s) => {
+            for (i, p) in s.ports.iter().enumerate() {
+                v.port(format!("spec.ports[{i}].port"), p.port);
+            }
+        }
+        _ => {}
+    }
+    v.p
+}
+
+fn virtual_service(v: &mut V, vs: &VirtualService) {
+    if vs.hosts.is_empty() {
+        v.bad("spec.hosts", "at least one host is required");
+    }
+    for (i, h) in vs.hosts.iter().enumerate() {
+        if h.is_empty() || h.contains('/') || h.contains(' ') {
+            v.bad(format!("spec.hosts[{i}]"), format!("invalid host {h:?}"));
+        }
+    }
+    if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
+        v.bad("spec", "at least one of http, tcp or tls routes is required");
+    }
+    for (i, h) in vs.http.iter().enumerate() {
+        let f = format!("spec.http[{i}]");
+        let actions = !h.route.is_empty() as u8
+            + h.redirect.is_some() as u8
+            + h.direct_response.is_some() as u8
+            + h.delegate.is_some() as u8;
+        if actions != 1 {
+            v.bad(f.clone(), "exactly one of route, redirect, directResponse, delegate is required");
+        }
+        if h.delegate.is_some() {
+            v.bad(format!("{f}.delegate"), "delegate is not supported yet");
+        }
+        for (j, m) in h.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            for (name, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
+                if let Some(sm) = sm {
+                    v.sm(format!("{mf}.{name}"), sm);
+                }
+            }
+            for (k, sm) in &m.headers {
+                v.sm(format!("{mf}.headers.{k}"), sm);
+            }
+            for (k, sm) in &m.without_headers {
+                v.sm(format!("{mf}.withoutHeaders.{k}"), sm);
+            }
+            for (k, sm) in &m.query_params {
+                v.sm(format!("{mf}.queryParams.{k}"), sm);
+            }
+            if let Some(p) = m.port {
+                v.port(format!("{mf}.port"), p);
+            }
+            if !m.gateways.is_empty() {
+                v.bad(format!("{mf}.gateways"), "gateway matches are not supported yet");
+            }
+        }
+        let mut total = 0i64;
+        for (j, d) in h.route.iter().enumerate() {
+            v.dest(format!("{f}.route[{j}].destination"), &d.destination);
+            if d.weight < 0 {
+                v.bad(format!("{f}.route[{j}].weight"), "weight must not be negative");
+            }
+            total += d.weight;
+        }
+        if h.route.len() > 1 && total != 100 && h.route.iter().any(|d| d.weight != 0) {
+            v.bad(format!("{f}.route"), format!("weights sum to {total}, not 100"));
+        }
+        if let Some(rd) = &h.redirect {
+            if let Some(c) = rd.redirect_code {
+                if ![301, 302, 303, 307, 308].contains(&c) {
+                    v.bad(format!("{f}.redirect.redirectCode"), format!("{c} is not a redirect status (301, 302, 303, 307, 308)"));
+                }
+            }
+        }
+        if let Some(d) = &h.direct_response {
+            if !(200..=599).contains(&d.status) {
+                v.bad(format!("{f}.directResponse.status"), format!("{} is not an HTTP status (200-599)", d.status));
+            }
+        }
+        if let Some(rw) = &h.rewrite {
+            if let Some(r) = &rw.uri_regex_rewrite {
+                if let Err(e) = check_regex(&r.pattern) {
+                    v.bad(format!("{f}.rewrite.uriRegexRewrite.match"), e);
+                }
+            }
+            if !rw.uri.is_empty() && rw.uri_regex_rewrite.is_some() {
+                v.bad(format!("{f}.rewrite"), "uri and uriRegexRewrite are mutually exclusive");
+            }
+        }
+        v.dur(format!("{f}.timeout"), &h.timeout);
+        if let Some(r) = &h.retries {
+            if r.attempts < 0 {
+                v.bad(format!("{f}.retries.attempts"), "must not be negative");
+            }
+            v.dur(format!("{f}.retries.perTryTimeout"), &r.per_try_timeout);
+        }
+        if let Some(fault) = &h.fault {
+            if fault.delay.is_none() && fault.abort.is_none() {
+                v.bad(format!("{f}.fault"), "one of delay or abort is required");
+            }
+            if let Some(d) = &fault.delay {
+                if d.fixed_delay.is_none() {
+                    v.bad(format!("{f}.fault.delay.fixedDelay"), "required (exponentialDelay is not supported)");
+                }
+                v.dur(format!("{f}.fault.delay.fixedDelay"), &d.fixed_delay);
+                v.pct(format!("{f}.fault.delay.percentage"), &d.percentage);
+            }
+            if let Some(a) = &fault.abort {
+                match a.http_status {
+                    Some(s) if (200..=599).contains(&s) => {}
+                    Some(s) => v.bad(format!("{f}.fault.abort.httpStatus"), format!("{s} is not an HTTP status (200-599)")),
+                    None => v.bad(format!("{f}.fault.abort.httpStatus"), "required (grpcStatus and http2Error are not supported yet)"),
+                }
+                v.pct(format!("{f}.fault.abort.percentage"), &a.percentage);
+            }
+        }
+        if let Some(m) = &h.mirror {
+            v.dest(format!("{f}.mirror"), m);
+        }
+        for (j, m) in h.mirrors.iter().enumerate() {
+            v.dest(format!("{f}.mirrors[{j}].destination"), &m.destination);
+            v.pct(format!("{f}.mirrors[{j}].percentage"), &m.percentage);
+        }
+        v.pct(format!("{f}.mirrorPercentage"), &h.mirror_percentage);
+        if let Some(c) = &h.cors_policy {
+            for (j, o) in c.allow_origins.iter().enumerate() {
+                v.sm(format!("{f}.corsPolicy.allowOrigins[{j}]"), o);
+            }
+            v.dur(format!("{f}.corsPolicy.maxAge"), &c.max_age);
+        }
+    }
+    for (i, t) in vs.tcp.iter().enumerate() {
+        let f = format!("spec.tcp[{i}]");
+        if t.route.is_empty() {
+            v.bad(format!("{f}.route"), "at least one destination is required");
+        }
+        let total: i64 = t.route.iter().map(|d| d.weight).sum();
+        if t.route.len() > 1 && total != 100 {
+            v.bad(format!("{f}.route"), format!("weights sum to {total}, not 100"));
+        }
+        for (j, d) in t.route.iter().enumerate() {
+            v.dest(format!("{f}.route[{j}].destination"), &d.destination);
+        }
+    }
+    if !vs.tls.is_empty() {
+        v.bad("spec.tls", "TLS routes are not supported yet");
+    }
+}
+
+fn traffic_policy(v: &mut V, f: &str, tp: &TrafficPolicy) {
+    if let Some(lb) = &tp.load_balancer {
+        load_balancer(v, &format!("{f}.loadBalancer"), lb);
+    }
+    if let Some(cp) = &tp.connection_pool {
+        connection_pool(v, &format!("{f}.connectionPool"), cp);
+    }
+    if let Some(od) = &tp.outlier_detection {
+        outlier(v, &format!("{f}.outlierDetection"), od);
+    }
+    if let Some(t) = &tp.tls {
+        if let Some(m) = &t.mode {
+            if !matches!(m.as_str(), "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+                v.bad(format!("{f}.tls.mode"), format!("unknown mode {m:?}"));
+            } else if m != "DISABLE" {
+                v.bad(format!("{f}.tls.mode"), format!("{m} is not supported yet (mTLS arrives with the security issue)"));
+            }
+        }
+    }
+    if tp.tunnel.is_some() {
+        v.bad(format!("{f}.tunnel"), "not supported");
+    }
+    if tp.proxy_protocol.is_some() {
+        v.bad(format!("{f}.proxyProtocol"), "not supported");
+    }
+    for (i, p) in tp.port_level_settings.iter().enumerate() {
+        let pf = format!("{f}.portLevelSettings[{i}]");
+        match &p.port {
+            Some(port) => v.port(format!("{pf}.port.number"), port.number),
+            None => v.bad(format!("{pf}.port"), "required"),
+        }
+        let sub = TrafficPolicy {
+            load_balancer: p.load_balancer.clone(),
+            connection_pool: p.connection_pool.clone(),
+            outlier_detection: p.outlier_detection.clone(),
+            tls: p.tls.clone(),
+            ..Default::default()
+        };
+        traffic_policy(v, &pf, &sub);
+    }
+}
+
+fn load_balancer(v: &mut V, f: &str, lb: &LoadBalancerSettings) {
+    if let Some(s) = &lb.simple {
+        if !matches!(s.as_str(), "UNSPECIFIED" | "LEAST_CONN" | "RANDOM" | "PASSTHROUGH" | "ROUND_ROBIN" | "LEAST_REQUEST") {
+            v.bad(format!("{f}.simple"), format!("unknown load balancer {s:?}"));
+        }
+        if s == "PASSTHROUGH" {
+            v.bad(format!("{f}.simple"), "PASSTHROUGH is not supported yet");
+        }
+    }
+    if lb.simple.is_some() && lb.consistent_hash.is_some() {
+        v.bad(f.to_string(), "simple and consistentHash are mutually exclusive");
+    }
+    if let Some(ch) = &lb.consistent_hash {
+        let n = ch.http_header_name.is_some() as u8
+            + ch.http_cookie.is_some() as u8
+            + ch.use_source_ip.unwrap_or(false) as u8
+            + ch.http_query_parameter_name.is_some() as u8;
+        if n != 1 {
+            v.bad(format!("{f}.consistentHash"), "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName is required");
+        }
+        if let Some(c) = &ch.http_cookie {
+            v.dur(format!("{f}.consistentHash.httpCookie.ttl"), &c.ttl);
+        }
+    }
+    if lb.locality_lb_setting.is_some() {
+        v.bad(format!("{f}.localityLbSetting"), "not supported yet");
+    }
+}
+
+fn connection_pool(v: &mut V, f: &str, cp: &ConnectionPoolSettings) {
+    if let Some(t) = &cp.tcp {
+        v.dur(format!("{f}.tcp.connectTimeout"), &t.connect_timeout);
+        v.dur(format!("{f}.tcp.maxConnectionDuration"), &t.max_connection_duration);
+        v.dur(format!("{f}.tcp.idleTimeout"), &t.idle_timeout);
+        if let Some(k) = &t.tcp_keepalive {
+            v.dur(format!("{f}.tcp.tcpKeepalive.time"), &k.time);
+            v.dur(format!("{f}.tcp.tcpKeepalive.interval"), &k.interval);
+        }
+        if t.max_connections.is_some_and(|n| n < 0) {
+            v.bad(format!("{f}.tcp.maxConnections"), "must not be negative");
+        }
+    }
+    if let Some(h) = &cp.http {
+        v.dur(format!("{f}.http.idleTimeout"), &h.idle_timeout);
+        for (name, val) in [
+            ("http1MaxPendingRequests", h.http1_max_pending_requests),
+            ("http2MaxRequests", h.http2_max_requests),
+            ("maxRequestsPerConnection", h.max_requests_per_connection),
+            ("maxRetries", h.max_retries),
+            ("maxConcurrentStreams", h.max_concurrent_streams),
+        ] {
+            if val.is_some_and(|n| n < 0) {
+                v.bad(format!("{f}.http.{name}"), "must not be negative");
+            }
+        }
+    }
+}
+
+fn outlier(v: &mut V, f: &str, od: &OutlierDetection) {
+    v.dur(format!("{f}.interval"), &od.interval);
+    v.dur(format!("{f}.baseEjectionTime"), &od.base_ejection_time);
+    for (name, val) in [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)] {
+        if val.is_some_and(|n| n > 100) {
+            v.bad(format!("{f}.{name}"), "must be between 0 and 100");
+        }
+    }
+}
+
+fn destination_rule(v: &mut V, dr: &DestinationRule) {
+    if dr.host.is_empty() {
+        v.bad("spec.host", "required");
+    }
+    if let Some(tp) = &dr.traffic_policy {
+        traffic_policy(v, "spec.trafficPolicy", tp);
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in dr.subsets.iter().enumerate() {
+        if s.name.is_empty() {
+            v.bad(format!("spec.subsets[{i}].name"), "required");
+        } else if !seen.insert(&s.name) {
+            v.bad(format!("spec.subsets[{i}].name"), format!("duplicate subset {:?}", s.name));
+        }
+        if let Some(tp) = &s.traffic_policy {
+            traffic_policy(v, &format!("spec.subsets[{i}].trafficPolicy"), tp);
+        }
+    }
+    if dr.workload_selector.is_some() {
+        v.bad("spec.workloadSelector", "not supported yet");
+    }
+}
+
+fn service_entry(v: &mut V, se: &ServiceEntry) {
+    if se.hosts.is_empty() {
+        v.bad("spec.hosts", "at least one host is required");
+    }
+    for (i, p) in se.ports.iter().enumerate() {
+        v.port(format!("spec.ports[{i}].number"), p.number);
+    }
+    if let Some(r) = &se.resolution {
+        if !matches!(r.as_str(), "NONE" | "STATIC" | "DNS" | "DNS_ROUND_ROBIN") {
+            v.bad("spec.resolution", format!("unknown resolution {r:?}"));
+        }
+    }
+    if let Some(l) = &se.location {
+        if !matches!(l.as_str(), "MESH_EXTERNAL" | "MESH_INTERNAL") {
+            v.bad("spec.location", format!("unknown location {l:?}"));
+        }
+    }
+    if !se.endpoints.is_empty() && se.workload_selector.is_some() {
+        v.bad("spec", "endpoints and workloadSelector are mutually exclusive");
+    }
+}

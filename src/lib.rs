@@ -1,0 +1,17 @@
+//! pilotfish: a service-mesh control plane that drives stock Envoy over xDS.
+//!
+//! ```text
+//!  source ──► model::Index ──► World (Arc) ──► translate ──► xds cache ──► xds server ──► Envoy
+//! ```
+//! `api`, `model` and `translate` are pure (no tokio, tonic, axum); see `tests/layering.rs`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod bootstrap;
+pub mod debug;
+pub mod iptables;
+pub mod model;
+pub mod source;
+pub mod translate;
+pub mod xds;

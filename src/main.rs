@@ -1,0 +1,41 @@
+//! `pilotfish` command line: parses arguments and hands off to the library.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "pilotfish", version, about = "Service-mesh control plane for stock Envoy")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane: watch a config directory, serve xDS and debug HTTP.
+    Serve(pilotfish::app::ServeArgs),
+    /// Check Istio / Kubernetes YAML offline; exit 1 with every error.
+    Validate(pilotfish::app::ValidateArgs),
+    /// Print an Envoy bootstrap for a sidecar.
+    Bootstrap(pilotfish::bootstrap::BootstrapArgs),
+    /// Apply (or print) Istio's sidecar interception iptables rules.
+    Iptables(pilotfish::iptables::IptablesArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Serve(a) => pilotfish::app::serve(a),
+        Cmd::Validate(a) => pilotfish::app::validate(a),
+        Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
+        Cmd::Iptables(a) => pilotfish::iptables::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Config sources. Each turns the outside world into model events.
+pub mod file;
