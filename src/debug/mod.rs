@@ -1,1 +1,159 @@
-//! TODO
+//! Monitoring and debug HTTP (port 15014): `/ready`, `/metrics` and Istio's `/debug/*`
+//! pages. Read-only views of the published generation, the connections and the metrics.
+//! No page shows a private key or a token.
+
+use crate::envoy_json::any_to_json;
+use crate::metrics::Metrics;
+use crate::xds::server::Published;
+use crate::xds::status::Connections;
+use crate::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct DebugState {
+    pub current: watch::Receiver<Option<Published>>,
+    pub metrics: Arc<Metrics>,
+    pub conns: Arc<Connections>,
+}
+
+pub fn router(state: DebugState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/debug", get(index))
+        .route("/debug/syncz", get(syncz))
+        .route("/debug/adsz", get(adsz))
+        .route("/debug/configz", get(configz))
+        .route("/debug/registryz", get(registryz))
+        .route("/debug/endpointz", get(endpointz))
+        .route("/debug/config_dump", get(config_dump))
+        .route("/debug/push_status", get(push_status))
+        .with_state(state)
+}
+
+async fn index() -> Json<serde_json::Value> {
+    Json(json!({"endpoints": [
+        "/ready", "/metrics", "/debug/syncz", "/debug/adsz", "/debug/configz", "/debug/registryz",
+        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status"
+    ]}))
+}
+
+async fn ready(State(s): State<DebugState>) -> Response {
+    if s.current.borrow().is_some() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<DebugState>) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+        .into_response()
+}
+
+async fn syncz(State(s): State<DebugState>) -> Json<serde_json::Value> {
+    let rows: Vec<_> = s
+        .conns
+        .snapshot()
+        .into_iter()
+        .map(|c| json!({"proxy": c.proxy.id, "conn_id": c.conn_id, "delta": c.delta, "world_version": c.world_version, "types": c.types}))
+        .collect();
+    Json(json!(rows))
+}
+
+async fn adsz(State(s): State<DebugState>) -> Json<serde_json::Value> {
+    Json(json!({"connected": s.conns.len(), "clients": s.conns.snapshot()}))
+}
+
+fn published(s: &DebugState) -> Result<Published, Response> {
+    s.current.borrow().clone().ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response())
+}
+
+async fn configz(State(s): State<DebugState>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let w = &p.gen.world;
+    let objects: Vec<_> = w
+        .objects
+        .values()
+        .map(|r| json!({"kind": r.key.kind, "namespace": r.key.namespace, "name": r.key.name, "file": r.origin, "spec": r.spec}))
+        .collect();
+    Json(json!({"version": w.version, "errors": w.errors, "objects": objects})).into_response()
+}
+
+async fn registryz(State(s): State<DebugState>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let svcs: Vec<_> = p
+        .gen
+        .world
+        .services
+        .values()
+        .map(|s| json!({"hostname": s.hostname, "namespace": s.namespace, "vips": s.vips, "ports": s.ports, "resolution": s.resolution, "mesh_external": s.mesh_external, "origin": s.origin.to_string()}))
+        .collect();
+    Json(json!(svcs)).into_response()
+}
+
+async fn endpointz(State(s): State<DebugState>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let svcs: Vec<_> = p.gen.world.services.values().map(|s| json!({"hostname": s.hostname, "endpoints": s.endpoints})).collect();
+    Json(json!(svcs)).into_response()
+}
+
+async fn push_status(State(s): State<DebugState>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let conns = s.conns.snapshot();
+    let behind = conns.iter().filter(|c| c.world_version != p.gen.world.version).count();
+    Json(json!({
+        "world_version": p.gen.world.version,
+        "since_change_ms": p.changed_at.elapsed().as_millis() as u64,
+        "connected": conns.len(),
+        "proxies_on_older_version": behind,
+        "config_errors": p.gen.world.errors.len(),
+    }))
+    .into_response()
+}
+
+async fn config_dump(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(id) = q.get("proxyID").filter(|v| !v.is_empty()) else {
+        return (StatusCode::BAD_REQUEST, "proxyID is required\n").into_response();
+    };
+    let Some(proxy) = s.conns.find_proxy(id) else {
+        return (StatusCode::NOT_FOUND, format!("no connected proxy matches {id:?}\n")).into_response();
+    };
+    let res = p.gen.for_proxy(&proxy);
+    let dump = |t: &str, field: &str| -> Vec<serde_json::Value> {
+        res.get(t)
+            .map(|m| m.values().map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)})).collect())
+            .unwrap_or_default()
+    };
+    Json(json!({"configs": [
+        {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": dump(CLUSTER, "cluster")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump", "dynamic_endpoint_configs": dump(ENDPOINT, "endpoint_config")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "dynamic_listeners": dump(LISTENER, "active_state")},
+        {"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "dynamic_route_configs": dump(ROUTE, "route_config")},
+    ]}))
+    .into_response()
+}

@@ -1,1 +1,231 @@
-//! TODO
+//! The IO-free domain model: services, endpoints, workloads, proxies, and the immutable
+//! `World` snapshot that translation reads.
+//!
+//! ```text
+//!  Index (single writer: apply_file / remove_file)
+//!     └─ build() ──► World { services, virtual_services, destination_rules, errors, version }
+//! ```
+
+mod build;
+mod index;
+
+pub use build::build_world;
+pub use index::Index;
+
+use crate::api::{networking, ConfigError, ObjectKey, Resource};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Mesh-wide settings (from flags; later from a MeshConfig).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct MeshConfig {
+    /// DNS suffix, `cluster.local` by default.
+    pub domain: String,
+    /// `ALLOW_ANY` passes unknown destinations through; `REGISTRY_ONLY` blocks them.
+    pub allow_any: bool,
+}
+
+impl Default for MeshConfig {
+    fn default() -> Self {
+        MeshConfig { domain: "cluster.local".into(), allow_any: true }
+    }
+}
+
+/// Application protocol of a service port, as Istio derives it from the port name or
+/// `appProtocol` (`http-web`, `grpc`, `tcp-db`, ...). `Unknown` ports are sniffed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Protocol {
+    Http,
+    Http2,
+    Grpc,
+    Tcp,
+    Tls,
+    Unknown,
+}
+
+impl Protocol {
+    pub fn from_name(name: &str, app_protocol: &str) -> Protocol {
+        let p = if !app_protocol.is_empty() { app_protocol } else { name.split('-').next().unwrap_or("") };
+        match p.to_ascii_lowercase().as_str() {
+            "http" | "http1" | "http/1.1" => Protocol::Http,
+            "http2" | "h2c" | "kubernetes.io/h2c" => Protocol::Http2,
+            "grpc" | "grpc-web" => Protocol::Grpc,
+            "tcp" | "mongo" | "mysql" | "redis" => Protocol::Tcp,
+            "https" | "tls" => Protocol::Tls,
+            _ => Protocol::Unknown,
+        }
+    }
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub port: u32,
+    pub protocol: Protocol,
+    /// Port on the workload when the endpoint has no named port mapping.
+    pub target_port: Option<u32>,
+    /// Named target port (`targetPort: http`), resolved per endpoint.
+    pub target_port_name: Option<String>,
+}
+
+/// How a service's endpoints are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Resolution {
+    /// Endpoints are listed (EDS).
+    Static,
+    /// Envoy resolves the endpoint names by DNS.
+    Dns,
+    /// Envoy forwards to the original destination address.
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Endpoint {
+    pub address: String,
+    /// Port per service port name (WorkloadEntry `ports`, Endpoints port names).
+    pub ports: BTreeMap<String, u32>,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub namespace: String,
+    pub weight: u32,
+    /// Where it came from (`WorkloadEntry ns/name`, `Pod ns/name`, `Endpoints ns/name`).
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Service {
+    /// Fully qualified host name.
+    pub hostname: String,
+    pub name: String,
+    pub namespace: String,
+    pub vips: Vec<String>,
+    pub ports: Vec<ServicePort>,
+    pub resolution: Resolution,
+    pub mesh_external: bool,
+    pub endpoints: Vec<Endpoint>,
+    /// The object that defined it.
+    pub origin: ObjectKey,
+}
+
+impl Service {
+    pub fn port(&self, n: u32) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.port == n)
+    }
+    /// The workload port an endpoint listens on for a service port.
+    pub fn endpoint_port(&self, sp: &ServicePort, ep: &Endpoint) -> u32 {
+        if let Some(p) = ep.ports.get(&sp.name) {
+            return *p;
+        }
+        if let Some(n) = &sp.target_port_name {
+            if let Some(p) = ep.ports.get(n) {
+                return *p;
+            }
+        }
+        sp.target_port.unwrap_or(sp.port)
+    }
+}
+
+/// A DestinationRule resolved to its host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DestRule {
+    pub key: ObjectKey,
+    pub host: String,
+    pub spec: networking::DestinationRule,
+}
+
+/// A VirtualService with its hosts and destinations resolved to FQDNs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VirtualSvc {
+    pub key: ObjectKey,
+    /// FQDN hosts this VirtualService applies to.
+    pub hosts: Vec<String>,
+    /// Spec with every destination host rewritten to its FQDN.
+    pub spec: networking::VirtualService,
+}
+
+/// One immutable, internally consistent snapshot of everything translation needs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct World {
+    /// Increases with every rebuild.
+    pub version: u64,
+    pub mesh: MeshConfig,
+    /// Services by FQDN.
+    pub services: BTreeMap<String, Arc<Service>>,
+    /// VirtualServices in (namespace, name) order; the first to claim a host wins it.
+    pub virtual_services: Vec<Arc<VirtualSvc>>,
+    /// DestinationRules by host FQDN.
+    pub destination_rules: BTreeMap<String, Arc<DestRule>>,
+    /// Every accepted object (for /debug/configz).
+    #[serde(skip)]
+    pub objects: BTreeMap<ObjectKey, Arc<Resource>>,
+    /// Every config error: parse, validation and cross-reference.
+    pub errors: Vec<ConfigError>,
+}
+
+impl World {
+    /// The VirtualService that owns `host`, if any (first by namespace/name).
+    pub fn virtual_service_for(&self, host: &str) -> Option<&Arc<VirtualSvc>> {
+        self.virtual_services.iter().find(|v| v.hosts.iter().any(|h| h == host))
+    }
+    /// Services whose endpoints include the given address (the proxy's own instances).
+    pub fn instances_of<'a>(&'a self, ip: &'a str) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
+        self.services
+            .values()
+            .flat_map(move |s| s.endpoints.iter().filter(move |e| e.address == ip).map(move |e| (&**s, e)))
+    }
+}
+
+/// What the control plane knows of a connected proxy (from its node id and metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Proxy {
+    pub id: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<String>,
+    pub service_account: String,
+    pub workload_name: String,
+}
+
+impl Proxy {
+    /// Parse an Istio node id `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` plus metadata.
+    pub fn from_node(id: &str, meta: &BTreeMap<String, serde_json::Value>) -> Proxy {
+        let mut p = Proxy { id: id.to_string(), ..Default::default() };
+        let parts: Vec<&str> = id.split('~').collect();
+        if parts.len() == 4 {
+            p.ips = vec![parts[1].to_string()];
+            if let Some((pod, ns)) = parts[2].rsplit_once('.') {
+                p.workload_name = pod.to_string();
+                p.namespace = ns.to_string();
+            }
+        }
+        let s = |k: &str| meta.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        if let Some(ns) = s("NAMESPACE") {
+            p.namespace = ns;
+        }
+        if let Some(sa) = s("SERVICE_ACCOUNT") {
+            p.service_account = sa;
+        }
+        if let Some(w) = s("WORKLOAD_NAME") {
+            p.workload_name = w;
+        }
+        if let Some(ips) = s("INSTANCE_IPS") {
+            p.ips = ips.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+        }
+        if let Some(serde_json::Value::Object(l)) = meta.get("LABELS") {
+            p.labels = l.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect();
+        }
+        if p.namespace.is_empty() {
+            p.namespace = "default".into();
+        }
+        p
+    }
+}
+
+/// `labels` contain every pair of `selector`.
+pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

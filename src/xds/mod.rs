@@ -1,1 +1,34 @@
-//! TODO
+//! xDS: the encoded resource cache and the ADS server (state of the world and delta).
+//!
+//! ```text
+//!  World ──► Generation (shared resources encoded once; per-class memo) ──watch──► streams
+//! ```
+pub mod cache;
+pub mod server;
+pub mod status;
+
+pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+pub const ROUTE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+
+/// Push order that keeps make-before-break: clusters, endpoints, listeners, routes.
+pub const ORDER: [&str; 4] = [CLUSTER, ENDPOINT, LISTENER, ROUTE];
+
+/// Short name of a type URL for logs, metrics and debug pages.
+pub fn short(type_url: &str) -> &'static str {
+    match type_url {
+        CLUSTER => "cds",
+        ENDPOINT => "eds",
+        LISTENER => "lds",
+        ROUTE => "rds",
+        SECRET => "sds",
+        _ => "unknown",
+    }
+}
+
+/// Wildcard types: the client gets the full set; a missing name means deleted.
+pub fn is_wildcard_type(type_url: &str) -> bool {
+    matches!(type_url, CLUSTER | LISTENER)
+}

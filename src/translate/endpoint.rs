@@ -1,0 +1,53 @@
+//! EDS: one ClusterLoadAssignment per EDS cluster, endpoints filtered by subset labels.
+
+use super::*;
+use crate::model::{selects, DestRule, Resolution, Service, ServicePort};
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+
+pub fn lb_endpoint(addr: &str, port: u32, weight: u32) -> ep::LbEndpoint {
+    ep::LbEndpoint {
+        host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+            address: socket(addr, port),
+            ..Default::default()
+        })),
+        health_status: core::HealthStatus::Healthy as i32,
+        load_balancing_weight: u32v(weight.max(1)),
+        ..Default::default()
+    }
+}
+
+/// Endpoints of one (service, port, subset).
+pub fn assignment(name: &str, svc: &Service, sp: &ServicePort, dr: Option<&DestRule>, subset: &str) -> ep::ClusterLoadAssignment {
+    let labels = dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset)).map(|s| &s.labels);
+    let lb_endpoints: Vec<ep::LbEndpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
+        .map(|e| lb_endpoint(&e.address, svc.endpoint_port(sp, e), e.weight))
+        .collect();
+    ep::ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: if lb_endpoints.is_empty() {
+            vec![]
+        } else {
+            vec![ep::LocalityLbEndpoints { lb_endpoints, ..Default::default() }]
+        },
+        ..Default::default()
+    }
+}
+
+/// Every EDS resource of the mesh (shared by all sidecars), sorted by name.
+pub fn all(world: &World) -> Vec<ep::ClusterLoadAssignment> {
+    let mut out = Vec::new();
+    for svc in world.services.values().filter(|s| s.resolution == Resolution::Static) {
+        let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
+        for sp in &svc.ports {
+            out.push(assignment(&outbound_name(sp.port, "", &svc.hostname), svc, sp, dr, ""));
+            for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
+                out.push(assignment(&outbound_name(sp.port, &s.name, &svc.hostname), svc, sp, dr, &s.name));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
+}

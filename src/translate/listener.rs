@@ -1,0 +1,299 @@
+//! LDS: the virtual outbound listener on 15001 (original destination), one outbound
+//! listener per service port (`0.0.0.0_<port>`, RDS route config `<port>`), and the virtual
+//! inbound listener on 15006 with a filter chain per port of the proxy's own workload.
+
+use super::*;
+use crate::model::Protocol;
+use envoy_types::pb::envoy::config::listener::v3::{self as ls, Filter, FilterChain, FilterChainMatch, ListenerFilter};
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::http::{cors::v3 as cors, fault::v3 as fault, router::v3 as router};
+use envoy_types::pb::envoy::extensions::filters::listener::{http_inspector::v3 as http_inspector, original_dst::v3 as original_dst};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use prost::{Message, Name};
+use std::collections::BTreeMap;
+
+pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+const TCP_NAME: &str = "envoy.filters.network.tcp_proxy";
+
+fn filter<T: Message + Name>(name: &str, m: T) -> Filter {
+    Filter { name: name.into(), config_type: Some(ls::filter::ConfigType::TypedConfig(any(m))) }
+}
+
+fn http_filter<T: Message + Name>(name: &str, m: T) -> hcm::HttpFilter {
+    hcm::HttpFilter { name: name.into(), config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(m))), ..Default::default() }
+}
+
+pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    filter(
+        TCP_NAME,
+        tcp::TcpProxy {
+            stat_prefix: stat_prefix.into(),
+            cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        },
+    )
+}
+
+pub enum RouteSource {
+    Rds(String),
+    Inline(rt::RouteConfiguration),
+}
+
+pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: bool) -> Filter {
+    let mut http_filters = Vec::new();
+    if outbound {
+        http_filters.push(http_filter("envoy.filters.http.fault", fault::HttpFault::default()));
+        http_filters.push(http_filter("envoy.filters.http.cors", cors::Cors::default()));
+    }
+    http_filters.push(http_filter("envoy.filters.http.router", router::Router::default()));
+    let route_specifier = match route {
+        RouteSource::Rds(name) => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: ads(),
+            route_config_name: name,
+        }),
+        RouteSource::Inline(rc) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc),
+    };
+    filter(
+        HCM_NAME,
+        hcm::HttpConnectionManager {
+            stat_prefix: stat_prefix.into(),
+            codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+            http_filters,
+            route_specifier: Some(route_specifier),
+            normalize_path: boolv(true),
+            merge_slashes: true,
+            path_with_escaped_slashes_action: if outbound {
+                0
+            } else {
+                hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32
+            },
+            use_remote_address: boolv(false),
+            ..Default::default()
+        },
+    )
+}
+
+fn listener_filter<T: Message + Name>(name: &str, m: T) -> ListenerFilter {
+    ListenerFilter { name: name.into(), config_type: Some(ls::listener_filter::ConfigType::TypedConfig(any(m))), ..Default::default() }
+}
+
+fn http_chain_match() -> Option<FilterChainMatch> {
+    Some(FilterChainMatch { application_protocols: vec!["http/1.1".into(), "h2c".into()], ..Default::default() })
+}
+
+/// Outbound listeners: 15001 plus one per service port.
+pub fn outbound(world: &World) -> Vec<ls::Listener> {
+    let fallback = if world.mesh.allow_any { PASSTHROUGH } else { BLACKHOLE };
+    let mut out = vec![ls::Listener {
+        name: VIRTUAL_OUTBOUND.into(),
+        address: socket("0.0.0.0", 15001),
+        use_original_dst: boolv(true),
+        traffic_direction: core::TrafficDirection::Outbound as i32,
+        default_filter_chain: Some(FilterChain {
+            name: "PassthroughFilterChain".into(),
+            filters: vec![tcp_proxy(fallback, fallback)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    // port → (has http, tcp services with their VIPs)
+    let mut ports: BTreeMap<u32, (bool, Vec<(String, Vec<String>)>)> = BTreeMap::new();
+    for svc in world.services.values() {
+        for sp in &svc.ports {
+            let e = ports.entry(sp.port).or_default();
+            if sp.protocol.is_http() || sp.protocol == Protocol::Unknown {
+                e.0 = true;
+            }
+            if !sp.protocol.is_http() {
+                e.1.push((outbound_name(sp.port, "", &svc.hostname), svc.vips.clone()));
+            }
+        }
+    }
+    for (port, (has_http, tcp_svcs)) in ports {
+        let name = format!("0.0.0.0_{port}");
+        let mut l = ls::Listener {
+            name: name.clone(),
+            address: socket("0.0.0.0", port),
+            bind_to_port: boolv(false),
+            traffic_direction: core::TrafficDirection::Outbound as i32,
+            ..Default::default()
+        };
+        let tcp_default = if !has_http && tcp_svcs.len() == 1 { Some(tcp_svcs[0].0.clone()) } else { None };
+        for (cluster, vips) in &tcp_svcs {
+            let ranges: Vec<core::CidrRange> = vips
+                .iter()
+                .filter_map(|v| v.parse::<std::net::IpAddr>().ok())
+                .map(|ip| core::CidrRange {
+                    address_prefix: ip.to_string(),
+                    prefix_len: u32v(if ip.is_ipv4() { 32 } else { 128 }),
+                })
+                .collect();
+            if !ranges.is_empty() {
+                l.filter_chains.push(FilterChain {
+                    name: cluster.clone(),
+                    filter_chain_match: Some(FilterChainMatch { prefix_ranges: ranges, ..Default::default() }),
+                    filters: vec![tcp_proxy(cluster, cluster)],
+                    ..Default::default()
+                });
+            }
+        }
+        let hcm_filter = || {
+            http_connection_manager(&format!("outbound_0.0.0.0_{port}"), RouteSource::Rds(port.to_string()), true)
+        };
+        let fallback_filter = tcp_default.as_deref().map(|c| tcp_proxy(c, c)).unwrap_or_else(|| tcp_proxy(fallback, fallback));
+        if has_http {
+            // Sniff: HTTP goes to the route table, anything else passes through.
+            l.listener_filters.push(listener_filter(
+                "envoy.filters.listener.http_inspector",
+                http_inspector::HttpInspector::default(),
+            ));
+            l.filter_chains.push(FilterChain {
+                name: format!("0.0.0.0_{port}_http"),
+                filter_chain_match: http_chain_match(),
+                filters: vec![hcm_filter()],
+                ..Default::default()
+            });
+        }
+        l.default_filter_chain = Some(FilterChain { name: format!("0.0.0.0_{port}_tcp"), filters: vec![fallback_filter], ..Default::default() });
+        out.push(l);
+    }
+    out
+}
+
+/// Ports the proxy's own workload serves (target ports of the services that select it).
+pub fn inbound_ports(world: &World, proxy: &Proxy) -> Vec<(u32, Protocol)> {
+    let mut ports: BTreeMap<u32, Protocol> = BTreeMap::new();
+    for ip in &proxy.ips {
+        for (svc, ep) in world.instances_of(ip) {
+            if svc.mesh_external {
+                continue;
+            }
+            for sp in &svc.ports {
+                let p = svc.endpoint_port(sp, ep);
+                let e = ports.entry(p).or_insert(sp.protocol);
+                if *e != sp.protocol && !e.is_http() {
+                    *e = sp.protocol;
+                }
+            }
+        }
+    }
+    ports.into_iter().collect()
+}
+
+/// The virtual inbound listener on 15006.
+pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
+    let mut chains = Vec::new();
+    for (port, proto) in inbound_ports(world, proxy) {
+        let cluster = inbound_name(port);
+        let stat = format!("inbound_0.0.0.0_{port}");
+        let fc_match = |app: bool| {
+            Some(FilterChainMatch {
+                destination_port: u32v(port),
+                application_protocols: if app { vec!["http/1.1".into(), "h2c".into()] } else { vec![] },
+                ..Default::default()
+            })
+        };
+        let http = proto.is_http() || proto == Protocol::Unknown;
+        if http {
+            let rc = rt::RouteConfiguration {
+                name: cluster.clone(),
+                validate_clusters: boolv(false),
+                virtual_hosts: vec![rt::VirtualHost {
+                    name: format!("inbound|http|{port}"),
+                    domains: vec!["*".into()],
+                    routes: vec![rt::Route {
+                        name: "default".into(),
+                        r#match: Some(rt::RouteMatch {
+                            path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                            ..Default::default()
+                        }),
+                        action: Some(rt::route::Action::Route(rt::RouteAction {
+                            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                            timeout: Some(secs(0)),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            chains.push(FilterChain {
+                name: format!("{cluster}http"),
+                filter_chain_match: fc_match(proto == Protocol::Unknown),
+                filters: vec![http_connection_manager(&stat, RouteSource::Inline(rc), false)],
+                ..Default::default()
+            });
+        }
+        if !proto.is_http() {
+            chains.push(FilterChain {
+                name: format!("{cluster}tcp"),
+                filter_chain_match: fc_match(false),
+                filters: vec![tcp_proxy(&stat, &cluster)],
+                ..Default::default()
+            });
+        }
+    }
+    ls::Listener {
+        name: VIRTUAL_INBOUND.into(),
+        address: socket("0.0.0.0", 15006),
+        traffic_direction: core::TrafficDirection::Inbound as i32,
+        listener_filters: vec![
+            listener_filter("envoy.filters.listener.original_dst", original_dst::OriginalDst::default()),
+            listener_filter("envoy.filters.listener.http_inspector", http_inspector::HttpInspector::default()),
+        ],
+        filter_chains: chains,
+        default_filter_chain: Some(FilterChain {
+            name: "InboundPassthroughFilterChain".into(),
+            filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn chains(l: &ls::Listener) -> impl Iterator<Item = &FilterChain> {
+    l.filter_chains.iter().chain(l.default_filter_chain.iter())
+}
+
+fn typed<T: Message + Name + Default>(f: &Filter) -> Option<T> {
+    match &f.config_type {
+        Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == T::type_url() => T::decode(a.value.as_slice()).ok(),
+        _ => None,
+    }
+}
+
+/// Clusters named by tcp_proxy filters and inline route configs.
+pub fn referenced_clusters(listeners: &[ls::Listener]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in listeners.iter().flat_map(chains).flat_map(|c| c.filters.iter()) {
+        if let Some(t) = typed::<tcp::TcpProxy>(f) {
+            if let Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) = t.cluster_specifier {
+                out.push(c);
+            }
+        }
+        if let Some(h) = typed::<hcm::HttpConnectionManager>(f) {
+            if let Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) = h.route_specifier {
+                out.extend(super::route::referenced_clusters(&[rc]));
+            }
+        }
+    }
+    out
+}
+
+/// RDS names the listeners ask for.
+pub fn referenced_routes(listeners: &[ls::Listener]) -> Vec<String> {
+    listeners
+        .iter()
+        .flat_map(chains)
+        .flat_map(|c| c.filters.iter())
+        .filter_map(typed::<hcm::HttpConnectionManager>)
+        .filter_map(|h| match h.route_specifier {
+            Some(hcm::http_connection_manager::RouteSpecifier::Rds(r)) => Some(r.route_config_name),
+            _ => None,
+        })
+        .collect()
+}

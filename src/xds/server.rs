@@ -1,0 +1,569 @@
+//! The ADS server: one task per stream, state of the world and delta.
+//!
+//! ```text
+//!  requests ──► per-type state (nonce, subscription, sent/acked) ◄── generation watch
+//!                       │
+//!                       └──► bounded channel ──► gRPC response stream
+//! ```
+//! Rules kept (see docs/xds-protocol): fresh nonce per response; stale nonces ignored;
+//! NACKs logged, counted, shown and never answered with the same version; unchanged
+//! resources never resent; content-derived versions; `Unavailable` before the first load;
+//! a slow stream only ever blocks its own task (newest generation wins).
+
+use super::cache::{set_version, Generation, Res};
+use super::status::{ConnStatus, Connections};
+use super::{is_wildcard_type, short, ORDER};
+use crate::metrics::Metrics;
+use crate::model::Proxy;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+use envoy_types::pb::google::protobuf as pbw;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+/// A published generation and when the change that produced it happened.
+#[derive(Clone)]
+pub struct Published {
+    pub gen: Arc<Generation>,
+    pub changed_at: Instant,
+}
+
+#[derive(Clone)]
+pub struct XdsServer {
+    pub current: watch::Receiver<Option<Published>>,
+    pub metrics: Arc<Metrics>,
+    pub conns: Arc<Connections>,
+}
+
+/// Per-stream response queue depth. Small on purpose: a proxy that does not read only
+/// holds up its own task, and the task always generates from the newest generation.
+const QUEUE: usize = 4;
+/// Largest message accepted from a proxy.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+impl XdsServer {
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    fn current(&self) -> Result<Published, Status> {
+        self.current
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("pilotfish has not loaded its configuration yet"))
+    }
+}
+
+fn struct_to_json(s: &pbw::Struct) -> BTreeMap<String, serde_json::Value> {
+    fn val(v: &pbw::Value) -> serde_json::Value {
+        use pbw::value::Kind;
+        match &v.kind {
+            Some(Kind::NullValue(_)) | None => serde_json::Value::Null,
+            Some(Kind::NumberValue(n)) => serde_json::json!(n),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s).into_iter().collect()),
+            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(val).collect()),
+        }
+    }
+    s.fields.iter().map(|(k, v)| (k.clone(), val(v))).collect()
+}
+
+pub fn proxy_from_node(node: &Node) -> Proxy {
+    let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
+    Proxy::from_node(&node.id, &meta)
+}
+
+/// State shared by both protocol variants for one stream.
+struct Stream {
+    srv: XdsServer,
+    proxy: Proxy,
+    conn_id: String,
+    status: Arc<Mutex<ConnStatus>>,
+    published: Published,
+    nonce: u64,
+}
+
+impl Stream {
+    fn open(srv: &XdsServer, node: &Node, peer: String, delta: bool, published: Published) -> Result<Stream, Status> {
+        if node.id.is_empty() {
+            return Err(Status::invalid_argument("the first request of a stream must carry node.id"));
+        }
+        let proxy = proxy_from_node(node);
+        let (conn_id, status) = srv.conns.add(proxy.clone(), peer.clone(), delta);
+        srv.metrics.connected.inc();
+        info!(proxy = %proxy.id, %peer, delta, "xDS stream connected");
+        Ok(Stream { srv: srv.clone(), proxy, conn_id, status, published, nonce: 0 })
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        format!("{}", self.nonce)
+    }
+
+    fn resources(&self, type_url: &str) -> Vec<Res> {
+        let r = self.published.gen.for_proxy(&self.proxy);
+        r.get(type_url).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn update_status(&self, type_url: &str, f: impl FnOnce(&mut super::status::TypeStatus)) {
+        let mut st = self.status.lock().unwrap();
+        st.world_version = self.published.gen.world.version;
+        f(st.types.entry(short(type_url).to_string()).or_default());
+    }
+
+    fn nack(&self, type_url: &str, version: &str, error: &str) {
+        warn!(proxy = %self.proxy.id, r#type = short(type_url), version, error, "proxy rejected config (NACK)");
+        self.srv.metrics.reject(short(type_url));
+        self.update_status(type_url, |t| {
+            t.nacked_version = version.to_string();
+            t.nack_error = error.to_string();
+        });
+    }
+
+    fn ack(&self, type_url: &str, version: &str, pending: &mut Option<Instant>) {
+        if let Some(t) = pending.take() {
+            self.srv.metrics.convergence.observe(t.elapsed().as_secs_f64());
+        }
+        self.update_status(type_url, |t| {
+            t.acked_version = version.to_string();
+            if t.nacked_version == version {
+                t.nacked_version.clear();
+                t.nack_error.clear();
+            }
+        });
+    }
+
+    fn sent(&self, type_url: &str, version: &str, nonce: &str, n: usize, bytes: usize, started: Instant) {
+        let m = &self.srv.metrics;
+        let label = crate::metrics::TypeLabel { r#type: short(type_url).to_string() };
+        m.pushes.get_or_create(&label).inc();
+        m.push_time.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        m.bytes_sent.inc_by(bytes as u64);
+        self.update_status(type_url, |t| {
+            t.sent_version = version.to_string();
+            t.sent_nonce = nonce.to_string();
+            t.sent_resources = n;
+            t.pushes += 1;
+        });
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.srv.conns.remove(&self.conn_id);
+        self.srv.metrics.connected.dec();
+        self.published.gen.forget(&self.proxy);
+        info!(proxy = %self.proxy.id, "xDS stream closed");
+    }
+}
+
+// ---------------------------------------------------------------- state of the world
+
+#[derive(Default)]
+struct SotwType {
+    names: BTreeSet<String>,
+    wildcard: bool,
+    nonce: String,
+    version: String,
+    /// Set when a response is in flight: the change time, for convergence to ACK.
+    pending: Option<Instant>,
+}
+
+impl Stream {
+    fn sotw_response(&mut self, type_url: &str, ts: &mut SotwType, force: bool) -> Option<DiscoveryResponse> {
+        let started = Instant::now();
+        let all = self.resources(type_url);
+        let chosen: Vec<Res> = if ts.wildcard { all } else { all.into_iter().filter(|r| ts.names.contains(&r.name)).collect() };
+        let version = set_version(chosen.iter());
+        if version == ts.version && !force {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        ts.version = version.clone();
+        ts.nonce = nonce.clone();
+        ts.pending = Some(self.published.changed_at);
+        let bytes = chosen.iter().map(|r| r.any.value.len()).sum();
+        self.sent(type_url, &version, &nonce, chosen.len(), bytes, started);
+        debug!(proxy = %self.proxy.id, r#type = short(type_url), %version, n = chosen.len(), "push");
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources: chosen.iter().map(|r| r.any.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    /// Handle one request; returns a response to send, if any.
+    fn sotw_request(&mut self, types: &mut HashMap<String, SotwType>, req: DiscoveryRequest) -> Option<DiscoveryResponse> {
+        let type_url = req.type_url.clone();
+        let ts = types.entry(type_url.clone()).or_default();
+        let first = ts.nonce.is_empty() && ts.version.is_empty();
+        if !req.response_nonce.is_empty() && req.response_nonce != ts.nonce {
+            self.srv.metrics.stale_nonces.inc();
+            debug!(proxy = %self.proxy.id, r#type = short(&type_url), nonce = %req.response_nonce, "stale nonce ignored");
+            return None;
+        }
+        let mut ts = std::mem::take(ts);
+        if let Some(err) = &req.error_detail {
+            self.nack(&type_url, &ts.version, &err.message);
+            ts.pending = None;
+        } else if !req.response_nonce.is_empty() {
+            self.ack(&type_url, &req.version_info, &mut ts.pending);
+        }
+        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
+        let wildcard = is_wildcard_type(&type_url) && (names.is_empty() || names.contains("*"));
+        let changed = names != ts.names || wildcard != ts.wildcard;
+        ts.names = names;
+        ts.wildcard = wildcard;
+        let resp = if first {
+            // A reconnecting proxy that already has our current version needs nothing.
+            let all = self.resources(&type_url);
+            let chosen: Vec<&Res> = all.iter().filter(|r| ts.wildcard || ts.names.contains(&r.name)).collect();
+            let current = set_version(chosen.into_iter());
+            if !req.version_info.is_empty() && req.version_info == current {
+                ts.version = current;
+                self.update_status(&type_url, |t| t.acked_version = req.version_info.clone());
+                None
+            } else {
+                self.sotw_response(&type_url, &mut ts, true)
+            }
+        } else if changed {
+            self.sotw_response(&type_url, &mut ts, false)
+        } else {
+            None
+        };
+        types.insert(type_url, ts);
+        resp
+    }
+
+    fn sotw_push(&mut self, types: &mut HashMap<String, SotwType>) -> Vec<DiscoveryResponse> {
+        let mut out = Vec::new();
+        let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
+        order.extend(types.keys().filter(|k| !ORDER.contains(&k.as_str())).cloned());
+        for t in order {
+            if let Some(mut ts) = types.remove(&t) {
+                if let Some(r) = self.sotw_response(&t, &mut ts, false) {
+                    out.push(r);
+                }
+                types.insert(t, ts);
+            }
+        }
+        out
+    }
+}
+
+type SotwStream = Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
+type DeltaStream = Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+fn peer_of<T>(r: &Request<T>) -> String {
+    r.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+}
+
+async fn run_sotw(
+    srv: XdsServer,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    peer: String,
+    fixed_type: Option<&'static str>,
+) {
+    let fill = |mut r: DiscoveryRequest| {
+        if r.type_url.is_empty() {
+            if let Some(t) = fixed_type {
+                r.type_url = t.to_string();
+            }
+        }
+        r
+    };
+    let first = match inbound.message().await {
+        Ok(Some(r)) => fill(r),
+        _ => return,
+    };
+    let Ok(published) = srv.current() else {
+        let _ = tx.send(Err(Status::unavailable("pilotfish has not loaded its configuration yet"))).await;
+        return;
+    };
+    let mut current = srv.current.clone();
+    current.mark_unchanged();
+    let node = first.node.clone().unwrap_or_default();
+    let mut st = match Stream::open(&srv, &node, peer, false, published) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    let mut types: HashMap<String, SotwType> = HashMap::new();
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take() {
+            if req.type_url.is_empty() {
+                let _ = tx.send(Err(Status::invalid_argument("type_url is required on ADS"))).await;
+                return;
+            }
+            if let Some(resp) = st.sotw_request(&mut types, req) {
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(r)) => next = Some(fill(r)),
+                Ok(None) => return,
+                Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
+            },
+            ch = current.changed() => {
+                if ch.is_err() { return; }
+                let Some(p) = current.borrow_and_update().clone() else { continue };
+                st.published.gen.forget(&st.proxy);
+                st.published = p;
+                for resp in st.sotw_push(&mut types) {
+                    if tx.send(Ok(resp)).await.is_err() { return; }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- delta
+
+#[derive(Default)]
+struct DeltaType {
+    subscribed: BTreeSet<String>,
+    wildcard: bool,
+    /// What the client holds: name → version.
+    client: HashMap<String, String>,
+    nonce: String,
+    started: bool,
+    pending: Option<Instant>,
+}
+
+impl Stream {
+    fn delta_response(&mut self, type_url: &str, ts: &mut DeltaType, forced: &BTreeSet<String>) -> Option<DeltaDiscoveryResponse> {
+        let started = Instant::now();
+        let all = self.resources(type_url);
+        let by_name: BTreeMap<&str, &Res> = all.iter().map(|r| (r.name.as_str(), r)).collect();
+        let wanted = |n: &str| ts.wildcard || ts.subscribed.contains(n);
+        let mut resources = Vec::new();
+        for r in all.iter().filter(|r| wanted(&r.name)) {
+            if forced.contains(&r.name) || ts.client.get(&r.name) != Some(&r.version) {
+                resources.push(r.clone());
+            }
+        }
+        let mut removed: Vec<String> =
+            ts.client.keys().filter(|n| !by_name.contains_key(n.as_str()) || !wanted(n)).cloned().collect();
+        for n in forced {
+            if !by_name.contains_key(n.as_str()) && !removed.contains(n) && n != "*" {
+                removed.push(n.clone());
+            }
+        }
+        removed.sort();
+        if resources.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for r in &resources {
+            ts.client.insert(r.name.clone(), r.version.clone());
+        }
+        for n in &removed {
+            ts.client.remove(n);
+        }
+        let nonce = self.next_nonce();
+        ts.nonce = nonce.clone();
+        ts.pending = Some(self.published.changed_at);
+        let mut held: Vec<&Res> = ts.client.keys().filter_map(|n| by_name.get(n.as_str()).copied()).collect();
+        held.sort_by(|a, b| a.name.cmp(&b.name));
+        let version = set_version(held.into_iter());
+        let bytes = resources.iter().map(|r| r.any.value.len()).sum();
+        self.sent(type_url, &version, &nonce, resources.len(), bytes, started);
+        Some(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources: resources
+                .iter()
+                .map(|r| Resource { name: r.name.clone(), version: r.version.clone(), resource: Some(r.any.clone()), ..Default::default() })
+                .collect(),
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        })
+    }
+
+    fn delta_request(&mut self, types: &mut HashMap<String, DeltaType>, req: DeltaDiscoveryRequest) -> Option<DeltaDiscoveryResponse> {
+        let type_url = req.type_url.clone();
+        let mut ts = types.remove(&type_url).unwrap_or_default();
+        let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
+        if stale {
+            self.srv.metrics.stale_nonces.inc();
+        } else if let Some(err) = &req.error_detail {
+            let v = self.status.lock().unwrap().types.get(short(&type_url)).map(|t| t.sent_version.clone()).unwrap_or_default();
+            self.nack(&type_url, &v, &err.message);
+            ts.pending = None;
+        } else if !req.response_nonce.is_empty() {
+            let v = self.status.lock().unwrap().types.get(short(&type_url)).map(|t| t.sent_version.clone()).unwrap_or_default();
+            self.ack(&type_url, &v, &mut ts.pending);
+        }
+        let mut forced = BTreeSet::new();
+        if !ts.started {
+            ts.started = true;
+            ts.client = req.initial_resource_versions.clone().into_iter().collect();
+            if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
+                ts.wildcard = true;
+            }
+        }
+        for n in &req.resource_names_subscribe {
+            if n == "*" {
+                ts.wildcard = true;
+            } else {
+                ts.subscribed.insert(n.clone());
+                // Always answered, even if we think the client has it.
+                if !req.initial_resource_versions.contains_key(n) {
+                    forced.insert(n.clone());
+                }
+            }
+        }
+        for n in &req.resource_names_unsubscribe {
+            if n == "*" {
+                ts.wildcard = false;
+            } else if ts.subscribed.remove(n) {
+                ts.client.remove(n);
+            }
+        }
+        let resp = if stale && forced.is_empty() && req.resource_names_unsubscribe.is_empty() {
+            None
+        } else if req.response_nonce.is_empty() || !forced.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            self.delta_response(&type_url, &mut ts, &forced)
+        } else {
+            None
+        };
+        types.insert(type_url, ts);
+        resp
+    }
+}
+
+async fn run_delta(
+    srv: XdsServer,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    peer: String,
+    fixed_type: Option<&'static str>,
+) {
+    let fill = |mut r: DeltaDiscoveryRequest| {
+        if r.type_url.is_empty() {
+            if let Some(t) = fixed_type {
+                r.type_url = t.to_string();
+            }
+        }
+        r
+    };
+    let first = match inbound.message().await {
+        Ok(Some(r)) => fill(r),
+        _ => return,
+    };
+    let Ok(published) = srv.current() else {
+        let _ = tx.send(Err(Status::unavailable("pilotfish has not loaded its configuration yet"))).await;
+        return;
+    };
+    let mut current = srv.current.clone();
+    current.mark_unchanged();
+    let node = first.node.clone().unwrap_or_default();
+    let mut st = match Stream::open(&srv, &node, peer, true, published) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+    };
+    let mut types: HashMap<String, DeltaType> = HashMap::new();
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take() {
+            if req.type_url.is_empty() {
+                let _ = tx.send(Err(Status::invalid_argument("type_url is required on ADS"))).await;
+                return;
+            }
+            if let Some(resp) = st.delta_request(&mut types, req) {
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(r)) => next = Some(fill(r)),
+                Ok(None) => return,
+                Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
+            },
+            ch = current.changed() => {
+                if ch.is_err() { return; }
+                let Some(p) = current.borrow_and_update().clone() else { continue };
+                st.published.gen.forget(&st.proxy);
+                st.published = p;
+                let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
+                order.extend(types.keys().filter(|k| !ORDER.contains(&k.as_str())).cloned());
+                for t in order {
+                    let Some(mut ts) = types.remove(&t) else { continue };
+                    let resp = st.delta_response(&t, &mut ts, &BTreeSet::new());
+                    types.insert(t, ts);
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() { return; }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl XdsServer {
+    pub fn sotw(&self, req: Request<Streaming<DiscoveryRequest>>, fixed: Option<&'static str>) -> Result<Response<SotwStream>, Status> {
+        self.current()?;
+        let peer = peer_of(&req);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run_sotw(self.clone(), req.into_inner(), tx, peer, fixed));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    pub fn delta(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+        fixed: Option<&'static str>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        self.current()?;
+        let peer = peer_of(&req);
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run_delta(self.clone(), req.into_inner(), tx, peer, fixed));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.sotw(req, None)
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        self.delta(req, None)
+    }
+}
