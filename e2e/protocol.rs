@@ -1,0 +1,369 @@
+//! xDS protocol tests with an in-process tonic ADS client against the real server:
+//! ACK, NACK without a resend loop, stale nonces, wildcard CDS/LDS, EDS by name, delta
+//! subscribe/unsubscribe/removed/initial versions, push order, no duplicate names,
+//! `Unavailable` before the first load, and a stalled client not delaying another.
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+    DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc;
+use pilotfish::metrics::Metrics;
+use pilotfish::model::MeshConfig;
+use pilotfish::xds::cache::Generation;
+use pilotfish::xds::server::{Published, XdsServer};
+use pilotfish::xds::status::Connections;
+use pilotfish::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const QUIET: Duration = Duration::from_millis(400);
+const WAIT: Duration = Duration::from_secs(10);
+
+fn svc_yaml(names: &[&str]) -> String {
+    let mut s = String::new();
+    for n in names {
+        // The address depends on the name only, so a service is unchanged across worlds.
+        let ip = format!("10.1.{}.{}", n.len(), n.bytes().map(u32::from).sum::<u32>() % 250 + 1);
+        s.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec:\n  selector: {{app: {n}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {n}-1}}\nspec:\n  address: {ip}\n  labels: {{app: {n}, version: v1}}\n---\n"
+        ));
+    }
+    s
+}
+
+struct Harness {
+    tx: watch::Sender<Option<Published>>,
+    addr: String,
+    metrics: Arc<Metrics>,
+    conns: Arc<Connections>,
+}
+
+impl Harness {
+    async fn start(initial: Option<&str>) -> Harness {
+        let (tx, rx) = watch::channel(None);
+        let metrics = Arc::new(Metrics::new());
+        let conns = Arc::new(Connections::default());
+        let srv = XdsServer { current: rx, metrics: metrics.clone(), conns: conns.clone() };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(srv.into_service())
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        let h = Harness { tx, addr, metrics, conns };
+        if let Some(y) = initial {
+            h.publish(y);
+        }
+        h
+    }
+
+    fn publish(&self, yaml: &str) {
+        let w = pilotfish::app::world_from_files(&[("test.yaml", yaml)], MeshConfig::default());
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let gen = Arc::new(Generation::new(Arc::new(w)));
+        self.tx.send_replace(Some(Published { gen, changed_at: Instant::now() }));
+    }
+
+    async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
+        AggregatedDiscoveryServiceClient::connect(self.addr.clone()).await.unwrap()
+    }
+
+    async fn sotw(&self) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
+        let (tx, rx) = mpsc::channel(16);
+        let resp = self.client().await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap();
+        (tx, resp.into_inner())
+    }
+
+    async fn delta(&self) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
+        let (tx, rx) = mpsc::channel(16);
+        let resp = self.client().await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap();
+        (tx, resp.into_inner())
+    }
+}
+
+fn node() -> Option<Node> {
+    Some(Node { id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(), ..Default::default() })
+}
+
+fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: node(),
+        type_url: type_url.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        version_info: version.into(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+async fn next<T>(s: &mut Streaming<T>) -> T {
+    tokio::time::timeout(WAIT, s.message()).await.expect("timed out waiting for a response").unwrap().expect("stream ended")
+}
+
+async fn nothing<T: std::fmt::Debug>(s: &mut Streaming<T>) {
+    if let Ok(m) = tokio::time::timeout(QUIET, s.message()).await {
+        panic!("expected no response, got {m:?}");
+    }
+}
+
+fn names(r: &DiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|a| name_of(&r.type_url, &a.value)).collect()
+}
+
+fn name_of(type_url: &str, bytes: &[u8]) -> String {
+    use prost::Message;
+    match type_url {
+        CLUSTER => envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes).unwrap().name,
+        LISTENER => envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes).unwrap().name,
+        ROUTE => envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes).unwrap().name,
+        ENDPOINT => envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes).unwrap().cluster_name,
+        _ => panic!("unknown type"),
+    }
+}
+
+#[tokio::test]
+async fn unavailable_before_first_load() {
+    let h = Harness::start(None).await;
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let err = h.client().await.stream_aggregated_resources(ReceiverStream::new(rx)).await.err().expect("must fail");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
+    let err = h.client().await.delta_aggregated_resources(ReceiverStream::new(rx)).await.err().expect("must fail");
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+}
+
+#[tokio::test]
+async fn sotw_wildcard_ack_and_no_resend() {
+    let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    let n = names(&r);
+    assert!(n.contains(&"outbound|8080||a.default.svc.cluster.local".to_string()), "{n:?}");
+    assert!(n.contains(&"outbound|8080||b.default.svc.cluster.local".to_string()));
+    let unique: BTreeSet<_> = n.iter().collect();
+    assert_eq!(unique.len(), n.len(), "duplicate names in one response");
+    assert!(!r.nonce.is_empty() && !r.version_info.is_empty());
+    // ACK: nothing more is sent.
+    tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    // Legacy "*" wildcard gets the same set.
+    let (tx2, mut rx2) = h.sotw().await;
+    tx2.send(req(LISTENER, &["*"], "", "")).await.unwrap();
+    let l = next(&mut rx2).await;
+    assert!(names(&l).contains(&"virtualOutbound".to_string()));
+    assert!(names(&l).contains(&"0.0.0.0_8080".to_string()));
+    // Unchanged republish: no resend.
+    h.publish(&svc_yaml(&["a", "b"]));
+    nothing(&mut rx).await;
+    // A real change: a new response with a new nonce and version; the deleted cluster is gone.
+    h.publish(&svc_yaml(&["a"]));
+    let r2 = next(&mut rx).await;
+    assert_ne!(r2.nonce, r.nonce);
+    assert_ne!(r2.version_info, r.version_info);
+    assert!(!names(&r2).iter().any(|n| n.contains("b.default")), "b must be gone: {:?}", names(&r2));
+}
+
+#[tokio::test]
+async fn nack_is_recorded_and_not_resent() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    let mut nack = req(CLUSTER, &[], "", &r.nonce);
+    nack.error_detail = Some(rpc::Status { code: 3, message: "bad cluster".into(), details: vec![] });
+    tx.send(nack).await.unwrap();
+    nothing(&mut rx).await;
+    assert_eq!(h.metrics.total_rejects.get(), 1);
+    let st = h.conns.snapshot();
+    let cds = &st[0].types["cds"];
+    assert_eq!(cds.nack_error, "bad cluster");
+    assert_eq!(cds.nacked_version, r.version_info);
+    assert!(h.metrics.encode().contains("pilot_xds_cds_reject_total 1"));
+    // Only a config change brings a new version.
+    h.publish(&svc_yaml(&["a", "c"]));
+    let r2 = next(&mut rx).await;
+    assert_ne!(r2.version_info, r.version_info);
+}
+
+#[tokio::test]
+async fn stale_nonce_is_ignored() {
+    let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(ENDPOINT, &["outbound|8080||a.default.svc.cluster.local"], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(names(&r), vec!["outbound|8080||a.default.svc.cluster.local"]);
+    // A request carrying an old nonce changes nothing, even with new names.
+    tx.send(req(ENDPOINT, &["outbound|8080||b.default.svc.cluster.local"], "", "bogus")).await.unwrap();
+    nothing(&mut rx).await;
+    assert!(h.metrics.stale_nonces.get() >= 1);
+    // With the current nonce the new subscription is honoured.
+    tx.send(req(ENDPOINT, &["outbound|8080||b.default.svc.cluster.local"], &r.version_info, &r.nonce)).await.unwrap();
+    let r2 = next(&mut rx).await;
+    assert_eq!(names(&r2), vec!["outbound|8080||b.default.svc.cluster.local"]);
+}
+
+#[tokio::test]
+async fn eds_names_that_appear_later_are_pushed() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    let want = ["outbound|8080||a.default.svc.cluster.local", "outbound|8080||late.default.svc.cluster.local"];
+    tx.send(req(ENDPOINT, &want, "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(names(&r), vec![want[0]]);
+    tx.send(req(ENDPOINT, &want, &r.version_info, &r.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    h.publish(&svc_yaml(&["a", "late"]));
+    let r2 = next(&mut rx).await;
+    assert_eq!(names(&r2), want.to_vec());
+}
+
+#[tokio::test]
+async fn push_order_is_cds_eds_lds_rds() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    // Subscribe in the "wrong" order; acknowledge each response.
+    let subs: [(&str, Vec<&str>); 4] = [
+        (ROUTE, vec!["8080"]),
+        (LISTENER, vec![]),
+        (ENDPOINT, vec!["outbound|8080||a.default.svc.cluster.local", "outbound|8080||b.default.svc.cluster.local"]),
+        (CLUSTER, vec![]),
+    ];
+    for (t, n) in &subs {
+        tx.send(req(t, n, "", "")).await.unwrap();
+        let r = next(&mut rx).await;
+        assert_eq!(&r.type_url, t);
+        tx.send(req(t, n, &r.version_info, &r.nonce)).await.unwrap();
+    }
+    nothing(&mut rx).await;
+    // One change touching every type: responses come clusters, endpoints, listeners, routes.
+    h.publish(&(svc_yaml(&["a", "b"]) + "apiVersion: v1\nkind: Service\nmetadata: {name: t}\nspec:\n  ports: [{name: tcp, port: 9000}]\n"));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next(&mut rx).await.type_url);
+    }
+    assert_eq!(got, vec![CLUSTER, ENDPOINT, LISTENER, ROUTE]);
+}
+
+#[tokio::test]
+async fn reconnect_with_current_version_gets_no_resend() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    drop(tx);
+    drop(rx);
+    // Content-derived versions: a proxy that reconnects holding them is not re-sent anything.
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], &r.version_info, "")).await.unwrap();
+    nothing(&mut rx).await;
+    // A different version on reconnect gets the full set.
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "old", "")).await.unwrap();
+    assert_eq!(next(&mut rx).await.version_info, r.version_info);
+    drop(tx);
+}
+
+fn dreq(type_url: &str, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: node(),
+        type_url: type_url.into(),
+        resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
+        resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+fn dnames(r: &DeltaDiscoveryResponse) -> Vec<String> {
+    r.resources.iter().map(|x| x.name.clone()).collect()
+}
+
+#[tokio::test]
+async fn delta_wildcard_changes_and_removals() {
+    let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
+    let (tx, mut rx) = h.delta().await;
+    tx.send(dreq(CLUSTER, &[], &[], "")).await.unwrap();
+    let r = next(&mut rx).await;
+    let all = dnames(&r);
+    assert!(all.contains(&"outbound|8080||a.default.svc.cluster.local".to_string()));
+    assert!(r.removed_resources.is_empty());
+    tx.send(dreq(CLUSTER, &[], &[], &r.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    // Remove b, add c: only c is sent, b is in removed_resources.
+    h.publish(&svc_yaml(&["a", "c"]));
+    let r2 = next(&mut rx).await;
+    assert_eq!(dnames(&r2), vec!["outbound|8080||c.default.svc.cluster.local"]);
+    assert_eq!(r2.removed_resources, vec!["outbound|8080||b.default.svc.cluster.local"]);
+}
+
+#[tokio::test]
+async fn delta_subscribe_unsubscribe_and_initial_versions() {
+    let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
+    let a = "outbound|8080||a.default.svc.cluster.local";
+    let b = "outbound|8080||b.default.svc.cluster.local";
+    let missing = "outbound|8080||nope.default.svc.cluster.local";
+    let (tx, mut rx) = h.delta().await;
+    tx.send(dreq(ENDPOINT, &[a, missing], &[], "")).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(dnames(&r), vec![a]);
+    assert_eq!(r.removed_resources, vec![missing], "a name that does not exist is reported removed");
+    let a_version = r.resources[0].version.clone();
+    // Subscribing to a name the client already has is still answered.
+    tx.send(dreq(ENDPOINT, &[a], &[], &r.nonce)).await.unwrap();
+    let r2 = next(&mut rx).await;
+    assert_eq!(dnames(&r2), vec![a]);
+    // Unsubscribing a name never subscribed is ignored; unsubscribing a stops its updates.
+    tx.send(dreq(ENDPOINT, &[], &["never"], &r2.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    tx.send(dreq(ENDPOINT, &[b], &[a], &r2.nonce)).await.unwrap();
+    let r3 = next(&mut rx).await;
+    assert_eq!(dnames(&r3), vec![b]);
+    tx.send(dreq(ENDPOINT, &[], &[], &r3.nonce)).await.unwrap();
+    h.publish(&svc_yaml(&["b"])); // a disappears, but the client no longer watches it
+    nothing(&mut rx).await;
+    drop(tx);
+    // Reconnect with initial_resource_versions: unchanged resources are not resent.
+    h.publish(&svc_yaml(&["a", "b"]));
+    let (tx, mut rx) = h.delta().await;
+    let mut first = dreq(ENDPOINT, &[a, b], &[], "");
+    first.initial_resource_versions.insert(a.to_string(), a_version.clone());
+    first.initial_resource_versions.insert(b.to_string(), "stale".into());
+    tx.send(first).await.unwrap();
+    let r4 = next(&mut rx).await;
+    assert_eq!(dnames(&r4), vec![b], "only the resource whose version differs is sent");
+}
+
+#[tokio::test]
+async fn stalled_client_does_not_delay_others() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    // A client that subscribes and then never reads.
+    let (stalled_tx, _stalled_rx) = h.sotw().await;
+    stalled_tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let mut r = next(&mut rx).await;
+    // Many large pushes: the stalled stream's queue fills up; the healthy one keeps up.
+    let many: Vec<String> = (0..300).map(|i| format!("svc{i}")).collect();
+    for round in 0..20 {
+        let refs: Vec<&str> = many.iter().take(200 + round * 5).map(|s| s.as_str()).collect();
+        h.publish(&svc_yaml(&refs));
+        tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce)).await.unwrap();
+        r = next(&mut rx).await;
+        let outbound = names(&r).iter().filter(|n| n.starts_with("outbound|")).count();
+        assert_eq!(outbound, refs.len(), "round {round}");
+    }
+    assert_eq!(h.conns.len(), 2);
+}
