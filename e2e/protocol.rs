@@ -55,6 +55,8 @@ impl Harness {
         let addr = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
             tonic::transport::Server::builder()
+                .add_service(pilotfish::xds::services::Cds(srv.clone()).into_service())
+                .add_service(pilotfish::xds::services::Rds(srv.clone()).into_service())
                 .add_service(srv.into_service())
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
@@ -366,4 +368,22 @@ async fn stalled_client_does_not_delay_others() {
         assert_eq!(outbound, refs.len(), "round {round}");
     }
     assert_eq!(h.conns.len(), 2);
+}
+
+#[tokio::test]
+async fn non_aggregated_cds_stream_and_rds_fetch() {
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, rx) = mpsc::channel(4);
+    // The type is implied by the service: type_url may be empty.
+    tx.send(req("", &[], "", "")).await.unwrap();
+    let mut c = ClusterDiscoveryServiceClient::connect(h.addr.clone()).await.unwrap();
+    let mut s = c.stream_clusters(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let r = next(&mut s).await;
+    assert_eq!(r.type_url, CLUSTER);
+    assert!(names(&r).contains(&"outbound|8080||a.default.svc.cluster.local".to_string()));
+    let mut rc = RouteDiscoveryServiceClient::connect(h.addr.clone()).await.unwrap();
+    let f = rc.fetch_routes(req(ROUTE, &["8080"], "", "")).await.unwrap().into_inner();
+    assert_eq!(names(&f), vec!["8080"]);
 }

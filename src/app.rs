@@ -6,6 +6,7 @@ use crate::model::{Index, MeshConfig, Proxy, World};
 use crate::translate;
 use crate::xds::cache::Generation;
 use crate::xds::server::{Published, XdsServer};
+use crate::xds::services::{Cds, Eds, Lds, Rds};
 use crate::xds::status::Connections;
 use anyhow::Context;
 use notify::Watcher;
@@ -194,6 +195,10 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let http_task = tokio::spawn(async move { axum::serve(http, debug).with_graceful_shutdown(shutdown_signal()).await });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(Cds(xds.clone()).into_service())
+        .add_service(Eds(xds.clone()).into_service())
+        .add_service(Lds(xds.clone()).into_service())
+        .add_service(Rds(xds.clone()).into_service())
         .add_service(xds.into_service())
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds_listener), shutdown_signal())
         .await?;

@@ -5,6 +5,7 @@
 //! ```
 pub mod cache;
 pub mod server;
+pub mod services;
 pub mod status;
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
