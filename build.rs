@@ -39,7 +39,11 @@ fn envoy_types_proto_dir() -> PathBuf {
         .arg(PathBuf::from(&manifest).join("Cargo.toml"))
         .output()
         .expect("run cargo metadata");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cargo metadata json");
     let pkg = v["packages"]
         .as_array()
@@ -47,7 +51,10 @@ fn envoy_types_proto_dir() -> PathBuf {
         .iter()
         .find(|p| p["name"] == "envoy-types")
         .expect("envoy-types in cargo metadata");
-    PathBuf::from(pkg["manifest_path"].as_str().unwrap()).parent().unwrap().join("proto")
+    PathBuf::from(pkg["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .join("proto")
 }
 
 fn main() {
@@ -70,7 +77,9 @@ fn main() {
             files.entry(f.name().to_string()).or_insert(f);
         }
     }
-    let set = prost_types::FileDescriptorSet { file: files.into_values().collect() };
+    let set = prost_types::FileDescriptorSet {
+        file: files.into_values().collect(),
+    };
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("envoy_descriptors.bin");
     std::fs::write(out, set.encode_to_vec()).unwrap();
 }

@@ -5,8 +5,8 @@
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-    DiscoveryRequest, DiscoveryResponse,
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc;
 use pilotfish::metrics::Metrics;
@@ -29,7 +29,11 @@ fn svc_yaml(names: &[&str]) -> String {
     let mut s = String::new();
     for n in names {
         // The address depends on the name only, so a service is unchanged across worlds.
-        let ip = format!("10.1.{}.{}", n.len(), n.bytes().map(u32::from).sum::<u32>() % 250 + 1);
+        let ip = format!(
+            "10.1.{}.{}",
+            n.len(),
+            n.bytes().map(u32::from).sum::<u32>() % 250 + 1
+        );
         s.push_str(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: {n}}}\nspec:\n  selector: {{app: {n}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
              apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {n}-1}}\nspec:\n  address: {ip}\n  labels: {{app: {n}, version: v1}}\n---\n"
@@ -50,7 +54,11 @@ impl Harness {
         let (tx, rx) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Connections::default());
-        let srv = XdsServer { current: rx, metrics: metrics.clone(), conns: conns.clone() };
+        let srv = XdsServer {
+            current: rx,
+            metrics: metrics.clone(),
+            conns: conns.clone(),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
@@ -62,7 +70,12 @@ impl Harness {
                 .await
                 .unwrap();
         });
-        let h = Harness { tx, addr, metrics, conns };
+        let h = Harness {
+            tx,
+            addr,
+            metrics,
+            conns,
+        };
         if let Some(y) = initial {
             h.publish(y);
         }
@@ -73,28 +86,51 @@ impl Harness {
         let w = pilotfish::app::world_from_files(&[("test.yaml", yaml)], MeshConfig::default());
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         let gen = Arc::new(Generation::new(Arc::new(w)));
-        self.tx.send_replace(Some(Published { gen, changed_at: Instant::now() }));
+        self.tx.send_replace(Some(Published {
+            gen,
+            changed_at: Instant::now(),
+        }));
     }
 
     async fn client(&self) -> AggregatedDiscoveryServiceClient<tonic::transport::Channel> {
-        AggregatedDiscoveryServiceClient::connect(self.addr.clone()).await.unwrap()
+        AggregatedDiscoveryServiceClient::connect(self.addr.clone())
+            .await
+            .unwrap()
     }
 
     async fn sotw(&self) -> (mpsc::Sender<DiscoveryRequest>, Streaming<DiscoveryResponse>) {
         let (tx, rx) = mpsc::channel(16);
-        let resp = self.client().await.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap();
+        let resp = self
+            .client()
+            .await
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap();
         (tx, resp.into_inner())
     }
 
-    async fn delta(&self) -> (mpsc::Sender<DeltaDiscoveryRequest>, Streaming<DeltaDiscoveryResponse>) {
+    async fn delta(
+        &self,
+    ) -> (
+        mpsc::Sender<DeltaDiscoveryRequest>,
+        Streaming<DeltaDiscoveryResponse>,
+    ) {
         let (tx, rx) = mpsc::channel(16);
-        let resp = self.client().await.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap();
+        let resp = self
+            .client()
+            .await
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap();
         (tx, resp.into_inner())
     }
 }
 
 fn node() -> Option<Node> {
-    Some(Node { id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(), ..Default::default() })
+    Some(Node {
+        id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(),
+        ..Default::default()
+    })
 }
 
 fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -109,7 +145,11 @@ fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryR
 }
 
 async fn next<T>(s: &mut Streaming<T>) -> T {
-    tokio::time::timeout(WAIT, s.message()).await.expect("timed out waiting for a response").unwrap().expect("stream ended")
+    tokio::time::timeout(WAIT, s.message())
+        .await
+        .expect("timed out waiting for a response")
+        .unwrap()
+        .expect("stream ended")
 }
 
 async fn nothing<T: std::fmt::Debug>(s: &mut Streaming<T>) {
@@ -119,16 +159,35 @@ async fn nothing<T: std::fmt::Debug>(s: &mut Streaming<T>) {
 }
 
 fn names(r: &DiscoveryResponse) -> Vec<String> {
-    r.resources.iter().map(|a| name_of(&r.type_url, &a.value)).collect()
+    r.resources
+        .iter()
+        .map(|a| name_of(&r.type_url, &a.value))
+        .collect()
 }
 
 fn name_of(type_url: &str, bytes: &[u8]) -> String {
     use prost::Message;
     match type_url {
-        CLUSTER => envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes).unwrap().name,
-        LISTENER => envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes).unwrap().name,
-        ROUTE => envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes).unwrap().name,
-        ENDPOINT => envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes).unwrap().cluster_name,
+        CLUSTER => {
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(bytes)
+                .unwrap()
+                .name
+        }
+        LISTENER => {
+            envoy_types::pb::envoy::config::listener::v3::Listener::decode(bytes)
+                .unwrap()
+                .name
+        }
+        ROUTE => {
+            envoy_types::pb::envoy::config::route::v3::RouteConfiguration::decode(bytes)
+                .unwrap()
+                .name
+        }
+        ENDPOINT => {
+            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment::decode(bytes)
+                .unwrap()
+                .cluster_name
+        }
         _ => panic!("unknown type"),
     }
 }
@@ -138,11 +197,29 @@ async fn unavailable_before_first_load() {
     let h = Harness::start(None).await;
     let (tx, rx) = mpsc::channel(1);
     tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
-    let err = h.client().await.stream_aggregated_resources(ReceiverStream::new(rx)).await.err().expect("must fail");
+    let err = h
+        .client()
+        .await
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("must fail");
     assert_eq!(err.code(), tonic::Code::Unavailable);
     let (tx, rx) = mpsc::channel(1);
-    tx.send(DeltaDiscoveryRequest { node: node(), type_url: CLUSTER.into(), ..Default::default() }).await.unwrap();
-    let err = h.client().await.delta_aggregated_resources(ReceiverStream::new(rx)).await.err().expect("must fail");
+    tx.send(DeltaDiscoveryRequest {
+        node: node(),
+        type_url: CLUSTER.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = h
+        .client()
+        .await
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .err()
+        .expect("must fail");
     assert_eq!(err.code(), tonic::Code::Unavailable);
 }
 
@@ -153,13 +230,18 @@ async fn sotw_wildcard_ack_and_no_resend() {
     tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
     let r = next(&mut rx).await;
     let n = names(&r);
-    assert!(n.contains(&"outbound|8080||a.default.svc.cluster.local".to_string()), "{n:?}");
+    assert!(
+        n.contains(&"outbound|8080||a.default.svc.cluster.local".to_string()),
+        "{n:?}"
+    );
     assert!(n.contains(&"outbound|8080||b.default.svc.cluster.local".to_string()));
     let unique: BTreeSet<_> = n.iter().collect();
     assert_eq!(unique.len(), n.len(), "duplicate names in one response");
     assert!(!r.nonce.is_empty() && !r.version_info.is_empty());
     // ACK: nothing more is sent.
-    tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce)).await.unwrap();
+    tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce))
+        .await
+        .unwrap();
     nothing(&mut rx).await;
     // Legacy "*" wildcard gets the same set.
     let (tx2, mut rx2) = h.sotw().await;
@@ -175,7 +257,11 @@ async fn sotw_wildcard_ack_and_no_resend() {
     let r2 = next(&mut rx).await;
     assert_ne!(r2.nonce, r.nonce);
     assert_ne!(r2.version_info, r.version_info);
-    assert!(!names(&r2).iter().any(|n| n.contains("b.default")), "b must be gone: {:?}", names(&r2));
+    assert!(
+        !names(&r2).iter().any(|n| n.contains("b.default")),
+        "b must be gone: {:?}",
+        names(&r2)
+    );
 }
 
 #[tokio::test]
@@ -185,7 +271,11 @@ async fn nack_is_recorded_and_not_resent() {
     tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
     let r = next(&mut rx).await;
     let mut nack = req(CLUSTER, &[], "", &r.nonce);
-    nack.error_detail = Some(rpc::Status { code: 3, message: "bad cluster".into(), details: vec![] });
+    nack.error_detail = Some(rpc::Status {
+        code: 3,
+        message: "bad cluster".into(),
+        details: vec![],
+    });
     tx.send(nack).await.unwrap();
     nothing(&mut rx).await;
     assert_eq!(h.metrics.total_rejects.get(), 1);
@@ -204,28 +294,60 @@ async fn nack_is_recorded_and_not_resent() {
 async fn stale_nonce_is_ignored() {
     let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
     let (tx, mut rx) = h.sotw().await;
-    tx.send(req(ENDPOINT, &["outbound|8080||a.default.svc.cluster.local"], "", "")).await.unwrap();
+    tx.send(req(
+        ENDPOINT,
+        &["outbound|8080||a.default.svc.cluster.local"],
+        "",
+        "",
+    ))
+    .await
+    .unwrap();
     let r = next(&mut rx).await;
-    assert_eq!(names(&r), vec!["outbound|8080||a.default.svc.cluster.local"]);
+    assert_eq!(
+        names(&r),
+        vec!["outbound|8080||a.default.svc.cluster.local"]
+    );
     // A request carrying an old nonce changes nothing, even with new names.
-    tx.send(req(ENDPOINT, &["outbound|8080||b.default.svc.cluster.local"], "", "bogus")).await.unwrap();
+    tx.send(req(
+        ENDPOINT,
+        &["outbound|8080||b.default.svc.cluster.local"],
+        "",
+        "bogus",
+    ))
+    .await
+    .unwrap();
     nothing(&mut rx).await;
     assert!(h.metrics.stale_nonces.get() >= 1);
     // With the current nonce the new subscription is honoured.
-    tx.send(req(ENDPOINT, &["outbound|8080||b.default.svc.cluster.local"], &r.version_info, &r.nonce)).await.unwrap();
+    tx.send(req(
+        ENDPOINT,
+        &["outbound|8080||b.default.svc.cluster.local"],
+        &r.version_info,
+        &r.nonce,
+    ))
+    .await
+    .unwrap();
     let r2 = next(&mut rx).await;
-    assert_eq!(names(&r2), vec!["outbound|8080||b.default.svc.cluster.local"]);
+    assert_eq!(
+        names(&r2),
+        vec!["outbound|8080||b.default.svc.cluster.local"]
+    );
 }
 
 #[tokio::test]
 async fn eds_names_that_appear_later_are_pushed() {
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
     let (tx, mut rx) = h.sotw().await;
-    let want = ["outbound|8080||a.default.svc.cluster.local", "outbound|8080||late.default.svc.cluster.local"];
+    let want = [
+        "outbound|8080||a.default.svc.cluster.local",
+        "outbound|8080||late.default.svc.cluster.local",
+    ];
     tx.send(req(ENDPOINT, &want, "", "")).await.unwrap();
     let r = next(&mut rx).await;
     assert_eq!(names(&r), vec![want[0]]);
-    tx.send(req(ENDPOINT, &want, &r.version_info, &r.nonce)).await.unwrap();
+    tx.send(req(ENDPOINT, &want, &r.version_info, &r.nonce))
+        .await
+        .unwrap();
     nothing(&mut rx).await;
     h.publish(&svc_yaml(&["a", "late"]));
     let r2 = next(&mut rx).await;
@@ -240,7 +362,13 @@ async fn push_order_is_cds_eds_lds_rds() {
     let subs: [(&str, Vec<&str>); 4] = [
         (ROUTE, vec!["8080"]),
         (LISTENER, vec![]),
-        (ENDPOINT, vec!["outbound|8080||a.default.svc.cluster.local", "outbound|8080||b.default.svc.cluster.local"]),
+        (
+            ENDPOINT,
+            vec![
+                "outbound|8080||a.default.svc.cluster.local",
+                "outbound|8080||b.default.svc.cluster.local",
+            ],
+        ),
         (CLUSTER, vec![]),
     ];
     for (t, n) in &subs {
@@ -269,7 +397,9 @@ async fn reconnect_with_current_version_gets_no_resend() {
     drop(rx);
     // Content-derived versions: a proxy that reconnects holding them is not re-sent anything.
     let (tx, mut rx) = h.sotw().await;
-    tx.send(req(CLUSTER, &[], &r.version_info, "")).await.unwrap();
+    tx.send(req(CLUSTER, &[], &r.version_info, ""))
+        .await
+        .unwrap();
     nothing(&mut rx).await;
     // A different version on reconnect gets the full set.
     let (tx, mut rx) = h.sotw().await;
@@ -307,8 +437,14 @@ async fn delta_wildcard_changes_and_removals() {
     // Remove b, add c: only c is sent, b is in removed_resources.
     h.publish(&svc_yaml(&["a", "c"]));
     let r2 = next(&mut rx).await;
-    assert_eq!(dnames(&r2), vec!["outbound|8080||c.default.svc.cluster.local"]);
-    assert_eq!(r2.removed_resources, vec!["outbound|8080||b.default.svc.cluster.local"]);
+    assert_eq!(
+        dnames(&r2),
+        vec!["outbound|8080||c.default.svc.cluster.local"]
+    );
+    assert_eq!(
+        r2.removed_resources,
+        vec!["outbound|8080||b.default.svc.cluster.local"]
+    );
 }
 
 #[tokio::test]
@@ -318,19 +454,29 @@ async fn delta_subscribe_unsubscribe_and_initial_versions() {
     let b = "outbound|8080||b.default.svc.cluster.local";
     let missing = "outbound|8080||nope.default.svc.cluster.local";
     let (tx, mut rx) = h.delta().await;
-    tx.send(dreq(ENDPOINT, &[a, missing], &[], "")).await.unwrap();
+    tx.send(dreq(ENDPOINT, &[a, missing], &[], ""))
+        .await
+        .unwrap();
     let r = next(&mut rx).await;
     assert_eq!(dnames(&r), vec![a]);
-    assert_eq!(r.removed_resources, vec![missing], "a name that does not exist is reported removed");
+    assert_eq!(
+        r.removed_resources,
+        vec![missing],
+        "a name that does not exist is reported removed"
+    );
     let a_version = r.resources[0].version.clone();
     // Subscribing to a name the client already has is still answered.
     tx.send(dreq(ENDPOINT, &[a], &[], &r.nonce)).await.unwrap();
     let r2 = next(&mut rx).await;
     assert_eq!(dnames(&r2), vec![a]);
     // Unsubscribing a name never subscribed is ignored; unsubscribing a stops its updates.
-    tx.send(dreq(ENDPOINT, &[], &["never"], &r2.nonce)).await.unwrap();
+    tx.send(dreq(ENDPOINT, &[], &["never"], &r2.nonce))
+        .await
+        .unwrap();
     nothing(&mut rx).await;
-    tx.send(dreq(ENDPOINT, &[b], &[a], &r2.nonce)).await.unwrap();
+    tx.send(dreq(ENDPOINT, &[b], &[a], &r2.nonce))
+        .await
+        .unwrap();
     let r3 = next(&mut rx).await;
     assert_eq!(dnames(&r3), vec![b]);
     tx.send(dreq(ENDPOINT, &[], &[], &r3.nonce)).await.unwrap();
@@ -341,11 +487,19 @@ async fn delta_subscribe_unsubscribe_and_initial_versions() {
     h.publish(&svc_yaml(&["a", "b"]));
     let (tx, mut rx) = h.delta().await;
     let mut first = dreq(ENDPOINT, &[a, b], &[], "");
-    first.initial_resource_versions.insert(a.to_string(), a_version.clone());
-    first.initial_resource_versions.insert(b.to_string(), "stale".into());
+    first
+        .initial_resource_versions
+        .insert(a.to_string(), a_version.clone());
+    first
+        .initial_resource_versions
+        .insert(b.to_string(), "stale".into());
     tx.send(first).await.unwrap();
     let r4 = next(&mut rx).await;
-    assert_eq!(dnames(&r4), vec![b], "only the resource whose version differs is sent");
+    assert_eq!(
+        dnames(&r4),
+        vec![b],
+        "only the resource whose version differs is sent"
+    );
 }
 
 #[tokio::test]
@@ -360,11 +514,20 @@ async fn stalled_client_does_not_delay_others() {
     // Many large pushes: the stalled stream's queue fills up; the healthy one keeps up.
     let many: Vec<String> = (0..300).map(|i| format!("svc{i}")).collect();
     for round in 0..20 {
-        let refs: Vec<&str> = many.iter().take(200 + round * 5).map(|s| s.as_str()).collect();
+        let refs: Vec<&str> = many
+            .iter()
+            .take(200 + round * 5)
+            .map(|s| s.as_str())
+            .collect();
         h.publish(&svc_yaml(&refs));
-        tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce)).await.unwrap();
+        tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce))
+            .await
+            .unwrap();
         r = next(&mut rx).await;
-        let outbound = names(&r).iter().filter(|n| n.starts_with("outbound|")).count();
+        let outbound = names(&r)
+            .iter()
+            .filter(|n| n.starts_with("outbound|"))
+            .count();
         assert_eq!(outbound, refs.len(), "round {round}");
     }
     assert_eq!(h.conns.len(), 2);
@@ -378,12 +541,24 @@ async fn non_aggregated_cds_stream_and_rds_fetch() {
     let (tx, rx) = mpsc::channel(4);
     // The type is implied by the service: type_url may be empty.
     tx.send(req("", &[], "", "")).await.unwrap();
-    let mut c = ClusterDiscoveryServiceClient::connect(h.addr.clone()).await.unwrap();
-    let mut s = c.stream_clusters(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut c = ClusterDiscoveryServiceClient::connect(h.addr.clone())
+        .await
+        .unwrap();
+    let mut s = c
+        .stream_clusters(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let r = next(&mut s).await;
     assert_eq!(r.type_url, CLUSTER);
     assert!(names(&r).contains(&"outbound|8080||a.default.svc.cluster.local".to_string()));
-    let mut rc = RouteDiscoveryServiceClient::connect(h.addr.clone()).await.unwrap();
-    let f = rc.fetch_routes(req(ROUTE, &["8080"], "", "")).await.unwrap().into_inner();
+    let mut rc = RouteDiscoveryServiceClient::connect(h.addr.clone())
+        .await
+        .unwrap();
+    let f = rc
+        .fetch_routes(req(ROUTE, &["8080"], "", ""))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(names(&f), vec!["8080"]);
 }

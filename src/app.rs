@@ -55,14 +55,19 @@ pub struct ValidateArgs {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(&a.log_format)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(a))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         "json" => b.json().init(),
         "text" => b.init(),
@@ -85,13 +90,24 @@ pub fn parse_all(files: Vec<(String, String)>) -> Vec<(String, Vec<Resource>, Ve
 /// Build a world from in-memory files (tests, benchmarks, `validate`).
 pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
     let mut index = Index::new(mesh);
-    index.reset(parse_all(files.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect()));
+    index.reset(parse_all(
+        files
+            .iter()
+            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .collect(),
+    ));
     index.snapshot()
 }
 
 /// Check a world's translation for consistency before it is served.
 pub fn consistency(world: &World) -> Result<(), Vec<String>> {
-    translate::check(&translate::generate(world, &Proxy { namespace: "default".into(), ..Default::default() }))
+    translate::check(&translate::generate(
+        world,
+        &Proxy {
+            namespace: "default".into(),
+            ..Default::default()
+        },
+    ))
 }
 
 /// The config loop: load, publish, watch, debounce, reload. Runs on its own thread
@@ -133,7 +149,11 @@ fn config_loop(
                         metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
                         metrics.config_updates.inc();
                         tx.send_replace(Some(Published { gen, changed_at }));
-                        info!(version, errors = last_errors.len(), "configuration published");
+                        info!(
+                            version,
+                            errors = last_errors.len(),
+                            "configuration published"
+                        );
                     }
                     Err(problems) => {
                         for p in problems {
@@ -142,7 +162,9 @@ fn config_loop(
                     }
                 }
             }
-            Err(e) => error!(error = %format!("{e:#}"), "reading the config directory failed; keeping the previous version"),
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "reading the config directory failed; keeping the previous version")
+            }
         }
         // Wait for a change, then for a quiet period (bounded by debounce_max).
         if ev_rx.recv().is_err() {
@@ -167,32 +189,64 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let allow_any = match a.outbound_traffic_policy.as_str() {
         "ALLOW_ANY" => true,
         "REGISTRY_ONLY" => false,
-        other => anyhow::bail!("--outbound-traffic-policy must be ALLOW_ANY or REGISTRY_ONLY, not {other:?}"),
+        other => anyhow::bail!(
+            "--outbound-traffic-policy must be ALLOW_ANY or REGISTRY_ONLY, not {other:?}"
+        ),
     };
-    let mesh = MeshConfig { domain: a.domain.clone(), allow_any };
+    let mesh = MeshConfig {
+        domain: a.domain.clone(),
+        allow_any,
+    };
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
-    let xds_addr: SocketAddr = a.xds_address.parse().with_context(|| format!("--xds-address {}", a.xds_address))?;
-    let http_addr: SocketAddr = a.http_address.parse().with_context(|| format!("--http-address {}", a.http_address))?;
+    let xds_addr: SocketAddr = a
+        .xds_address
+        .parse()
+        .with_context(|| format!("--xds-address {}", a.xds_address))?;
+    let http_addr: SocketAddr = a
+        .http_address
+        .parse()
+        .with_context(|| format!("--http-address {}", a.http_address))?;
     let (tx, rx) = watch::channel(None);
     let metrics = Arc::new(Metrics::new());
     let conns = Arc::new(Connections::default());
     {
         let (dir, m) = (a.config_dir.clone(), metrics.clone());
-        let (d, dm) = (Duration::from_millis(a.debounce_ms), Duration::from_millis(a.debounce_max_ms));
-        std::thread::Builder::new().name("config".into()).spawn(move || {
-            if let Err(e) = config_loop(dir, mesh, d, dm, tx, m) {
-                error!(error = %format!("{e:#}"), "config loop stopped");
-            }
-        })?;
+        let (d, dm) = (
+            Duration::from_millis(a.debounce_ms),
+            Duration::from_millis(a.debounce_max_ms),
+        );
+        std::thread::Builder::new()
+            .name("config".into())
+            .spawn(move || {
+                if let Err(e) = config_loop(dir, mesh, d, dm, tx, m) {
+                    error!(error = %format!("{e:#}"), "config loop stopped");
+                }
+            })?;
     }
-    let xds = XdsServer { current: rx.clone(), metrics: metrics.clone(), conns: conns.clone() };
-    let debug = crate::debug::router(DebugState { current: rx, metrics, conns });
-    let http = tokio::net::TcpListener::bind(http_addr).await.with_context(|| format!("binding {http_addr}"))?;
-    let xds_listener = tokio::net::TcpListener::bind(xds_addr).await.with_context(|| format!("binding {xds_addr}"))?;
+    let xds = XdsServer {
+        current: rx.clone(),
+        metrics: metrics.clone(),
+        conns: conns.clone(),
+    };
+    let debug = crate::debug::router(DebugState {
+        current: rx,
+        metrics,
+        conns,
+    });
+    let http = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding {http_addr}"))?;
+    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
+        .await
+        .with_context(|| format!("binding {xds_addr}"))?;
     info!(%xds_addr, %http_addr, dir = %a.config_dir.display(), "pilotfish serving");
-    let http_task = tokio::spawn(async move { axum::serve(http, debug).with_graceful_shutdown(shutdown_signal()).await });
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, debug)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(Cds(xds.clone()).into_service())
@@ -200,7 +254,10 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .add_service(Lds(xds.clone()).into_service())
         .add_service(Rds(xds.clone()).into_service())
         .add_service(xds.into_service())
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(xds_listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
+            shutdown_signal(),
+        )
         .await?;
     http_task.abort();
     info!("pilotfish stopped");
@@ -208,7 +265,8 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -9,7 +9,9 @@ static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/envoy_desc
 
 pub fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| DescriptorPool::decode(DESCRIPTORS).expect("embedded Envoy descriptors decode"))
+    POOL.get_or_init(|| {
+        DescriptorPool::decode(DESCRIPTORS).expect("embedded Envoy descriptors decode")
+    })
 }
 
 /// JSON of a packed resource, with `@type` like Envoy's config_dump.
@@ -25,9 +27,13 @@ pub fn any_to_json(any: &Any) -> serde_json::Value {
             if msg.serialize_with_options(&mut ser, &opts).is_err() {
                 return serde_json::json!({"@type": any.type_url, "error": "serialize failed"});
             }
-            let mut v: serde_json::Value = serde_json::from_slice(&ser.into_inner()).unwrap_or_default();
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&ser.into_inner()).unwrap_or_default();
             if let serde_json::Value::Object(m) = &mut v {
-                m.insert("@type".into(), serde_json::Value::String(any.type_url.clone()));
+                m.insert(
+                    "@type".into(),
+                    serde_json::Value::String(any.type_url.clone()),
+                );
             }
             v
         }
@@ -37,7 +43,10 @@ pub fn any_to_json(any: &Any) -> serde_json::Value {
 
 /// JSON of a typed message.
 pub fn to_json<T: prost::Message + prost::Name>(m: &T) -> serde_json::Value {
-    let any = Any { type_url: T::type_url(), value: m.encode_to_vec() };
+    let any = Any {
+        type_url: T::type_url(),
+        value: m.encode_to_vec(),
+    };
     let mut v = any_to_json(&any);
     if let serde_json::Value::Object(o) = &mut v {
         o.remove("@type");

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "pilotfish", version, about = "Service-mesh control plane for stock Envoy")]
+#[command(
+    name = "pilotfish",
+    version,
+    about = "Service-mesh control plane for stock Envoy"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -58,20 +58,56 @@ impl Metrics {
         {
             let mut r = m.registry.lock().unwrap();
             r.register("pilot_xds", "Connected xDS clients", m.connected.clone());
-            r.register("pilot_xds_pushes", "xDS responses sent, by type", m.pushes.clone());
-            r.register("pilot_xds_push_time", "Time to generate and send a push, by type (s)", m.push_time.clone());
+            r.register(
+                "pilot_xds_pushes",
+                "xDS responses sent, by type",
+                m.pushes.clone(),
+            );
+            r.register(
+                "pilot_xds_push_time",
+                "Time to generate and send a push, by type (s)",
+                m.push_time.clone(),
+            );
             r.register(
                 "pilot_proxy_convergence_time",
                 "Time from a config change to the proxy's ACK of it (s)",
                 m.convergence.clone(),
             );
-            r.register("pilot_total_xds_rejects", "xDS responses NACKed by proxies", m.total_rejects.clone());
-            r.register("pilot_xds_rejects_by_type", "xDS responses NACKed, by type", m.rejects.clone());
-            r.register("pilot_debounce_time", "Time from the first change to the push (s)", m.debounce.clone());
-            r.register("pilotfish_config_errors", "Config errors currently reported", m.config_errors.clone());
-            r.register("pilotfish_config_updates", "Config snapshots published", m.config_updates.clone());
-            r.register("pilotfish_xds_stale_nonces", "xDS requests ignored for a stale nonce", m.stale_nonces.clone());
-            r.register("pilotfish_xds_sent_bytes", "Bytes of xDS resources sent", m.bytes_sent.clone());
+            r.register(
+                "pilot_total_xds_rejects",
+                "xDS responses NACKed by proxies",
+                m.total_rejects.clone(),
+            );
+            r.register(
+                "pilot_xds_rejects_by_type",
+                "xDS responses NACKed, by type",
+                m.rejects.clone(),
+            );
+            r.register(
+                "pilot_debounce_time",
+                "Time from the first change to the push (s)",
+                m.debounce.clone(),
+            );
+            r.register(
+                "pilotfish_config_errors",
+                "Config errors currently reported",
+                m.config_errors.clone(),
+            );
+            r.register(
+                "pilotfish_config_updates",
+                "Config snapshots published",
+                m.config_updates.clone(),
+            );
+            r.register(
+                "pilotfish_xds_stale_nonces",
+                "xDS requests ignored for a stale nonce",
+                m.stale_nonces.clone(),
+            );
+            r.register(
+                "pilotfish_xds_sent_bytes",
+                "Bytes of xDS resources sent",
+                m.bytes_sent.clone(),
+            );
         }
         m
     }
@@ -79,7 +115,11 @@ impl Metrics {
     /// Count a NACK under Istio's names (`pilot_xds_cds_reject`, ...).
     pub fn reject(&self, short: &str) {
         self.total_rejects.inc();
-        self.rejects.get_or_create(&TypeLabel { r#type: short.to_string() }).inc();
+        self.rejects
+            .get_or_create(&TypeLabel {
+                r#type: short.to_string(),
+            })
+            .inc();
     }
 
     /// Prometheus text format.
@@ -88,8 +128,17 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut s, &self.registry.lock().unwrap()).ok();
         // Istio's per-type reject gauges, derived from the family.
         for t in ["cds", "eds", "lds", "rds", "sds"] {
-            let v = self.rejects.get_or_create(&TypeLabel { r#type: t.into() }).get();
-            s = s.replacen("# EOF\n", &format!("# TYPE pilot_xds_{t}_reject counter\npilot_xds_{t}_reject_total {v}\n# EOF\n"), 1);
+            let v = self
+                .rejects
+                .get_or_create(&TypeLabel { r#type: t.into() })
+                .get();
+            s = s.replacen(
+                "# EOF\n",
+                &format!(
+                    "# TYPE pilot_xds_{t}_reject counter\npilot_xds_{t}_reject_total {v}\n# EOF\n"
+                ),
+                1,
+            );
         }
         s
     }

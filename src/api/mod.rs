@@ -73,7 +73,11 @@ impl Kind {
             ("", "Pod") => Kind::Pod,
             ("", "Namespace") => Kind::Namespace,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
-            _ => return Err(format!("unsupported kind {kind} in apiVersion {api_version:?}")),
+            _ => {
+                return Err(format!(
+                    "unsupported kind {kind} in apiVersion {api_version:?}"
+                ))
+            }
         };
         let ok = match group {
             "networking.istio.io" => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
@@ -82,7 +86,9 @@ impl Kind {
             _ => version == "v1",
         };
         if !ok {
-            return Err(format!("unsupported apiVersion {api_version:?} for kind {kind}"));
+            return Err(format!(
+                "unsupported apiVersion {api_version:?} for kind {kind}"
+            ));
         }
         Ok(k)
     }
@@ -198,7 +204,10 @@ fn split_documents(text: &str) -> Vec<(usize, String)> {
     }
     docs.push((start_line, cur));
     docs.into_iter()
-        .filter(|(_, d)| d.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+        .filter(|(_, d)| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
         .collect()
 }
 
@@ -211,7 +220,11 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Resource>, Vec<ConfigError>) {
             file: file.into(),
             object: "file".into(),
             field: String::new(),
-            reason: format!("file is {} bytes, over the {} byte limit", text.len(), MAX_FILE_BYTES),
+            reason: format!(
+                "file is {} bytes, over the {} byte limit",
+                text.len(),
+                MAX_FILE_BYTES
+            ),
         });
         return (out, errs);
     }
@@ -259,12 +272,24 @@ fn parse_value(
     };
     let serde_json::Value::Object(mut map) = value else {
         if !value.is_null() {
-            errs.push(err(doc_name(), "", "a document must be a mapping with apiVersion and kind".into()));
+            errs.push(err(
+                doc_name(),
+                "",
+                "a document must be a mapping with apiVersion and kind".into(),
+            ));
         }
         return;
     };
-    let api_version = map.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let kind_s = map.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let api_version = map
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let kind_s = map
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     if kind_s == "List" && api_version == "v1" {
         if let Some(serde_json::Value::Array(items)) = map.remove("items") {
             for item in items {
@@ -274,7 +299,11 @@ fn parse_value(
         return;
     }
     if api_version.is_empty() || kind_s.is_empty() {
-        let missing = if api_version.is_empty() { "apiVersion" } else { "kind" };
+        let missing = if api_version.is_empty() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
         errs.push(err(doc_name(), missing, "missing".into()));
         return;
     }
@@ -289,7 +318,11 @@ fn parse_value(
     let mut meta: ObjectMeta = match serde_path_to_error::deserialize(meta_v) {
         Ok(m) => m,
         Err(e) => {
-            errs.push(err(format!("{kind} {}", doc_name()), &format!("metadata.{}", e.path()), e.inner().to_string()));
+            errs.push(err(
+                format!("{kind} {}", doc_name()),
+                &format!("metadata.{}", e.path()),
+                e.inner().to_string(),
+            ));
             return;
         }
     };
@@ -299,20 +332,37 @@ fn parse_value(
     if kind == Kind::Namespace {
         meta.namespace = String::new();
     }
-    let key = ObjectKey { kind, namespace: meta.namespace.clone(), name: meta.name.clone() };
+    let key = ObjectKey {
+        kind,
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
+    };
     if meta.name.is_empty() {
-        errs.push(err(format!("{kind} {}", doc_name()), "metadata.name", "missing".into()));
+        errs.push(err(
+            format!("{kind} {}", doc_name()),
+            "metadata.name",
+            "missing".into(),
+        ));
         return;
     }
     let obj = key.to_string();
-    fn de<T: serde::de::DeserializeOwned>(v: serde_json::Value, prefix: &str) -> Result<T, (String, String)> {
+    fn de<T: serde::de::DeserializeOwned>(
+        v: serde_json::Value,
+        prefix: &str,
+    ) -> Result<T, (String, String)> {
         serde_path_to_error::deserialize(v).map_err(|e| {
             let p = e.path().to_string();
-            let field = if p == "." || p.is_empty() { prefix.to_string() } else { format!("{prefix}.{p}") };
+            let field = if p == "." || p.is_empty() {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{p}")
+            };
             (field, e.inner().to_string())
         })
     }
-    let spec_v = map.remove("spec").unwrap_or(serde_json::Value::Object(Default::default()));
+    let spec_v = map
+        .remove("spec")
+        .unwrap_or(serde_json::Value::Object(Default::default()));
     let body = serde_json::Value::Object(map.clone());
     let spec = match kind {
         Kind::VirtualService => de(spec_v, "spec").map(Spec::VirtualService),
@@ -325,8 +375,13 @@ fn parse_value(
         Kind::AuthorizationPolicy => de(spec_v, "spec").map(Spec::AuthorizationPolicy),
         Kind::RequestAuthentication => de(spec_v, "spec").map(Spec::RequestAuthentication),
         Kind::Service => de(spec_v, "spec").map(Spec::Service),
-        Kind::Endpoints => de(map.get("subsets").cloned().unwrap_or_else(|| serde_json::json!([])), "subsets")
-            .map(Spec::Endpoints),
+        Kind::Endpoints => de(
+            map.get("subsets")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!([])),
+            "subsets",
+        )
+        .map(Spec::Endpoints),
         Kind::EndpointSlice => de(body, "").map(Spec::EndpointSlice),
         Kind::Pod => {
             let mut b = body;
@@ -342,7 +397,12 @@ fn parse_value(
             return;
         }
     };
-    let res = Resource { key, meta, spec, origin: file.to_string() };
+    let res = Resource {
+        key,
+        meta,
+        spec,
+        origin: file.to_string(),
+    };
     let problems = validate(&res);
     if problems.is_empty() {
         out.push(res);

@@ -15,9 +15,13 @@ type Problems = Vec<(String, String)>;
 /// Parse a duration as Istio writes them: `1s`, `0.5s`, `250ms`, `1m`, `1h`, `10us`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (expected e.g. \"1s\" or \"250ms\")"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (expected e.g. \"1s\" or \"250ms\")"))?;
     let secs = match unit {
         "h" => n * 3600.0,
         "m" => n * 60.0,
@@ -25,7 +29,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => n / 1e3,
         "us" | "µs" => n / 1e6,
         "ns" => n / 1e9,
-        _ => return Err(format!("invalid duration {s:?}: unit must be one of h, m, s, ms, us, ns")),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: unit must be one of h, m, s, ms, us, ns"
+            ))
+        }
     };
     if !secs.is_finite() || secs < 0.0 || secs > 315_576_000_000.0 {
         return Err(format!("duration {s:?} out of range"));
@@ -36,13 +44,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Compile a user regex under the size guard (RE2 semantics are close to the regex crate's).
 pub fn check_regex(re: &str) -> Result<(), String> {
     if re.len() > MAX_REGEX_LEN {
-        return Err(format!("regex is {} characters, over the limit of {MAX_REGEX_LEN}", re.len()));
+        return Err(format!(
+            "regex is {} characters, over the limit of {MAX_REGEX_LEN}",
+            re.len()
+        ));
     }
     regex::RegexBuilder::new(re)
         .size_limit(MAX_REGEX_BYTES)
         .build()
         .map(|_| ())
-        .map_err(|e| format!("invalid or too complex regex: {}", e.to_string().lines().last().unwrap_or("")))
+        .map_err(|e| {
+            format!(
+                "invalid or too complex regex: {}",
+                e.to_string().lines().last().unwrap_or("")
+            )
+        })
 }
 
 struct V {
@@ -63,14 +79,20 @@ impl V {
     fn pct(&mut self, field: String, p: &Option<Percent>) {
         if let Some(p) = p {
             if !(0.0..=100.0).contains(&p.value) || p.value.is_nan() {
-                self.bad(field, format!("percentage {} must be between 0 and 100", p.value));
+                self.bad(
+                    field,
+                    format!("percentage {} must be between 0 and 100", p.value),
+                );
             }
         }
     }
     fn sm(&mut self, field: String, m: &StringMatch) {
         let n = m.exact.is_some() as u8 + m.prefix.is_some() as u8 + m.regex.is_some() as u8;
         if n != 1 {
-            self.bad(field.clone(), "exactly one of exact, prefix, regex must be set");
+            self.bad(
+                field.clone(),
+                "exactly one of exact, prefix, regex must be set",
+            );
         }
         if let Some(r) = &m.regex {
             if let Err(e) = check_regex(r) {
@@ -120,7 +142,10 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
         }
     }
     if vs.http.is_empty() && vs.tcp.is_empty() && vs.tls.is_empty() {
-        v.bad("spec", "at least one of http, tcp or tls routes is required");
+        v.bad(
+            "spec",
+            "at least one of http, tcp or tls routes is required",
+        );
     }
     for (i, h) in vs.http.iter().enumerate() {
         let f = format!("spec.http[{i}]");
@@ -129,14 +154,22 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             + h.direct_response.is_some() as u8
             + h.delegate.is_some() as u8;
         if actions != 1 {
-            v.bad(f.clone(), "exactly one of route, redirect, directResponse, delegate is required");
+            v.bad(
+                f.clone(),
+                "exactly one of route, redirect, directResponse, delegate is required",
+            );
         }
         if h.delegate.is_some() {
             v.bad(format!("{f}.delegate"), "delegate is not supported yet");
         }
         for (j, m) in h.matches.iter().enumerate() {
             let mf = format!("{f}.match[{j}]");
-            for (name, sm) in [("uri", &m.uri), ("scheme", &m.scheme), ("method", &m.method), ("authority", &m.authority)] {
+            for (name, sm) in [
+                ("uri", &m.uri),
+                ("scheme", &m.scheme),
+                ("method", &m.method),
+                ("authority", &m.authority),
+            ] {
                 if let Some(sm) = sm {
                     v.sm(format!("{mf}.{name}"), sm);
                 }
@@ -154,30 +187,45 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
                 v.port(format!("{mf}.port"), p);
             }
             if !m.gateways.is_empty() {
-                v.bad(format!("{mf}.gateways"), "gateway matches are not supported yet");
+                v.bad(
+                    format!("{mf}.gateways"),
+                    "gateway matches are not supported yet",
+                );
             }
         }
         let mut total = 0i64;
         for (j, d) in h.route.iter().enumerate() {
             v.dest(format!("{f}.route[{j}].destination"), &d.destination);
             if d.weight < 0 {
-                v.bad(format!("{f}.route[{j}].weight"), "weight must not be negative");
+                v.bad(
+                    format!("{f}.route[{j}].weight"),
+                    "weight must not be negative",
+                );
             }
             total += d.weight;
         }
-        if h.route.len() > 1 && total != 100 && h.route.iter().any(|d| d.weight != 0) {
-            v.bad(format!("{f}.route"), format!("weights sum to {total}, not 100"));
+        if h.route.len() > 1 && total != 100 {
+            v.bad(
+                format!("{f}.route"),
+                format!("weights sum to {total}, not 100"),
+            );
         }
         if let Some(rd) = &h.redirect {
             if let Some(c) = rd.redirect_code {
                 if ![301, 302, 303, 307, 308].contains(&c) {
-                    v.bad(format!("{f}.redirect.redirectCode"), format!("{c} is not a redirect status (301, 302, 303, 307, 308)"));
+                    v.bad(
+                        format!("{f}.redirect.redirectCode"),
+                        format!("{c} is not a redirect status (301, 302, 303, 307, 308)"),
+                    );
                 }
             }
         }
         if let Some(d) = &h.direct_response {
             if !(200..=599).contains(&d.status) {
-                v.bad(format!("{f}.directResponse.status"), format!("{} is not an HTTP status (200-599)", d.status));
+                v.bad(
+                    format!("{f}.directResponse.status"),
+                    format!("{} is not an HTTP status (200-599)", d.status),
+                );
             }
         }
         if let Some(rw) = &h.rewrite {
@@ -187,7 +235,10 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
                 }
             }
             if !rw.uri.is_empty() && rw.uri_regex_rewrite.is_some() {
-                v.bad(format!("{f}.rewrite"), "uri and uriRegexRewrite are mutually exclusive");
+                v.bad(
+                    format!("{f}.rewrite"),
+                    "uri and uriRegexRewrite are mutually exclusive",
+                );
             }
         }
         v.dur(format!("{f}.timeout"), &h.timeout);
@@ -203,7 +254,10 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             }
             if let Some(d) = &fault.delay {
                 if d.fixed_delay.is_none() {
-                    v.bad(format!("{f}.fault.delay.fixedDelay"), "required (exponentialDelay is not supported)");
+                    v.bad(
+                        format!("{f}.fault.delay.fixedDelay"),
+                        "required (exponentialDelay is not supported)",
+                    );
                 }
                 v.dur(format!("{f}.fault.delay.fixedDelay"), &d.fixed_delay);
                 v.pct(format!("{f}.fault.delay.percentage"), &d.percentage);
@@ -211,8 +265,14 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             if let Some(a) = &fault.abort {
                 match a.http_status {
                     Some(s) if (200..=599).contains(&s) => {}
-                    Some(s) => v.bad(format!("{f}.fault.abort.httpStatus"), format!("{s} is not an HTTP status (200-599)")),
-                    None => v.bad(format!("{f}.fault.abort.httpStatus"), "required (grpcStatus and http2Error are not supported yet)"),
+                    Some(s) => v.bad(
+                        format!("{f}.fault.abort.httpStatus"),
+                        format!("{s} is not an HTTP status (200-599)"),
+                    ),
+                    None => v.bad(
+                        format!("{f}.fault.abort.httpStatus"),
+                        "required (grpcStatus and http2Error are not supported yet)",
+                    ),
                 }
                 v.pct(format!("{f}.fault.abort.percentage"), &a.percentage);
             }
@@ -239,7 +299,10 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
         }
         let total: i64 = t.route.iter().map(|d| d.weight).sum();
         if t.route.len() > 1 && total != 100 {
-            v.bad(format!("{f}.route"), format!("weights sum to {total}, not 100"));
+            v.bad(
+                format!("{f}.route"),
+                format!("weights sum to {total}, not 100"),
+            );
         }
         for (j, d) in t.route.iter().enumerate() {
             v.dest(format!("{f}.route[{j}].destination"), &d.destination);
@@ -265,7 +328,10 @@ fn traffic_policy(v: &mut V, f: &str, tp: &TrafficPolicy) {
             if !matches!(m.as_str(), "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
                 v.bad(format!("{f}.tls.mode"), format!("unknown mode {m:?}"));
             } else if m != "DISABLE" {
-                v.bad(format!("{f}.tls.mode"), format!("{m} is not supported yet (mTLS arrives with the security issue)"));
+                v.bad(
+                    format!("{f}.tls.mode"),
+                    format!("{m} is not supported yet (mTLS arrives with the security issue)"),
+                );
             }
         }
     }
@@ -294,15 +360,29 @@ fn traffic_policy(v: &mut V, f: &str, tp: &TrafficPolicy) {
 
 fn load_balancer(v: &mut V, f: &str, lb: &LoadBalancerSettings) {
     if let Some(s) = &lb.simple {
-        if !matches!(s.as_str(), "UNSPECIFIED" | "LEAST_CONN" | "RANDOM" | "PASSTHROUGH" | "ROUND_ROBIN" | "LEAST_REQUEST") {
-            v.bad(format!("{f}.simple"), format!("unknown load balancer {s:?}"));
+        if !matches!(
+            s.as_str(),
+            "UNSPECIFIED"
+                | "LEAST_CONN"
+                | "RANDOM"
+                | "PASSTHROUGH"
+                | "ROUND_ROBIN"
+                | "LEAST_REQUEST"
+        ) {
+            v.bad(
+                format!("{f}.simple"),
+                format!("unknown load balancer {s:?}"),
+            );
         }
         if s == "PASSTHROUGH" {
             v.bad(format!("{f}.simple"), "PASSTHROUGH is not supported yet");
         }
     }
     if lb.simple.is_some() && lb.consistent_hash.is_some() {
-        v.bad(f.to_string(), "simple and consistentHash are mutually exclusive");
+        v.bad(
+            f.to_string(),
+            "simple and consistentHash are mutually exclusive",
+        );
     }
     if let Some(ch) = &lb.consistent_hash {
         let n = ch.http_header_name.is_some() as u8
@@ -324,7 +404,10 @@ fn load_balancer(v: &mut V, f: &str, lb: &LoadBalancerSettings) {
 fn connection_pool(v: &mut V, f: &str, cp: &ConnectionPoolSettings) {
     if let Some(t) = &cp.tcp {
         v.dur(format!("{f}.tcp.connectTimeout"), &t.connect_timeout);
-        v.dur(format!("{f}.tcp.maxConnectionDuration"), &t.max_connection_duration);
+        v.dur(
+            format!("{f}.tcp.maxConnectionDuration"),
+            &t.max_connection_duration,
+        );
         v.dur(format!("{f}.tcp.idleTimeout"), &t.idle_timeout);
         if let Some(k) = &t.tcp_keepalive {
             v.dur(format!("{f}.tcp.tcpKeepalive.time"), &k.time);
@@ -353,7 +436,10 @@ fn connection_pool(v: &mut V, f: &str, cp: &ConnectionPoolSettings) {
 fn outlier(v: &mut V, f: &str, od: &OutlierDetection) {
     v.dur(format!("{f}.interval"), &od.interval);
     v.dur(format!("{f}.baseEjectionTime"), &od.base_ejection_time);
-    for (name, val) in [("maxEjectionPercent", od.max_ejection_percent), ("minHealthPercent", od.min_health_percent)] {
+    for (name, val) in [
+        ("maxEjectionPercent", od.max_ejection_percent),
+        ("minHealthPercent", od.min_health_percent),
+    ] {
         if val.is_some_and(|n| n > 100) {
             v.bad(format!("{f}.{name}"), "must be between 0 and 100");
         }
@@ -372,7 +458,10 @@ fn destination_rule(v: &mut V, dr: &DestinationRule) {
         if s.name.is_empty() {
             v.bad(format!("spec.subsets[{i}].name"), "required");
         } else if !seen.insert(&s.name) {
-            v.bad(format!("spec.subsets[{i}].name"), format!("duplicate subset {:?}", s.name));
+            v.bad(
+                format!("spec.subsets[{i}].name"),
+                format!("duplicate subset {:?}", s.name),
+            );
         }
         if let Some(tp) = &s.traffic_policy {
             traffic_policy(v, &format!("spec.subsets[{i}].trafficPolicy"), tp);
@@ -401,6 +490,9 @@ fn service_entry(v: &mut V, se: &ServiceEntry) {
         }
     }
     if !se.endpoints.is_empty() && se.workload_selector.is_some() {
-        v.bad("spec", "endpoints and workloadSelector are mutually exclusive");
+        v.bad(
+            "spec",
+            "endpoints and workloadSelector are mutually exclusive",
+        );
     }
 }

@@ -50,12 +50,22 @@ async fn ready(State(s): State<DebugState>) -> Response {
     if s.current.borrow().is_some() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "configuration not loaded yet\n",
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(s): State<DebugState>) -> Response {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], s.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
         .into_response()
 }
 
@@ -74,7 +84,13 @@ async fn adsz(State(s): State<DebugState>) -> Json<serde_json::Value> {
 }
 
 fn published(s: &DebugState) -> Result<Published, Response> {
-    s.current.borrow().clone().ok_or_else(|| (StatusCode::SERVICE_UNAVAILABLE, "configuration not loaded yet\n").into_response())
+    s.current.borrow().clone().ok_or_else(|| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "configuration not loaded yet\n",
+        )
+            .into_response()
+    })
 }
 
 async fn configz(State(s): State<DebugState>) -> Response {
@@ -111,7 +127,13 @@ async fn endpointz(State(s): State<DebugState>) -> Response {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let svcs: Vec<_> = p.gen.world.services.values().map(|s| json!({"hostname": s.hostname, "endpoints": s.endpoints})).collect();
+    let svcs: Vec<_> = p
+        .gen
+        .world
+        .services
+        .values()
+        .map(|s| json!({"hostname": s.hostname, "endpoints": s.endpoints}))
+        .collect();
     Json(json!(svcs)).into_response()
 }
 
@@ -121,7 +143,10 @@ async fn push_status(State(s): State<DebugState>) -> Response {
         Err(r) => return r,
     };
     let conns = s.conns.snapshot();
-    let behind = conns.iter().filter(|c| c.world_version != p.gen.world.version).count();
+    let behind = conns
+        .iter()
+        .filter(|c| c.world_version != p.gen.world.version)
+        .count();
     Json(json!({
         "world_version": p.gen.world.version,
         "since_change_ms": p.changed_at.elapsed().as_millis() as u64,
@@ -132,7 +157,10 @@ async fn push_status(State(s): State<DebugState>) -> Response {
     .into_response()
 }
 
-async fn config_dump(State(s): State<DebugState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn config_dump(
+    State(s): State<DebugState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let p = match published(&s) {
         Ok(p) => p,
         Err(r) => return r,
@@ -141,12 +169,20 @@ async fn config_dump(State(s): State<DebugState>, Query(q): Query<HashMap<String
         return (StatusCode::BAD_REQUEST, "proxyID is required\n").into_response();
     };
     let Some(proxy) = s.conns.find_proxy(id) else {
-        return (StatusCode::NOT_FOUND, format!("no connected proxy matches {id:?}\n")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no connected proxy matches {id:?}\n"),
+        )
+            .into_response();
     };
     let res = p.gen.for_proxy(&proxy);
     let dump = |t: &str, field: &str| -> Vec<serde_json::Value> {
         res.get(t)
-            .map(|m| m.values().map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)})).collect())
+            .map(|m| {
+                m.values()
+                    .map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)}))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     Json(json!({"configs": [

@@ -19,7 +19,12 @@ impl Ctx<'_> {
     fn err(&mut self, r: &Resource, field: impl Into<String>, reason: impl Into<String>) {
         self.bad.push((
             r.key.clone(),
-            ConfigError { file: r.origin.clone(), object: r.key.to_string(), field: field.into(), reason: reason.into() },
+            ConfigError {
+                file: r.origin.clone(),
+                object: r.key.to_string(),
+                field: field.into(),
+                reason: reason.into(),
+            },
         ));
     }
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Arc<Resource>> + '_ {
@@ -29,10 +34,21 @@ impl Ctx<'_> {
 
 /// Build a snapshot. Returns the world and the objects that failed cross-reference checks
 /// (they are already excluded from the world's routing config).
-pub fn build_world(objects: &Objects, mesh: &MeshConfig, version: u64) -> (World, Vec<(ObjectKey, ConfigError)>) {
-    let mut cx = Ctx { objects, domain: &mesh.domain, bad: Vec::new() };
+pub fn build_world(
+    objects: &Objects,
+    mesh: &MeshConfig,
+    version: u64,
+) -> (World, Vec<(ObjectKey, ConfigError)>) {
+    let mut cx = Ctx {
+        objects,
+        domain: &mesh.domain,
+        bad: Vec::new(),
+    };
     let mut services: BTreeMap<String, Arc<Service>> = BTreeMap::new();
-    for s in kube_services(&cx).into_iter().chain(service_entries(&mut cx)) {
+    for s in kube_services(&cx)
+        .into_iter()
+        .chain(service_entries(&mut cx))
+    {
         if let Some(prev) = services.get(&s.hostname) {
             let r = objects[&s.origin].clone();
             let reason = format!("host {} is already defined by {}", s.hostname, prev.origin);
@@ -45,14 +61,26 @@ pub fn build_world(objects: &Objects, mesh: &MeshConfig, version: u64) -> (World
     let mut destination_rules: BTreeMap<String, Arc<DestRule>> = BTreeMap::new();
     let drs: Vec<_> = cx.of_kind(Kind::DestinationRule).cloned().collect();
     for r in drs {
-        let Spec::DestinationRule(dr) = &r.spec else { continue };
+        let Spec::DestinationRule(dr) = &r.spec else {
+            continue;
+        };
         let host = fqdn(&dr.host, &r.key.namespace, cx.domain);
         if let Some(prev) = destination_rules.get(&host) {
-            let reason = format!("host {host} already has DestinationRule {}; merging is not supported", prev.key);
+            let reason = format!(
+                "host {host} already has DestinationRule {}; merging is not supported",
+                prev.key
+            );
             cx.err(&r, "spec.host", reason);
             continue;
         }
-        destination_rules.insert(host.clone(), Arc::new(DestRule { key: r.key.clone(), host, spec: dr.clone() }));
+        destination_rules.insert(
+            host.clone(),
+            Arc::new(DestRule {
+                key: r.key.clone(),
+                host,
+                spec: dr.clone(),
+            }),
+        );
     }
 
     let mut virtual_services = Vec::new();
@@ -85,23 +113,34 @@ fn ports_of(r: &Resource) -> BTreeMap<String, u32> {
 }
 
 /// Workloads (WorkloadEntries and Pods with an IP) in `ns` whose labels match `selector`.
-fn selected_workloads(cx: &Ctx<'_>, ns: &str, selector: &BTreeMap<String, String>) -> Vec<Endpoint> {
+fn selected_workloads(
+    cx: &Ctx<'_>,
+    ns: &str,
+    selector: &BTreeMap<String, String>,
+) -> Vec<Endpoint> {
     let mut out = Vec::new();
     if selector.is_empty() {
         return out;
     }
     for r in cx.objects.values().filter(|r| r.key.namespace == ns) {
         match &r.spec {
-            Spec::WorkloadEntry(w) if selects(selector, &w.labels) && !w.address.is_empty() => out.push(Endpoint {
-                address: w.address.clone(),
-                ports: ports_of(r),
-                labels: w.labels.clone(),
-                service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account.clone() },
-                namespace: ns.to_string(),
-                weight: w.weight.unwrap_or(1).max(1),
-                origin: r.key.to_string(),
-            }),
-            Spec::Pod(p) if selects(selector, &r.meta.labels) && !p.status.pod_ip.is_empty() => out.push(pod_endpoint(r, p)),
+            Spec::WorkloadEntry(w) if selects(selector, &w.labels) && !w.address.is_empty() => out
+                .push(Endpoint {
+                    address: w.address.clone(),
+                    ports: ports_of(r),
+                    labels: w.labels.clone(),
+                    service_account: if w.service_account.is_empty() {
+                        "default".into()
+                    } else {
+                        w.service_account.clone()
+                    },
+                    namespace: ns.to_string(),
+                    weight: w.weight.unwrap_or(1).max(1),
+                    origin: r.key.to_string(),
+                }),
+            Spec::Pod(p) if selects(selector, &r.meta.labels) && !p.status.pod_ip.is_empty() => {
+                out.push(pod_endpoint(r, p))
+            }
             _ => {}
         }
     }
@@ -125,10 +164,22 @@ fn pod_endpoint(r: &Resource, p: &k8s::PodBody) -> Endpoint {
 }
 
 /// Labels and service account of the Pod an Endpoints address points at, if known.
-fn target_pod(cx: &Ctx<'_>, ns: &str, t: &Option<k8s::ObjectReference>) -> Option<(BTreeMap<String, String>, String)> {
+fn target_pod(
+    cx: &Ctx<'_>,
+    ns: &str,
+    t: &Option<k8s::ObjectReference>,
+) -> Option<(BTreeMap<String, String>, String)> {
     let t = t.as_ref()?;
-    let ns = if t.namespace.is_empty() { ns } else { &t.namespace };
-    let key = ObjectKey { kind: Kind::Pod, namespace: ns.to_string(), name: t.name.clone() };
+    let ns = if t.namespace.is_empty() {
+        ns
+    } else {
+        &t.namespace
+    };
+    let key = ObjectKey {
+        kind: Kind::Pod,
+        namespace: ns.to_string(),
+        name: t.name.clone(),
+    };
     let r = cx.objects.get(&key)?;
     let Spec::Pod(p) = &r.spec else { return None };
     Some((r.meta.labels.clone(), p.spec.service_account_name.clone()))
@@ -137,7 +188,9 @@ fn target_pod(cx: &Ctx<'_>, ns: &str, t: &Option<k8s::ObjectReference>) -> Optio
 fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
     let mut out = Vec::new();
     for r in cx.of_kind(Kind::Service) {
-        let Spec::Service(spec) = &r.spec else { continue };
+        let Spec::Service(spec) = &r.spec else {
+            continue;
+        };
         let ns = &r.key.namespace;
         let ports: Vec<ServicePort> = spec
             .ports
@@ -152,7 +205,9 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                     None => None,
                 },
                 target_port_name: match &p.target_port {
-                    Some(k8s::IntOrString::String(s)) if s.parse::<u32>().is_err() => Some(s.clone()),
+                    Some(k8s::IntOrString::String(s)) if s.parse::<u32>().is_err() => {
+                        Some(s.clone())
+                    }
                     _ => None,
                 },
             })
@@ -160,11 +215,15 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
         let mut endpoints = Vec::new();
         let mut have_endpoint_objects = false;
         for e in cx.of_kind(Kind::EndpointSlice).filter(|e| {
-            &e.key.namespace == ns && e.meta.labels.get("kubernetes.io/service-name") == Some(&r.key.name)
+            &e.key.namespace == ns
+                && e.meta.labels.get("kubernetes.io/service-name") == Some(&r.key.name)
         }) {
-            let Spec::EndpointSlice(s) = &e.spec else { continue };
+            let Spec::EndpointSlice(s) = &e.spec else {
+                continue;
+            };
             have_endpoint_objects = true;
-            let pmap: BTreeMap<String, u32> = s.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
+            let pmap: BTreeMap<String, u32> =
+                s.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
             for ep in &s.endpoints {
                 if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                     continue;
@@ -175,7 +234,11 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                         address: a.clone(),
                         ports: pmap.clone(),
                         labels: labels.clone(),
-                        service_account: if sa.is_empty() { "default".into() } else { sa.clone() },
+                        service_account: if sa.is_empty() {
+                            "default".into()
+                        } else {
+                            sa.clone()
+                        },
                         namespace: ns.clone(),
                         weight: 1,
                         origin: e.key.to_string(),
@@ -183,12 +246,17 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                 }
             }
         }
-        let ekey = ObjectKey { kind: Kind::Endpoints, namespace: ns.clone(), name: r.key.name.clone() };
+        let ekey = ObjectKey {
+            kind: Kind::Endpoints,
+            namespace: ns.clone(),
+            name: r.key.name.clone(),
+        };
         if let Some(e) = cx.objects.get(&ekey).filter(|_| !have_endpoint_objects) {
             have_endpoint_objects = true;
             if let Spec::Endpoints(subsets) = &e.spec {
                 for sub in subsets {
-                    let pmap: BTreeMap<String, u32> = sub.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
+                    let pmap: BTreeMap<String, u32> =
+                        sub.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
                     for a in &sub.addresses {
                         let (labels, sa) = target_pod(cx, ns, &a.target_ref).unwrap_or_default();
                         endpoints.push(Endpoint {
@@ -242,7 +310,9 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
     let mut out = Vec::new();
     let ses: Vec<_> = cx.of_kind(Kind::ServiceEntry).cloned().collect();
     for r in ses {
-        let Spec::ServiceEntry(se) = &r.spec else { continue };
+        let Spec::ServiceEntry(se) = &r.spec else {
+            continue;
+        };
         let ns = &r.key.namespace;
         let resolution = match se.resolution.as_deref().unwrap_or("NONE") {
             "DNS" | "DNS_ROUND_ROBIN" => Resolution::Dns,
@@ -267,7 +337,11 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                 address: w.address.clone(),
                 ports: w.ports.clone(),
                 labels: w.labels.clone(),
-                service_account: if w.service_account.is_empty() { "default".into() } else { w.service_account.clone() },
+                service_account: if w.service_account.is_empty() {
+                    "default".into()
+                } else {
+                    w.service_account.clone()
+                },
                 namespace: ns.clone(),
                 weight: w.weight.unwrap_or(1).max(1),
                 origin: r.key.to_string(),
@@ -276,8 +350,17 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
         if let Some(sel) = &se.workload_selector {
             endpoints.extend(selected_workloads(cx, ns, &sel.labels));
         }
-        if resolution == Resolution::Static && se.endpoints.iter().any(|w| w.address.parse::<std::net::IpAddr>().is_err()) {
-            cx.err(&r, "spec.endpoints", "resolution STATIC needs IP addresses; use DNS for host names");
+        if resolution == Resolution::Static
+            && se
+                .endpoints
+                .iter()
+                .any(|w| w.address.parse::<std::net::IpAddr>().is_err())
+        {
+            cx.err(
+                &r,
+                "spec.endpoints",
+                "resolution STATIC needs IP addresses; use DNS for host names",
+            );
         }
         dedup_endpoints(&mut endpoints);
         for h in &se.hosts {
@@ -317,47 +400,77 @@ fn virtual_service(
     drs: &BTreeMap<String, Arc<DestRule>>,
     claimed: &mut BTreeMap<String, ObjectKey>,
 ) -> Option<VirtualSvc> {
-    let Spec::VirtualService(vs) = &r.spec else { return None };
+    let Spec::VirtualService(vs) = &r.spec else {
+        return None;
+    };
     let ns = r.key.namespace.clone();
     let before = cx.bad.len();
     let mut spec = vs.clone();
     let check = |cx: &mut Ctx<'_>, field: String, d: &mut networking::Destination| {
         d.host = fqdn(&d.host, &ns, cx.domain);
         let Some(svc) = services.get(&d.host) else {
-            cx.err(r, format!("{field}.host"), format!("host {} is not in the service registry", d.host));
+            cx.err(
+                r,
+                format!("{field}.host"),
+                format!("host {} is not in the service registry", d.host),
+            );
             return;
         };
         if let Some(p) = &d.port {
             if svc.port(p.number).is_none() {
                 let have: Vec<_> = svc.ports.iter().map(|p| p.port).collect();
-                cx.err(r, format!("{field}.port.number"), format!("service {} has no port {} (ports {have:?})", d.host, p.number));
+                cx.err(
+                    r,
+                    format!("{field}.port.number"),
+                    format!(
+                        "service {} has no port {} (ports {have:?})",
+                        d.host, p.number
+                    ),
+                );
             }
         }
         if !d.subset.is_empty() {
-            let ok = drs.get(&d.host).is_some_and(|dr| dr.spec.subsets.iter().any(|s| s.name == d.subset));
+            let ok = drs
+                .get(&d.host)
+                .is_some_and(|dr| dr.spec.subsets.iter().any(|s| s.name == d.subset));
             if !ok {
                 cx.err(
                     r,
                     format!("{field}.subset"),
-                    format!("subset {:?} of host {} is not defined by any DestinationRule", d.subset, d.host),
+                    format!(
+                        "subset {:?} of host {} is not defined by any DestinationRule",
+                        d.subset, d.host
+                    ),
                 );
             }
         }
     };
     for (i, h) in spec.http.iter_mut().enumerate() {
         for (j, d) in h.route.iter_mut().enumerate() {
-            check(cx, format!("spec.http[{i}].route[{j}].destination"), &mut d.destination);
+            check(
+                cx,
+                format!("spec.http[{i}].route[{j}].destination"),
+                &mut d.destination,
+            );
         }
         if let Some(m) = &mut h.mirror {
             check(cx, format!("spec.http[{i}].mirror"), m);
         }
         for (j, m) in h.mirrors.iter_mut().enumerate() {
-            check(cx, format!("spec.http[{i}].mirrors[{j}].destination"), &mut m.destination);
+            check(
+                cx,
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &mut m.destination,
+            );
         }
     }
     for (i, t) in spec.tcp.iter_mut().enumerate() {
         for (j, d) in t.route.iter_mut().enumerate() {
-            check(cx, format!("spec.tcp[{i}].route[{j}].destination"), &mut d.destination);
+            check(
+                cx,
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &mut d.destination,
+            );
         }
     }
     let mut hosts = Vec::new();
@@ -381,5 +494,9 @@ fn virtual_service(
     for h in &hosts {
         claimed.insert(h.clone(), r.key.clone());
     }
-    Some(VirtualSvc { key: r.key.clone(), hosts, spec })
+    Some(VirtualSvc {
+        key: r.key.clone(),
+        hosts,
+        spec,
+    })
 }

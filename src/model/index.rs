@@ -25,12 +25,24 @@ pub struct Index {
 
 impl Index {
     pub fn new(mesh: MeshConfig) -> Index {
-        Index { mesh, ..Default::default() }
+        Index {
+            mesh,
+            ..Default::default()
+        }
     }
 
     /// Replace what `file` contributes with its newly parsed content.
-    pub fn apply_file(&mut self, file: &str, resources: Vec<Resource>, mut errors: Vec<ConfigError>) {
-        let old_keys = self.files.get(file).map(|f| f.keys.clone()).unwrap_or_default();
+    pub fn apply_file(
+        &mut self,
+        file: &str,
+        resources: Vec<Resource>,
+        mut errors: Vec<ConfigError>,
+    ) {
+        let old_keys = self
+            .files
+            .get(file)
+            .map(|f| f.keys.clone())
+            .unwrap_or_default();
         let mut keys = BTreeSet::new();
         for r in resources {
             let owner = self.owner_of(&r.key, file);
@@ -64,7 +76,8 @@ impl Index {
                 keys.insert(k);
             }
         }
-        self.files.insert(file.to_string(), FileState { keys, errors });
+        self.files
+            .insert(file.to_string(), FileState { keys, errors });
     }
 
     /// The file was deleted: its objects go.
@@ -80,7 +93,12 @@ impl Index {
     /// A full relist: every file at once; files not named are removed.
     pub fn reset(&mut self, files: Vec<(String, Vec<Resource>, Vec<ConfigError>)>) {
         let names: BTreeSet<String> = files.iter().map(|(f, _, _)| f.clone()).collect();
-        let gone: Vec<String> = self.files.keys().filter(|f| !names.contains(*f)).cloned().collect();
+        let gone: Vec<String> = self
+            .files
+            .keys()
+            .filter(|f| !names.contains(*f))
+            .cloned()
+            .collect();
         for f in gone {
             self.remove_file(&f);
         }
@@ -90,7 +108,10 @@ impl Index {
     }
 
     fn owner_of(&self, key: &ObjectKey, except: &str) -> Option<String> {
-        self.files.iter().find(|(f, st)| f.as_str() != except && st.keys.contains(key)).map(|(f, _)| f.clone())
+        self.files
+            .iter()
+            .find(|(f, st)| f.as_str() != except && st.keys.contains(key))
+            .map(|(f, _)| f.clone())
     }
 
     /// Build the next snapshot. Objects failing cross-reference checks fall back to their
@@ -134,7 +155,11 @@ impl Index {
             w2
         };
         self.accepted = world.objects.clone();
-        let mut errors: Vec<ConfigError> = self.files.values().flat_map(|f| f.errors.iter().cloned()).collect();
+        let mut errors: Vec<ConfigError> = self
+            .files
+            .values()
+            .flat_map(|f| f.errors.iter().cloned())
+            .collect();
         errors.append(&mut world.errors);
         world.errors = errors;
         world

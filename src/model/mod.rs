@@ -28,7 +28,10 @@ pub struct MeshConfig {
 
 impl Default for MeshConfig {
     fn default() -> Self {
-        MeshConfig { domain: "cluster.local".into(), allow_any: true }
+        MeshConfig {
+            domain: "cluster.local".into(),
+            allow_any: true,
+        }
     }
 }
 
@@ -46,7 +49,11 @@ pub enum Protocol {
 
 impl Protocol {
     pub fn from_name(name: &str, app_protocol: &str) -> Protocol {
-        let p = if !app_protocol.is_empty() { app_protocol } else { name.split('-').next().unwrap_or("") };
+        let p = if !app_protocol.is_empty() {
+            app_protocol
+        } else {
+            name.split('-').next().unwrap_or("")
+        };
         match p.to_ascii_lowercase().as_str() {
             "http" | "http1" | "http/1.1" => Protocol::Http,
             "http2" | "h2c" | "kubernetes.io/h2c" => Protocol::Http2,
@@ -169,13 +176,21 @@ pub struct World {
 impl World {
     /// The VirtualService that owns `host`, if any (first by namespace/name).
     pub fn virtual_service_for(&self, host: &str) -> Option<&Arc<VirtualSvc>> {
-        self.virtual_services.iter().find(|v| v.hosts.iter().any(|h| h == host))
+        self.virtual_services
+            .iter()
+            .find(|v| v.hosts.iter().any(|h| h == host))
     }
     /// Services whose endpoints include the given address (the proxy's own instances).
-    pub fn instances_of<'a>(&'a self, ip: &'a str) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
-        self.services
-            .values()
-            .flat_map(move |s| s.endpoints.iter().filter(move |e| e.address == ip).map(move |e| (&**s, e)))
+    pub fn instances_of<'a>(
+        &'a self,
+        ip: &'a str,
+    ) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
+        self.services.values().flat_map(move |s| {
+            s.endpoints
+                .iter()
+                .filter(move |e| e.address == ip)
+                .map(move |e| (&**s, e))
+        })
     }
 }
 
@@ -193,7 +208,10 @@ pub struct Proxy {
 impl Proxy {
     /// Parse an Istio node id `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` plus metadata.
     pub fn from_node(id: &str, meta: &BTreeMap<String, serde_json::Value>) -> Proxy {
-        let mut p = Proxy { id: id.to_string(), ..Default::default() };
+        let mut p = Proxy {
+            id: id.to_string(),
+            ..Default::default()
+        };
         let parts: Vec<&str> = id.split('~').collect();
         if parts.len() == 4 {
             p.ips = vec![parts[1].to_string()];
@@ -213,10 +231,17 @@ impl Proxy {
             p.workload_name = w;
         }
         if let Some(ips) = s("INSTANCE_IPS") {
-            p.ips = ips.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+            p.ips = ips
+                .split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
         }
         if let Some(serde_json::Value::Object(l)) = meta.get("LABELS") {
-            p.labels = l.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect();
+            p.labels = l
+                .iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect();
         }
         if p.namespace.is_empty() {
             p.namespace = "default".into();

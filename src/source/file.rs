@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 
 /// Extensions read as config.
 pub fn is_config_file(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 /// Read every config file under the given paths (files or directories), sorted by path.
@@ -17,7 +20,8 @@ pub fn read_tree(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
     files.dedup();
     let mut out = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         out.push((f.display().to_string(), text));
     }
     Ok(out)
@@ -29,7 +33,11 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         for e in std::fs::read_dir(p)? {
             let e = e?;
             let path = e.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
                 continue;
             }
             if e.file_type()?.is_dir() {

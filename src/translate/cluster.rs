@@ -2,10 +2,13 @@
 //! of the proxy's own workload, and the passthrough / blackhole clusters.
 
 use super::*;
-use crate::api::networking::{ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy};
+use crate::api::networking::{
+    ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
+};
 use crate::model::{DestRule, Protocol, Resolution, Service, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds, cluster, CircuitBreakers, OutlierDetection as EnvoyOutlier, UpstreamConnectionOptions,
+    circuit_breakers::Thresholds, cluster, CircuitBreakers, OutlierDetection as EnvoyOutlier,
+    UpstreamConnectionOptions,
 };
 use envoy_types::pb::envoy::config::endpoint::v3 as ep;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as uphttp;
@@ -50,7 +53,13 @@ pub fn effective(dr: Option<&DestRule>, subset: &str, port: u32) -> Effective {
     if let Some(tp) = &dr.spec.traffic_policy {
         overlay(&mut e, tp, port);
     }
-    if let Some(tp) = dr.spec.subsets.iter().find(|s| s.name == subset).and_then(|s| s.traffic_policy.as_ref()) {
+    if let Some(tp) = dr
+        .spec
+        .subsets
+        .iter()
+        .find(|s| s.name == subset)
+        .and_then(|s| s.traffic_policy.as_ref())
+    {
         overlay(&mut e, tp, port);
     }
     e
@@ -81,19 +90,33 @@ pub fn outbound(world: &World) -> Vec<Cluster> {
     out
 }
 
-fn service_cluster(svc: &Service, sp: &ServicePort, dr: Option<&DestRule>, subset: &str) -> Cluster {
+fn service_cluster(
+    svc: &Service,
+    sp: &ServicePort,
+    dr: Option<&DestRule>,
+    subset: &str,
+) -> Cluster {
     let name = outbound_name(sp.port, subset, &svc.hostname);
     let eff = effective(dr, subset, sp.port);
-    let mut c = Cluster { name: name.clone(), connect_timeout: Some(secs(10)), ..Default::default() };
+    let mut c = Cluster {
+        name: name.clone(),
+        connect_timeout: Some(secs(10)),
+        ..Default::default()
+    };
     match svc.resolution {
         Resolution::Static => {
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::Eds);
-            c.eds_cluster_config = Some(cluster::EdsClusterConfig { eds_config: ads(), service_name: name.clone() });
+            c.eds_cluster_config = Some(cluster::EdsClusterConfig {
+                eds_config: ads(),
+                service_name: name.clone(),
+            });
         }
         Resolution::Dns => {
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::StrictDns);
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
-            c.load_assignment = Some(crate::translate::endpoint::assignment(&name, svc, sp, dr, subset));
+            c.load_assignment = Some(crate::translate::endpoint::assignment(
+                &name, svc, sp, dr, subset,
+            ));
         }
         Resolution::Passthrough => {
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::OriginalDst);
@@ -130,18 +153,28 @@ fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
             }));
         } else {
             c.lb_policy = LbPolicy::RingHash as i32;
-            let min = ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024);
-            c.lb_config = Some(cluster::LbConfig::RingHashLbConfig(cluster::RingHashLbConfig {
-                minimum_ring_size: Some(pbw::UInt64Value { value: min }),
-                ..Default::default()
-            }));
+            let min = ch
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.minimum_ring_size)
+                .or(ch.minimum_ring_size)
+                .unwrap_or(1024);
+            c.lb_config = Some(cluster::LbConfig::RingHashLbConfig(
+                cluster::RingHashLbConfig {
+                    minimum_ring_size: Some(pbw::UInt64Value { value: min }),
+                    ..Default::default()
+                },
+            ));
         }
     }
 }
 
 fn clamp(v: Option<i64>) -> Option<pbw::UInt32Value> {
     // Istio's defaults are "unlimited" (2^32-1), not Envoy's 1024.
-    u32v(v.map(|v| v.clamp(0, u32::MAX as i64) as u32).unwrap_or(u32::MAX))
+    u32v(
+        v.map(|v| v.clamp(0, u32::MAX as i64) as u32)
+            .unwrap_or(u32::MAX),
+    )
 }
 
 fn apply_pool(c: &mut Cluster, cp: Option<&ConnectionPoolSettings>, proto: Protocol) {
@@ -199,7 +232,10 @@ fn apply_pool(c: &mut Cluster, cp: Option<&ConnectionPoolSettings>, proto: Proto
     }
     let explicit = if h2 {
         let mut o = core::Http2ProtocolOptions::default();
-        if let Some(n) = http.and_then(|h| h.max_concurrent_streams).filter(|n| *n > 0) {
+        if let Some(n) = http
+            .and_then(|h| h.max_concurrent_streams)
+            .filter(|n| *n > 0)
+        {
             o.max_concurrent_streams = u32v(n.min(u32::MAX as i64) as u32);
         }
         uphttp::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(o)
@@ -210,12 +246,19 @@ fn apply_pool(c: &mut Cluster, cp: Option<&ConnectionPoolSettings>, proto: Proto
     };
     let opts = uphttp::HttpProtocolOptions {
         common_http_protocol_options: any_common.then_some(common),
-        upstream_protocol_options: Some(uphttp::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-            uphttp::http_protocol_options::ExplicitHttpConfig { protocol_config: Some(explicit) },
-        )),
+        upstream_protocol_options: Some(
+            uphttp::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                uphttp::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(explicit),
+                },
+            ),
+        ),
         ..Default::default()
     };
-    c.typed_extension_protocol_options.insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), any(opts));
+    c.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        any(opts),
+    );
 }
 
 fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
@@ -239,7 +282,8 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
     }
     if od.split_external_local_origin_errors == Some(true) {
         o.split_external_local_origin_errors = true;
-        o.consecutive_local_origin_failure = u32v(od.consecutive_local_origin_failures.unwrap_or(5));
+        o.consecutive_local_origin_failure =
+            u32v(od.consecutive_local_origin_failures.unwrap_or(5));
         o.enforcing_consecutive_local_origin_failure = u32v(100);
     }
     c.outlier_detection = Some(o);
@@ -288,10 +332,13 @@ pub fn inbound(world: &World, proxy: &Proxy) -> Vec<Cluster> {
         lb_policy: cluster::LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(secs(10)),
         // Source 127.0.0.6 keeps the proxy's own connection out of the inbound redirect.
-        upstream_bind_config: Some(core::BindConfig { source_address: socket("127.0.0.6", 0).and_then(|a| match a.address {
-            Some(core::address::Address::SocketAddress(s)) => Some(s),
-            _ => None,
-        }), ..Default::default() }),
+        upstream_bind_config: Some(core::BindConfig {
+            source_address: socket("127.0.0.6", 0).and_then(|a| match a.address {
+                Some(core::address::Address::SocketAddress(s)) => Some(s),
+                _ => None,
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }];
     for (port, proto) in listener::inbound_ports(world, proxy) {

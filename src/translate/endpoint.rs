@@ -17,8 +17,16 @@ pub fn lb_endpoint(addr: &str, port: u32, weight: u32) -> ep::LbEndpoint {
 }
 
 /// Endpoints of one (service, port, subset).
-pub fn assignment(name: &str, svc: &Service, sp: &ServicePort, dr: Option<&DestRule>, subset: &str) -> ep::ClusterLoadAssignment {
-    let labels = dr.and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset)).map(|s| &s.labels);
+pub fn assignment(
+    name: &str,
+    svc: &Service,
+    sp: &ServicePort,
+    dr: Option<&DestRule>,
+    subset: &str,
+) -> ep::ClusterLoadAssignment {
+    let labels = dr
+        .and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset))
+        .map(|s| &s.labels);
     let lb_endpoints: Vec<ep::LbEndpoint> = svc
         .endpoints
         .iter()
@@ -30,7 +38,10 @@ pub fn assignment(name: &str, svc: &Service, sp: &ServicePort, dr: Option<&DestR
         endpoints: if lb_endpoints.is_empty() {
             vec![]
         } else {
-            vec![ep::LocalityLbEndpoints { lb_endpoints, ..Default::default() }]
+            vec![ep::LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
         },
         ..Default::default()
     }
@@ -39,12 +50,28 @@ pub fn assignment(name: &str, svc: &Service, sp: &ServicePort, dr: Option<&DestR
 /// Every EDS resource of the mesh (shared by all sidecars), sorted by name.
 pub fn all(world: &World) -> Vec<ep::ClusterLoadAssignment> {
     let mut out = Vec::new();
-    for svc in world.services.values().filter(|s| s.resolution == Resolution::Static) {
+    for svc in world
+        .services
+        .values()
+        .filter(|s| s.resolution == Resolution::Static)
+    {
         let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
         for sp in &svc.ports {
-            out.push(assignment(&outbound_name(sp.port, "", &svc.hostname), svc, sp, dr, ""));
+            out.push(assignment(
+                &outbound_name(sp.port, "", &svc.hostname),
+                svc,
+                sp,
+                dr,
+                "",
+            ));
             for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
-                out.push(assignment(&outbound_name(sp.port, &s.name, &svc.hostname), svc, sp, dr, &s.name));
+                out.push(assignment(
+                    &outbound_name(sp.port, &s.name, &svc.hostname),
+                    svc,
+                    sp,
+                    dr,
+                    &s.name,
+                ));
             }
         }
     }

@@ -4,10 +4,16 @@
 
 use super::*;
 use crate::model::Protocol;
-use envoy_types::pb::envoy::config::listener::v3::{self as ls, Filter, FilterChain, FilterChainMatch, ListenerFilter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    self as ls, Filter, FilterChain, FilterChainMatch, ListenerFilter,
+};
 use envoy_types::pb::envoy::config::route::v3 as rt;
-use envoy_types::pb::envoy::extensions::filters::http::{cors::v3 as cors, fault::v3 as fault, router::v3 as router};
-use envoy_types::pb::envoy::extensions::filters::listener::{http_inspector::v3 as http_inspector, original_dst::v3 as original_dst};
+use envoy_types::pb::envoy::extensions::filters::http::{
+    cors::v3 as cors, fault::v3 as fault, router::v3 as router,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::{
+    http_inspector::v3 as http_inspector, original_dst::v3 as original_dst,
+};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use prost::{Message, Name};
@@ -19,11 +25,18 @@ const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 const TCP_NAME: &str = "envoy.filters.network.tcp_proxy";
 
 fn filter<T: Message + Name>(name: &str, m: T) -> Filter {
-    Filter { name: name.into(), config_type: Some(ls::filter::ConfigType::TypedConfig(any(m))) }
+    Filter {
+        name: name.into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(any(m))),
+    }
 }
 
 fn http_filter<T: Message + Name>(name: &str, m: T) -> hcm::HttpFilter {
-    hcm::HttpFilter { name: name.into(), config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(m))), ..Default::default() }
+    hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(m))),
+        ..Default::default()
+    }
 }
 
 pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
@@ -45,10 +58,19 @@ pub enum RouteSource {
 pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: bool) -> Filter {
     let mut http_filters = Vec::new();
     if outbound {
-        http_filters.push(http_filter("envoy.filters.http.fault", fault::HttpFault::default()));
-        http_filters.push(http_filter("envoy.filters.http.cors", cors::Cors::default()));
+        http_filters.push(http_filter(
+            "envoy.filters.http.fault",
+            fault::HttpFault::default(),
+        ));
+        http_filters.push(http_filter(
+            "envoy.filters.http.cors",
+            cors::Cors::default(),
+        ));
     }
-    http_filters.push(http_filter("envoy.filters.http.router", router::Router::default()));
+    http_filters.push(http_filter(
+        "envoy.filters.http.router",
+        router::Router::default(),
+    ));
     let route_specifier = match route {
         RouteSource::Rds(name) => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
             config_source: ads(),
@@ -77,16 +99,27 @@ pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: 
 }
 
 fn listener_filter<T: Message + Name>(name: &str, m: T) -> ListenerFilter {
-    ListenerFilter { name: name.into(), config_type: Some(ls::listener_filter::ConfigType::TypedConfig(any(m))), ..Default::default() }
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(ls::listener_filter::ConfigType::TypedConfig(any(m))),
+        ..Default::default()
+    }
 }
 
 fn http_chain_match() -> Option<FilterChainMatch> {
-    Some(FilterChainMatch { application_protocols: vec!["http/1.1".into(), "h2c".into()], ..Default::default() })
+    Some(FilterChainMatch {
+        application_protocols: vec!["http/1.1".into(), "h2c".into()],
+        ..Default::default()
+    })
 }
 
 /// Outbound listeners: 15001 plus one per service port.
 pub fn outbound(world: &World) -> Vec<ls::Listener> {
-    let fallback = if world.mesh.allow_any { PASSTHROUGH } else { BLACKHOLE };
+    let fallback = if world.mesh.allow_any {
+        PASSTHROUGH
+    } else {
+        BLACKHOLE
+    };
     let mut out = vec![ls::Listener {
         name: VIRTUAL_OUTBOUND.into(),
         address: socket("0.0.0.0", 15001),
@@ -121,7 +154,11 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
             traffic_direction: core::TrafficDirection::Outbound as i32,
             ..Default::default()
         };
-        let tcp_default = if !has_http && tcp_svcs.len() == 1 { Some(tcp_svcs[0].0.clone()) } else { None };
+        let tcp_default = if !has_http && tcp_svcs.len() == 1 {
+            Some(tcp_svcs[0].0.clone())
+        } else {
+            None
+        };
         for (cluster, vips) in &tcp_svcs {
             let ranges: Vec<core::CidrRange> = vips
                 .iter()
@@ -134,16 +171,26 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
             if !ranges.is_empty() {
                 l.filter_chains.push(FilterChain {
                     name: cluster.clone(),
-                    filter_chain_match: Some(FilterChainMatch { prefix_ranges: ranges, ..Default::default() }),
+                    filter_chain_match: Some(FilterChainMatch {
+                        prefix_ranges: ranges,
+                        ..Default::default()
+                    }),
                     filters: vec![tcp_proxy(cluster, cluster)],
                     ..Default::default()
                 });
             }
         }
         let hcm_filter = || {
-            http_connection_manager(&format!("outbound_0.0.0.0_{port}"), RouteSource::Rds(port.to_string()), true)
+            http_connection_manager(
+                &format!("outbound_0.0.0.0_{port}"),
+                RouteSource::Rds(port.to_string()),
+                true,
+            )
         };
-        let fallback_filter = tcp_default.as_deref().map(|c| tcp_proxy(c, c)).unwrap_or_else(|| tcp_proxy(fallback, fallback));
+        let fallback_filter = tcp_default
+            .as_deref()
+            .map(|c| tcp_proxy(c, c))
+            .unwrap_or_else(|| tcp_proxy(fallback, fallback));
         if has_http {
             // Sniff: HTTP goes to the route table, anything else passes through.
             l.listener_filters.push(listener_filter(
@@ -157,7 +204,11 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
                 ..Default::default()
             });
         }
-        l.default_filter_chain = Some(FilterChain { name: format!("0.0.0.0_{port}_tcp"), filters: vec![fallback_filter], ..Default::default() });
+        l.default_filter_chain = Some(FilterChain {
+            name: format!("0.0.0.0_{port}_tcp"),
+            filters: vec![fallback_filter],
+            ..Default::default()
+        });
         out.push(l);
     }
     out
@@ -192,7 +243,11 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
         let fc_match = |app: bool| {
             Some(FilterChainMatch {
                 destination_port: u32v(port),
-                application_protocols: if app { vec!["http/1.1".into(), "h2c".into()] } else { vec![] },
+                application_protocols: if app {
+                    vec!["http/1.1".into(), "h2c".into()]
+                } else {
+                    vec![]
+                },
                 ..Default::default()
             })
         };
@@ -207,11 +262,15 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
                     routes: vec![rt::Route {
                         name: "default".into(),
                         r#match: Some(rt::RouteMatch {
-                            path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                            path_specifier: Some(rt::route_match::PathSpecifier::Prefix(
+                                "/".into(),
+                            )),
                             ..Default::default()
                         }),
                         action: Some(rt::route::Action::Route(rt::RouteAction {
-                            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(cluster.clone())),
+                            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(
+                                cluster.clone(),
+                            )),
                             timeout: Some(secs(0)),
                             ..Default::default()
                         })),
@@ -224,7 +283,11 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
             chains.push(FilterChain {
                 name: format!("{cluster}http"),
                 filter_chain_match: fc_match(proto == Protocol::Unknown),
-                filters: vec![http_connection_manager(&stat, RouteSource::Inline(rc), false)],
+                filters: vec![http_connection_manager(
+                    &stat,
+                    RouteSource::Inline(rc),
+                    false,
+                )],
                 ..Default::default()
             });
         }
@@ -242,8 +305,14 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
         address: socket("0.0.0.0", 15006),
         traffic_direction: core::TrafficDirection::Inbound as i32,
         listener_filters: vec![
-            listener_filter("envoy.filters.listener.original_dst", original_dst::OriginalDst::default()),
-            listener_filter("envoy.filters.listener.http_inspector", http_inspector::HttpInspector::default()),
+            listener_filter(
+                "envoy.filters.listener.original_dst",
+                original_dst::OriginalDst::default(),
+            ),
+            listener_filter(
+                "envoy.filters.listener.http_inspector",
+                http_inspector::HttpInspector::default(),
+            ),
         ],
         filter_chains: chains,
         default_filter_chain: Some(FilterChain {
@@ -261,7 +330,9 @@ fn chains(l: &ls::Listener) -> impl Iterator<Item = &FilterChain> {
 
 fn typed<T: Message + Name + Default>(f: &Filter) -> Option<T> {
     match &f.config_type {
-        Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == T::type_url() => T::decode(a.value.as_slice()).ok(),
+        Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == T::type_url() => {
+            T::decode(a.value.as_slice()).ok()
+        }
         _ => None,
     }
 }
@@ -269,14 +340,20 @@ fn typed<T: Message + Name + Default>(f: &Filter) -> Option<T> {
 /// Clusters named by tcp_proxy filters and inline route configs.
 pub fn referenced_clusters(listeners: &[ls::Listener]) -> Vec<String> {
     let mut out = Vec::new();
-    for f in listeners.iter().flat_map(chains).flat_map(|c| c.filters.iter()) {
+    for f in listeners
+        .iter()
+        .flat_map(chains)
+        .flat_map(|c| c.filters.iter())
+    {
         if let Some(t) = typed::<tcp::TcpProxy>(f) {
             if let Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) = t.cluster_specifier {
                 out.push(c);
             }
         }
         if let Some(h) = typed::<hcm::HttpConnectionManager>(f) {
-            if let Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) = h.route_specifier {
+            if let Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(rc)) =
+                h.route_specifier
+            {
                 out.extend(super::route::referenced_clusters(&[rc]));
             }
         }

@@ -54,7 +54,12 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     let mut listeners = listener::outbound(world);
     listeners.push(listener::inbound(world, proxy));
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
-    ProxyConfig { clusters, endpoints: endpoint::all(world), listeners, routes: route::outbound(world, proxy) }
+    ProxyConfig {
+        clusters,
+        endpoints: endpoint::all(world),
+        listeners,
+        routes: route::outbound(world, proxy),
+    }
 }
 
 /// Consistency check before serving: every cluster a route or listener names exists, every
@@ -69,18 +74,40 @@ pub fn check(cfg: &ProxyConfig) -> Result<(), Vec<String>> {
             }
         }
     };
-    dup("cluster", cfg.clusters.iter().map(|c| c.name.as_str()).collect());
-    dup("listener", cfg.listeners.iter().map(|c| c.name.as_str()).collect());
-    dup("route", cfg.routes.iter().map(|c| c.name.as_str()).collect());
-    dup("endpoints", cfg.endpoints.iter().map(|c| c.cluster_name.as_str()).collect());
+    dup(
+        "cluster",
+        cfg.clusters.iter().map(|c| c.name.as_str()).collect(),
+    );
+    dup(
+        "listener",
+        cfg.listeners.iter().map(|c| c.name.as_str()).collect(),
+    );
+    dup(
+        "route",
+        cfg.routes.iter().map(|c| c.name.as_str()).collect(),
+    );
+    dup(
+        "endpoints",
+        cfg.endpoints
+            .iter()
+            .map(|c| c.cluster_name.as_str())
+            .collect(),
+    );
     let clusters: BTreeSet<&str> = cfg.clusters.iter().map(|c| c.name.as_str()).collect();
-    let eds: BTreeSet<&str> = cfg.endpoints.iter().map(|c| c.cluster_name.as_str()).collect();
+    let eds: BTreeSet<&str> = cfg
+        .endpoints
+        .iter()
+        .map(|c| c.cluster_name.as_str())
+        .collect();
     for c in &cfg.clusters {
         if cluster::is_eds(c) && !eds.contains(c.name.as_str()) {
             errs.push(format!("EDS cluster {} has no endpoints resource", c.name));
         }
     }
-    for name in route::referenced_clusters(&cfg.routes).into_iter().chain(listener::referenced_clusters(&cfg.listeners)) {
+    for name in route::referenced_clusters(&cfg.routes)
+        .into_iter()
+        .chain(listener::referenced_clusters(&cfg.listeners))
+    {
         if !clusters.contains(name.as_str()) {
             errs.push(format!("cluster {name} is referenced but not generated"));
         }
@@ -99,16 +126,24 @@ pub fn check(cfg: &ProxyConfig) -> Result<(), Vec<String>> {
 }
 
 pub(crate) fn dur(d: std::time::Duration) -> pbw::Duration {
-    pbw::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    pbw::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 pub(crate) fn secs(s: i64) -> pbw::Duration {
-    pbw::Duration { seconds: s, nanos: 0 }
+    pbw::Duration {
+        seconds: s,
+        nanos: 0,
+    }
 }
 
 /// Parse an already validated duration (validation guarantees success).
 pub(crate) fn dur_str(s: &Option<String>) -> Option<pbw::Duration> {
-    s.as_deref().and_then(|s| crate::api::parse_duration(s).ok()).map(dur)
+    s.as_deref()
+        .and_then(|s| crate::api::parse_duration(s).ok())
+        .map(dur)
 }
 
 pub(crate) fn u32v(v: u32) -> Option<pbw::UInt32Value> {
@@ -132,7 +167,9 @@ pub(crate) fn socket(addr: &str, port: u32) -> Option<core::Address> {
 pub(crate) fn ads() -> Option<core::ConfigSource> {
     Some(core::ConfigSource {
         resource_api_version: core::ApiVersion::V3 as i32,
-        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(core::AggregatedConfigSource {})),
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
         ..Default::default()
     })
 }

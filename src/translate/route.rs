@@ -25,15 +25,25 @@ pub fn outbound(world: &World, proxy: &Proxy) -> Vec<rt::RouteConfiguration> {
             }
         }
     }
-    by_port.into_iter().map(|(port, svcs)| route_config(world, proxy, port, &svcs)).collect()
+    by_port
+        .into_iter()
+        .map(|(port, svcs)| route_config(world, proxy, port, &svcs))
+        .collect()
 }
 
-fn route_config(world: &World, proxy: &Proxy, port: u32, svcs: &[&Service]) -> rt::RouteConfiguration {
+fn route_config(
+    world: &World,
+    proxy: &Proxy,
+    port: u32,
+    svcs: &[&Service],
+) -> rt::RouteConfiguration {
     let mut used = BTreeSet::new();
     let mut vhosts = Vec::new();
     for svc in svcs {
-        let domains: Vec<String> =
-            domains(svc, port, &proxy.namespace, &world.mesh.domain).into_iter().filter(|d| used.insert(d.clone())).collect();
+        let domains: Vec<String> = domains(svc, port, &proxy.namespace, &world.mesh.domain)
+            .into_iter()
+            .filter(|d| used.insert(d.clone()))
+            .collect();
         if domains.is_empty() {
             continue;
         }
@@ -41,7 +51,12 @@ fn route_config(world: &World, proxy: &Proxy, port: u32, svcs: &[&Service]) -> r
             Some(vs) => vs_routes(world, proxy, &vs.spec, port),
             None => vec![default_route(world, svc, port)],
         };
-        vhosts.push(rt::VirtualHost { name: format!("{}:{port}", svc.hostname), domains, routes, ..Default::default() });
+        vhosts.push(rt::VirtualHost {
+            name: format!("{}:{port}", svc.hostname),
+            domains,
+            routes,
+            ..Default::default()
+        });
     }
     let fallback = if world.mesh.allow_any {
         route_to(PASSTHROUGH, "allow_any")
@@ -49,12 +64,21 @@ fn route_config(world: &World, proxy: &Proxy, port: u32, svcs: &[&Service]) -> r
         rt::Route {
             name: "block_all".into(),
             r#match: prefix_match("/"),
-            action: Some(rt::route::Action::DirectResponse(rt::DirectResponseAction { status: 502, ..Default::default() })),
+            action: Some(rt::route::Action::DirectResponse(
+                rt::DirectResponseAction {
+                    status: 502,
+                    ..Default::default()
+                },
+            )),
             ..Default::default()
         }
     };
     vhosts.push(rt::VirtualHost {
-        name: if world.mesh.allow_any { "allow_any".into() } else { "block_all".into() },
+        name: if world.mesh.allow_any {
+            "allow_any".into()
+        } else {
+            "block_all".into()
+        },
         domains: vec!["*".into()],
         routes: vec![fallback],
         ..Default::default()
@@ -88,7 +112,10 @@ pub fn domains(svc: &Service, port: u32, proxy_ns: &str, domain: &str) -> Vec<St
 }
 
 fn prefix_match(p: &str) -> Option<rt::RouteMatch> {
-    Some(rt::RouteMatch { path_specifier: Some(rt::route_match::PathSpecifier::Prefix(p.into())), ..Default::default() })
+    Some(rt::RouteMatch {
+        path_specifier: Some(rt::route_match::PathSpecifier::Prefix(p.into())),
+        ..Default::default()
+    })
 }
 
 fn route_to(cluster: &str, name: &str) -> rt::Route {
@@ -107,7 +134,8 @@ fn route_to(cluster: &str, name: &str) -> rt::Route {
 /// Istio's default retry policy: 2 attempts on connection failures and 503.
 fn default_retry() -> rt::RetryPolicy {
     rt::RetryPolicy {
-        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".into(),
+        retry_on: "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+            .into(),
         num_retries: u32v(2),
         retriable_status_codes: vec![503],
         host_selection_retry_max_attempts: 5,
@@ -126,14 +154,32 @@ fn default_route(world: &World, svc: &Service, port: u32) -> rt::Route {
 }
 
 /// Consistent-hash load balancing needs a hash policy on the route.
-fn hash_policy(world: &World, host: &str, subset: &str, port: u32) -> Vec<rt::route_action::HashPolicy> {
+fn hash_policy(
+    world: &World,
+    host: &str,
+    subset: &str,
+    port: u32,
+) -> Vec<rt::route_action::HashPolicy> {
     use rt::route_action::hash_policy::{self as hp, PolicySpecifier};
     let dr = world.destination_rules.get(host).map(|d| &**d);
-    let Some(ch) = effective(dr, subset, port).load_balancer.and_then(|l| l.consistent_hash) else { return vec![] };
+    let Some(ch) = effective(dr, subset, port)
+        .load_balancer
+        .and_then(|l| l.consistent_hash)
+    else {
+        return vec![];
+    };
     let spec = if let Some(h) = ch.http_header_name {
-        PolicySpecifier::Header(hp::Header { header_name: h.to_ascii_lowercase(), regex_rewrite: None })
+        PolicySpecifier::Header(hp::Header {
+            header_name: h.to_ascii_lowercase(),
+            regex_rewrite: None,
+        })
     } else if let Some(c) = ch.http_cookie {
-        PolicySpecifier::Cookie(hp::Cookie { name: c.name, path: c.path, ttl: dur_str(&c.ttl), ..Default::default() })
+        PolicySpecifier::Cookie(hp::Cookie {
+            name: c.name,
+            path: c.path,
+            ttl: dur_str(&c.ttl),
+            ..Default::default()
+        })
     } else if ch.use_source_ip == Some(true) {
         PolicySpecifier::ConnectionProperties(hp::ConnectionProperties { source_ip: true })
     } else if let Some(q) = ch.http_query_parameter_name {
@@ -141,7 +187,10 @@ fn hash_policy(world: &World, host: &str, subset: &str, port: u32) -> Vec<rt::ro
     } else {
         return vec![];
     };
-    vec![rt::route_action::HashPolicy { policy_specifier: Some(spec), terminal: false }]
+    vec![rt::route_action::HashPolicy {
+        policy_specifier: Some(spec),
+        terminal: false,
+    }]
 }
 
 /// Resolve the port of a destination: its own, the service's only port, or the listener's.
@@ -168,15 +217,23 @@ fn string_matcher(m: &StringMatch, ignore_case: bool) -> matcher::StringMatcher 
     } else if let Some(p) = &m.prefix {
         MatchPattern::Prefix(p.clone())
     } else {
-        MatchPattern::SafeRegex(matcher::RegexMatcher { regex: m.regex.clone().unwrap_or_default(), ..Default::default() })
+        MatchPattern::SafeRegex(matcher::RegexMatcher {
+            regex: m.regex.clone().unwrap_or_default(),
+            ..Default::default()
+        })
     };
-    matcher::StringMatcher { match_pattern: Some(pattern), ignore_case }
+    matcher::StringMatcher {
+        match_pattern: Some(pattern),
+        ignore_case,
+    }
 }
 
 fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> rt::HeaderMatcher {
     rt::HeaderMatcher {
         name: name.to_ascii_lowercase(),
-        header_match_specifier: Some(rt::header_matcher::HeaderMatchSpecifier::StringMatch(string_matcher(m, false))),
+        header_match_specifier: Some(rt::header_matcher::HeaderMatchSpecifier::StringMatch(
+            string_matcher(m, false),
+        )),
         invert_match: invert,
         ..Default::default()
     }
@@ -184,36 +241,57 @@ fn header_matcher(name: &str, m: &StringMatch, invert: bool) -> rt::HeaderMatche
 
 fn route_match(m: Option<&net::HttpMatchRequest>) -> rt::RouteMatch {
     use rt::route_match::PathSpecifier;
-    let Some(m) = m else { return prefix_match("/").unwrap() };
+    let Some(m) = m else {
+        return prefix_match("/").unwrap();
+    };
     let path = match &m.uri {
         Some(StringMatch { exact: Some(e), .. }) => PathSpecifier::Path(e.clone()),
-        Some(StringMatch { prefix: Some(p), .. }) => PathSpecifier::Prefix(p.clone()),
+        Some(StringMatch {
+            prefix: Some(p), ..
+        }) => PathSpecifier::Prefix(p.clone()),
         Some(StringMatch { regex: Some(r), .. }) => {
-            PathSpecifier::SafeRegex(matcher::RegexMatcher { regex: r.clone(), ..Default::default() })
+            PathSpecifier::SafeRegex(matcher::RegexMatcher {
+                regex: r.clone(),
+                ..Default::default()
+            })
         }
         _ => PathSpecifier::Prefix("/".into()),
     };
     let mut headers = Vec::new();
-    for (name, sm) in [(":method", &m.method), (":authority", &m.authority), (":scheme", &m.scheme)] {
+    for (name, sm) in [
+        (":method", &m.method),
+        (":authority", &m.authority),
+        (":scheme", &m.scheme),
+    ] {
         if let Some(sm) = sm {
             headers.push(header_matcher(name, sm, false));
         }
     }
     headers.extend(m.headers.iter().map(|(k, v)| header_matcher(k, v, false)));
-    headers.extend(m.without_headers.iter().map(|(k, v)| header_matcher(k, v, true)));
+    headers.extend(
+        m.without_headers
+            .iter()
+            .map(|(k, v)| header_matcher(k, v, true)),
+    );
     let query_parameters = m
         .query_params
         .iter()
         .map(|(k, v)| rt::QueryParameterMatcher {
             name: k.clone(),
-            query_parameter_match_specifier: Some(rt::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
-                string_matcher(v, false),
-            )),
+            query_parameter_match_specifier: Some(
+                rt::query_parameter_matcher::QueryParameterMatchSpecifier::StringMatch(
+                    string_matcher(v, false),
+                ),
+            ),
         })
         .collect();
     rt::RouteMatch {
         path_specifier: Some(path),
-        case_sensitive: if m.ignore_uri_case { boolv(false) } else { None },
+        case_sensitive: if m.ignore_uri_case {
+            boolv(false)
+        } else {
+            None
+        },
         headers,
         query_parameters,
         ..Default::default()
@@ -221,16 +299,34 @@ fn route_match(m: Option<&net::HttpMatchRequest>) -> rt::RouteMatch {
 }
 
 fn header_ops(ops: Option<&HeaderOperations>) -> (Vec<core::HeaderValueOption>, Vec<String>) {
-    let Some(ops) = ops else { return (vec![], vec![]) };
+    let Some(ops) = ops else {
+        return (vec![], vec![]);
+    };
     let mut add = Vec::new();
     for (k, v, action) in ops
         .set
         .iter()
-        .map(|(k, v)| (k, v, core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd))
-        .chain(ops.add.iter().map(|(k, v)| (k, v, core::header_value_option::HeaderAppendAction::AppendIfExistsOrAdd)))
+        .map(|(k, v)| {
+            (
+                k,
+                v,
+                core::header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd,
+            )
+        })
+        .chain(ops.add.iter().map(|(k, v)| {
+            (
+                k,
+                v,
+                core::header_value_option::HeaderAppendAction::AppendIfExistsOrAdd,
+            )
+        }))
     {
         add.push(core::HeaderValueOption {
-            header: Some(core::HeaderValue { key: k.clone(), value: v.clone(), ..Default::default() }),
+            header: Some(core::HeaderValue {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            }),
             append_action: action as i32,
             ..Default::default()
         });
@@ -247,27 +343,54 @@ fn fraction(pct: f64) -> etype::FractionalPercent {
 
 fn fault_config(f: &net::HttpFaultInjection) -> fault::HttpFault {
     let delay = f.delay.as_ref().map(|d| cfault::FaultDelay {
-        fault_delay_secifier: dur_str(&d.fixed_delay).map(cfault::fault_delay::FaultDelaySecifier::FixedDelay),
-        percentage: Some(fraction(d.percentage.as_ref().map(|p| p.value).or(d.percent.map(f64::from)).unwrap_or(100.0))),
+        fault_delay_secifier: dur_str(&d.fixed_delay)
+            .map(cfault::fault_delay::FaultDelaySecifier::FixedDelay),
+        percentage: Some(fraction(
+            d.percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(d.percent.map(f64::from))
+                .unwrap_or(100.0),
+        )),
         ..Default::default()
     });
     let abort = f.abort.as_ref().map(|a| fault::FaultAbort {
         error_type: a.http_status.map(fault::fault_abort::ErrorType::HttpStatus),
-        percentage: Some(fraction(a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0))),
+        percentage: Some(fraction(
+            a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+        )),
         ..Default::default()
     });
-    fault::HttpFault { delay, abort, ..Default::default() }
+    fault::HttpFault {
+        delay,
+        abort,
+        ..Default::default()
+    }
 }
 
 fn cors_config(c: &net::CorsPolicy) -> cors::CorsPolicy {
-    let mut origins: Vec<matcher::StringMatcher> = c.allow_origins.iter().map(|o| string_matcher(o, false)).collect();
-    origins.extend(c.allow_origin.iter().map(|o| string_matcher(&StringMatch { exact: Some(o.clone()), ..Default::default() }, false)));
+    let mut origins: Vec<matcher::StringMatcher> = c
+        .allow_origins
+        .iter()
+        .map(|o| string_matcher(o, false))
+        .collect();
+    origins.extend(c.allow_origin.iter().map(|o| {
+        string_matcher(
+            &StringMatch {
+                exact: Some(o.clone()),
+                ..Default::default()
+            },
+            false,
+        )
+    }));
     cors::CorsPolicy {
         allow_origin_string_match: origins,
         allow_methods: c.allow_methods.join(","),
         allow_headers: c.allow_headers.join(","),
         expose_headers: c.expose_headers.join(","),
-        max_age: dur_str(&c.max_age).map(|d| d.seconds.to_string()).unwrap_or_default(),
+        max_age: dur_str(&c.max_age)
+            .map(|d| d.seconds.to_string())
+            .unwrap_or_default(),
         allow_credentials: c.allow_credentials.and_then(boolv),
         forward_not_matching_preflights: match c.unmatched_preflights.as_deref() {
             Some("IGNORE") => boolv(false),
@@ -278,13 +401,19 @@ fn cors_config(c: &net::CorsPolicy) -> cors::CorsPolicy {
 }
 
 fn retry_policy(r: Option<&net::HttpRetry>) -> Option<rt::RetryPolicy> {
-    let Some(r) = r else { return Some(default_retry()) };
+    let Some(r) = r else {
+        return Some(default_retry());
+    };
     if r.attempts == 0 {
         return None;
     }
     let mut on = Vec::new();
     let mut codes = Vec::new();
-    let spec = if r.retry_on.is_empty() { "connect-failure,refused-stream,unavailable,cancelled,503" } else { &r.retry_on };
+    let spec = if r.retry_on.is_empty() {
+        "connect-failure,refused-stream,unavailable,cancelled,503"
+    } else {
+        &r.retry_on
+    };
     for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.parse::<u32>() {
             Ok(code) => codes.push(code),
@@ -312,13 +441,22 @@ fn source_applies(m: &net::HttpMatchRequest, proxy: &Proxy, port: u32) -> bool {
 
 /// Routes of a VirtualService for one listener port. Each match block becomes one Envoy
 /// route, in order; match blocks not applicable to this proxy or port are dropped.
-pub fn vs_routes(world: &World, proxy: &Proxy, vs: &net::VirtualService, port: u32) -> Vec<rt::Route> {
+pub fn vs_routes(
+    world: &World,
+    proxy: &Proxy,
+    vs: &net::VirtualService,
+    port: u32,
+) -> Vec<rt::Route> {
     let mut out = Vec::new();
     for (i, h) in vs.http.iter().enumerate() {
         let matches: Vec<Option<&net::HttpMatchRequest>> = if h.matches.is_empty() {
             vec![None]
         } else {
-            h.matches.iter().filter(|m| source_applies(m, proxy, port)).map(Some).collect()
+            h.matches
+                .iter()
+                .filter(|m| source_applies(m, proxy, port))
+                .map(Some)
+                .collect()
         };
         for m in matches {
             out.push(http_route(world, h, m, i, port));
@@ -327,8 +465,18 @@ pub fn vs_routes(world: &World, proxy: &Proxy, vs: &net::VirtualService, port: u
     out
 }
 
-fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i: usize, port: u32) -> rt::Route {
-    let name = if !h.name.is_empty() { h.name.clone() } else { format!("route-{i}") };
+fn http_route(
+    world: &World,
+    h: &HttpRoute,
+    m: Option<&net::HttpMatchRequest>,
+    i: usize,
+    port: u32,
+) -> rt::Route {
+    let name = if !h.name.is_empty() {
+        h.name.clone()
+    } else {
+        format!("route-{i}")
+    };
     let (req_add, req_remove) = header_ops(h.headers.as_ref().and_then(|x| x.request.as_ref()));
     let (resp_add, resp_remove) = header_ops(h.headers.as_ref().and_then(|x| x.response.as_ref()));
     let mut r = rt::Route {
@@ -341,10 +489,12 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
         ..Default::default()
     };
     if let Some(f) = &h.fault {
-        r.typed_per_filter_config.insert("envoy.filters.http.fault".into(), any(fault_config(f)));
+        r.typed_per_filter_config
+            .insert("envoy.filters.http.fault".into(), any(fault_config(f)));
     }
     if let Some(c) = &h.cors_policy {
-        r.typed_per_filter_config.insert("envoy.filters.http.cors".into(), any(cors_config(c)));
+        r.typed_per_filter_config
+            .insert("envoy.filters.http.cors".into(), any(cors_config(c)));
     }
     if let Some(rd) = &h.redirect {
         use rt::redirect_action::*;
@@ -358,8 +508,10 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
         r.action = Some(rt::route::Action::Redirect(rt::RedirectAction {
             host_redirect: rd.authority.clone(),
             port_redirect: rd.port.unwrap_or(0),
-            scheme_rewrite_specifier: (!rd.scheme.is_empty()).then(|| SchemeRewriteSpecifier::SchemeRedirect(rd.scheme.clone())),
-            path_rewrite_specifier: (!rd.uri.is_empty()).then(|| PathRewriteSpecifier::PathRedirect(rd.uri.clone())),
+            scheme_rewrite_specifier: (!rd.scheme.is_empty())
+                .then(|| SchemeRewriteSpecifier::SchemeRedirect(rd.scheme.clone())),
+            path_rewrite_specifier: (!rd.uri.is_empty())
+                .then(|| PathRewriteSpecifier::PathRedirect(rd.uri.clone())),
             response_code: code as i32,
             ..Default::default()
         }));
@@ -374,7 +526,13 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
             }),
             ..Default::default()
         });
-        r.action = Some(rt::route::Action::DirectResponse(rt::DirectResponseAction { status: d.status, body, ..Default::default() }));
+        r.action = Some(rt::route::Action::DirectResponse(
+            rt::DirectResponseAction {
+                status: d.status,
+                body,
+                ..Default::default()
+            },
+        ));
         return r;
     }
     let dests: Vec<&net::HttpRouteDestination> = if h.route.len() > 1 {
@@ -389,7 +547,11 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
     };
     if dests.len() == 1 {
         let d = dests[0];
-        a.cluster_specifier = Some(rt::route_action::ClusterSpecifier::Cluster(dest_cluster(world, &d.destination, port)));
+        a.cluster_specifier = Some(rt::route_action::ClusterSpecifier::Cluster(dest_cluster(
+            world,
+            &d.destination,
+            port,
+        )));
         let (add, rm) = header_ops(d.headers.as_ref().and_then(|x| x.request.as_ref()));
         r.request_headers_to_add.extend(add);
         r.request_headers_to_remove.extend(rm);
@@ -400,8 +562,10 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
         let clusters = dests
             .iter()
             .map(|d| {
-                let (req_add, req_rm) = header_ops(d.headers.as_ref().and_then(|x| x.request.as_ref()));
-                let (resp_add, resp_rm) = header_ops(d.headers.as_ref().and_then(|x| x.response.as_ref()));
+                let (req_add, req_rm) =
+                    header_ops(d.headers.as_ref().and_then(|x| x.request.as_ref()));
+                let (resp_add, resp_rm) =
+                    header_ops(d.headers.as_ref().and_then(|x| x.response.as_ref()));
                 rt::weighted_cluster::ClusterWeight {
                     name: dest_cluster(world, &d.destination, port),
                     weight: u32v(d.weight as u32),
@@ -413,11 +577,20 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
                 }
             })
             .collect();
-        a.cluster_specifier =
-            Some(rt::route_action::ClusterSpecifier::WeightedClusters(rt::WeightedCluster { clusters, ..Default::default() }));
+        a.cluster_specifier = Some(rt::route_action::ClusterSpecifier::WeightedClusters(
+            rt::WeightedCluster {
+                clusters,
+                ..Default::default()
+            },
+        ));
     }
     if let Some(d) = dests.first() {
-        a.hash_policy = hash_policy(world, &d.destination.host, &d.destination.subset, dest_port(world, &d.destination, port));
+        a.hash_policy = hash_policy(
+            world,
+            &d.destination.host,
+            &d.destination.subset,
+            dest_port(world, &d.destination, port),
+        );
     }
     if let Some(rw) = &h.rewrite {
         if !rw.uri.is_empty() {
@@ -425,27 +598,43 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
         }
         if let Some(rr) = &rw.uri_regex_rewrite {
             a.regex_rewrite = Some(matcher::RegexMatchAndSubstitute {
-                pattern: Some(matcher::RegexMatcher { regex: rr.pattern.clone(), ..Default::default() }),
+                pattern: Some(matcher::RegexMatcher {
+                    regex: rr.pattern.clone(),
+                    ..Default::default()
+                }),
                 substitution: rr.rewrite.clone(),
             });
         }
         if !rw.authority.is_empty() {
-            a.host_rewrite_specifier = Some(rt::route_action::HostRewriteSpecifier::HostRewriteLiteral(rw.authority.clone()));
+            a.host_rewrite_specifier = Some(
+                rt::route_action::HostRewriteSpecifier::HostRewriteLiteral(rw.authority.clone()),
+            );
         }
     }
     let mut mirrors: Vec<(&Destination, f64)> = Vec::new();
     if let Some(m) = &h.mirror {
-        let pct = h.mirror_percentage.as_ref().map(|p| p.value).or(h.mirror_percent.map(f64::from)).unwrap_or(100.0);
+        let pct = h
+            .mirror_percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(h.mirror_percent.map(f64::from))
+            .unwrap_or(100.0);
         mirrors.push((m, pct));
     }
     for m in &h.mirrors {
-        mirrors.push((&m.destination, m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0)));
+        mirrors.push((
+            &m.destination,
+            m.percentage.as_ref().map(|p| p.value).unwrap_or(100.0),
+        ));
     }
     a.request_mirror_policies = mirrors
         .into_iter()
         .map(|(d, pct)| rt::route_action::RequestMirrorPolicy {
             cluster: dest_cluster(world, d, port),
-            runtime_fraction: Some(core::RuntimeFractionalPercent { default_value: Some(fraction(pct)), runtime_key: String::new() }),
+            runtime_fraction: Some(core::RuntimeFractionalPercent {
+                default_value: Some(fraction(pct)),
+                runtime_key: String::new(),
+            }),
             trace_sampled: boolv(false),
             ..Default::default()
         })
@@ -457,7 +646,11 @@ fn http_route(world: &World, h: &HttpRoute, m: Option<&net::HttpMatchRequest>, i
 /// Every cluster the route configurations name (routes, weighted clusters, mirrors).
 pub fn referenced_clusters(rcs: &[rt::RouteConfiguration]) -> Vec<String> {
     let mut out = Vec::new();
-    for r in rcs.iter().flat_map(|rc| rc.virtual_hosts.iter()).flat_map(|v| v.routes.iter()) {
+    for r in rcs
+        .iter()
+        .flat_map(|rc| rc.virtual_hosts.iter())
+        .flat_map(|v| v.routes.iter())
+    {
         if let Some(rt::route::Action::Route(a)) = &r.action {
             match &a.cluster_specifier {
                 Some(rt::route_action::ClusterSpecifier::Cluster(c)) => out.push(c.clone()),

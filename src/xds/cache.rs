@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::model::{Proxy, Protocol, World};
+use crate::model::{Protocol, Proxy, World};
 use crate::translate::{self, ProxyConfig};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -25,7 +25,14 @@ pub type Res = Arc<Encoded>;
 fn encode<T: Message + Name>(name: &str, m: &T) -> Res {
     let value = m.encode_to_vec();
     let digest = Sha256::digest(&value);
-    Arc::new(Encoded { name: name.to_string(), version: hex::encode(&digest[..8]), any: Any { type_url: T::type_url(), value } })
+    Arc::new(Encoded {
+        name: name.to_string(),
+        version: hex::encode(&digest[..8]),
+        any: Any {
+            type_url: T::type_url(),
+            value,
+        },
+    })
 }
 
 /// Resources of one type, by name.
@@ -71,7 +78,10 @@ pub struct Generation {
 }
 
 fn map<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> &str) -> TypeMap {
-    items.iter().map(|m| (name(m).to_string(), encode(name(m), m))).collect()
+    items
+        .iter()
+        .map(|m| (name(m).to_string(), encode(name(m), m)))
+        .collect()
 }
 
 impl Generation {
@@ -99,7 +109,9 @@ impl Generation {
         let rkey = (proxy.namespace.clone(), proxy.labels.clone());
         let routes = {
             let mut memo = self.routes.lock().unwrap();
-            memo.entry(rkey).or_insert_with(|| map(translate::route::outbound(w, proxy), |r| &r.name)).clone()
+            memo.entry(rkey)
+                .or_insert_with(|| map(translate::route::outbound(w, proxy), |r| &r.name))
+                .clone()
         };
         let ports = translate::listener::inbound_ports(w, proxy);
         let (in_clusters, in_listeners) = {
@@ -122,8 +134,14 @@ impl Generation {
         by_type.insert(ENDPOINT, self.endpoints.clone());
         by_type.insert(LISTENER, listeners);
         by_type.insert(ROUTE, routes);
-        let res = Arc::new(ProxyResources { by_type, problems: Vec::new() });
-        self.per_proxy.lock().unwrap().insert(proxy.clone(), res.clone());
+        let res = Arc::new(ProxyResources {
+            by_type,
+            problems: Vec::new(),
+        });
+        self.per_proxy
+            .lock()
+            .unwrap()
+            .insert(proxy.clone(), res.clone());
         res
     }
 
@@ -136,7 +154,12 @@ impl Generation {
 /// Decode a proxy's resources back into typed config (for config_dump and checks).
 pub fn decode(res: &ProxyResources) -> ProxyConfig {
     fn all<T: Message + Default>(m: Option<&TypeMap>) -> Vec<T> {
-        m.map(|m| m.values().filter_map(|r| T::decode(r.any.value.as_slice()).ok()).collect()).unwrap_or_default()
+        m.map(|m| {
+            m.values()
+                .filter_map(|r| T::decode(r.any.value.as_slice()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
     }
     ProxyConfig {
         clusters: all(res.get(CLUSTER)),

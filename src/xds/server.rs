@@ -17,7 +17,9 @@ use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf as pbw;
@@ -73,15 +75,23 @@ fn struct_to_json(s: &pbw::Struct) -> BTreeMap<String, serde_json::Value> {
             Some(Kind::NumberValue(n)) => serde_json::json!(n),
             Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
             Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
-            Some(Kind::StructValue(s)) => serde_json::Value::Object(struct_to_json(s).into_iter().collect()),
-            Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(val).collect()),
+            Some(Kind::StructValue(s)) => {
+                serde_json::Value::Object(struct_to_json(s).into_iter().collect())
+            }
+            Some(Kind::ListValue(l)) => {
+                serde_json::Value::Array(l.values.iter().map(val).collect())
+            }
         }
     }
     s.fields.iter().map(|(k, v)| (k.clone(), val(v))).collect()
 }
 
 pub fn proxy_from_node(node: &Node) -> Proxy {
-    let meta = node.metadata.as_ref().map(struct_to_json).unwrap_or_default();
+    let meta = node
+        .metadata
+        .as_ref()
+        .map(struct_to_json)
+        .unwrap_or_default();
     Proxy::from_node(&node.id, &meta)
 }
 
@@ -96,15 +106,30 @@ struct Stream {
 }
 
 impl Stream {
-    fn open(srv: &XdsServer, node: &Node, peer: String, delta: bool, published: Published) -> Result<Stream, Status> {
+    fn open(
+        srv: &XdsServer,
+        node: &Node,
+        peer: String,
+        delta: bool,
+        published: Published,
+    ) -> Result<Stream, Status> {
         if node.id.is_empty() {
-            return Err(Status::invalid_argument("the first request of a stream must carry node.id"));
+            return Err(Status::invalid_argument(
+                "the first request of a stream must carry node.id",
+            ));
         }
         let proxy = proxy_from_node(node);
         let (conn_id, status) = srv.conns.add(proxy.clone(), peer.clone(), delta);
         srv.metrics.connected.inc();
         info!(proxy = %proxy.id, %peer, delta, "xDS stream connected");
-        Ok(Stream { srv: srv.clone(), proxy, conn_id, status, published, nonce: 0 })
+        Ok(Stream {
+            srv: srv.clone(),
+            proxy,
+            conn_id,
+            status,
+            published,
+            nonce: 0,
+        })
     }
 
     fn next_nonce(&mut self) -> String {
@@ -114,7 +139,9 @@ impl Stream {
 
     fn resources(&self, type_url: &str) -> Vec<Res> {
         let r = self.published.gen.for_proxy(&self.proxy);
-        r.get(type_url).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        r.get(type_url)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn update_status(&self, type_url: &str, f: impl FnOnce(&mut super::status::TypeStatus)) {
@@ -134,7 +161,10 @@ impl Stream {
 
     fn ack(&self, type_url: &str, version: &str, pending: &mut Option<Instant>) {
         if let Some(t) = pending.take() {
-            self.srv.metrics.convergence.observe(t.elapsed().as_secs_f64());
+            self.srv
+                .metrics
+                .convergence
+                .observe(t.elapsed().as_secs_f64());
         }
         self.update_status(type_url, |t| {
             t.acked_version = version.to_string();
@@ -145,11 +175,23 @@ impl Stream {
         });
     }
 
-    fn sent(&self, type_url: &str, version: &str, nonce: &str, n: usize, bytes: usize, started: Instant) {
+    fn sent(
+        &self,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        n: usize,
+        bytes: usize,
+        started: Instant,
+    ) {
         let m = &self.srv.metrics;
-        let label = crate::metrics::TypeLabel { r#type: short(type_url).to_string() };
+        let label = crate::metrics::TypeLabel {
+            r#type: short(type_url).to_string(),
+        };
         m.pushes.get_or_create(&label).inc();
-        m.push_time.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        m.push_time
+            .get_or_create(&label)
+            .observe(started.elapsed().as_secs_f64());
         m.bytes_sent.inc_by(bytes as u64);
         self.update_status(type_url, |t| {
             t.sent_version = version.to_string();
@@ -182,10 +224,21 @@ struct SotwType {
 }
 
 impl Stream {
-    fn sotw_response(&mut self, type_url: &str, ts: &mut SotwType, force: bool) -> Option<DiscoveryResponse> {
+    fn sotw_response(
+        &mut self,
+        type_url: &str,
+        ts: &mut SotwType,
+        force: bool,
+    ) -> Option<DiscoveryResponse> {
         let started = Instant::now();
         let all = self.resources(type_url);
-        let chosen: Vec<Res> = if ts.wildcard { all } else { all.into_iter().filter(|r| ts.names.contains(&r.name)).collect() };
+        let chosen: Vec<Res> = if ts.wildcard {
+            all
+        } else {
+            all.into_iter()
+                .filter(|r| ts.names.contains(&r.name))
+                .collect()
+        };
         let version = set_version(chosen.iter());
         if version == ts.version && !force {
             return None;
@@ -207,7 +260,11 @@ impl Stream {
     }
 
     /// Handle one request; returns a response to send, if any.
-    fn sotw_request(&mut self, types: &mut HashMap<String, SotwType>, req: DiscoveryRequest) -> Option<DiscoveryResponse> {
+    fn sotw_request(
+        &mut self,
+        types: &mut HashMap<String, SotwType>,
+        req: DiscoveryRequest,
+    ) -> Option<DiscoveryResponse> {
         let type_url = req.type_url.clone();
         let ts = types.entry(type_url.clone()).or_default();
         let first = ts.nonce.is_empty() && ts.version.is_empty();
@@ -231,7 +288,10 @@ impl Stream {
         let resp = if first {
             // A reconnecting proxy that already has our current version needs nothing.
             let all = self.resources(&type_url);
-            let chosen: Vec<&Res> = all.iter().filter(|r| ts.wildcard || ts.names.contains(&r.name)).collect();
+            let chosen: Vec<&Res> = all
+                .iter()
+                .filter(|r| ts.wildcard || ts.names.contains(&r.name))
+                .collect();
             let current = set_version(chosen.into_iter());
             if !req.version_info.is_empty() && req.version_info == current {
                 ts.version = current;
@@ -252,7 +312,12 @@ impl Stream {
     fn sotw_push(&mut self, types: &mut HashMap<String, SotwType>) -> Vec<DiscoveryResponse> {
         let mut out = Vec::new();
         let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
-        order.extend(types.keys().filter(|k| !ORDER.contains(&k.as_str())).cloned());
+        order.extend(
+            types
+                .keys()
+                .filter(|k| !ORDER.contains(&k.as_str()))
+                .cloned(),
+        );
         for t in order {
             if let Some(mut ts) = types.remove(&t) {
                 if let Some(r) = self.sotw_response(&t, &mut ts, false) {
@@ -266,10 +331,13 @@ impl Stream {
 }
 
 type SotwStream = Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaStream = Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type DeltaStream =
+    Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 fn peer_of<T>(r: &Request<T>) -> String {
-    r.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unknown".into())
+    r.remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 async fn run_sotw(
@@ -292,7 +360,11 @@ async fn run_sotw(
         _ => return,
     };
     let Ok(published) = srv.current() else {
-        let _ = tx.send(Err(Status::unavailable("pilotfish has not loaded its configuration yet"))).await;
+        let _ = tx
+            .send(Err(Status::unavailable(
+                "pilotfish has not loaded its configuration yet",
+            )))
+            .await;
         return;
     };
     let mut current = srv.current.clone();
@@ -310,7 +382,9 @@ async fn run_sotw(
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
-                let _ = tx.send(Err(Status::invalid_argument("type_url is required on ADS"))).await;
+                let _ = tx
+                    .send(Err(Status::invalid_argument("type_url is required on ADS")))
+                    .await;
                 return;
             }
             if let Some(resp) = st.sotw_request(&mut types, req) {
@@ -352,7 +426,12 @@ struct DeltaType {
 }
 
 impl Stream {
-    fn delta_response(&mut self, type_url: &str, ts: &mut DeltaType, forced: &BTreeSet<String>) -> Option<DeltaDiscoveryResponse> {
+    fn delta_response(
+        &mut self,
+        type_url: &str,
+        ts: &mut DeltaType,
+        forced: &BTreeSet<String>,
+    ) -> Option<DeltaDiscoveryResponse> {
         let started = Instant::now();
         let all = self.resources(type_url);
         let by_name: BTreeMap<&str, &Res> = all.iter().map(|r| (r.name.as_str(), r)).collect();
@@ -363,8 +442,12 @@ impl Stream {
                 resources.push(r.clone());
             }
         }
-        let mut removed: Vec<String> =
-            ts.client.keys().filter(|n| !by_name.contains_key(n.as_str()) || !wanted(n)).cloned().collect();
+        let mut removed: Vec<String> = ts
+            .client
+            .keys()
+            .filter(|n| !by_name.contains_key(n.as_str()) || !wanted(n))
+            .cloned()
+            .collect();
         for n in forced {
             if !by_name.contains_key(n.as_str()) && !removed.contains(n) && n != "*" {
                 removed.push(n.clone());
@@ -383,7 +466,11 @@ impl Stream {
         let nonce = self.next_nonce();
         ts.nonce = nonce.clone();
         ts.pending = Some(self.published.changed_at);
-        let mut held: Vec<&Res> = ts.client.keys().filter_map(|n| by_name.get(n.as_str()).copied()).collect();
+        let mut held: Vec<&Res> = ts
+            .client
+            .keys()
+            .filter_map(|n| by_name.get(n.as_str()).copied())
+            .collect();
         held.sort_by(|a, b| a.name.cmp(&b.name));
         let version = set_version(held.into_iter());
         let bytes = resources.iter().map(|r| r.any.value.len()).sum();
@@ -392,7 +479,12 @@ impl Stream {
             system_version_info: version,
             resources: resources
                 .iter()
-                .map(|r| Resource { name: r.name.clone(), version: r.version.clone(), resource: Some(r.any.clone()), ..Default::default() })
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
                 .collect(),
             type_url: type_url.to_string(),
             removed_resources: removed,
@@ -401,18 +493,36 @@ impl Stream {
         })
     }
 
-    fn delta_request(&mut self, types: &mut HashMap<String, DeltaType>, req: DeltaDiscoveryRequest) -> Option<DeltaDiscoveryResponse> {
+    fn delta_request(
+        &mut self,
+        types: &mut HashMap<String, DeltaType>,
+        req: DeltaDiscoveryRequest,
+    ) -> Option<DeltaDiscoveryResponse> {
         let type_url = req.type_url.clone();
         let mut ts = types.remove(&type_url).unwrap_or_default();
         let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
         if stale {
             self.srv.metrics.stale_nonces.inc();
         } else if let Some(err) = &req.error_detail {
-            let v = self.status.lock().unwrap().types.get(short(&type_url)).map(|t| t.sent_version.clone()).unwrap_or_default();
+            let v = self
+                .status
+                .lock()
+                .unwrap()
+                .types
+                .get(short(&type_url))
+                .map(|t| t.sent_version.clone())
+                .unwrap_or_default();
             self.nack(&type_url, &v, &err.message);
             ts.pending = None;
         } else if !req.response_nonce.is_empty() {
-            let v = self.status.lock().unwrap().types.get(short(&type_url)).map(|t| t.sent_version.clone()).unwrap_or_default();
+            let v = self
+                .status
+                .lock()
+                .unwrap()
+                .types
+                .get(short(&type_url))
+                .map(|t| t.sent_version.clone())
+                .unwrap_or_default();
             self.ack(&type_url, &v, &mut ts.pending);
         }
         let mut forced = BTreeSet::new();
@@ -443,7 +553,10 @@ impl Stream {
         }
         let resp = if stale && forced.is_empty() && req.resource_names_unsubscribe.is_empty() {
             None
-        } else if req.response_nonce.is_empty() || !forced.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+        } else if req.response_nonce.is_empty()
+            || !forced.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
             self.delta_response(&type_url, &mut ts, &forced)
         } else {
             None
@@ -473,7 +586,11 @@ async fn run_delta(
         _ => return,
     };
     let Ok(published) = srv.current() else {
-        let _ = tx.send(Err(Status::unavailable("pilotfish has not loaded its configuration yet"))).await;
+        let _ = tx
+            .send(Err(Status::unavailable(
+                "pilotfish has not loaded its configuration yet",
+            )))
+            .await;
         return;
     };
     let mut current = srv.current.clone();
@@ -491,7 +608,9 @@ async fn run_delta(
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
-                let _ = tx.send(Err(Status::invalid_argument("type_url is required on ADS"))).await;
+                let _ = tx
+                    .send(Err(Status::invalid_argument("type_url is required on ADS")))
+                    .await;
                 return;
             }
             if let Some(resp) = st.delta_request(&mut types, req) {
@@ -527,7 +646,11 @@ async fn run_delta(
 }
 
 impl XdsServer {
-    pub fn sotw(&self, req: Request<Streaming<DiscoveryRequest>>, fixed: Option<&'static str>) -> Result<Response<SotwStream>, Status> {
+    pub fn sotw(
+        &self,
+        req: Request<Streaming<DiscoveryRequest>>,
+        fixed: Option<&'static str>,
+    ) -> Result<Response<SotwStream>, Status> {
         self.current()?;
         let peer = peer_of(&req);
         let (tx, rx) = mpsc::channel(QUEUE);

@@ -23,19 +23,36 @@ use std::pin::Pin;
 use tonic::{Request, Response, Status, Streaming};
 
 type SotwStream = Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaStream = Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+type DeltaStream =
+    Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 impl XdsServer {
     /// Unary fetch: the current resources of one type for the requesting node.
-    pub fn fetch(&self, req: DiscoveryRequest, type_url: &'static str) -> Result<DiscoveryResponse, Status> {
-        let p = self.current.borrow().clone().ok_or_else(|| Status::unavailable("configuration not loaded yet"))?;
-        let node = req.node.ok_or_else(|| Status::invalid_argument("node is required"))?;
+    pub fn fetch(
+        &self,
+        req: DiscoveryRequest,
+        type_url: &'static str,
+    ) -> Result<DiscoveryResponse, Status> {
+        let p = self
+            .current
+            .borrow()
+            .clone()
+            .ok_or_else(|| Status::unavailable("configuration not loaded yet"))?;
+        let node = req
+            .node
+            .ok_or_else(|| Status::invalid_argument("node is required"))?;
         let proxy = proxy_from_node(&node);
         let all = p.gen.for_proxy(&proxy);
-        let wildcard = is_wildcard_type(type_url) && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
+        let wildcard = is_wildcard_type(type_url)
+            && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
         let chosen: Vec<Res> = all
             .get(type_url)
-            .map(|m| m.values().filter(|r| wildcard || req.resource_names.contains(&r.name)).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|r| wildcard || req.resource_names.contains(&r.name))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         p.gen.forget(&proxy);
         Ok(DiscoveryResponse {
@@ -62,20 +79,69 @@ macro_rules! service {
         impl $trait for $wrapper {
             type $sotw_t = SotwStream;
             type $delta_t = DeltaStream;
-            async fn $sotw(&self, req: Request<Streaming<DiscoveryRequest>>) -> Result<Response<SotwStream>, Status> {
+            async fn $sotw(
+                &self,
+                req: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<SotwStream>, Status> {
                 self.0.sotw(req, Some($type))
             }
-            async fn $delta(&self, req: Request<Streaming<DeltaDiscoveryRequest>>) -> Result<Response<DeltaStream>, Status> {
+            async fn $delta(
+                &self,
+                req: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaStream>, Status> {
                 self.0.delta(req, Some($type))
             }
-            async fn $fetch(&self, req: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+            async fn $fetch(
+                &self,
+                req: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
                 self.0.fetch(req.into_inner(), $type).map(Response::new)
             }
         }
     };
 }
 
-service!(Cds, ClusterDiscoveryService, ClusterDiscoveryServiceServer, CLUSTER, StreamClustersStream, stream_clusters, DeltaClustersStream, delta_clusters, fetch_clusters);
-service!(Eds, EndpointDiscoveryService, EndpointDiscoveryServiceServer, ENDPOINT, StreamEndpointsStream, stream_endpoints, DeltaEndpointsStream, delta_endpoints, fetch_endpoints);
-service!(Lds, ListenerDiscoveryService, ListenerDiscoveryServiceServer, LISTENER, StreamListenersStream, stream_listeners, DeltaListenersStream, delta_listeners, fetch_listeners);
-service!(Rds, RouteDiscoveryService, RouteDiscoveryServiceServer, ROUTE, StreamRoutesStream, stream_routes, DeltaRoutesStream, delta_routes, fetch_routes);
+service!(
+    Cds,
+    ClusterDiscoveryService,
+    ClusterDiscoveryServiceServer,
+    CLUSTER,
+    StreamClustersStream,
+    stream_clusters,
+    DeltaClustersStream,
+    delta_clusters,
+    fetch_clusters
+);
+service!(
+    Eds,
+    EndpointDiscoveryService,
+    EndpointDiscoveryServiceServer,
+    ENDPOINT,
+    StreamEndpointsStream,
+    stream_endpoints,
+    DeltaEndpointsStream,
+    delta_endpoints,
+    fetch_endpoints
+);
+service!(
+    Lds,
+    ListenerDiscoveryService,
+    ListenerDiscoveryServiceServer,
+    LISTENER,
+    StreamListenersStream,
+    stream_listeners,
+    DeltaListenersStream,
+    delta_listeners,
+    fetch_listeners
+);
+service!(
+    Rds,
+    RouteDiscoveryService,
+    RouteDiscoveryServiceServer,
+    ROUTE,
+    StreamRoutesStream,
+    stream_routes,
+    DeltaRoutesStream,
+    delta_routes,
+    fetch_routes
+);

@@ -45,7 +45,10 @@ impl Connections {
             proxy,
             peer,
             delta,
-            connected_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             world_version: 0,
             types: BTreeMap::new(),
         }));
@@ -56,7 +59,12 @@ impl Connections {
         self.conns.lock().unwrap().remove(id);
     }
     pub fn snapshot(&self) -> Vec<ConnStatus> {
-        self.conns.lock().unwrap().values().map(|c| c.lock().unwrap().clone()).collect()
+        self.conns
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.lock().unwrap().clone())
+            .collect()
     }
     pub fn len(&self) -> usize {
         self.conns.lock().unwrap().len()
