@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Tiny HTTP test app for pilotfish's end-to-end tests (Python 3 standard library only).
+
+    python3 e2e/app.py --name NAME --port PORT [--listen 0.0.0.0] [--fail-all]
+
+Every response is JSON: {"name", "method", "path", "headers", "body"} and carries the header
+`x-app-name: NAME`. Query parameters change the behaviour of one request:
+
+    ?status=503            answer with that status
+    ?delay=3               sleep that many seconds (float) before answering
+    ?hold=2                the same, for circuit-breaker tests (holds the connection)
+    ?flaky=KEY&fail=2      the first 2 requests carrying KEY get 503, later ones succeed
+                           (counter per process and per KEY)
+
+`--fail-all` (or env APP_FAIL_ALL=1) makes every request answer 503 (outlier detection).
+Nothing is logged per request.
+"""
+import argparse
+import json
+import os
+import socketserver
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+FLAKY = {}
+FLAKY_LOCK = threading.Lock()
+
+
+def make_handler(name, fail_all):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "pilotfish-test-app"
+        sys_version = ""
+
+        def log_message(self, fmt, *args):  # quiet
+            pass
+
+        def _serve(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length > 0 else b""
+            q = parse_qs(urlsplit(self.path).query)
+
+            def first(key, default=None):
+                v = q.get(key)
+                return v[0] if v else default
+
+            status = 200
+            for key in ("delay", "hold"):
+                secs = first(key)
+                if secs:
+                    try:
+                        time.sleep(max(0.0, min(float(secs), 600.0)))
+                    except ValueError:
+                        status = 400
+            if first("status"):
+                try:
+                    status = int(first("status"))
+                    if not 100 <= status <= 599:
+                        status = 400
+                except ValueError:
+                    status = 400
+            key = first("flaky")
+            if key is not None:
+                try:
+                    fail = int(first("fail", "1"))
+                except ValueError:
+                    fail = 1
+                with FLAKY_LOCK:
+                    seen = FLAKY.get(key, 0)
+                    FLAKY[key] = seen + 1
+                if seen < fail:
+                    status = 503
+            if fail_all:
+                status = 503
+
+            doc = {
+                "name": name,
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body.decode("utf-8", "replace"),
+            }
+            out = (json.dumps(doc) + "\n").encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("x-app-name", name)
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(out)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _serve
+
+    return Handler
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--listen", default="0.0.0.0")
+    p.add_argument("--fail-all", action="store_true")
+    a = p.parse_args()
+    fail_all = a.fail_all or os.environ.get("APP_FAIL_ALL", "") not in ("", "0")
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 128
+
+        def server_bind(self):
+            # HTTPServer.server_bind calls socket.getfqdn(), a DNS lookup: skip it.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = self.server_address[:2]
+
+    srv = Server((a.listen, a.port), make_handler(a.name, fail_all))
+    print(f"app {a.name} listening on {a.listen}:{a.port}", file=sys.stderr, flush=True)
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
