@@ -225,10 +225,12 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 }
             })?;
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
     let xds = XdsServer {
         current: rx.clone(),
         metrics: metrics.clone(),
         conns: conns.clone(),
+        stop: stop_rx,
     };
     let debug = crate::debug::router(DebugState {
         current: rx,
@@ -242,9 +244,22 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {xds_addr}"))?;
     info!(%xds_addr, %http_addr, dir = %a.config_dir.display(), "pilotfish serving");
+    // One signal fans out: streams end, both servers drain, and a deadline bounds it all.
+    let mut stopping = stop_tx.subscribe();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        warn!("shutdown took over 5 s; exiting");
+        std::process::exit(0);
+    });
+    let mut http_stop = stopping.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http, debug)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
             .await
     });
     tonic::transport::Server::builder()
@@ -256,7 +271,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .add_service(xds.into_service())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            shutdown_signal(),
+            async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            },
         )
         .await?;
     http_task.abort();

@@ -44,6 +44,8 @@ pub struct XdsServer {
     pub current: watch::Receiver<Option<Published>>,
     pub metrics: Arc<Metrics>,
     pub conns: Arc<Connections>,
+    /// Becomes true at shutdown: every stream ends so the gRPC server can stop.
+    pub stop: watch::Receiver<bool>,
 }
 
 /// Per-stream response queue depth. Small on purpose: a proxy that does not read only
@@ -379,6 +381,7 @@ async fn run_sotw(
     };
     let mut types: HashMap<String, SotwType> = HashMap::new();
     let mut next = Some(first);
+    let mut stop = srv.stop.clone();
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
@@ -394,6 +397,7 @@ async fn run_sotw(
             }
         }
         tokio::select! {
+            _ = stop.changed() => return,
             msg = inbound.message() => match msg {
                 Ok(Some(r)) => next = Some(fill(r)),
                 Ok(None) => return,
@@ -605,6 +609,7 @@ async fn run_delta(
     };
     let mut types: HashMap<String, DeltaType> = HashMap::new();
     let mut next = Some(first);
+    let mut stop = srv.stop.clone();
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
@@ -620,6 +625,7 @@ async fn run_delta(
             }
         }
         tokio::select! {
+            _ = stop.changed() => return,
             msg = inbound.message() => match msg {
                 Ok(Some(r)) => next = Some(fill(r)),
                 Ok(None) => return,
