@@ -569,8 +569,6 @@ fn header_operations_at_both_levels() {
 }
 
 #[test]
-#[ignore = "bug: VirtualService spec.tcp routes are validated but never translated; TCP \
-            listeners always go to the service's default cluster (src/translate/listener.rs)"]
 fn tcp_route_by_port_goes_to_subset() {
     let v = generated("tcp_route", "sleep");
     let host = "mongo.default.svc.cluster.local";
@@ -1042,8 +1040,6 @@ fn envoy_validation_sees_inlined_routes_and_endpoints() {
 /// while pilotfish's check (src/api/validate.rs `check_regex`) allows any regex up to
 /// 1024 characters that the `regex` crate compiles within 64 KiB.
 #[test]
-#[ignore = "bug: VirtualService regexes that pass validation (e.g. /x/[a-z]{1,100}) exceed Envoy's \
-            default RE2 max program size (100) and get the whole RDS config NACKed"]
 fn envoy_accepts_every_regex_pilotfish_accepts() {
     let yaml = fs::read_to_string(golden_dir().join("basic").join("input.yaml")).unwrap()
         + r#"
@@ -1082,8 +1078,6 @@ spec:
 
 /// Istio's `HTTPBody.bytes` is protobuf `bytes`: base64 in YAML, served decoded.
 #[test]
-#[ignore = "bug: directResponse.body.bytes is served as its base64 text, not decoded \
-            (src/translate/route.rs http_route)"]
 fn direct_response_bytes_are_base64_decoded() {
     let yaml = fs::read_to_string(golden_dir().join("basic").join("input.yaml")).unwrap()
         + r#"

@@ -198,7 +198,6 @@ fn envoy_in_pod_connects() {
 /// Pod A calls service `b` by name: hosts file → VIP → iptables → A's Envoy (15001) →
 /// routed by Host header to B's WorkloadEntry → B's Envoy inbound → B's app.
 #[test]
-#[ignore = "scenario: run with --include-ignored (passes against serve as of 8e34096)"]
 fn pod_a_calls_service_b_by_name() {
     if !need_root("pod_a_calls_service_b_by_name") {
         return;

@@ -291,21 +291,22 @@ async fn shutdown_signal() {
 }
 
 pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
-    let mut errors = 0usize;
-    let mut objects = 0usize;
-    for (file, text) in crate::source::file::read_tree(&a.paths)? {
-        let (res, errs) = crate::api::parse_file(&file, &text);
-        objects += res.len();
-        for e in errs {
-            println!("{e}");
-            errors += 1;
-        }
+    // The same pipeline as `serve`: parse, validate, then cross-reference checks.
+    let mut index = Index::new(MeshConfig::default());
+    index.reset(parse_all(crate::source::file::read_tree(&a.paths)?));
+    let world = index.snapshot();
+    for e in &world.errors {
+        println!("{e}");
     }
-    if errors > 0 {
-        println!("{errors} error(s), {objects} valid object(s)");
-        Ok(ExitCode::from(1))
-    } else {
+    let objects = world.objects.len();
+    if world.errors.is_empty() {
         println!("{objects} valid object(s)");
         Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "{} error(s), {objects} object(s) accepted",
+            world.errors.len()
+        );
+        Ok(ExitCode::from(1))
     }
 }

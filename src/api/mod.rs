@@ -229,10 +229,12 @@ pub fn parse_file(file: &str, text: &str) -> (Vec<Resource>, Vec<ConfigError>) {
         return (out, errs);
     }
     for (n, (line, doc)) in split_documents(text).into_iter().enumerate() {
-        let value: Result<serde_json::Value, String> = if doc.trim_start().starts_with('{') {
-            serde_json::from_str(&doc).map_err(|e| e.to_string())
-        } else {
-            serde_saphyr::from_str(&doc).map_err(|e| e.to_string())
+        // JSON is YAML too, but serde_json gives better messages for real JSON; a YAML flow
+        // mapping (`{apiVersion: v1, ...}`) falls through to the YAML parser.
+        let value: Result<serde_json::Value, String> = match doc.trim_start().starts_with('{') {
+            true => serde_json::from_str(&doc)
+                .or_else(|je| serde_saphyr::from_str(&doc).map_err(|_| je.to_string())),
+            false => serde_saphyr::from_str(&doc).map_err(|e| e.to_string()),
         };
         let value = match value {
             Ok(v) => v,
@@ -314,7 +316,14 @@ fn parse_value(
             return;
         }
     };
-    let meta_v = map.remove("metadata").unwrap_or(serde_json::Value::Null);
+    let Some(meta_v) = map.remove("metadata").filter(|m| !m.is_null()) else {
+        errs.push(err(
+            format!("{kind} {}", doc_name()),
+            "metadata.name",
+            "missing (the document has no metadata)".into(),
+        ));
+        return;
+    };
     let mut meta: ObjectMeta = match serde_path_to_error::deserialize(meta_v) {
         Ok(m) => m,
         Err(e) => {
@@ -346,6 +355,33 @@ fn parse_value(
         return;
     }
     let obj = key.to_string();
+    // Istio objects are exactly apiVersion, kind, metadata, spec (and status from a cluster):
+    // anything else is a typo that would otherwise be dropped silently.
+    if matches!(
+        kind,
+        Kind::VirtualService
+            | Kind::DestinationRule
+            | Kind::Gateway
+            | Kind::ServiceEntry
+            | Kind::WorkloadEntry
+            | Kind::Sidecar
+            | Kind::PeerAuthentication
+            | Kind::AuthorizationPolicy
+            | Kind::RequestAuthentication
+    ) {
+        let unknown: Vec<&String> = map
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "apiVersion" | "kind" | "spec" | "status"))
+            .collect();
+        if let Some(k) = unknown.first() {
+            errs.push(err(
+                obj,
+                k,
+                format!("unknown field `{k}`, expected one of apiVersion, kind, metadata, spec"),
+            ));
+            return;
+        }
+    }
     fn de<T: serde::de::DeserializeOwned>(
         v: serde_json::Value,
         prefix: &str,

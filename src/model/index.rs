@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 struct FileState {
     keys: BTreeSet<ObjectKey>,
     errors: Vec<ConfigError>,
+    /// Objects refused because another file defines them; they take over if it goes.
+    dups: Vec<Resource>,
 }
 
 #[derive(Default)]
@@ -44,9 +46,11 @@ impl Index {
             .map(|f| f.keys.clone())
             .unwrap_or_default();
         let mut keys = BTreeSet::new();
+        let mut dups = Vec::new();
         for r in resources {
             let owner = self.owner_of(&r.key, file);
             if let Some(other) = owner {
+                dups.push(r.clone());
                 errors.push(ConfigError {
                     file: file.to_string(),
                     object: r.key.to_string(),
@@ -77,15 +81,32 @@ impl Index {
             }
         }
         self.files
-            .insert(file.to_string(), FileState { keys, errors });
+            .insert(file.to_string(), FileState { keys, errors, dups });
     }
 
     /// The file was deleted: its objects go.
     pub fn remove_file(&mut self, file: &str) {
-        if let Some(st) = self.files.remove(file) {
-            for k in st.keys {
-                self.objects.remove(&k);
-                self.accepted.remove(&k);
+        let Some(st) = self.files.remove(file) else {
+            return;
+        };
+        for k in &st.keys {
+            self.objects.remove(k);
+            self.accepted.remove(k);
+        }
+        // A duplicate another file was refused for now has no owner: that file takes over.
+        let marker = format!("already defined in {file}");
+        for other in self.files.values_mut() {
+            let (free, still): (Vec<Resource>, Vec<Resource>) = std::mem::take(&mut other.dups)
+                .into_iter()
+                .partition(|r| st.keys.contains(&r.key));
+            other.dups = still;
+            for r in free {
+                let obj = r.key.to_string();
+                other
+                    .errors
+                    .retain(|e| !(e.object == obj && e.reason.contains(&marker)));
+                other.keys.insert(r.key.clone());
+                self.objects.insert(r.key.clone(), Arc::new(r));
             }
         }
     }

@@ -50,6 +50,75 @@ pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     )
 }
 
+/// Where a TCP service's connections go: its own cluster, or what a VirtualService's
+/// `tcp` routes say (one destination, or weighted ones).
+pub struct TcpTarget {
+    pub stat: String,
+    pub clusters: Vec<(String, u32)>,
+}
+
+impl TcpTarget {
+    pub fn filter(&self) -> Filter {
+        if self.clusters.len() == 1 {
+            return tcp_proxy(&self.stat, &self.clusters[0].0);
+        }
+        let clusters = self
+            .clusters
+            .iter()
+            .map(
+                |(name, weight)| tcp::tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                },
+            )
+            .collect();
+        filter(
+            TCP_NAME,
+            tcp::TcpProxy {
+                stat_prefix: self.stat.clone(),
+                cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
+                    tcp::tcp_proxy::WeightedCluster { clusters },
+                )),
+                ..Default::default()
+            },
+        )
+    }
+}
+
+/// The first `tcp` route of the host's VirtualService that applies to this port (matches
+/// by port; an empty match list applies everywhere), else the service's own cluster.
+pub fn tcp_target(world: &World, svc: &crate::model::Service, port: u32) -> TcpTarget {
+    let own = outbound_name(port, "", &svc.hostname);
+    let vs = world.virtual_service_for(&svc.hostname);
+    let route = vs.and_then(|vs| {
+        vs.spec.tcp.iter().find(|t| {
+            t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+        })
+    });
+    let Some(route) = route else {
+        return TcpTarget {
+            stat: own.clone(),
+            clusters: vec![(own, 1)],
+        };
+    };
+    let clusters: Vec<(String, u32)> = route
+        .route
+        .iter()
+        .filter(|d| route.route.len() == 1 || d.weight > 0)
+        .map(|d| {
+            (
+                super::route::dest_cluster(world, &d.destination, port),
+                d.weight.max(1) as u32,
+            )
+        })
+        .collect();
+    TcpTarget {
+        stat: own,
+        clusters,
+    }
+}
+
 pub enum RouteSource {
     Rds(String),
     Inline(rt::RouteConfiguration),
@@ -132,8 +201,8 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
         }),
         ..Default::default()
     }];
-    // port → (has http, tcp services with their VIPs)
-    let mut ports: BTreeMap<u32, (bool, Vec<(String, Vec<String>)>)> = BTreeMap::new();
+    // port → (has http, tcp services: their tcp_proxy target and VIPs)
+    let mut ports: BTreeMap<u32, (bool, Vec<(TcpTarget, Vec<String>)>)> = BTreeMap::new();
     for svc in world.services.values() {
         for sp in &svc.ports {
             let e = ports.entry(sp.port).or_default();
@@ -141,7 +210,7 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
                 e.0 = true;
             }
             if !sp.protocol.is_http() {
-                e.1.push((outbound_name(sp.port, "", &svc.hostname), svc.vips.clone()));
+                e.1.push((tcp_target(world, svc, sp.port), svc.vips.clone()));
             }
         }
     }
@@ -155,11 +224,11 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
             ..Default::default()
         };
         let tcp_default = if !has_http && tcp_svcs.len() == 1 {
-            Some(tcp_svcs[0].0.clone())
+            Some(&tcp_svcs[0].0)
         } else {
             None
         };
-        for (cluster, vips) in &tcp_svcs {
+        for (target, vips) in &tcp_svcs {
             let ranges: Vec<core::CidrRange> = vips
                 .iter()
                 .filter_map(|v| v.parse::<std::net::IpAddr>().ok())
@@ -170,12 +239,12 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
                 .collect();
             if !ranges.is_empty() {
                 l.filter_chains.push(FilterChain {
-                    name: cluster.clone(),
+                    name: target.stat.clone(),
                     filter_chain_match: Some(FilterChainMatch {
                         prefix_ranges: ranges,
                         ..Default::default()
                     }),
-                    filters: vec![tcp_proxy(cluster, cluster)],
+                    filters: vec![target.filter()],
                     ..Default::default()
                 });
             }
@@ -188,8 +257,7 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
             )
         };
         let fallback_filter = tcp_default
-            .as_deref()
-            .map(|c| tcp_proxy(c, c))
+            .map(TcpTarget::filter)
             .unwrap_or_else(|| tcp_proxy(fallback, fallback));
         if has_http {
             // Sniff: HTTP goes to the route table, anything else passes through.
@@ -346,8 +414,12 @@ pub fn referenced_clusters(listeners: &[ls::Listener]) -> Vec<String> {
         .flat_map(|c| c.filters.iter())
     {
         if let Some(t) = typed::<tcp::TcpProxy>(f) {
-            if let Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) = t.cluster_specifier {
-                out.push(c);
+            match t.cluster_specifier {
+                Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => out.push(c),
+                Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
+                    out.extend(w.clusters.into_iter().map(|c| c.name))
+                }
+                None => {}
             }
         }
         if let Some(h) = typed::<hcm::HttpConnectionManager>(f) {

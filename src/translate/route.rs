@@ -206,7 +206,7 @@ fn dest_port(world: &World, d: &Destination, listener_port: u32) -> u32 {
     }
 }
 
-fn dest_cluster(world: &World, d: &Destination, listener_port: u32) -> String {
+pub(crate) fn dest_cluster(world: &World, d: &Destination, listener_port: u32) -> String {
     outbound_name(dest_port(world, d, listener_port), &d.subset, &d.host)
 }
 
@@ -521,7 +521,11 @@ fn http_route(
         let body = d.body.as_ref().map(|b| core::DataSource {
             specifier: Some(match (&b.string, &b.bytes) {
                 (Some(s), _) => core::data_source::Specifier::InlineString(s.clone()),
-                (None, Some(b)) => core::data_source::Specifier::InlineString(b.clone()),
+                // Validation guarantees valid base64.
+                (None, Some(b)) => core::data_source::Specifier::InlineBytes(
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b)
+                        .unwrap_or_default(),
+                ),
                 (None, None) => core::data_source::Specifier::InlineString(String::new()),
             }),
             ..Default::default()
