@@ -54,10 +54,13 @@ impl Harness {
         let (tx, rx) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Connections::default());
+        let (stop_tx, stop) = watch::channel(false);
+        std::mem::forget(stop_tx);
         let srv = XdsServer {
             current: rx,
             metrics: metrics.clone(),
             conns: conns.clone(),
+            stop,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -561,4 +564,77 @@ async fn non_aggregated_cds_stream_and_rds_fetch() {
         .unwrap()
         .into_inner();
     assert_eq!(names(&f), vec!["8080"]);
+}
+
+fn subset_yaml(subsets: &[&str], route_to: &str) -> String {
+    let subs: Vec<String> = subsets
+        .iter()
+        .map(|s| format!("{{name: {s}, labels: {{version: {s}}}}}"))
+        .collect();
+    svc_yaml(&["a"])
+        + &format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: a}}\nspec:\n  host: a\n  subsets: [{}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec:\n  hosts: [a]\n  http:\n  - route:\n    - destination: {{host: a, subset: {route_to}}}\n",
+            subs.join(", ")
+        )
+}
+
+/// Removing a subset that routes still name: the cluster stays until the proxy has ACKed
+/// routes that no longer name it (make before break), then it goes.
+#[tokio::test]
+async fn removed_subset_cluster_outlives_the_routes_naming_it() {
+    let v2 = "outbound|8080|v2|a.default.svc.cluster.local";
+    let h = Harness::start(Some(&subset_yaml(&["v1", "v2"], "v2"))).await;
+    for delta in [false, true] {
+        h.publish(&subset_yaml(&["v1", "v2"], "v2"));
+        if !delta {
+            let (tx, mut rx) = h.sotw().await;
+            let mut last = std::collections::HashMap::new();
+            for (t, n) in [(CLUSTER, vec![]), (ROUTE, vec!["8080"])] {
+                tx.send(req(t, &n, "", "")).await.unwrap();
+                let r = next(&mut rx).await;
+                tx.send(req(t, &n, &r.version_info, &r.nonce))
+                    .await
+                    .unwrap();
+                last.insert(t, r);
+            }
+            assert!(names(&last[CLUSTER]).contains(&v2.to_string()));
+            h.publish(&subset_yaml(&["v1"], "v1"));
+            // The clusters do not change yet (v2 is kept while the proxy's routes name it):
+            // the first response is the new routes.
+            let r = next(&mut rx).await;
+            assert_eq!(
+                r.type_url, ROUTE,
+                "no cluster change may come before the routes move"
+            );
+            tx.send(req(ROUTE, &["8080"], &r.version_info, &r.nonce))
+                .await
+                .unwrap();
+            // Once the new routes are ACKed, v2 goes.
+            let c2 = next(&mut rx).await;
+            assert_eq!(c2.type_url, CLUSTER);
+            assert!(
+                !names(&c2).contains(&v2.to_string()),
+                "v2 must go once no route names it"
+            );
+        } else {
+            let (tx, mut rx) = h.delta().await;
+            for t in [CLUSTER, ROUTE] {
+                let sub: Vec<&str> = if t == ROUTE { vec!["8080"] } else { vec![] };
+                tx.send(dreq(t, &sub, &[], "")).await.unwrap();
+                let r = next(&mut rx).await;
+                tx.send(dreq(t, &[], &[], &r.nonce)).await.unwrap();
+            }
+            h.publish(&subset_yaml(&["v1"], "v1"));
+            let r = next(&mut rx).await;
+            assert_eq!(
+                r.type_url, ROUTE,
+                "no cluster change may come before the routes move"
+            );
+            tx.send(dreq(ROUTE, &[], &[], &r.nonce)).await.unwrap();
+            let c = next(&mut rx).await;
+            assert_eq!(c.type_url, CLUSTER);
+            assert_eq!(c.removed_resources, vec![v2.to_string()]);
+        }
+    }
 }

@@ -18,11 +18,17 @@ pub struct Encoded {
     pub name: String,
     pub version: String,
     pub any: Any,
+    /// Clusters this resource names (routes and listeners), for make-before-break.
+    pub refs: Vec<String>,
 }
 
 pub type Res = Arc<Encoded>;
 
 fn encode<T: Message + Name>(name: &str, m: &T) -> Res {
+    encode_with(name, m, Vec::new())
+}
+
+fn encode_with<T: Message + Name>(name: &str, m: &T, refs: Vec<String>) -> Res {
     let value = m.encode_to_vec();
     let digest = Sha256::digest(&value);
     Arc::new(Encoded {
@@ -32,6 +38,7 @@ fn encode<T: Message + Name>(name: &str, m: &T) -> Res {
             type_url: T::type_url(),
             value,
         },
+        refs,
     })
 }
 
@@ -84,10 +91,30 @@ fn map<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> &str) -> TypeMap {
         .collect()
 }
 
+fn route_map(items: Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>) -> TypeMap {
+    items
+        .iter()
+        .map(|r| {
+            let refs = translate::route::referenced_clusters(std::slice::from_ref(r));
+            (r.name.clone(), encode_with(&r.name, r, refs))
+        })
+        .collect()
+}
+
+fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>) -> TypeMap {
+    items
+        .iter()
+        .map(|l| {
+            let refs = translate::listener::referenced_clusters(std::slice::from_ref(l));
+            (l.name.clone(), encode_with(&l.name, l, refs))
+        })
+        .collect()
+}
+
 impl Generation {
     pub fn new(world: Arc<World>) -> Generation {
         let shared_clusters = map(translate::cluster::outbound(&world), |c| &c.name);
-        let shared_listeners = map(translate::listener::outbound(&world), |l| &l.name);
+        let shared_listeners = listener_map(translate::listener::outbound(&world));
         let endpoints = map(translate::endpoint::all(&world), |e| &e.cluster_name);
         Generation {
             world,
@@ -110,7 +137,7 @@ impl Generation {
         let routes = {
             let mut memo = self.routes.lock().unwrap();
             memo.entry(rkey)
-                .or_insert_with(|| map(translate::route::outbound(w, proxy), |r| &r.name))
+                .or_insert_with(|| route_map(translate::route::outbound(w, proxy)))
                 .clone()
         };
         let ports = translate::listener::inbound_ports(w, proxy);
@@ -120,7 +147,7 @@ impl Generation {
                 .or_insert_with(|| {
                     (
                         map(translate::cluster::inbound(w, proxy), |c| &c.name),
-                        map(vec![translate::listener::inbound(w, proxy)], |l| &l.name),
+                        listener_map(vec![translate::listener::inbound(w, proxy)]),
                     )
                 })
                 .clone()

@@ -12,7 +12,7 @@
 
 use super::cache::{set_version, Generation, Res};
 use super::status::{ConnStatus, Connections};
-use super::{is_wildcard_type, short, ORDER};
+use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE};
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -105,6 +105,11 @@ struct Stream {
     status: Arc<Mutex<ConnStatus>>,
     published: Published,
     nonce: u64,
+    /// What the proxy holds, per type (make-before-break bookkeeping).
+    held: HashMap<String, BTreeMap<String, Res>>,
+    /// A route or listener update was just ACKed: clusters kept only for the old routes
+    /// can go now.
+    refs_acked: bool,
 }
 
 impl Stream {
@@ -131,6 +136,8 @@ impl Stream {
             status,
             published,
             nonce: 0,
+            held: HashMap::new(),
+            refs_acked: false,
         })
     }
 
@@ -139,11 +146,34 @@ impl Stream {
         format!("{}", self.nonce)
     }
 
+    /// The resources of a type for this proxy: the current generation's, plus (for clusters
+    /// and endpoints) those the proxy holds that routes or listeners it holds still name.
+    /// Make before break: a cluster goes only after no route the proxy has names it.
     fn resources(&self, type_url: &str) -> Vec<Res> {
         let r = self.published.gen.for_proxy(&self.proxy);
-        r.get(type_url)
+        let mut out: Vec<Res> = r
+            .get(type_url)
             .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if type_url == CLUSTER || type_url == ENDPOINT {
+            if let Some(held) = self.held.get(type_url) {
+                let refs: BTreeSet<&str> = [ROUTE, LISTENER]
+                    .iter()
+                    .filter_map(|t| self.held.get(*t))
+                    .flat_map(|m| m.values())
+                    .flat_map(|r| r.refs.iter().map(String::as_str))
+                    .collect();
+                let current = r.get(type_url);
+                for (name, res) in held {
+                    if refs.contains(name.as_str()) && current.is_none_or(|c| !c.contains_key(name))
+                    {
+                        out.push(res.clone());
+                    }
+                }
+                out.sort_by(|a, b| a.name.cmp(&b.name));
+            }
+        }
+        out
     }
 
     fn update_status(&self, type_url: &str, f: impl FnOnce(&mut super::status::TypeStatus)) {
@@ -161,7 +191,10 @@ impl Stream {
         });
     }
 
-    fn ack(&self, type_url: &str, version: &str, pending: &mut Option<Instant>) {
+    fn ack(&mut self, type_url: &str, version: &str, pending: &mut Option<Instant>) {
+        if type_url == ROUTE || type_url == LISTENER {
+            self.refs_acked = true;
+        }
         if let Some(t) = pending.take() {
             self.srv
                 .metrics
@@ -246,6 +279,10 @@ impl Stream {
             return None;
         }
         let nonce = self.next_nonce();
+        self.held.insert(
+            type_url.to_string(),
+            chosen.iter().map(|r| (r.name.clone(), r.clone())).collect(),
+        );
         ts.version = version.clone();
         ts.nonce = nonce.clone();
         ts.pending = Some(self.published.changed_at);
@@ -395,6 +432,20 @@ async fn run_sotw(
                     return;
                 }
             }
+            if std::mem::take(&mut st.refs_acked) {
+                for t in [CLUSTER, ENDPOINT] {
+                    let Some(mut ts) = types.remove(t) else {
+                        continue;
+                    };
+                    let resp = st.sotw_response(t, &mut ts, false);
+                    types.insert(t.to_string(), ts);
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         }
         tokio::select! {
             _ = stop.changed() => return,
@@ -461,11 +512,14 @@ impl Stream {
         if resources.is_empty() && removed.is_empty() {
             return None;
         }
+        let held = self.held.entry(type_url.to_string()).or_default();
         for r in &resources {
             ts.client.insert(r.name.clone(), r.version.clone());
+            held.insert(r.name.clone(), r.clone());
         }
         for n in &removed {
             ts.client.remove(n);
+            held.remove(n);
         }
         let nonce = self.next_nonce();
         ts.nonce = nonce.clone();
@@ -621,6 +675,20 @@ async fn run_delta(
             if let Some(resp) = st.delta_request(&mut types, req) {
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
+                }
+            }
+            if std::mem::take(&mut st.refs_acked) {
+                for t in [CLUSTER, ENDPOINT] {
+                    let Some(mut ts) = types.remove(t) else {
+                        continue;
+                    };
+                    let resp = st.delta_response(t, &mut ts, &BTreeSet::new());
+                    types.insert(t.to_string(), ts);
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() {
+                            return;
+                        }
+                    }
                 }
             }
         }
