@@ -9,6 +9,7 @@
 pub mod api;
 pub mod app;
 pub mod bootstrap;
+pub mod ca;
 pub mod debug;
 pub mod envoy_json;
 pub mod iptables;

@@ -1,0 +1,406 @@
+//! Citadel: the mesh's certificate authority. It keeps a root (created on first start in
+//! the state directory, or plugged in by the user), mints SPIFFE X.509 SVIDs for workload
+//! identities, re-mints them at half life, and signs and verifies the bearer tokens that
+//! authenticate proxies in file mode.
+//!
+//! ```text
+//!  state-dir/root-cert.pem, root-key.pem (0600) ──► Ca ──► Svid per identity (cached, rotated)
+//!                                  token-key.pem ──► LocalTokens (ES256 JWT sign / verify)
+//! ```
+//! Private keys never leave this module except inside a `Svid` bound for the SDS stream of
+//! the identity it was minted for; `Debug` impls redact them.
+
+pub mod token;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// A workload identity: `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Identity {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+impl Identity {
+    pub fn spiffe(&self, trust_domain: &str) -> String {
+        format!(
+            "spiffe://{trust_domain}/ns/{}/sa/{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// A minted X.509 SVID: leaf + chain, and its private key.
+pub struct Svid {
+    pub spiffe_id: String,
+    /// Leaf first, then any intermediates (PEM).
+    pub cert_chain_pem: String,
+    /// PKCS#8 PEM. Only ever sent over SDS to the identity it belongs to.
+    pub key_pem: String,
+    pub serial: String,
+    /// Backdated a little for clock skew.
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+    pub issued_at: SystemTime,
+}
+
+impl fmt::Debug for Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Svid {
+    /// Time to re-mint: half of the lifetime (from issue to expiry) has passed.
+    pub fn rotate_at(&self) -> SystemTime {
+        let life = self
+            .not_after
+            .duration_since(self.issued_at)
+            .unwrap_or_default();
+        self.issued_at + life / 2
+    }
+}
+
+/// What the debug page shows of an issued certificate (never the key).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedInfo {
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_after_unix: u64,
+    pub issued_unix: u64,
+    pub holders: Vec<String>,
+}
+
+pub struct CaConfig {
+    pub state_dir: PathBuf,
+    pub trust_domain: String,
+    pub workload_ttl: Duration,
+    /// Plug-in CA: a root or intermediate certificate and its key, plus an optional chain
+    /// up to the root (the last certificate of the chain is the trust anchor).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+    pub ca_chain: Option<PathBuf>,
+}
+
+pub struct Ca {
+    pub trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+    /// Intermediates appended to every leaf (empty for a self-signed root).
+    chain_pem: String,
+    /// Trust anchors handed to proxies as ROOTCA.
+    bundle_pem: String,
+    workload_ttl: Duration,
+    svids: Mutex<BTreeMap<Identity, Arc<Svid>>>,
+    issued: Mutex<BTreeMap<String, IssuedInfo>>,
+}
+
+fn read(path: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|source| CaError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_private(path: &Path, data: &str) -> Result<(), CaError> {
+    let err = |source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(data.as_bytes()).map_err(err)
+}
+
+fn write_public(path: &Path, data: &str) -> Result<(), CaError> {
+    std::fs::write(path, data).map_err(|source| CaError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random_serial() -> (SerialNumber, String) {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f; // positive
+    b[0] |= 0x01; // no leading zero byte
+    (SerialNumber::from_slice(&b), hex::encode(b))
+}
+
+impl Ca {
+    /// Load the CA from flags or the state directory, creating a root on first start.
+    pub fn load_or_create(cfg: &CaConfig) -> Result<Ca, CaError> {
+        let (cert_pem, key_pem, chain_pem, bundle_pem) = match (&cfg.ca_cert, &cfg.ca_key) {
+            (Some(c), Some(k)) => {
+                let cert = read(c)?;
+                let key = read(k)?;
+                let chain = match &cfg.ca_chain {
+                    Some(p) => read(p)?,
+                    None => String::new(),
+                };
+                // The trust anchor: the chain's last certificate, or the CA cert itself.
+                let bundle = pem_blocks(&chain)
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| cert.clone());
+                let chain_for_leaves = if chain.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}{}", ensure_nl(&cert), chain_without_last(&chain))
+                };
+                (cert, key, chain_for_leaves, bundle)
+            }
+            (None, None) => {
+                std::fs::create_dir_all(&cfg.state_dir).map_err(|source| CaError::Write {
+                    path: cfg.state_dir.clone(),
+                    source,
+                })?;
+                let cp = cfg.state_dir.join("root-cert.pem");
+                let kp = cfg.state_dir.join("root-key.pem");
+                if !(cp.exists() && kp.exists()) {
+                    let (cert, key) = new_root(&cfg.trust_domain)?;
+                    write_private(&kp, &key)?;
+                    write_public(&cp, &cert)?;
+                }
+                let cert = read(&cp)?;
+                (cert.clone(), read(&kp)?, String::new(), cert)
+            }
+            _ => {
+                return Err(CaError::Invalid {
+                    what: "--ca-cert / --ca-key".into(),
+                    reason: "both must be given".into(),
+                })
+            }
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| CaError::Invalid {
+            what: "CA key".into(),
+            reason: e.to_string(),
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| CaError::Invalid {
+            what: "CA certificate".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Ca {
+            trust_domain: cfg.trust_domain.clone(),
+            issuer,
+            chain_pem,
+            bundle_pem,
+            workload_ttl: cfg.workload_ttl,
+            svids: Mutex::new(BTreeMap::new()),
+            issued: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The trust bundle (PEM) proxies validate peers against.
+    pub fn bundle_pem(&self) -> &str {
+        &self.bundle_pem
+    }
+
+    fn leaf(&self, sans: Vec<SanType>, cn: &str, ttl: Duration) -> Result<Svid, CaError> {
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, self.trust_domain.clone());
+        if !cn.is_empty() {
+            dn.push(DnType::CommonName, cn);
+        }
+        p.distinguished_name = dn;
+        let now = SystemTime::now();
+        let not_before = now - Duration::from_secs(60);
+        let not_after = now + ttl;
+        p.not_before = not_before.into();
+        p.not_after = not_after.into();
+        let (serial, serial_hex) = random_serial();
+        p.serial_number = Some(serial);
+        p.subject_alt_names = sans;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = p.signed_by(&key, &self.issuer)?;
+        Ok(Svid {
+            spiffe_id: String::new(),
+            cert_chain_pem: format!("{}{}", ensure_nl(&cert.pem()), self.chain_pem),
+            key_pem: key.serialize_pem(),
+            serial: serial_hex,
+            not_before,
+            not_after,
+            issued_at: now,
+        })
+    }
+
+    /// Mint a fresh SVID (uncached).
+    pub fn mint(&self, id: &Identity, ttl: Duration) -> Result<Svid, CaError> {
+        let spiffe = id.spiffe(&self.trust_domain);
+        let uri = spiffe.clone().try_into().map_err(|_| CaError::Invalid {
+            what: "identity".into(),
+            reason: format!("{spiffe} is not a valid URI"),
+        })?;
+        let mut s = self.leaf(vec![SanType::URI(uri)], "", ttl)?;
+        s.spiffe_id = spiffe;
+        Ok(s)
+    }
+
+    /// The current SVID of an identity, minted or re-minted (at half life) as needed.
+    /// `holder` is the proxy asking, for the debug page.
+    pub fn svid(&self, id: &Identity, holder: &str) -> Result<Arc<Svid>, CaError> {
+        let mut svids = self.svids.lock().unwrap();
+        let now = SystemTime::now();
+        let current = svids.get(id).filter(|s| s.rotate_at() > now).cloned();
+        let svid = match current {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(self.mint(id, self.workload_ttl)?);
+                svids.insert(id.clone(), s.clone());
+                s
+            }
+        };
+        let mut issued = self.issued.lock().unwrap();
+        let info = issued
+            .entry(svid.serial.clone())
+            .or_insert_with(|| IssuedInfo {
+                spiffe_id: svid.spiffe_id.clone(),
+                serial: svid.serial.clone(),
+                not_after_unix: unix(svid.not_after),
+                issued_unix: unix(svid.issued_at),
+                holders: Vec::new(),
+            });
+        if !holder.is_empty() && !info.holders.iter().any(|h| h == holder) {
+            info.holders.push(holder.to_string());
+        }
+        // Forget expired entries.
+        let now_u = unix(now);
+        issued.retain(|_, i| i.not_after_unix > now_u);
+        Ok(svid)
+    }
+
+    /// The earliest time any cached SVID is due for re-minting.
+    pub fn next_rotation(&self) -> Option<SystemTime> {
+        self.svids
+            .lock()
+            .unwrap()
+            .values()
+            .map(|s| s.rotate_at())
+            .min()
+    }
+
+    /// Certificates issued and still valid (for `/debug/certz`).
+    pub fn issued(&self) -> Vec<IssuedInfo> {
+        self.issued.lock().unwrap().values().cloned().collect()
+    }
+
+    /// A serving certificate for the xDS TLS port.
+    pub fn server_cert(&self, dns_names: &[String], ttl: Duration) -> Result<Svid, CaError> {
+        let mut sans = Vec::new();
+        for n in dns_names {
+            let ia5 = n.clone().try_into().map_err(|_| CaError::Invalid {
+                what: "DNS name".into(),
+                reason: format!("{n:?} is not valid"),
+            })?;
+            sans.push(SanType::DnsName(ia5));
+        }
+        let cn = dns_names.first().cloned().unwrap_or_default();
+        self.leaf(sans, &cn, ttl)
+    }
+}
+
+fn new_root(trust_domain: &str) -> Result<(String, String), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, "pilotfish root CA");
+    p.distinguished_name = dn;
+    let now = SystemTime::now();
+    p.not_before = (now - Duration::from_secs(3600)).into();
+    p.not_after = (now + Duration::from_secs(10 * 365 * 86400)).into();
+    p.serial_number = Some(random_serial().0);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = p.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+fn ensure_nl(s: &str) -> String {
+    if s.ends_with('\n') {
+        s.to_string()
+    } else {
+        format!("{s}\n")
+    }
+}
+
+/// Split a PEM bundle into its blocks.
+pub fn pem_blocks(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in s.lines() {
+        if line.starts_with("-----BEGIN") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+fn chain_without_last(chain: &str) -> String {
+    let blocks = pem_blocks(chain);
+    blocks[..blocks.len().saturating_sub(1)].concat()
+}
+
+#[cfg(test)]
+mod tests;
