@@ -61,6 +61,8 @@ impl Harness {
             metrics: metrics.clone(),
             conns: conns.clone(),
             stop,
+            security: None,
+            require_auth: false,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());

@@ -1,12 +1,15 @@
 //! Wiring: sources → index → translate → xds cache → servers; graceful shutdown.
 use crate::api::{ConfigError, Resource};
+use crate::ca::token::LocalTokens;
+use crate::ca::{Ca, CaConfig, Identity};
 use crate::debug::DebugState;
 use crate::metrics::Metrics;
 use crate::model::{Index, MeshConfig, Proxy, World};
 use crate::translate;
+use crate::xds::auth::Security;
 use crate::xds::cache::Generation;
 use crate::xds::server::{Published, XdsServer};
-use crate::xds::services::{Cds, Eds, Lds, Rds};
+use crate::xds::services::{Cds, Eds, Lds, Rds, Sds};
 use crate::xds::status::Connections;
 use anyhow::Context;
 use notify::Watcher;
@@ -44,6 +47,108 @@ pub struct ServeArgs {
     /// DNS domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     pub domain: String,
+    /// Serve plaintext xDS on a non-loopback address (development only: no authentication).
+    #[arg(long)]
+    pub allow_plaintext_xds: bool,
+    /// xDS + SDS over TLS with bearer-token authentication.
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    pub secure_xds_address: String,
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
+/// Certificate authority and proxy authentication settings (shared by `serve` and `token`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct CaArgs {
+    /// Where the CA root, the token key and other state live.
+    #[arg(long, default_value = "pilotfish-state")]
+    pub state_dir: PathBuf,
+    /// SPIFFE trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates (e.g. 24h, 1m); re-minted at half life.
+    #[arg(long, default_value = "24h")]
+    pub workload_cert_ttl: String,
+    /// Plug-in CA certificate (root or intermediate), PEM.
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
+    /// Plug-in CA private key, PEM.
+    #[arg(long)]
+    pub ca_key: Option<PathBuf>,
+    /// Certificates from the plug-in CA's issuer up to the root, PEM.
+    #[arg(long)]
+    pub ca_chain: Option<PathBuf>,
+    /// Namespace pilotfish runs in (its serving certificate names pilotfish.<ns>.svc).
+    #[arg(long, default_value = "pilotfish-system")]
+    pub namespace: String,
+    /// More DNS names for the xDS serving certificate (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub tls_dns_names: Vec<String>,
+}
+
+impl CaArgs {
+    pub fn load(&self) -> anyhow::Result<(Arc<Ca>, Arc<LocalTokens>)> {
+        let ttl = crate::api::parse_duration(&self.workload_cert_ttl)
+            .map_err(|e| anyhow::anyhow!("--workload-cert-ttl: {e}"))?;
+        if ttl < Duration::from_secs(10) {
+            anyhow::bail!("--workload-cert-ttl must be at least 10s");
+        }
+        let ca = Ca::load_or_create(&CaConfig {
+            state_dir: self.state_dir.clone(),
+            trust_domain: self.trust_domain.clone(),
+            workload_ttl: ttl,
+            ca_cert: self.ca_cert.clone(),
+            ca_key: self.ca_key.clone(),
+            ca_chain: self.ca_chain.clone(),
+        })?;
+        let tokens = LocalTokens::load_or_create(&self.state_dir)?;
+        Ok((Arc::new(ca), Arc::new(tokens)))
+    }
+
+    /// DNS names of the xDS serving certificate.
+    pub fn dns_names(&self) -> Vec<String> {
+        let ns = &self.namespace;
+        let mut v = vec![
+            "pilotfish".to_string(),
+            format!("pilotfish.{ns}"),
+            format!("pilotfish.{ns}.svc"),
+            format!("pilotfish.{ns}.svc.cluster.local"),
+        ];
+        v.extend(self.tls_dns_names.iter().filter(|n| !n.is_empty()).cloned());
+        v
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    #[arg(long)]
+    pub namespace: String,
+    #[arg(long)]
+    pub service_account: String,
+    /// Token lifetime (e.g. 1h, 24h).
+    #[arg(long, default_value = "24h")]
+    pub ttl: String,
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
+/// `pilotfish token`: print a bearer token for a service account (file mode).
+pub fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
+    let ttl = crate::api::parse_duration(&a.ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    if a.namespace.is_empty()
+        || a.service_account.is_empty()
+        || a.namespace.contains(':')
+        || a.service_account.contains(':')
+    {
+        anyhow::bail!("--namespace and --service-account must be non-empty and contain no ':'");
+    }
+    let (_, tokens) = a.ca.load()?;
+    let id = Identity {
+        namespace: a.namespace,
+        service_account: a.service_account,
+    };
+    println!("{}", tokens.sign(&id, ttl));
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -225,18 +330,56 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 }
             })?;
     }
+    if !xds_addr.ip().is_loopback() && !a.allow_plaintext_xds {
+        anyhow::bail!(
+            "--xds-address {xds_addr} is not loopback: plaintext xDS has no authentication; \
+             use the TLS port (--secure-xds-address) or pass --allow-plaintext-xds for development"
+        );
+    }
+    let secure_addr: SocketAddr = a
+        .secure_xds_address
+        .parse()
+        .with_context(|| format!("--secure-xds-address {}", a.secure_xds_address))?;
+    let (ca, tokens) = a.ca.load()?;
+    let (security, rotation_tx) = security(&ca, tokens, &metrics);
     let (stop_tx, stop_rx) = watch::channel(false);
     let xds = XdsServer {
         current: rx.clone(),
         metrics: metrics.clone(),
         conns: conns.clone(),
         stop: stop_rx,
+        security: Some(security.clone()),
+        require_auth: false,
+    };
+    let secure = XdsServer {
+        require_auth: true,
+        ..xds.clone()
     };
     let debug = crate::debug::router(DebugState {
         current: rx,
         metrics,
         conns,
+        ca: Some(ca.clone()),
     });
+    // Re-mint certificates at half life and tell the streams.
+    {
+        let ca = ca.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if ca.expire_due() {
+                    rotation_tx.send_modify(|v| *v += 1);
+                }
+            }
+        });
+    }
+    let server_cert = ca.server_cert(&a.ca.dns_names(), Duration::from_secs(365 * 86400))?;
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&server_cert.cert_chain_pem, &server_cert.key_pem),
+    );
+    let secure_listener = tokio::net::TcpListener::bind(secure_addr)
+        .await
+        .with_context(|| format!("binding {secure_addr}"))?;
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding {http_addr}"))?;
@@ -262,8 +405,28 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
+    let mut secure_stop = stopping.clone();
+    let secure_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(tls)?
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(Cds(secure.clone()).into_service())
+            .add_service(Eds(secure.clone()).into_service())
+            .add_service(Lds(secure.clone()).into_service())
+            .add_service(Rds(secure.clone()).into_service())
+            .add_service(Sds(secure.clone()).into_service())
+            .add_service(secure.into_service())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(secure_listener),
+                async move {
+                    let _ = secure_stop.wait_for(|s| *s).await;
+                },
+            ),
+    );
+    info!(%secure_addr, "xDS over TLS serving");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(Sds(xds.clone()).into_service())
         .add_service(Cds(xds.clone()).into_service())
         .add_service(Eds(xds.clone()).into_service())
         .add_service(Lds(xds.clone()).into_service())
@@ -277,8 +440,46 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         )
         .await?;
     http_task.abort();
+    secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// Proxy authentication and secret serving, with their metrics registered.
+fn security(
+    ca: &Arc<Ca>,
+    tokens: Arc<LocalTokens>,
+    metrics: &Metrics,
+) -> (Arc<Security>, watch::Sender<u64>) {
+    let (rotation_tx, rotation) = watch::channel(0u64);
+    let sec = Arc::new(Security {
+        ca: ca.clone(),
+        verifier: tokens,
+        rotation,
+        refusals: Default::default(),
+        sds_denied: Default::default(),
+    });
+    metrics.register(
+        "citadel_server_success_cert_issuance_count",
+        "Workload certificates issued",
+        ca.issued_total.clone(),
+    );
+    metrics.register(
+        "pilotfish_cert_rotations",
+        "Workload certificates re-minted at half life",
+        ca.rotations_total.clone(),
+    );
+    metrics.register(
+        "pilotfish_xds_auth_refusals",
+        "xDS streams refused, by reason",
+        sec.refusals.clone(),
+    );
+    metrics.register(
+        "pilotfish_sds_denied",
+        "Secret requests refused",
+        sec.sds_denied.clone(),
+    );
+    (sec, rotation_tx)
 }
 
 async fn shutdown_signal() {

@@ -21,6 +21,8 @@ enum Cmd {
     Serve(pilotfish::app::ServeArgs),
     /// Check Istio / Kubernetes YAML offline; exit 1 with every error.
     Validate(pilotfish::app::ValidateArgs),
+    /// Print a bearer token for a service account (file mode; signed with the state dir's key).
+    Token(pilotfish::app::TokenArgs),
     /// Print an Envoy bootstrap for a sidecar.
     Bootstrap(pilotfish::bootstrap::BootstrapArgs),
     /// Apply (or print) Istio's sidecar interception iptables rules.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Serve(a) => pilotfish::app::serve(a),
         Cmd::Validate(a) => pilotfish::app::validate(a),
+        Cmd::Token(a) => pilotfish::app::token(a),
         Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
         Cmd::Iptables(a) => pilotfish::iptables::run(a),
     };

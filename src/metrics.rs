@@ -112,6 +112,16 @@ impl Metrics {
         m
     }
 
+    /// Register a metric owned elsewhere (the CA's counters, the auth counters).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.lock().unwrap().register(name, help, metric);
+    }
+
     /// Count a NACK under Istio's names (`pilot_xds_cds_reject`, ...).
     pub fn reject(&self, short: &str) {
         self.total_rejects.inc();

@@ -18,6 +18,8 @@ pub struct ControlPlane {
     /// Debug/monitoring HTTP address (127.0.0.1:<port>).
     pub http_address: String,
     pub config_dir: PathBuf,
+    /// xDS over TLS (same IP as `xds_address`, another free port).
+    pub secure_address: String,
     extra_args: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -87,7 +89,13 @@ impl ControlPlane {
             None => b.tempdir(),
         }
         .expect("control plane temp dir");
+        let ip: std::net::Ipv4Addr = xds
+            .rsplit_once(':')
+            .and_then(|(h, _)| h.parse().ok())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let secure_address = format!("{ip}:{}", super::mesh::free_port(ip));
         ControlPlane {
+            secure_address,
             xds_address: xds.to_string(),
             http_address: http.to_string(),
             config_dir: config_dir.to_path_buf(),
@@ -112,6 +120,35 @@ impl ControlPlane {
     }
 
     /// `serve`'s stdout and stderr (appended across restarts).
+    /// The CA root, token key and other state (kept across `restart`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A bearer token for a service account, signed by this control plane's key.
+    pub fn token(&self, namespace: &str, service_account: &str, ttl: &str) -> String {
+        let out = Command::new(pilotfish_bin())
+            .args([
+                "token",
+                "--namespace",
+                namespace,
+                "--service-account",
+                service_account,
+                "--ttl",
+                ttl,
+            ])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .expect("running pilotfish token");
+        assert!(
+            out.status.success(),
+            "pilotfish token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("serve.log")
     }
@@ -137,6 +174,11 @@ impl ControlPlane {
             .arg(&self.config_dir)
             .args(["--xds-address", &self.xds_address])
             .args(["--http-address", &self.http_address])
+            .args(["--secure-xds-address", &self.secure_address])
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            // Pods reach the plaintext port across the test bridge.
+            .arg("--allow-plaintext-xds")
             .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(f))

@@ -124,7 +124,13 @@ pub struct Ca {
     bundle_pem: String,
     workload_ttl: Duration,
     svids: Mutex<BTreeMap<Identity, Arc<Svid>>>,
+    /// Identities whose certificate expired from the cache at half life.
+    rotating: Mutex<std::collections::BTreeSet<Identity>>,
     issued: Mutex<BTreeMap<String, IssuedInfo>>,
+    /// Workload certificates minted (Istio: `citadel_server_success_cert_issuance_count`).
+    pub issued_total: prometheus_client::metrics::counter::Counter,
+    /// Re-mints of an identity that already had a certificate.
+    pub rotations_total: prometheus_client::metrics::counter::Counter,
 }
 
 fn read(path: &Path) -> Result<String, CaError> {
@@ -228,7 +234,10 @@ impl Ca {
             bundle_pem,
             workload_ttl: cfg.workload_ttl,
             svids: Mutex::new(BTreeMap::new()),
+            rotating: Mutex::new(Default::default()),
             issued: Mutex::new(BTreeMap::new()),
+            issued_total: Default::default(),
+            rotations_total: Default::default(),
         })
     }
 
@@ -298,7 +307,11 @@ impl Ca {
             Some(s) => s,
             None => {
                 let s = Arc::new(self.mint(id, self.workload_ttl)?);
-                svids.insert(id.clone(), s.clone());
+                self.issued_total.inc();
+                let was_rotating = self.rotating.lock().unwrap().remove(id);
+                if svids.insert(id.clone(), s.clone()).is_some() || was_rotating {
+                    self.rotations_total.inc();
+                }
                 s
             }
         };
@@ -319,6 +332,26 @@ impl Ca {
         let now_u = unix(now);
         issued.retain(|_, i| i.not_after_unix > now_u);
         Ok(svid)
+    }
+
+    /// Drop cached SVIDs that are due for re-minting (the next request mints anew); returns
+    /// whether any was due. Run periodically, then tell the streams to re-fetch.
+    pub fn expire_due(&self) -> bool {
+        let now = SystemTime::now();
+        let mut svids = self.svids.lock().unwrap();
+        let before = svids.len();
+        let due: Vec<Identity> = svids
+            .iter()
+            .filter(|(_, s)| s.rotate_at() <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &due {
+            // Keep the entry so the re-mint counts as a rotation, but mark it stale by
+            // replacing it only on the next request: remove and remember in `rotating`.
+            svids.remove(k);
+        }
+        self.rotating.lock().unwrap().extend(due);
+        before != svids.len()
     }
 
     /// The earliest time any cached SVID is due for re-minting.

@@ -22,6 +22,7 @@ pub struct DebugState {
     pub current: watch::Receiver<Option<Published>>,
     pub metrics: Arc<Metrics>,
     pub conns: Arc<Connections>,
+    pub ca: Option<Arc<crate::ca::Ca>>,
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -36,13 +37,22 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/endpointz", get(endpointz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/push_status", get(push_status))
+        .route("/debug/certz", get(certz))
         .with_state(state)
+}
+
+/// Issued workload certificates: identity, serial, expiry, holders. Never a key.
+async fn certz(State(s): State<DebugState>) -> Json<serde_json::Value> {
+    match &s.ca {
+        Some(ca) => Json(json!({"trust_domain": ca.trust_domain, "issued": ca.issued()})),
+        None => Json(json!({"issued": []})),
+    }
 }
 
 async fn index() -> Json<serde_json::Value> {
     Json(json!({"endpoints": [
         "/ready", "/metrics", "/debug/syncz", "/debug/adsz", "/debug/configz", "/debug/registryz",
-        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status"
+        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status", "/debug/certz"
     ]}))
 }
 

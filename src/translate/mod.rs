@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod listener;
 pub mod route;
+pub mod secret;
 
 use crate::model::{Proxy, World};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

@@ -91,6 +91,13 @@ fn map<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> &str) -> TypeMap {
         .collect()
 }
 
+/// Encode an SDS secret (per identity, not part of a generation).
+pub fn encode_secret(
+    s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
+) -> Res {
+    encode(&s.name, s)
+}
+
 fn route_map(items: Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>) -> TypeMap {
     items
         .iter()

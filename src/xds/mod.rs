@@ -3,6 +3,7 @@
 //! ```text
 //!  World ──► Generation (shared resources encoded once; per-class memo) ──watch──► streams
 //! ```
+pub mod auth;
 pub mod cache;
 pub mod server;
 pub mod services;

@@ -10,9 +10,11 @@
 //! resources never resent; content-derived versions; `Unavailable` before the first load;
 //! a slow stream only ever blocks its own task (newest generation wins).
 
+use super::auth::Security;
 use super::cache::{set_version, Generation, Res};
 use super::status::{ConnStatus, Connections};
-use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE};
+use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
+use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -46,6 +48,11 @@ pub struct XdsServer {
     pub conns: Arc<Connections>,
     /// Becomes true at shutdown: every stream ends so the gRPC server can stop.
     pub stop: watch::Receiver<bool>,
+    /// CA and token verification; without it no secret is ever served.
+    pub security: Option<Arc<Security>>,
+    /// Every stream must authenticate (the TLS port). Unauthenticated streams (the loopback
+    /// plaintext port) get config but never a secret.
+    pub require_auth: bool,
 }
 
 /// Per-stream response queue depth. Small on purpose: a proxy that does not read only
@@ -107,6 +114,8 @@ struct Stream {
     nonce: u64,
     /// What the proxy holds, per type (make-before-break bookkeeping).
     held: HashMap<String, BTreeMap<String, Res>>,
+    /// The identity the stream authenticated as (None: unauthenticated, no secrets).
+    identity: Option<Identity>,
     /// A route or listener update was just ACKed: clusters kept only for the old routes
     /// can go now.
     refs_acked: bool,
@@ -119,6 +128,7 @@ impl Stream {
         peer: String,
         delta: bool,
         published: Published,
+        identity: Option<Identity>,
     ) -> Result<Stream, Status> {
         if node.id.is_empty() {
             return Err(Status::invalid_argument(
@@ -126,6 +136,9 @@ impl Stream {
             ));
         }
         let proxy = proxy_from_node(node);
+        if let (Some(id), Some(sec)) = (&identity, &srv.security) {
+            sec.check_node(id, &proxy, &peer)?;
+        }
         let (conn_id, status) = srv.conns.add(proxy.clone(), peer.clone(), delta);
         srv.metrics.connected.inc();
         info!(proxy = %proxy.id, %peer, delta, "xDS stream connected");
@@ -137,6 +150,7 @@ impl Stream {
             published,
             nonce: 0,
             held: HashMap::new(),
+            identity,
             refs_acked: false,
         })
     }
@@ -150,6 +164,12 @@ impl Stream {
     /// and endpoints) those the proxy holds that routes or listeners it holds still name.
     /// Make before break: a cluster goes only after no route the proxy has names it.
     fn resources(&self, type_url: &str) -> Vec<Res> {
+        if type_url == SECRET {
+            return match &self.srv.security {
+                Some(sec) => sec.secrets(self.identity.as_ref(), &self.proxy),
+                None => Vec::new(),
+            };
+        }
         let r = self.published.gen.for_proxy(&self.proxy);
         let mut out: Vec<Res> = r
             .get(type_url)
@@ -322,6 +342,11 @@ impl Stream {
         let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
         let wildcard = is_wildcard_type(&type_url) && (names.is_empty() || names.contains("*"));
         let changed = names != ts.names || wildcard != ts.wildcard;
+        if type_url == SECRET && changed {
+            if let Some(sec) = &self.srv.security {
+                sec.audit(self.identity.as_ref(), &self.proxy, &req.resource_names);
+            }
+        }
         ts.names = names;
         ts.wildcard = wildcard;
         let resp = if first {
@@ -369,6 +394,16 @@ impl Stream {
     }
 }
 
+/// Resolves when certificates may have rotated; never, without a CA.
+async fn rotation_changed(r: &mut Option<watch::Receiver<u64>>) {
+    if let Some(r) = r {
+        if r.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 type SotwStream = Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 type DeltaStream =
     Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
@@ -385,6 +420,7 @@ async fn run_sotw(
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     peer: String,
     fixed_type: Option<&'static str>,
+    identity: Option<Identity>,
 ) {
     let fill = |mut r: DiscoveryRequest| {
         if r.type_url.is_empty() {
@@ -409,7 +445,7 @@ async fn run_sotw(
     let mut current = srv.current.clone();
     current.mark_unchanged();
     let node = first.node.clone().unwrap_or_default();
-    let mut st = match Stream::open(&srv, &node, peer, false, published) {
+    let mut st = match Stream::open(&srv, &node, peer, false, published, identity) {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
@@ -419,6 +455,7 @@ async fn run_sotw(
     let mut types: HashMap<String, SotwType> = HashMap::new();
     let mut next = Some(first);
     let mut stop = srv.stop.clone();
+    let mut rotation = srv.security.as_ref().map(|s| s.rotation.clone());
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
@@ -454,6 +491,15 @@ async fn run_sotw(
                 Ok(None) => return,
                 Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
             },
+            _ = rotation_changed(&mut rotation) => {
+                if let Some(mut ts) = types.remove(SECRET) {
+                    let resp = st.sotw_response(SECRET, &mut ts, false);
+                    types.insert(SECRET.to_string(), ts);
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() { return; }
+                    }
+                }
+            }
             ch = current.changed() => {
                 if ch.is_err() { return; }
                 let Some(p) = current.borrow_and_update().clone() else { continue };
@@ -591,6 +637,15 @@ impl Stream {
                 ts.wildcard = true;
             }
         }
+        if type_url == SECRET {
+            if let Some(sec) = &self.srv.security {
+                sec.audit(
+                    self.identity.as_ref(),
+                    &self.proxy,
+                    &req.resource_names_subscribe,
+                );
+            }
+        }
         for n in &req.resource_names_subscribe {
             if n == "*" {
                 ts.wildcard = true;
@@ -630,6 +685,7 @@ async fn run_delta(
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     peer: String,
     fixed_type: Option<&'static str>,
+    identity: Option<Identity>,
 ) {
     let fill = |mut r: DeltaDiscoveryRequest| {
         if r.type_url.is_empty() {
@@ -654,7 +710,7 @@ async fn run_delta(
     let mut current = srv.current.clone();
     current.mark_unchanged();
     let node = first.node.clone().unwrap_or_default();
-    let mut st = match Stream::open(&srv, &node, peer, true, published) {
+    let mut st = match Stream::open(&srv, &node, peer, true, published, identity) {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
@@ -664,6 +720,7 @@ async fn run_delta(
     let mut types: HashMap<String, DeltaType> = HashMap::new();
     let mut next = Some(first);
     let mut stop = srv.stop.clone();
+    let mut rotation = srv.security.as_ref().map(|s| s.rotation.clone());
     loop {
         if let Some(req) = next.take() {
             if req.type_url.is_empty() {
@@ -699,6 +756,15 @@ async fn run_delta(
                 Ok(None) => return,
                 Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
             },
+            _ = rotation_changed(&mut rotation) => {
+                if let Some(mut ts) = types.remove(SECRET) {
+                    let resp = st.delta_response(SECRET, &mut ts, &BTreeSet::new());
+                    types.insert(SECRET.to_string(), ts);
+                    if let Some(resp) = resp {
+                        if tx.send(Ok(resp)).await.is_err() { return; }
+                    }
+                }
+            }
             ch = current.changed() => {
                 if ch.is_err() { return; }
                 let Some(p) = current.borrow_and_update().clone() else { continue };
@@ -720,6 +786,18 @@ async fn run_delta(
 }
 
 impl XdsServer {
+    /// On the TLS port: the identity the stream's bearer token proves, or a refusal.
+    fn authenticate<T>(&self, req: &Request<T>, peer: &str) -> Result<Option<Identity>, Status> {
+        if !self.require_auth {
+            return Ok(None);
+        }
+        let sec = self
+            .security
+            .as_ref()
+            .ok_or_else(|| Status::internal("authentication is not configured"))?;
+        sec.authenticate(req.metadata(), peer).map(Some)
+    }
+
     pub fn sotw(
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
@@ -727,8 +805,16 @@ impl XdsServer {
     ) -> Result<Response<SotwStream>, Status> {
         self.current()?;
         let peer = peer_of(&req);
+        let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_sotw(self.clone(), req.into_inner(), tx, peer, fixed));
+        tokio::spawn(run_sotw(
+            self.clone(),
+            req.into_inner(),
+            tx,
+            peer,
+            fixed,
+            identity,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -739,8 +825,16 @@ impl XdsServer {
     ) -> Result<Response<DeltaStream>, Status> {
         self.current()?;
         let peer = peer_of(&req);
+        let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_delta(self.clone(), req.into_inner(), tx, peer, fixed));
+        tokio::spawn(run_delta(
+            self.clone(),
+            req.into_inner(),
+            tx,
+            peer,
+            fixed,
+            identity,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

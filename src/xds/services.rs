@@ -3,7 +3,7 @@
 
 use super::cache::{set_version, Res};
 use super::server::{proxy_from_node, XdsServer};
-use super::{is_wildcard_type, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::{is_wildcard_type, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
 };
@@ -18,6 +18,9 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 };
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
 };
 use std::pin::Pin;
 use tonic::{Request, Response, Status, Streaming};
@@ -144,4 +147,15 @@ service!(
     DeltaRoutesStream,
     delta_routes,
     fetch_routes
+);
+service!(
+    Sds,
+    SecretDiscoveryService,
+    SecretDiscoveryServiceServer,
+    SECRET,
+    StreamSecretsStream,
+    stream_secrets,
+    DeltaSecretsStream,
+    delta_secrets,
+    fetch_secrets
 );

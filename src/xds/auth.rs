@@ -1,0 +1,116 @@
+//! Who is on the other end of a stream, and the secrets that identity may have.
+//!
+//! On the TLS port every stream must present `authorization: Bearer <token>`; the token's
+//! identity must equal the namespace and service account the node claims (a missing claim
+//! is a refusal). Only an authenticated stream gets secrets, and only its own identity's:
+//! `default` (its SVID) and `ROOTCA`. Anything else asked for is refused, logged, counted.
+
+use super::cache::{encode_secret, Res};
+use crate::ca::token::TokenVerifier;
+use crate::ca::{Ca, Identity};
+use crate::model::Proxy;
+use crate::translate::secret::{tls_certificate, validation_context, DEFAULT, ROOTCA};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tonic::metadata::MetadataMap;
+use tonic::Status;
+use tracing::warn;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Security {
+    pub ca: Arc<Ca>,
+    pub verifier: Arc<dyn TokenVerifier>,
+    /// Bumped whenever a certificate may have been re-minted: streams re-check SDS.
+    pub rotation: watch::Receiver<u64>,
+    pub refusals: Family<ReasonLabel, Counter>,
+    pub sds_denied: Counter,
+}
+
+impl Security {
+    /// Authenticate a stream from its gRPC metadata.
+    pub fn authenticate(&self, md: &MetadataMap, peer: &str) -> Result<Identity, Status> {
+        let token = md
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
+        self.verifier.verify(token).map_err(|e| {
+            warn!(%peer, reason = %e, "xDS stream refused: authentication failed");
+            self.refuse("token");
+            Status::unauthenticated(format!("authentication failed: {e}"))
+        })
+    }
+
+    pub fn refuse(&self, reason: &str) {
+        self.refusals
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// The node must claim exactly the identity its token proves.
+    pub fn check_node(&self, id: &Identity, proxy: &Proxy, peer: &str) -> Result<(), Status> {
+        if proxy.service_account.is_empty() || proxy.namespace.is_empty() {
+            warn!(%peer, proxy = %proxy.id, "xDS stream refused: node metadata lacks NAMESPACE or SERVICE_ACCOUNT");
+            self.refuse("node_claims");
+            return Err(Status::permission_denied(
+                "node metadata must carry NAMESPACE and SERVICE_ACCOUNT",
+            ));
+        }
+        if proxy.namespace != id.namespace || proxy.service_account != id.service_account {
+            warn!(%peer, proxy = %proxy.id, token_ns = %id.namespace, token_sa = %id.service_account,
+                  node_ns = %proxy.namespace, node_sa = %proxy.service_account,
+                  "xDS stream refused: node identity differs from the token's");
+            self.refuse("identity_mismatch");
+            return Err(Status::permission_denied(
+                "node namespace/service account differ from the token's identity",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Log and count secret names asked for that this stream will not get.
+    pub fn audit(&self, id: Option<&Identity>, proxy: &Proxy, asked: &[String]) {
+        if asked.is_empty() {
+            return;
+        }
+        if id.is_none() {
+            warn!(proxy = %proxy.id, "SDS refused: the stream is not authenticated");
+            self.sds_denied.inc();
+            return;
+        }
+        for n in asked.iter().filter(|n| *n != DEFAULT && *n != ROOTCA) {
+            warn!(proxy = %proxy.id, secret = %n, "SDS refused: not a secret of this identity");
+            self.sds_denied.inc();
+        }
+    }
+
+    /// Every secret the identity may have: its own SVID and the trust bundle.
+    pub fn secrets(&self, id: Option<&Identity>, proxy: &Proxy) -> Vec<Res> {
+        let Some(id) = id else { return Vec::new() };
+        let mut out = Vec::new();
+        match self.ca.svid(id, &proxy.id) {
+            Ok(svid) => out.push(encode_secret(&tls_certificate(
+                DEFAULT,
+                &svid.cert_chain_pem,
+                &svid.key_pem,
+            ))),
+            Err(e) => warn!(proxy = %proxy.id, error = %e, "minting a certificate failed"),
+        }
+        out.push(encode_secret(&validation_context(
+            ROOTCA,
+            self.ca.bundle_pem(),
+        )));
+        out
+    }
+}
