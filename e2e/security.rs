@@ -1,0 +1,455 @@
+//! Proxy authentication and SDS with an in-process client: no token, bad tokens and node
+//! claims that disagree with the token are refused; an identity gets its own certificate
+//! and the roots, and nothing else, with a cold and a warm certificate cache; an
+//! unauthenticated stream never receives a secret; rotation pushes a new certificate.
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+use pilotfish::ca::token::LocalTokens;
+use pilotfish::ca::{Ca, CaConfig, Identity};
+use pilotfish::metrics::Metrics;
+use pilotfish::model::MeshConfig;
+use pilotfish::xds::auth::Security;
+use pilotfish::xds::cache::Generation;
+use pilotfish::xds::server::{Published, XdsServer};
+use pilotfish::xds::status::Connections;
+use pilotfish::xds::SECRET;
+use prost::Message;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct H {
+    addr: String,
+    plain_addr: String,
+    tokens: Arc<LocalTokens>,
+    sec: Arc<Security>,
+    ca: Arc<Ca>,
+    rotation: watch::Sender<u64>,
+    _dir: tempfile::TempDir,
+    _stop: watch::Sender<bool>,
+}
+
+async fn serve(srv: XdsServer) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(srv.into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+async fn start(ttl: Duration) -> H {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Arc::new(
+        Ca::load_or_create(&CaConfig {
+            state_dir: dir.path().to_path_buf(),
+            trust_domain: "cluster.local".into(),
+            workload_ttl: ttl,
+            ca_cert: None,
+            ca_key: None,
+            ca_chain: None,
+        })
+        .unwrap(),
+    );
+    let tokens = Arc::new(LocalTokens::load_or_create(dir.path()).unwrap());
+    let (rotation_tx, rotation) = watch::channel(0);
+    let sec = Arc::new(Security {
+        ca: ca.clone(),
+        verifier: tokens.clone(),
+        rotation,
+        refusals: Default::default(),
+        sds_denied: Default::default(),
+    });
+    let w = pilotfish::app::world_from_files(&[], MeshConfig::default());
+    let gen = Arc::new(Generation::new(Arc::new(w)));
+    let (_tx, rx) = watch::channel(Some(Published {
+        gen,
+        changed_at: Instant::now(),
+    }));
+    std::mem::forget(_tx);
+    let (stop_tx, stop) = watch::channel(false);
+    let srv = XdsServer {
+        current: rx,
+        metrics: Arc::new(Metrics::new()),
+        conns: Arc::new(Connections::default()),
+        stop,
+        security: Some(sec.clone()),
+        require_auth: true,
+    };
+    let plain = XdsServer {
+        require_auth: false,
+        ..srv.clone()
+    };
+    H {
+        addr: serve(srv).await,
+        plain_addr: serve(plain).await,
+        tokens,
+        sec,
+        ca,
+        rotation: rotation_tx,
+        _dir: dir,
+        _stop: stop_tx,
+    }
+}
+
+fn node(ns: &str, sa: Option<&str>) -> Option<Node> {
+    let mut fields = std::collections::HashMap::new();
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.into())),
+    };
+    fields.insert("NAMESPACE".to_string(), s(ns));
+    if let Some(sa) = sa {
+        fields.insert("SERVICE_ACCOUNT".to_string(), s(sa));
+    }
+    Some(Node {
+        id: format!("sidecar~10.0.0.1~pod.{ns}~{ns}.svc.cluster.local"),
+        metadata: Some(Struct { fields }),
+        ..Default::default()
+    })
+}
+
+fn sds(names: &[&str], n: Option<Node>, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: n,
+        type_url: SECRET.into(),
+        resource_names: names.iter().map(|s| s.to_string()).collect(),
+        response_nonce: nonce.into(),
+        ..Default::default()
+    }
+}
+
+/// A stream whose first message (read to see whether the stream was refused) is kept.
+struct Conn {
+    first: Option<DiscoveryResponse>,
+    s: Streaming<DiscoveryResponse>,
+}
+
+impl Conn {
+    async fn next(&mut self) -> DiscoveryResponse {
+        if let Some(m) = self.first.take() {
+            return m;
+        }
+        tokio::time::timeout(WAIT, self.s.message())
+            .await
+            .expect("timed out")
+            .unwrap()
+            .expect("stream ended")
+    }
+}
+
+async fn open(
+    addr: &str,
+    token: Option<&str>,
+    first: DiscoveryRequest,
+) -> Result<Conn, tonic::Status> {
+    let (tx, rx) = mpsc::channel(8);
+    tx.send(first).await.unwrap();
+    std::mem::forget(tx);
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    let mut c = AggregatedDiscoveryServiceClient::connect(addr.to_string())
+        .await
+        .unwrap();
+    let mut s = c.stream_aggregated_resources(req).await?.into_inner();
+    // Refusals after the first request arrive as the stream's first item.
+    match tokio::time::timeout(Duration::from_millis(300), s.message()).await {
+        Ok(Err(status)) => Err(status),
+        Ok(Ok(first)) => Ok(Conn { first, s }),
+        Err(_) => Ok(Conn { first: None, s }),
+    }
+}
+
+fn secrets(r: &DiscoveryResponse) -> Vec<Secret> {
+    r.resources
+        .iter()
+        .map(|a| Secret::decode(a.value.as_slice()).unwrap())
+        .collect()
+}
+
+fn cert_of(s: &Secret) -> (String, String) {
+    match &s.r#type {
+        Some(secret::Type::TlsCertificate(t)) => {
+            let pem = match &t.certificate_chain.as_ref().unwrap().specifier {
+                Some(
+                    envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                        s,
+                    ),
+                ) => s.clone(),
+                _ => panic!("inline chain expected"),
+            };
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            let c = p.parse_x509().unwrap();
+            let san = c.subject_alternative_name().unwrap().unwrap();
+            let uri = san
+                .value
+                .general_names
+                .iter()
+                .find_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .unwrap();
+            (uri, c.raw_serial_as_string())
+        }
+        _ => panic!("not a certificate: {}", s.name),
+    }
+}
+
+fn id(ns: &str, sa: &str) -> Identity {
+    Identity {
+        namespace: ns.into(),
+        service_account: sa.into(),
+    }
+}
+
+#[tokio::test]
+async fn streams_without_a_valid_token_are_refused() {
+    let h = start(Duration::from_secs(3600)).await;
+    let e = open(
+        &h.addr,
+        None,
+        sds(&["default"], node("default", Some("a")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = open(
+        &h.addr,
+        Some("garbage.token.here"),
+        sds(&["default"], node("default", Some("a")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = open(
+        &h.addr,
+        Some(""),
+        sds(&["default"], node("default", Some("a")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // The refusal text never echoes the token.
+    let t = h.tokens.sign(&id("default", "a"), Duration::from_secs(60));
+    let forged = format!("{}x", &t[..t.len() - 1]);
+    let e = open(
+        &h.addr,
+        Some(&forged),
+        sds(&["default"], node("default", Some("a")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(!e.message().contains(&forged[..30]));
+    assert!(
+        h.sec
+            .refusals
+            .get_or_create(&pilotfish::xds::auth::ReasonLabel {
+                reason: "token".into()
+            })
+            .get()
+            >= 4
+    );
+}
+
+#[tokio::test]
+async fn node_claims_must_match_the_token() {
+    let h = start(Duration::from_secs(3600)).await;
+    let c = h.tokens.sign(&id("default", "c"), Duration::from_secs(600));
+    // Token C, node claiming B.
+    let e = open(
+        &h.addr,
+        Some(&c),
+        sds(&["default"], node("default", Some("b")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // Token C, node claiming another namespace.
+    let e = open(
+        &h.addr,
+        Some(&c),
+        sds(&["default"], node("other", Some("c")), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    // Token C, node with no SERVICE_ACCOUNT: a missing claim is a refusal, not a skipped check.
+    let e = open(
+        &h.addr,
+        Some(&c),
+        sds(&["default"], node("default", None), ""),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn an_identity_gets_its_own_certificate_and_nothing_else() {
+    for warm in [false, true] {
+        let h = start(Duration::from_secs(3600)).await;
+        if warm {
+            // B is connected first, so B's certificate is in the CA's cache.
+            let b = h.tokens.sign(&id("default", "b"), Duration::from_secs(600));
+            let mut sb = open(
+                &h.addr,
+                Some(&b),
+                sds(&["default"], node("default", Some("b")), ""),
+            )
+            .await
+            .unwrap();
+            let r = sb.next().await;
+            assert_eq!(
+                cert_of(&secrets(&r)[0]).0,
+                "spiffe://cluster.local/ns/default/sa/b"
+            );
+        }
+        let a = h.tokens.sign(&id("default", "a"), Duration::from_secs(600));
+        let mut s = open(
+            &h.addr,
+            Some(&a),
+            sds(
+                &[
+                    "default",
+                    "ROOTCA",
+                    "spiffe://cluster.local/ns/default/sa/b",
+                    "b",
+                    "kubernetes://b",
+                ],
+                node("default", Some("a")),
+                "",
+            ),
+        )
+        .await
+        .unwrap();
+        let r = s.next().await;
+        let got = secrets(&r);
+        let mut names: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["ROOTCA", "default"], "warm={warm}");
+        let (uri, _) = cert_of(got.iter().find(|s| s.name == "default").unwrap());
+        assert_eq!(uri, "spiffe://cluster.local/ns/default/sa/a", "warm={warm}");
+        assert!(
+            h.sec.sds_denied.get() >= 3,
+            "the foreign names are refused and counted"
+        );
+        let ca_pem = match &got.iter().find(|s| s.name == "ROOTCA").unwrap().r#type {
+            Some(secret::Type::ValidationContext(v)) => format!("{:?}", v.trusted_ca),
+            _ => panic!(),
+        };
+        assert!(ca_pem.contains("BEGIN CERTIFICATE") && !ca_pem.contains("PRIVATE"));
+        // Nothing was ever served for B's identity on A's stream.
+        for r in &r.resources {
+            let s = Secret::decode(r.value.as_slice()).unwrap();
+            if let Some(secret::Type::TlsCertificate(_)) = s.r#type {
+                assert!(!cert_of(&s).0.ends_with("/sa/b"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_streams_never_receive_a_secret() {
+    let h = start(Duration::from_secs(3600)).await;
+    // The plaintext server accepts the stream (config is not secret) but serves no secret.
+    let mut s = open(
+        &h.plain_addr,
+        None,
+        sds(&["default", "ROOTCA"], node("default", Some("a")), ""),
+    )
+    .await
+    .unwrap();
+    let r = s.next().await;
+    assert!(
+        r.resources.is_empty(),
+        "no secret on an unauthenticated stream: {r:?}"
+    );
+    assert!(h.sec.sds_denied.get() >= 1);
+    // Delta likewise.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(DeltaDiscoveryRequest {
+        node: node("default", Some("a")),
+        type_url: SECRET.into(),
+        resource_names_subscribe: vec!["default".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut c = AggregatedDiscoveryServiceClient::connect(h.plain_addr.clone())
+        .await
+        .unwrap();
+    let mut d = c
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let r = tokio::time::timeout(WAIT, d.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        r.resources.is_empty(),
+        "no secret on an unauthenticated delta stream"
+    );
+    assert_eq!(r.removed_resources, vec!["default".to_string()]);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn rotation_pushes_a_new_certificate_before_expiry() {
+    let h = start(Duration::from_secs(10)).await;
+    let a = h.tokens.sign(&id("default", "a"), Duration::from_secs(600));
+    let mut s = open(
+        &h.addr,
+        Some(&a),
+        sds(&["default"], node("default", Some("a")), ""),
+    )
+    .await
+    .unwrap();
+    let r = s.next().await;
+    let (_, serial1) = cert_of(&secrets(&r)[0]);
+    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
+    drop((tx, rx));
+    // Half life is 5 s: the CA's sweep marks it due, the streams are told.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut serial2 = serial1.clone();
+    while Instant::now() < deadline && serial2 == serial1 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if h.ca.expire_due() {
+            h.rotation.send_modify(|v| *v += 1);
+            let r2 = s.next().await;
+            serial2 = cert_of(&secrets(&r2)[0]).1;
+        }
+    }
+    assert_ne!(
+        serial1, serial2,
+        "a new certificate arrives at half life, before expiry"
+    );
+    assert!(h.ca.rotations_total.get() >= 1);
+}
