@@ -24,6 +24,42 @@ fn args(delta: bool) -> BootstrapArgs {
         delta,
         admin_port: 15000,
         output: None,
+        root_cert: None,
+        token_file: None,
+        xds_server_name: "pilotfish".into(),
+    }
+}
+
+#[test]
+fn secure_bootstrap_validates_with_real_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root.pem");
+    let token = dir.path().join("token");
+    std::fs::write(
+        &root,
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(&token, "x.y.z").unwrap();
+    for delta in [false, true] {
+        let mut a = args(delta);
+        a.xds_address = "10.77.0.1:15012".into();
+        a.root_cert = Some(root.clone());
+        a.token_file = Some(token.clone());
+        let b = pilotfish::bootstrap::render(&a);
+        let g = &b["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+        assert_eq!(g["target_uri"], "10.77.0.1:15012");
+        assert_eq!(
+            g["credentials_factory_name"],
+            "envoy.grpc_credentials.file_based_metadata"
+        );
+        assert_eq!(
+            g["call_credentials"][0]["from_plugin"]["typed_config"]["secret_data"]["filename"],
+            token.display().to_string()
+        );
+        if let Err(e) = envoy_validate(&b) {
+            panic!("Envoy rejects the secure bootstrap (delta={delta}): {e}");
+        }
     }
 }
 

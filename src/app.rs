@@ -80,7 +80,7 @@ pub struct CaArgs {
     pub ca_chain: Option<PathBuf>,
     /// Namespace pilotfish runs in (its serving certificate names pilotfish.<ns>.svc).
     #[arg(long, default_value = "pilotfish-system")]
-    pub namespace: String,
+    pub system_namespace: String,
     /// More DNS names for the xDS serving certificate (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub tls_dns_names: Vec<String>,
@@ -107,7 +107,7 @@ impl CaArgs {
 
     /// DNS names of the xDS serving certificate.
     pub fn dns_names(&self) -> Vec<String> {
-        let ns = &self.namespace;
+        let ns = &self.system_namespace;
         let mut v = vec![
             "pilotfish".to_string(),
             format!("pilotfish.{ns}"),
@@ -128,6 +128,10 @@ pub struct TokenArgs {
     /// Token lifetime (e.g. 1h, 24h).
     #[arg(long, default_value = "24h")]
     pub ttl: String,
+    /// Write the token to this file (mode 0600, no trailing newline: Envoy sends the file's
+    /// bytes as the header value, and a newline makes every call fail).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -147,7 +151,22 @@ pub fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
         namespace: a.namespace,
         service_account: a.service_account,
     };
-    println!("{}", tokens.sign(&id, ttl));
+    let token = tokens.sign(&id, ttl);
+    match &a.output {
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(token.as_bytes())?;
+        }
+        None => println!("{token}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

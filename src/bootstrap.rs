@@ -60,6 +60,17 @@ pub struct BootstrapArgs {
     /// Write the bootstrap here instead of stdout.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
+    /// Secure mode: the trust bundle (PEM file) that signs pilotfish's xDS serving
+    /// certificate. With --token-file, Envoy connects over TLS (port 15012) with google_grpc.
+    #[arg(long, requires = "token_file")]
+    pub root_cert: Option<PathBuf>,
+    /// Secure mode: a file holding the bearer token; Envoy re-reads it for every call, so the
+    /// token can rotate.
+    #[arg(long, requires = "root_cert")]
+    pub token_file: Option<PathBuf>,
+    /// Secure mode: the name to verify pilotfish's certificate against.
+    #[arg(long, default_value = "pilotfish")]
+    pub xds_server_name: String,
 }
 
 /// Parses `k=v,k=v` (an empty string is no labels).
@@ -142,6 +153,36 @@ fn hcm(stat_prefix: &str, routes: Value) -> Value {
     })
 }
 
+/// The ADS gRPC service: Envoy's own client to the `xds-grpc` cluster, or in secure mode
+/// Google gRPC over TLS with the token as call credentials (`file_based_metadata`).
+fn grpc_service(a: &BootstrapArgs, host: &str, port: u16) -> Value {
+    match (&a.root_cert, &a.token_file) {
+        (Some(root), Some(token)) => json!({
+            "google_grpc": {
+                "target_uri": format!("{host}:{port}"),
+                "stat_prefix": "xds-grpc",
+                "channel_credentials": { "ssl_credentials": { "root_certs": { "filename": root } } },
+                "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+                "call_credentials": [{ "from_plugin": {
+                    "name": "envoy.grpc_credentials.file_based_metadata",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                        "secret_data": { "filename": token },
+                        "header_key": "authorization",
+                        "header_prefix": "Bearer "
+                    }
+                }}],
+                "channel_args": { "args": {
+                    "grpc.ssl_target_name_override": { "string_value": a.xds_server_name },
+                    "grpc.default_authority": { "string_value": a.xds_server_name },
+                    "grpc.max_receive_message_length": { "int_value": 268435456 }
+                }}
+            }
+        }),
+        _ => json!({ "envoy_grpc": { "cluster_name": "xds-grpc" } }),
+    }
+}
+
 /// The bootstrap as JSON.
 pub fn render(a: &BootstrapArgs) -> Value {
     render_checked(a).unwrap_or_else(|e| json!({ "error": e.to_string() }))
@@ -190,7 +231,7 @@ fn render_checked(a: &BootstrapArgs) -> anyhow::Result<Value> {
             "ads_config": {
                 "api_type": api_type,
                 "transport_api_version": "V3",
-                "grpc_services": [{ "envoy_grpc": { "cluster_name": "xds-grpc" } }],
+                "grpc_services": [grpc_service(a, &xds_host, xds_port)],
                 "set_node_on_first_message_only": true
             },
             "cds_config": { "ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3" },
