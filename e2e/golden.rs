@@ -30,6 +30,8 @@ struct ProxyDef {
     name: &'static str,
     ip: &'static str,
     labels: &'static [(&'static str, &'static str)],
+    /// Authenticated with certificates (mTLS-capable).
+    mtls: bool,
 }
 
 /// The default client: a sleep pod at 10.0.0.1 that no service selects.
@@ -37,16 +39,37 @@ const SLEEP: ProxyDef = ProxyDef {
     name: "sleep",
     ip: "10.0.0.1",
     labels: &[("app", "sleep"), ("version", "v1")],
+    mtls: false,
+};
+/// The sleep pod with a certificate.
+const SLEEP_MTLS: ProxyDef = ProxyDef {
+    name: "sleep-mtls",
+    ip: "10.0.0.1",
+    labels: &[("app", "sleep"), ("version", "v1")],
+    mtls: true,
+};
+/// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
+const REVIEWS_MTLS: ProxyDef = ProxyDef {
+    name: "reviews-mtls",
+    ip: "10.0.1.1",
+    labels: &[
+        ("app", "reviews"),
+        ("version", "v1"),
+        ("security.istio.io/tlsMode", "istio"),
+    ],
+    mtls: true,
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
     ip: "10.0.0.2",
     labels: &[("app", "productpage"), ("version", "v1")],
+    mtls: false,
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
     ip: "10.0.0.3",
     labels: &[("app", "ratings"), ("version", "v1")],
+    mtls: false,
 };
 
 struct Case {
@@ -112,6 +135,14 @@ const CASES: &[Case] = &[
         errors: &["spec.http[0].route[0].destination.subset"],
         ..case("missing_subset")
     },
+    Case {
+        proxies: &[SLEEP, SLEEP_MTLS, REVIEWS_MTLS],
+        ..case("mtls_auto")
+    },
+    Case {
+        proxies: &[SLEEP_MTLS, REVIEWS_MTLS],
+        ..case("mtls_policies")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -142,6 +173,7 @@ fn proxy(p: &ProxyDef) -> Proxy {
         ips: vec![p.ip.to_string()],
         service_account: "default".into(),
         workload_name: pod,
+        mtls: p.mtls,
     }
 }
 
@@ -304,6 +336,8 @@ golden!(
     registry_only,
     inbound,
     missing_subset,
+    mtls_auto,
+    mtls_policies,
 );
 
 /// Every case directory has a test and a CASES entry, and no golden file is stale.
@@ -902,11 +936,72 @@ fn bootstrap(cfg: &Value, node_id: &str) -> Value {
     for l in &mut listeners {
         inline_rds(l, &routes);
     }
-    json!({
+    // SDS over ADS cannot be validated offline: reference static secrets of the same names
+    // instead (a real certificate and roots from pilotfish's CA).
+    let mut clusters = Value::Array(clusters);
+    let mut listeners = Value::Array(listeners);
+    let mut uses_sds = false;
+    static_sds(&mut clusters, &mut uses_sds);
+    static_sds(&mut listeners, &mut uses_sds);
+    let mut b = json!({
         "node": {"id": node_id, "cluster": "golden"},
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
         "staticResources": {"clusters": clusters, "listeners": listeners},
-    })
+    });
+    if uses_sds {
+        let (chain, key, roots) = test_certificates();
+        b["staticResources"]["secrets"] = json!([
+            {"name": "default", "tlsCertificate": {
+                "certificateChain": {"inlineString": chain}, "privateKey": {"inlineString": key}}},
+            {"name": "ROOTCA", "validationContext": {"trustedCa": {"inlineString": roots}}},
+        ]);
+    }
+    b
+}
+
+/// Drop `sdsConfig` from every SDS secret reference (making it a static secret reference).
+fn static_sds(v: &mut Value, found: &mut bool) {
+    match v {
+        Value::Object(o) => {
+            if o.contains_key("name") && o.remove("sdsConfig").is_some() {
+                *found = true;
+            }
+            for x in o.values_mut() {
+                static_sds(x, found);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| static_sds(x, found)),
+        _ => {}
+    }
+}
+
+/// A workload certificate, its key and the roots, minted once by pilotfish's CA.
+fn test_certificates() -> (String, String, String) {
+    static CERTS: OnceLock<(String, String, String)> = OnceLock::new();
+    CERTS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let ca = pilotfish::ca::Ca::load_or_create(&pilotfish::ca::CaConfig {
+                state_dir: dir.path().to_path_buf(),
+                trust_domain: "cluster.local".into(),
+                workload_ttl: std::time::Duration::from_secs(3600),
+                ca_cert: None,
+                ca_key: None,
+                ca_chain: None,
+            })
+            .unwrap();
+            let id = pilotfish::ca::Identity {
+                namespace: "default".into(),
+                service_account: "sleep".into(),
+            };
+            let s = ca.mint(&id, std::time::Duration::from_secs(3600)).unwrap();
+            (
+                s.cert_chain_pem.clone(),
+                s.key_pem.clone(),
+                ca.bundle_pem().to_string(),
+            )
+        })
+        .clone()
 }
 
 /// Replace every HCM `rds` under `v` with the route configuration it names.

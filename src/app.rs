@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// DNS domain of the mesh.
     #[arg(long, default_value = "cluster.local")]
     pub domain: String,
+    /// Namespace whose unselected policies apply mesh-wide (Istio's root namespace).
+    #[arg(long, default_value = "istio-system")]
+    pub root_namespace: String,
     /// Serve plaintext xDS on a non-loopback address (development only: no authentication).
     #[arg(long)]
     pub allow_plaintext_xds: bool,
@@ -320,6 +323,8 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let mesh = MeshConfig {
         domain: a.domain.clone(),
         allow_any,
+        trust_domain: a.ca.trust_domain.clone(),
+        root_namespace: a.root_namespace.clone(),
     };
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());

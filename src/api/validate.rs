@@ -173,6 +173,40 @@ pub fn validate(r: &Resource) -> Problems {
         Spec::VirtualService(vs) => virtual_service(&mut v, vs),
         Spec::DestinationRule(dr) => destination_rule(&mut v, dr),
         Spec::ServiceEntry(se) => service_entry(&mut v, se),
+        Spec::PeerAuthentication(pa) => {
+            let ok = |m: &Option<String>| {
+                m.as_deref()
+                    .is_none_or(|m| matches!(m, "UNSET" | "DISABLE" | "PERMISSIVE" | "STRICT"))
+            };
+            if let Some(m) = &pa.mtls {
+                if !ok(&m.mode) {
+                    v.bad(
+                        "spec.mtls.mode",
+                        format!("unknown mode {:?}", m.mode.as_deref().unwrap_or("")),
+                    );
+                }
+            }
+            for (port, m) in &pa.port_level_mtls {
+                match port.parse::<u32>() {
+                    Ok(p) if (1..=65535).contains(&p) => {}
+                    _ => v.bad(format!("spec.portLevelMtls.{port}"), "not a port number"),
+                }
+                if !ok(&m.mode) {
+                    v.bad(format!("spec.portLevelMtls.{port}.mode"), "unknown mode");
+                }
+            }
+            if !pa.port_level_mtls.is_empty()
+                && pa
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.is_empty())
+            {
+                v.bad(
+                    "spec.portLevelMtls",
+                    "needs a workload selector (as in Istio)",
+                );
+            }
+        }
         Spec::Service(s) => {
             for (i, p) in s.ports.iter().enumerate() {
                 v.port(format!("spec.ports[{i}].port"), p.port);
@@ -405,15 +439,31 @@ fn traffic_policy(v: &mut V, f: &str, tp: &TrafficPolicy) {
         outlier(v, &format!("{f}.outlierDetection"), od);
     }
     if let Some(t) = &tp.tls {
-        if let Some(m) = &t.mode {
-            if !matches!(m.as_str(), "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
-                v.bad(format!("{f}.tls.mode"), format!("unknown mode {m:?}"));
-            } else if m != "DISABLE" {
-                v.bad(
-                    format!("{f}.tls.mode"),
-                    format!("{m} is not supported yet (mTLS arrives with the security issue)"),
-                );
-            }
+        let mode = t.mode.as_deref().unwrap_or("DISABLE");
+        if !matches!(mode, "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+            v.bad(format!("{f}.tls.mode"), format!("unknown mode {mode:?}"));
+        }
+        if t.credential_name.is_some() {
+            v.bad(
+                format!("{f}.tls.credentialName"),
+                "credentialName is not supported yet; use file paths",
+            );
+        }
+        if mode == "MUTUAL" && (t.client_certificate.is_none() || t.private_key.is_none()) {
+            v.bad(
+                format!("{f}.tls"),
+                "MUTUAL needs clientCertificate and privateKey",
+            );
+        }
+        if mode == "ISTIO_MUTUAL"
+            && (t.client_certificate.is_some()
+                || t.private_key.is_some()
+                || t.ca_certificates.is_some())
+        {
+            v.bad(
+                format!("{f}.tls"),
+                "ISTIO_MUTUAL uses pilotfish's certificates; file paths are not allowed",
+            );
         }
     }
     if tp.tunnel.is_some() {

@@ -83,6 +83,24 @@ pub fn build_world(
         );
     }
 
+    let mut peer_authn = Vec::new();
+    for r in cx.of_kind(Kind::PeerAuthentication) {
+        let Spec::PeerAuthentication(pa) = &r.spec else {
+            continue;
+        };
+        peer_authn.push(Arc::new(PeerAuthn {
+            key: r.key.clone(),
+            namespace: r.key.namespace.clone(),
+            selector: pa.selector.as_ref().map(|s| s.match_labels.clone()),
+            mode: MtlsMode::parse(pa.mtls.as_ref().and_then(|m| m.mode.as_deref())),
+            port_modes: pa
+                .port_level_mtls
+                .iter()
+                .filter_map(|(p, m)| Some((p.parse().ok()?, MtlsMode::parse(m.mode.as_deref())?)))
+                .collect(),
+        }));
+    }
+
     let mut virtual_services = Vec::new();
     let mut claimed: BTreeMap<String, ObjectKey> = BTreeMap::new();
     let vss: Vec<_> = cx.of_kind(Kind::VirtualService).cloned().collect();
@@ -99,6 +117,7 @@ pub fn build_world(
         services,
         virtual_services,
         destination_rules,
+        peer_authn,
         objects: objects.clone(),
         errors: bad.iter().map(|(_, e)| e.clone()).collect(),
     };

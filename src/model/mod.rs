@@ -24,6 +24,10 @@ pub struct MeshConfig {
     pub domain: String,
     /// `ALLOW_ANY` passes unknown destinations through; `REGISTRY_ONLY` blocks them.
     pub allow_any: bool,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Where mesh-wide policy lives (Istio: `istio-system`).
+    pub root_namespace: String,
 }
 
 impl Default for MeshConfig {
@@ -31,8 +35,44 @@ impl Default for MeshConfig {
         MeshConfig {
             domain: "cluster.local".into(),
             allow_any: true,
+            trust_domain: "cluster.local".into(),
+            root_namespace: "istio-system".into(),
         }
     }
+}
+
+/// A server's mutual TLS mode (PeerAuthentication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum MtlsMode {
+    /// Plaintext only.
+    Disable,
+    /// mTLS and plaintext on the same port.
+    Permissive,
+    /// mTLS only.
+    Strict,
+}
+
+impl MtlsMode {
+    /// `None` for UNSET (inherit).
+    pub fn parse(s: Option<&str>) -> Option<MtlsMode> {
+        match s {
+            Some("DISABLE") => Some(MtlsMode::Disable),
+            Some("PERMISSIVE") => Some(MtlsMode::Permissive),
+            Some("STRICT") => Some(MtlsMode::Strict),
+            _ => None,
+        }
+    }
+}
+
+/// A PeerAuthentication, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerAuthn {
+    pub key: ObjectKey,
+    pub namespace: String,
+    /// None: namespace-wide (or mesh-wide in the root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    pub mode: Option<MtlsMode>,
+    pub port_modes: BTreeMap<u32, MtlsMode>,
 }
 
 /// Application protocol of a service port, as Istio derives it from the port name or
@@ -118,6 +158,17 @@ pub struct Service {
     pub origin: ObjectKey,
 }
 
+impl Endpoint {
+    /// The workload runs a sidecar that speaks Istio mTLS (`security.istio.io/tlsMode: istio`,
+    /// the label Istio's injector sets; add it to WorkloadEntries and Pods by hand).
+    pub fn in_mesh(&self) -> bool {
+        self.labels
+            .get("security.istio.io/tlsMode")
+            .map(String::as_str)
+            == Some("istio")
+    }
+}
+
 impl Service {
     pub fn port(&self, n: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == n)
@@ -166,6 +217,8 @@ pub struct World {
     pub virtual_services: Vec<Arc<VirtualSvc>>,
     /// DestinationRules by host FQDN.
     pub destination_rules: BTreeMap<String, Arc<DestRule>>,
+    /// PeerAuthentications, in (namespace, name) order.
+    pub peer_authn: Vec<Arc<PeerAuthn>>,
     /// Every accepted object (for /debug/configz).
     #[serde(skip)]
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,
@@ -174,6 +227,34 @@ pub struct World {
 }
 
 impl World {
+    /// The mutual TLS mode a workload's port accepts: workload policy (port level, then
+    /// workload level), namespace policy, mesh policy, else PERMISSIVE. UNSET inherits.
+    pub fn mtls_mode(&self, ns: &str, labels: &BTreeMap<String, String>, port: u32) -> MtlsMode {
+        let workload = self.peer_authn.iter().find(|p| {
+            p.namespace == ns
+                && p.selector
+                    .as_ref()
+                    .is_some_and(|s| !s.is_empty() && selects(s, labels))
+        });
+        if let Some(p) = workload {
+            if let Some(m) = p.port_modes.get(&port) {
+                return *m;
+            }
+            if let Some(m) = p.mode {
+                return m;
+            }
+        }
+        let unselected = |n: &str| {
+            self.peer_authn
+                .iter()
+                .find(|p| p.namespace == n && p.selector.as_ref().is_none_or(|s| s.is_empty()))
+                .and_then(|p| p.mode)
+        };
+        unselected(ns)
+            .or_else(|| unselected(&self.mesh.root_namespace))
+            .unwrap_or(MtlsMode::Permissive)
+    }
+
     /// The VirtualService that owns `host`, if any (first by namespace/name).
     pub fn virtual_service_for(&self, host: &str) -> Option<&Arc<VirtualSvc>> {
         self.virtual_services
@@ -203,6 +284,9 @@ pub struct Proxy {
     pub ips: Vec<String>,
     pub service_account: String,
     pub workload_name: String,
+    /// The proxy authenticated and can get certificates over SDS: it may speak mTLS.
+    /// Without it, no config refers to a secret it would wait for in vain.
+    pub mtls: bool,
 }
 
 impl Proxy {

@@ -1,6 +1,7 @@
 //! CDS: outbound clusters per service port and DestinationRule subset, the inbound clusters
 //! of the proxy's own workload, and the passthrough / blackhole clusters.
 
+use super::tls;
 use super::*;
 use crate::api::networking::{
     ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
@@ -20,6 +21,7 @@ pub struct Effective {
     pub load_balancer: Option<LoadBalancerSettings>,
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
+    pub tls: Option<crate::api::networking::ClientTlsSettings>,
 }
 
 fn overlay(e: &mut Effective, tp: &TrafficPolicy, port: u32) {
@@ -32,6 +34,9 @@ fn overlay(e: &mut Effective, tp: &TrafficPolicy, port: u32) {
     if tp.outlier_detection.is_some() {
         e.outlier_detection = tp.outlier_detection.clone();
     }
+    if tp.tls.is_some() {
+        e.tls = tp.tls.clone();
+    }
     for p in &tp.port_level_settings {
         if p.port.as_ref().map(|p| p.number) == Some(port) {
             if p.load_balancer.is_some() {
@@ -42,6 +47,9 @@ fn overlay(e: &mut Effective, tp: &TrafficPolicy, port: u32) {
             }
             if p.outlier_detection.is_some() {
                 e.outlier_detection = p.outlier_detection.clone();
+            }
+            if p.tls.is_some() {
+                e.tls = p.tls.clone();
             }
         }
     }
@@ -73,16 +81,17 @@ fn discovery(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType>
     Some(cluster::ClusterDiscoveryType::Type(t as i32))
 }
 
-/// All outbound clusters (identical for every sidecar until Sidecar scoping arrives).
-pub fn outbound(world: &World) -> Vec<Cluster> {
+/// All outbound clusters (identical for every sidecar of one mTLS capability until Sidecar
+/// scoping arrives). `mtls`: the proxy has certificates, so auto mTLS applies.
+pub fn outbound(world: &World, mtls: bool) -> Vec<Cluster> {
     let mut out = vec![passthrough(), blackhole()];
     for svc in world.services.values() {
         let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
         for sp in &svc.ports {
-            out.push(service_cluster(svc, sp, dr, ""));
+            out.push(service_cluster(world, mtls, svc, sp, dr, ""));
             if let Some(dr) = dr {
                 for s in &dr.spec.subsets {
-                    out.push(service_cluster(svc, sp, Some(dr), &s.name));
+                    out.push(service_cluster(world, mtls, svc, sp, Some(dr), &s.name));
                 }
             }
         }
@@ -91,6 +100,8 @@ pub fn outbound(world: &World) -> Vec<Cluster> {
 }
 
 fn service_cluster(
+    world: &World,
+    mtls: bool,
     svc: &Service,
     sp: &ServicePort,
     dr: Option<&DestRule>,
@@ -115,7 +126,7 @@ fn service_cluster(
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::StrictDns);
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
             c.load_assignment = Some(crate::translate::endpoint::assignment(
-                &name, svc, sp, dr, subset,
+                world, &name, svc, sp, dr, subset,
             ));
         }
         Resolution::Passthrough => {
@@ -130,7 +141,48 @@ fn service_cluster(
     if let Some(od) = &eff.outlier_detection {
         apply_outlier(&mut c, od);
     }
+    apply_tls(world, mtls, &mut c, svc, sp.port, subset, eff.tls.as_ref());
     c
+}
+
+/// Upstream TLS: what a DestinationRule says, else auto mTLS (Istio's): mTLS to the
+/// endpoints marked as speaking it (their metadata says `tlsMode: istio`, set when the
+/// workload has a sidecar and its PeerAuthentication accepts mTLS), plaintext to the rest.
+fn apply_tls(
+    world: &World,
+    mtls: bool,
+    c: &mut Cluster,
+    svc: &Service,
+    port: u32,
+    subset: &str,
+    t: Option<&crate::api::networking::ClientTlsSettings>,
+) {
+    let sni = tls::istio_sni(port, subset, &svc.hostname);
+    let extra = world
+        .objects
+        .get(&svc.origin)
+        .and_then(|r| match &r.spec {
+            crate::api::Spec::ServiceEntry(se) => Some(se.subject_alt_names.clone()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let sans = || tls::expected_identities(svc, &world.mesh.trust_domain, &extra);
+    match t.and_then(|t| t.mode.as_deref()) {
+        Some("ISTIO_MUTUAL") => c.transport_socket = Some(tls::istio_upstream(&sni, &sans())),
+        Some("SIMPLE") | Some("MUTUAL") => {
+            c.transport_socket = Some(tls::file_upstream(t.unwrap(), &svc.hostname))
+        }
+        Some(_) => {}
+        None => {
+            if mtls && !svc.mesh_external && svc.endpoints.iter().any(|e| e.in_mesh()) {
+                c.transport_socket_matches = vec![cluster::TransportSocketMatch {
+                    name: "tlsMode-istio".into(),
+                    r#match: Some(endpoint::tls_mode_match()),
+                    transport_socket: Some(tls::istio_upstream(&sni, &sans())),
+                }];
+            }
+        }
+    }
 }
 
 fn apply_lb(c: &mut Cluster, lb: Option<&LoadBalancerSettings>) {
@@ -326,6 +378,11 @@ pub fn blackhole() -> Cluster {
 
 /// Inbound clusters: one per port the proxy's workload serves, to the app on loopback.
 pub fn inbound(world: &World, proxy: &Proxy) -> Vec<Cluster> {
+    inbound_from(&listener::inbound_key(world, proxy))
+}
+
+/// Inbound clusters from the inbound key (see `listener::InboundKey`).
+pub fn inbound_from(key: &listener::InboundKey) -> Vec<Cluster> {
     let mut out = vec![Cluster {
         name: INBOUND_PASSTHROUGH.into(),
         cluster_discovery_type: discovery(cluster::DiscoveryType::OriginalDst),
@@ -341,7 +398,7 @@ pub fn inbound(world: &World, proxy: &Proxy) -> Vec<Cluster> {
         }),
         ..Default::default()
     }];
-    for (port, proto) in listener::inbound_ports(world, proxy) {
+    for &(port, proto, _) in &key.ports {
         let name = inbound_name(port);
         let mut c = Cluster {
             name: name.clone(),

@@ -4,8 +4,34 @@ use super::*;
 use crate::model::{selects, DestRule, Resolution, Service, ServicePort};
 use envoy_types::pb::envoy::config::endpoint::v3 as ep;
 
+/// `{tlsMode: istio}`: the transport-socket-match key auto mTLS uses.
+pub fn tls_mode_match() -> pbw::Struct {
+    let mut fields = std::collections::HashMap::new();
+    fields.insert(
+        "tlsMode".to_string(),
+        pbw::Value {
+            kind: Some(pbw::value::Kind::StringValue("istio".into())),
+        },
+    );
+    pbw::Struct { fields }
+}
+
 pub fn lb_endpoint(addr: &str, port: u32, weight: u32) -> ep::LbEndpoint {
+    lb_endpoint_tls(addr, port, weight, false)
+}
+
+/// An endpoint; `mtls` marks it for auto mTLS.
+pub fn lb_endpoint_tls(addr: &str, port: u32, weight: u32, mtls: bool) -> ep::LbEndpoint {
+    let metadata = mtls.then(|| {
+        let mut filter_metadata = std::collections::HashMap::new();
+        filter_metadata.insert("envoy.transport_socket_match".to_string(), tls_mode_match());
+        core::Metadata {
+            filter_metadata,
+            ..Default::default()
+        }
+    });
     ep::LbEndpoint {
+        metadata,
         host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
             address: socket(addr, port),
             ..Default::default()
@@ -18,6 +44,7 @@ pub fn lb_endpoint(addr: &str, port: u32, weight: u32) -> ep::LbEndpoint {
 
 /// Endpoints of one (service, port, subset).
 pub fn assignment(
+    world: &World,
     name: &str,
     svc: &Service,
     sp: &ServicePort,
@@ -31,7 +58,15 @@ pub fn assignment(
         .endpoints
         .iter()
         .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
-        .map(|e| lb_endpoint(&e.address, svc.endpoint_port(sp, e), e.weight))
+        .map(|e| {
+            let port = svc.endpoint_port(sp, e);
+            // Auto mTLS only where the workload has a sidecar and accepts mTLS on the port.
+            let mtls = !svc.mesh_external
+                && e.in_mesh()
+                && world.mtls_mode(&e.namespace, &e.labels, port)
+                    != crate::model::MtlsMode::Disable;
+            lb_endpoint_tls(&e.address, port, e.weight, mtls)
+        })
         .collect();
     ep::ClusterLoadAssignment {
         cluster_name: name.to_string(),
@@ -58,6 +93,7 @@ pub fn all(world: &World) -> Vec<ep::ClusterLoadAssignment> {
         let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
         for sp in &svc.ports {
             out.push(assignment(
+                world,
                 &outbound_name(sp.port, "", &svc.hostname),
                 svc,
                 sp,
@@ -66,6 +102,7 @@ pub fn all(world: &World) -> Vec<ep::ClusterLoadAssignment> {
             ));
             for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
                 out.push(assignment(
+                    world,
                     &outbound_name(sp.port, &s.name, &svc.hostname),
                     svc,
                     sp,

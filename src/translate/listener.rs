@@ -3,7 +3,7 @@
 //! inbound listener on 15006 with a filter chain per port of the proxy's own workload.
 
 use super::*;
-use crate::model::Protocol;
+use crate::model::{MtlsMode, Protocol};
 use envoy_types::pb::envoy::config::listener::v3::{
     self as ls, Filter, FilterChain, FilterChainMatch, ListenerFilter,
 };
@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::filters::http::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::{
     http_inspector::v3 as http_inspector, original_dst::v3 as original_dst,
+    tls_inspector::v3 as tls_inspector,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -302,16 +303,80 @@ pub fn inbound_ports(world: &World, proxy: &Proxy) -> Vec<(u32, Protocol)> {
     ports.into_iter().collect()
 }
 
+/// Everything the inbound side of a proxy depends on: the ports its workload serves, their
+/// protocols and the mTLS mode each accepts, and the mode for other ports. It is the memo
+/// key of the inbound resources, so it must hold every input they are built from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InboundKey {
+    pub ports: Vec<(u32, Protocol, MtlsMode)>,
+    pub default_mode: MtlsMode,
+    /// The proxy has certificates (see `Proxy::mtls`).
+    pub mtls: bool,
+}
+
+pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
+    InboundKey {
+        ports: inbound_ports(world, proxy)
+            .into_iter()
+            .map(|(port, proto)| {
+                (
+                    port,
+                    proto,
+                    world.mtls_mode(&proxy.namespace, &proxy.labels, port),
+                )
+            })
+            .collect(),
+        default_mode: world.mtls_mode(&proxy.namespace, &proxy.labels, 0),
+        mtls: proxy.mtls,
+    }
+}
+
 /// The virtual inbound listener on 15006.
 pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
+    inbound_from(&inbound_key(world, proxy))
+}
+
+fn inbound_route(port: u32, cluster: &str) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: cluster.to_string(),
+        validate_clusters: boolv(false),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".into()],
+            routes: vec![rt::Route {
+                name: "default".into(),
+                r#match: Some(rt::RouteMatch {
+                    path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(rt::route::Action::Route(rt::RouteAction {
+                    cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(
+                        cluster.to_string(),
+                    )),
+                    timeout: Some(secs(0)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Filter chains per port: plaintext (`raw_buffer`) unless STRICT, where plaintext is
+/// refused; mutual TLS (`tls`, client certificate required) unless DISABLE.
+pub fn inbound_from(key: &InboundKey) -> ls::Listener {
     let mut chains = Vec::new();
-    for (port, proto) in inbound_ports(world, proxy) {
+    for &(port, proto, mode) in &key.ports {
         let cluster = inbound_name(port);
         let stat = format!("inbound_0.0.0.0_{port}");
-        let fc_match = |app: bool| {
+        let http = proto.is_http() || proto == Protocol::Unknown;
+        let m = |transport: &str, sniffed_http: bool| {
             Some(FilterChainMatch {
                 destination_port: u32v(port),
-                application_protocols: if app {
+                transport_protocol: transport.into(),
+                application_protocols: if sniffed_http {
                     vec!["http/1.1".into(), "h2c".into()]
                 } else {
                     vec![]
@@ -319,55 +384,67 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
                 ..Default::default()
             })
         };
-        let http = proto.is_http() || proto == Protocol::Unknown;
-        if http {
-            let rc = rt::RouteConfiguration {
-                name: cluster.clone(),
-                validate_clusters: boolv(false),
-                virtual_hosts: vec![rt::VirtualHost {
-                    name: format!("inbound|http|{port}"),
-                    domains: vec!["*".into()],
-                    routes: vec![rt::Route {
-                        name: "default".into(),
-                        r#match: Some(rt::RouteMatch {
-                            path_specifier: Some(rt::route_match::PathSpecifier::Prefix(
-                                "/".into(),
-                            )),
-                            ..Default::default()
-                        }),
-                        action: Some(rt::route::Action::Route(rt::RouteAction {
-                            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(
-                                cluster.clone(),
-                            )),
-                            timeout: Some(secs(0)),
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            };
+        let hcm = || {
+            http_connection_manager(
+                &stat,
+                RouteSource::Inline(inbound_route(port, &cluster)),
+                false,
+            )
+        };
+        if mode == MtlsMode::Strict {
             chains.push(FilterChain {
-                name: format!("{cluster}http"),
-                filter_chain_match: fc_match(proto == Protocol::Unknown),
-                filters: vec![http_connection_manager(
-                    &stat,
-                    RouteSource::Inline(rc),
-                    false,
-                )],
+                name: format!("{cluster}plaintext-refused"),
+                filter_chain_match: m("raw_buffer", false),
+                filters: vec![tcp_proxy(&stat, BLACKHOLE)],
                 ..Default::default()
             });
+        } else {
+            if http {
+                chains.push(FilterChain {
+                    name: format!("{cluster}http"),
+                    filter_chain_match: m("raw_buffer", proto == Protocol::Unknown),
+                    filters: vec![hcm()],
+                    ..Default::default()
+                });
+            }
+            if !proto.is_http() {
+                chains.push(FilterChain {
+                    name: format!("{cluster}tcp"),
+                    filter_chain_match: m("raw_buffer", false),
+                    filters: vec![tcp_proxy(&stat, &cluster)],
+                    ..Default::default()
+                });
+            }
         }
-        if !proto.is_http() {
+        if mode != MtlsMode::Disable && key.mtls {
+            // Inside TLS the protocol cannot be sniffed: unknown ports are taken as HTTP.
+            let filters = if http {
+                vec![hcm()]
+            } else {
+                vec![tcp_proxy(&stat, &cluster)]
+            };
             chains.push(FilterChain {
-                name: format!("{cluster}tcp"),
-                filter_chain_match: fc_match(false),
-                filters: vec![tcp_proxy(&stat, &cluster)],
+                name: format!("{cluster}mtls"),
+                filter_chain_match: m("tls", false),
+                filters,
+                transport_socket: Some(super::tls::istio_downstream()),
                 ..Default::default()
             });
         }
     }
+    let default_chain = if key.default_mode == MtlsMode::Strict {
+        FilterChain {
+            name: "InboundStrictRefused".into(),
+            filters: vec![tcp_proxy(BLACKHOLE, BLACKHOLE)],
+            ..Default::default()
+        }
+    } else {
+        FilterChain {
+            name: "InboundPassthroughFilterChain".into(),
+            filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+            ..Default::default()
+        }
+    };
     ls::Listener {
         name: VIRTUAL_INBOUND.into(),
         address: socket("0.0.0.0", 15006),
@@ -378,16 +455,16 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
                 original_dst::OriginalDst::default(),
             ),
             listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                tls_inspector::TlsInspector::default(),
+            ),
+            listener_filter(
                 "envoy.filters.listener.http_inspector",
                 http_inspector::HttpInspector::default(),
             ),
         ],
         filter_chains: chains,
-        default_filter_chain: Some(FilterChain {
-            name: "InboundPassthroughFilterChain".into(),
-            filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
-            ..Default::default()
-        }),
+        default_filter_chain: Some(default_chain),
         ..Default::default()
     }
 }

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod listener;
 pub mod route;
 pub mod secret;
+pub mod tls;
 
 use crate::model::{Proxy, World};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
@@ -49,7 +50,7 @@ pub fn inbound_name(port: u32) -> String {
 
 /// Generate the whole config of one sidecar.
 pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
-    let mut clusters = cluster::outbound(world);
+    let mut clusters = cluster::outbound(world, proxy.mtls);
     clusters.extend(cluster::inbound(world, proxy));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let mut listeners = listener::outbound(world);

@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::model::{Protocol, Proxy, World};
+use crate::model::{Proxy, World};
 use crate::translate::{self, ProxyConfig};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -76,11 +76,14 @@ type RouteKey = (String, BTreeMap<String, String>);
 /// Everything derived from one World.
 pub struct Generation {
     pub world: Arc<World>,
+    /// Outbound clusters for proxies without certificates (plaintext everywhere).
     shared_clusters: TypeMap,
+    /// Outbound clusters with auto mTLS, built on first use.
+    mtls_clusters: std::sync::OnceLock<TypeMap>,
     shared_listeners: TypeMap,
     endpoints: TypeMap,
     routes: Mutex<HashMap<RouteKey, TypeMap>>,
-    inbound: Mutex<HashMap<Vec<(u32, Protocol)>, (TypeMap, TypeMap)>>,
+    inbound: Mutex<HashMap<translate::listener::InboundKey, (TypeMap, TypeMap)>>,
     per_proxy: Mutex<HashMap<Proxy, Arc<ProxyResources>>>,
 }
 
@@ -120,12 +123,13 @@ fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listene
 
 impl Generation {
     pub fn new(world: Arc<World>) -> Generation {
-        let shared_clusters = map(translate::cluster::outbound(&world), |c| &c.name);
+        let shared_clusters = map(translate::cluster::outbound(&world, false), |c| &c.name);
         let shared_listeners = listener_map(translate::listener::outbound(&world));
         let endpoints = map(translate::endpoint::all(&world), |e| &e.cluster_name);
         Generation {
             world,
             shared_clusters,
+            mtls_clusters: std::sync::OnceLock::new(),
             shared_listeners,
             endpoints,
             routes: Default::default(),
@@ -147,19 +151,26 @@ impl Generation {
                 .or_insert_with(|| route_map(translate::route::outbound(w, proxy)))
                 .clone()
         };
-        let ports = translate::listener::inbound_ports(w, proxy);
+        // The key is the whole input of the inbound resources (no implicit inputs).
+        let key = translate::listener::inbound_key(w, proxy);
         let (in_clusters, in_listeners) = {
             let mut memo = self.inbound.lock().unwrap();
-            memo.entry(ports)
+            memo.entry(key.clone())
                 .or_insert_with(|| {
                     (
-                        map(translate::cluster::inbound(w, proxy), |c| &c.name),
-                        listener_map(vec![translate::listener::inbound(w, proxy)]),
+                        map(translate::cluster::inbound_from(&key), |c| &c.name),
+                        listener_map(vec![translate::listener::inbound_from(&key)]),
                     )
                 })
                 .clone()
         };
-        let mut clusters = self.shared_clusters.clone();
+        let mut clusters = if proxy.mtls {
+            self.mtls_clusters
+                .get_or_init(|| map(translate::cluster::outbound(w, true), |c| &c.name))
+                .clone()
+        } else {
+            self.shared_clusters.clone()
+        };
         clusters.extend(in_clusters);
         let mut listeners = self.shared_listeners.clone();
         listeners.extend(in_listeners);

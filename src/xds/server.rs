@@ -135,10 +135,11 @@ impl Stream {
                 "the first request of a stream must carry node.id",
             ));
         }
-        let proxy = proxy_from_node(node);
+        let mut proxy = proxy_from_node(node);
         if let (Some(id), Some(sec)) = (&identity, &srv.security) {
             sec.check_node(id, &proxy, &peer)?;
         }
+        proxy.mtls = identity.is_some();
         let (conn_id, status) = srv.conns.add(proxy.clone(), peer.clone(), delta);
         srv.metrics.connected.inc();
         info!(proxy = %proxy.id, %peer, delta, "xDS stream connected");
