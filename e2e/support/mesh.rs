@@ -503,7 +503,8 @@ impl Mesh {
                 Command::new("curl").args(curl_args(&url, &["-m", "2"])),
                 Duration::from_secs(5),
             );
-            o.stdout.ends_with("\n200") && o.stdout.contains(&format!("\"{}\"", spec.name))
+            // Any status will do (a `--fail-all` app answers 503) as long as it is this app.
+            o.stdout.contains(&format!("\"{}\"", spec.name))
         });
         assert!(
             answered,
@@ -551,6 +552,48 @@ impl Mesh {
             }
             if spec.delta {
                 b.arg("--delta");
+            }
+            if let Some(sec) = &spec.secure {
+                // Root and token where uid 1337 can read them (the control plane's state dir
+                // is private).
+                let root = dir.join("root-cert.pem");
+                fs::copy(sec.state_dir.join("root-cert.pem"), &root)
+                    .expect("copying the root certificate");
+                let token = dir.join("token");
+                let sa = sec
+                    .token_service_account
+                    .clone()
+                    .unwrap_or_else(|| spec.service_account.clone());
+                let o = run(
+                    Command::new(pilotfish_bin())
+                        .args([
+                            "token",
+                            "--namespace",
+                            &spec.namespace,
+                            "--service-account",
+                            &sa,
+                            "--ttl",
+                            "24h",
+                        ])
+                        .arg("--state-dir")
+                        .arg(&sec.state_dir)
+                        .arg("-o")
+                        .arg(&token),
+                    Duration::from_secs(30),
+                );
+                assert!(
+                    o.ok(),
+                    "pod {}: pilotfish token: {}",
+                    spec.name,
+                    o.describe()
+                );
+                for f in [&root, &token] {
+                    fs::set_permissions(f, fs::Permissions::from_mode(0o644)).unwrap();
+                }
+                b.arg("--root-cert")
+                    .arg(&root)
+                    .arg("--token-file")
+                    .arg(&token);
             }
             let o = run(&mut b, Duration::from_secs(60));
             assert!(
@@ -646,6 +689,16 @@ pub struct PodSpec {
     pub envoy_args: Vec<String>,
     /// Last octet of the pod's address; None: the lowest free one from 10.
     pub host: Option<u8>,
+    /// Connect to the TLS xDS port with a token (see [`PodSpec::secure`]).
+    pub secure: Option<Secure>,
+}
+
+/// How a secure sidecar authenticates.
+#[derive(Clone, Debug)]
+pub struct Secure {
+    pub state_dir: PathBuf,
+    /// Present a token for this service account instead of the pod's own.
+    pub token_service_account: Option<String>,
 }
 
 impl PodSpec {
@@ -663,7 +716,25 @@ impl PodSpec {
             iptables_args: vec![],
             envoy_args: vec![],
             host: None,
+            secure: None,
         }
+    }
+    /// Connect to the control plane's TLS port with a bearer token for the pod's service
+    /// account, and so get certificates (mTLS).
+    pub fn secure(mut self, cp: &ControlPlane) -> Self {
+        self.xds_address = Some(cp.secure_address.clone());
+        self.secure = Some(Secure {
+            state_dir: cp.state_dir(),
+            token_service_account: None,
+        });
+        self
+    }
+    /// Present another service account's token (to show it gets nothing).
+    pub fn token_of(mut self, service_account: &str) -> Self {
+        if let Some(s) = &mut self.secure {
+            s.token_service_account = Some(service_account.to_string());
+        }
+        self
     }
     /// Pins the pod's address to 10.77.<N>.<host> (10..200), e.g. to write a
     /// WorkloadEntry before the pod exists.

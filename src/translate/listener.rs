@@ -163,6 +163,19 @@ pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: 
                 hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32
             },
             use_remote_address: boolv(false),
+            // Inbound: the app learns the verified peer identity from
+            // x-forwarded-client-cert; whatever a client sent in that header is dropped.
+            forward_client_cert_details: if outbound {
+                0
+            } else {
+                hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32
+            },
+            set_current_client_cert_details: (!outbound).then(|| {
+                hcm::http_connection_manager::SetCurrentClientCertDetails {
+                    uri: true,
+                    ..Default::default()
+                }
+            }),
             ..Default::default()
         },
     )

@@ -55,6 +55,7 @@ fn route_config(
             name: format!("{}:{port}", svc.hostname),
             domains,
             routes,
+            include_request_attempt_count: true,
             ..Default::default()
         });
     }
