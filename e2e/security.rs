@@ -44,6 +44,7 @@ async fn serve(srv: XdsServer) -> String {
     let addr = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .add_service(pilotfish::xds::services::Sds(srv.clone()).into_service())
             .add_service(srv.into_service())
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
             .await
@@ -452,4 +453,72 @@ async fn rotation_pushes_a_new_certificate_before_expiry() {
         "a new certificate arrives at half life, before expiry"
     );
     assert!(h.ca.rotations_total.get() >= 1);
+}
+
+#[tokio::test]
+async fn standalone_sds_service_serves_only_the_own_identity() {
+    use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    let h = start(Duration::from_secs(3600)).await;
+    let a = h.tokens.sign(&id("default", "a"), Duration::from_secs(600));
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sds(&["default"], node("default", Some("a")), ""))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {a}").parse().unwrap());
+    let mut c = SecretDiscoveryServiceClient::connect(h.addr.clone())
+        .await
+        .unwrap();
+    let mut s = c.stream_secrets(req).await.unwrap().into_inner();
+    let r = tokio::time::timeout(WAIT, s.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let got = secrets(&r);
+    assert_eq!(got.len(), 1);
+    assert_eq!(cert_of(&got[0]).0, "spiffe://cluster.local/ns/default/sa/a");
+    drop(tx);
+    // Without a token the standalone service refuses too.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(sds(&["default"], node("default", Some("a")), ""))
+        .await
+        .unwrap();
+    let e = c
+        .stream_secrets(ReceiverStream::new(rx))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    // Fetch never hands out secrets (it carries no stream identity).
+    let f = c
+        .fetch_secrets(sds(&["default"], node("default", Some("a")), ""))
+        .await;
+    assert!(f
+        .map(|r| r.into_inner().resources.is_empty())
+        .unwrap_or(true));
+}
+
+#[test]
+fn plaintext_xds_outside_loopback_needs_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["serve", "--config-dir"])
+        .arg(dir.path())
+        .args([
+            "--xds-address",
+            "0.0.0.0:0",
+            "--http-address",
+            "127.0.0.1:0",
+            "--secure-xds-address",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plaintext xDS has no authentication"), "{err}");
 }

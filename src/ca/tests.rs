@@ -1,5 +1,6 @@
 use super::token::{forge, AuthError, LocalTokens, TokenVerifier};
 use super::*;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use x509_parser::prelude::*;
 
 fn ca(dir: &Path) -> Ca {
@@ -226,3 +227,69 @@ fn tokens_round_trip_and_bad_ones_are_refused() {
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64E;
 use base64::Engine;
+
+#[test]
+fn plug_in_intermediate_ca_signs_leaves_that_chain_to_the_users_root() {
+    let dir = tempfile::tempdir().unwrap();
+    // The user's root and an intermediate signed by it.
+    let root_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut rp = CertificateParams::default();
+    rp.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    rp.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    rp.distinguished_name.push(DnType::CommonName, "corp root");
+    let root = rp.self_signed(&root_key).unwrap();
+    let root_issuer = Issuer::new(rp, root_key);
+    let int_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ip = CertificateParams::default();
+    ip.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ip.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ip.distinguished_name
+        .push(DnType::CommonName, "mesh intermediate");
+    let int = ip.signed_by(&int_key, &root_issuer).unwrap();
+    let w = |n: &str, s: &str| {
+        let p = dir.path().join(n);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    let cfg = CaConfig {
+        state_dir: dir.path().join("state"),
+        trust_domain: "corp.example".into(),
+        workload_ttl: Duration::from_secs(600),
+        ca_cert: Some(w("ca-cert.pem", &int.pem())),
+        ca_key: Some(w("ca-key.pem", &int_key.serialize_pem())),
+        ca_chain: Some(w("cert-chain.pem", &root.pem())),
+    };
+    let ca = Ca::load_or_create(&cfg).unwrap();
+    assert_eq!(
+        pem_blocks(ca.bundle_pem()),
+        pem_blocks(&root.pem()),
+        "the trust anchor is the user's root"
+    );
+    let s = ca
+        .mint(&id("default", "a"), Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(s.spiffe_id, "spiffe://corp.example/ns/default/sa/a");
+    let blocks = pem_blocks(&s.cert_chain_pem);
+    assert_eq!(blocks.len(), 2, "leaf + intermediate");
+    let (_, lp) = parse_x509_pem(blocks[0].as_bytes()).unwrap();
+    let (_, ipem) = parse_x509_pem(blocks[1].as_bytes()).unwrap();
+    let (_, rpem) = parse_x509_pem(root.pem().as_bytes()).unwrap();
+    let (leaf, inter, rootc) = (
+        lp.parse_x509().unwrap(),
+        ipem.parse_x509().unwrap(),
+        rpem.parse_x509().unwrap(),
+    );
+    leaf.verify_signature(Some(inter.public_key())).unwrap();
+    inter.verify_signature(Some(rootc.public_key())).unwrap();
+    // Only one of --ca-cert / --ca-key is an error that names the flags.
+    let half = CaConfig {
+        ca_key: None,
+        ..cfg
+    };
+    let e = Ca::load_or_create(&half).err().unwrap().to_string();
+    assert!(e.contains("--ca-cert") && e.contains("--ca-key"), "{e}");
+    assert!(
+        !dir.path().join("state").join("root-key.pem").exists(),
+        "no self-made root with a plug-in CA"
+    );
+}
