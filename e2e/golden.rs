@@ -988,6 +988,7 @@ fn test_certificates() -> (String, String, String) {
                 ca_cert: None,
                 ca_key: None,
                 ca_chain: None,
+                ..Default::default()
             })
             .unwrap();
             let id = pilotfish::ca::Identity {

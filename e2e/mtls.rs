@@ -337,3 +337,60 @@ fn certificates_rotate_under_traffic_and_survive_a_restart() {
     }
     assert_no_leaks(&bed, &[pod_token(&bed.a), pod_token(&bed.b)]);
 }
+
+#[test]
+fn root_rotation_under_traffic_without_failures() {
+    if !need_root("root_rotation_under_traffic_without_failures") {
+        return;
+    }
+    let bed = bed(&["--root-rotation-grace", "4s"]);
+    let (a0, b0) = (serials(&bed.a), serials(&bed.b));
+    let old_root = std::fs::read_to_string(bed.cp.state_dir().join("root-cert.pem")).unwrap();
+    // Requests A → B for 20 s while the root rotates.
+    let script = "import time,urllib.request\nok=fail=0\nend=time.time()+20\nwhile time.time()<end:\n    try:\n        r=urllib.request.urlopen('http://b:8080/',timeout=5); ok+= r.status==200; fail+= r.status!=200\n    except Exception as e:\n        fail+=1\n    time.sleep(0.1)\nprint(ok,fail)\n";
+    let loop_thread = {
+        let netns = bed.a.netns.clone();
+        let script = script.to_string();
+        std::thread::spawn(move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &netns, "python3", "-c", &script])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["rotate-root", "--state-dir"])
+        .arg(bed.cp.state_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = loop_thread.join().unwrap();
+    let counts: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(counts[0] > 50, "{counts:?}");
+    assert_eq!(
+        counts[1], 0,
+        "no request may fail during a root rotation: {counts:?}"
+    );
+    let new_root = std::fs::read_to_string(bed.cp.state_dir().join("root-cert.pem")).unwrap();
+    assert_ne!(new_root, old_root, "the new root signs now");
+    let (a1, b1) = (serials(&bed.a), serials(&bed.b));
+    assert!(
+        a1.iter().all(|s| !a0.contains(s)) && b1.iter().all(|s| !b0.contains(s)),
+        "leaves re-minted under the new root"
+    );
+    // Both roots are trusted until the old root's leaves have expired.
+    let certs = bed.b.envoy_admin("/certs");
+    assert!(certs.matches("\"ca_cert\"").count() >= 1);
+    let (c, body) = call_b(&bed.a);
+    assert_eq!(c, 200);
+    assert!(xfcc(&body).contains(SPIFFE_A));
+}

@@ -63,6 +63,7 @@ async fn start(ttl: Duration) -> H {
             ca_cert: None,
             ca_key: None,
             ca_chain: None,
+            ..Default::default()
         })
         .unwrap(),
     );

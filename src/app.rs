@@ -84,6 +84,9 @@ pub struct CaArgs {
     /// Namespace pilotfish runs in (its serving certificate names pilotfish.<ns>.svc).
     #[arg(long, default_value = "pilotfish-system")]
     pub system_namespace: String,
+    /// Root rotation: how long a new root is trusted before it signs.
+    #[arg(long, default_value = "1m")]
+    pub root_rotation_grace: String,
     /// More DNS names for the xDS serving certificate (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub tls_dns_names: Vec<String>,
@@ -103,6 +106,8 @@ impl CaArgs {
             ca_cert: self.ca_cert.clone(),
             ca_key: self.ca_key.clone(),
             ca_chain: self.ca_chain.clone(),
+            root_rotation_grace: crate::api::parse_duration(&self.root_rotation_grace)
+                .map_err(|e| anyhow::anyhow!("--root-rotation-grace: {e}"))?,
         })?;
         let tokens = LocalTokens::load_or_create(&self.state_dir)?;
         Ok((Arc::new(ca), Arc::new(tokens)))
@@ -137,6 +142,24 @@ pub struct TokenArgs {
     pub output: Option<PathBuf>,
     #[command(flatten)]
     pub ca: CaArgs,
+}
+
+/// `pilotfish rotate-root`: start a root rotation (a running pilotfish completes it).
+pub fn rotate_root(a: CaArgs) -> anyhow::Result<ExitCode> {
+    let (ca, _) = a.load()?;
+    drop(ca);
+    let cfg = CaConfig {
+        state_dir: a.state_dir.clone(),
+        trust_domain: a.trust_domain.clone(),
+        ca_cert: a.ca_cert.clone(),
+        ..Default::default()
+    };
+    let path = Ca::prepare_root_rotation(&cfg)?;
+    println!(
+        "next root written to {}; a running pilotfish adds it to the trust bundle now, signs with it after --root-rotation-grace, and drops the old root once its leaves have expired",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `pilotfish token`: print a bearer token for a service account (file mode).
@@ -391,7 +414,14 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if ca.expire_due() {
+                let rotated = match ca.maintain() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!(error = %e, "root rotation step failed");
+                        false
+                    }
+                };
+                if ca.expire_due() | rotated {
                     rotation_tx.send_modify(|v| *v += 1);
                 }
             }

@@ -23,6 +23,8 @@ enum Cmd {
     Validate(pilotfish::app::ValidateArgs),
     /// Print a bearer token for a service account (file mode; signed with the state dir's key).
     Token(pilotfish::app::TokenArgs),
+    /// Start a root CA rotation (file mode; a running pilotfish completes it without downtime).
+    RotateRoot(pilotfish::app::CaArgs),
     /// Print an Envoy bootstrap for a sidecar.
     Bootstrap(pilotfish::bootstrap::BootstrapArgs),
     /// Apply (or print) Istio's sidecar interception iptables rules.
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => pilotfish::app::serve(a),
         Cmd::Validate(a) => pilotfish::app::validate(a),
         Cmd::Token(a) => pilotfish::app::token(a),
+        Cmd::RotateRoot(a) => pilotfish::app::rotate_root(a),
         Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
         Cmd::Iptables(a) => pilotfish::iptables::run(a),
     };

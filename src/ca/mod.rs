@@ -113,15 +113,50 @@ pub struct CaConfig {
     pub ca_cert: Option<PathBuf>,
     pub ca_key: Option<PathBuf>,
     pub ca_chain: Option<PathBuf>,
+    /// Root rotation: how long a new root sits in the trust bundle before it signs.
+    pub root_rotation_grace: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            state_dir: PathBuf::from("pilotfish-state"),
+            trust_domain: "cluster.local".into(),
+            workload_ttl: Duration::from_secs(86400),
+            ca_cert: None,
+            ca_key: None,
+            ca_chain: None,
+            root_rotation_grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What signs leaves now.
+struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    /// Intermediates appended to every leaf (empty for a self-signed root).
+    chain_pem: String,
+    /// The trust anchor of this signer.
+    root_pem: String,
+}
+
+/// A root rotation in progress (self-made root only): the next root is trusted before it
+/// signs anything; the retired one stays trusted until every leaf it signed has expired.
+#[derive(Default)]
+struct Rotation {
+    /// (certificate, key, when it joined the bundle)
+    pending: Option<(String, String, SystemTime)>,
+    /// (certificate, when it leaves the bundle)
+    retired: Option<(String, SystemTime)>,
 }
 
 pub struct Ca {
     pub trust_domain: String,
-    issuer: Issuer<'static, KeyPair>,
-    /// Intermediates appended to every leaf (empty for a self-signed root).
-    chain_pem: String,
-    /// Trust anchors handed to proxies as ROOTCA.
-    bundle_pem: String,
+    signer: std::sync::RwLock<Signer>,
+    rotation: Mutex<Rotation>,
+    /// The state directory when the root is self-made (root rotation lives there).
+    state_dir: Option<PathBuf>,
+    grace: Duration,
     workload_ttl: Duration,
     svids: Mutex<BTreeMap<Identity, Arc<Svid>>>,
     /// Identities whose certificate expired from the cache at half life.
@@ -177,7 +212,7 @@ fn random_serial() -> (SerialNumber, String) {
 impl Ca {
     /// Load the CA from flags or the state directory, creating a root on first start.
     pub fn load_or_create(cfg: &CaConfig) -> Result<Ca, CaError> {
-        let (cert_pem, key_pem, chain_pem, bundle_pem) = match (&cfg.ca_cert, &cfg.ca_key) {
+        let (cert_pem, key_pem, chain_pem, plugin_bundle) = match (&cfg.ca_cert, &cfg.ca_key) {
             (Some(c), Some(k)) => {
                 let cert = read(c)?;
                 let key = read(k)?;
@@ -227,23 +262,168 @@ impl Ca {
             what: "CA certificate".into(),
             reason: e.to_string(),
         })?;
-        Ok(Ca {
+        let self_made = cfg.ca_cert.is_none();
+        let ca = Ca {
             trust_domain: cfg.trust_domain.clone(),
-            issuer,
-            chain_pem,
-            bundle_pem,
+            signer: std::sync::RwLock::new(Signer {
+                issuer,
+                chain_pem,
+                root_pem: if self_made {
+                    cert_pem.clone()
+                } else {
+                    String::new()
+                },
+            }),
+            rotation: Mutex::new(Rotation::default()),
+            state_dir: self_made.then(|| cfg.state_dir.clone()),
+            grace: cfg.root_rotation_grace,
             workload_ttl: cfg.workload_ttl,
             svids: Mutex::new(BTreeMap::new()),
             rotating: Mutex::new(Default::default()),
             issued: Mutex::new(BTreeMap::new()),
             issued_total: Default::default(),
             rotations_total: Default::default(),
-        })
+        };
+        if !self_made {
+            ca.signer.write().unwrap().root_pem = plugin_bundle;
+        }
+        ca.load_rotation_state()?;
+        Ok(ca)
     }
 
-    /// The trust bundle (PEM) proxies validate peers against.
-    pub fn bundle_pem(&self) -> &str {
-        &self.bundle_pem
+    /// The trust bundle (PEM) proxies validate peers against: the signing root, plus the
+    /// next or the retired root while a rotation is under way.
+    pub fn bundle_pem(&self) -> String {
+        let mut b = ensure_nl(&self.signer.read().unwrap().root_pem);
+        let r = self.rotation.lock().unwrap();
+        if let Some((c, _, _)) = &r.pending {
+            b.push_str(&ensure_nl(c));
+        }
+        if let Some((c, _)) = &r.retired {
+            b.push_str(&ensure_nl(c));
+        }
+        b
+    }
+
+    fn load_rotation_state(&self) -> Result<(), CaError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(());
+        };
+        let mut r = self.rotation.lock().unwrap();
+        let (nc, nk) = (
+            dir.join("next-root-cert.pem"),
+            dir.join("next-root-key.pem"),
+        );
+        if r.pending.is_none() && nc.exists() && nk.exists() {
+            let since = std::fs::metadata(&nc)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            r.pending = Some((read(&nc)?, read(&nk)?, since));
+        }
+        let (rc, ru) = (
+            dir.join("retired-root-cert.pem"),
+            dir.join("retired-root.until"),
+        );
+        if r.retired.is_none() && rc.exists() {
+            let until = read(&ru)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            r.retired = Some((
+                read(&rc)?,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(until),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Start a root rotation: write the next root into the state directory. A running
+    /// pilotfish picks it up (`maintain`). Self-made roots only.
+    pub fn prepare_root_rotation(cfg: &CaConfig) -> Result<PathBuf, CaError> {
+        if cfg.ca_cert.is_some() {
+            return Err(CaError::Invalid {
+                what: "root rotation".into(),
+                reason: "a plug-in CA is rotated by replacing --ca-cert/--ca-key".into(),
+            });
+        }
+        let (nc, nk) = (
+            cfg.state_dir.join("next-root-cert.pem"),
+            cfg.state_dir.join("next-root-key.pem"),
+        );
+        if nc.exists() || cfg.state_dir.join("retired-root-cert.pem").exists() {
+            return Err(CaError::Invalid {
+                what: "root rotation".into(),
+                reason: "a rotation is already under way".into(),
+            });
+        }
+        let (cert, key) = new_root(&cfg.trust_domain)?;
+        write_private(&nk, &key)?;
+        write_public(&nc, &cert)?;
+        Ok(nc)
+    }
+
+    /// Advance a root rotation; true when the bundle or the signer changed (push SDS).
+    /// 1. a next root appears: it joins the bundle; the old root still signs.
+    /// 2. after the grace period it becomes the signer; every cached leaf is re-minted;
+    ///    the old root stays in the bundle as retired.
+    /// 3. once every leaf the old root signed has expired, it leaves the bundle.
+    pub fn maintain(&self) -> Result<bool, CaError> {
+        let Some(dir) = self.state_dir.clone() else {
+            return Ok(false);
+        };
+        let had_pending = self.rotation.lock().unwrap().pending.is_some();
+        self.load_rotation_state()?;
+        let mut changed = !had_pending && self.rotation.lock().unwrap().pending.is_some();
+        let now = SystemTime::now();
+        let promote = {
+            let r = self.rotation.lock().unwrap();
+            matches!(&r.pending, Some((_, _, since)) if *since + self.grace <= now)
+                && r.retired.is_none()
+        };
+        if promote {
+            let (cert, key, _) = self.rotation.lock().unwrap().pending.take().unwrap();
+            let kp = KeyPair::from_pem(&key).map_err(|e| CaError::Invalid {
+                what: "next root key".into(),
+                reason: e.to_string(),
+            })?;
+            let issuer = Issuer::from_ca_cert_pem(&cert, kp).map_err(|e| CaError::Invalid {
+                what: "next root".into(),
+                reason: e.to_string(),
+            })?;
+            let old = {
+                let mut s = self.signer.write().unwrap();
+                let old = std::mem::replace(&mut s.root_pem, cert.clone());
+                s.issuer = issuer;
+                old
+            };
+            // Leaves signed by the old root live at most one workload lifetime.
+            let until = now + self.workload_ttl + Duration::from_secs(60);
+            write_public(&dir.join("retired-root-cert.pem"), &old)?;
+            write_public(&dir.join("retired-root.until"), &unix(until).to_string())?;
+            let ren = |a: &str, b: &str| {
+                std::fs::rename(dir.join(a), dir.join(b)).map_err(|source| CaError::Write {
+                    path: dir.join(b),
+                    source,
+                })
+            };
+            ren("next-root-key.pem", "root-key.pem")?;
+            ren("next-root-cert.pem", "root-cert.pem")?;
+            self.rotation.lock().unwrap().retired = Some((old, until));
+            // Re-mint every cached leaf with the new root.
+            let mut svids = self.svids.lock().unwrap();
+            self.rotating.lock().unwrap().extend(svids.keys().cloned());
+            svids.clear();
+            changed = true;
+        }
+        let retire =
+            matches!(&self.rotation.lock().unwrap().retired, Some((_, until)) if *until <= now);
+        if retire {
+            self.rotation.lock().unwrap().retired = None;
+            let _ = std::fs::remove_file(dir.join("retired-root-cert.pem"));
+            let _ = std::fs::remove_file(dir.join("retired-root.until"));
+            changed = true;
+        }
+        Ok(changed)
     }
 
     fn leaf(&self, sans: Vec<SanType>, cn: &str, ttl: Duration) -> Result<Svid, CaError> {
@@ -273,10 +453,11 @@ impl Ca {
         ];
         p.use_authority_key_identifier_extension = true;
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let cert = p.signed_by(&key, &self.issuer)?;
+        let signer = self.signer.read().unwrap();
+        let cert = p.signed_by(&key, &signer.issuer)?;
         Ok(Svid {
             spiffe_id: String::new(),
-            cert_chain_pem: format!("{}{}", ensure_nl(&cert.pem()), self.chain_pem),
+            cert_chain_pem: format!("{}{}", ensure_nl(&cert.pem()), signer.chain_pem),
             key_pem: key.serialize_pem(),
             serial: serial_hex,
             not_before,

@@ -11,6 +11,7 @@ fn ca(dir: &Path) -> Ca {
         ca_cert: None,
         ca_key: None,
         ca_chain: None,
+        ..Default::default()
     })
     .unwrap()
 }
@@ -258,10 +259,11 @@ fn plug_in_intermediate_ca_signs_leaves_that_chain_to_the_users_root() {
         ca_cert: Some(w("ca-cert.pem", &int.pem())),
         ca_key: Some(w("ca-key.pem", &int_key.serialize_pem())),
         ca_chain: Some(w("cert-chain.pem", &root.pem())),
+        ..Default::default()
     };
     let ca = Ca::load_or_create(&cfg).unwrap();
     assert_eq!(
-        pem_blocks(ca.bundle_pem()),
+        pem_blocks(&ca.bundle_pem()),
         pem_blocks(&root.pem()),
         "the trust anchor is the user's root"
     );
@@ -292,4 +294,81 @@ fn plug_in_intermediate_ca_signs_leaves_that_chain_to_the_users_root() {
         !dir.path().join("state").join("root-key.pem").exists(),
         "no self-made root with a plug-in CA"
     );
+}
+
+fn verify_by(leaf_chain: &str, root_pem: &str) -> bool {
+    let (_, lp) = parse_x509_pem(leaf_chain.as_bytes()).unwrap();
+    let (_, rp) = parse_x509_pem(root_pem.as_bytes()).unwrap();
+    let (leaf, root) = (lp.parse_x509().unwrap(), rp.parse_x509().unwrap());
+    leaf.verify_signature(Some(root.public_key())).is_ok()
+}
+
+#[test]
+fn root_rotation_trusts_before_signing_and_retires_after_the_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = CaConfig {
+        state_dir: dir.path().to_path_buf(),
+        workload_ttl: Duration::from_secs(1),
+        root_rotation_grace: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let ca = Ca::load_or_create(&cfg).unwrap();
+    let old_root = ca.bundle_pem();
+    let i = id("default", "a");
+    let leaf_old = ca.svid(&i, "p").unwrap();
+    assert!(!ca.maintain().unwrap(), "nothing to do without a next root");
+    // 1. The next root joins the bundle; the old root still signs.
+    Ca::prepare_root_rotation(&cfg).unwrap();
+    assert!(
+        Ca::prepare_root_rotation(&cfg).is_err(),
+        "one rotation at a time"
+    );
+    let next_root = std::fs::read_to_string(dir.path().join("next-root-cert.pem")).unwrap();
+    assert!(ca.maintain().unwrap());
+    assert_eq!(pem_blocks(&ca.bundle_pem()).len(), 2);
+    assert!(
+        ca.bundle_pem().contains(next_root.trim()) && ca.bundle_pem().contains(old_root.trim())
+    );
+    let during = ca.mint(&i, Duration::from_secs(60)).unwrap();
+    assert!(
+        verify_by(&during.cert_chain_pem, &old_root),
+        "the new root signs nothing before the grace period"
+    );
+    // A restart in this phase keeps the next root in the bundle.
+    let again = Ca::load_or_create(&cfg).unwrap();
+    assert_eq!(pem_blocks(&again.bundle_pem()).len(), 2);
+    // 2. After the grace period the new root signs; cached leaves are re-minted.
+    std::thread::sleep(Duration::from_millis(350));
+    assert!(ca.maintain().unwrap());
+    let leaf_new = ca.svid(&i, "p").unwrap();
+    assert_ne!(leaf_new.serial, leaf_old.serial);
+    assert!(
+        verify_by(&leaf_new.cert_chain_pem, &next_root),
+        "leaves now chain to the new root"
+    );
+    assert!(
+        ca.bundle_pem().contains(old_root.trim()),
+        "the old root stays trusted while its leaves live"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("root-cert.pem"))
+            .unwrap()
+            .trim(),
+        next_root.trim()
+    );
+    assert!(!dir.path().join("next-root-key.pem").exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("root-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // 3. Once every leaf of the old root has expired (TTL 1 s + 60 s skew allowance), it goes.
+    assert!(!ca.maintain().unwrap(), "not before the old leaves expire");
+    std::fs::write(dir.path().join("retired-root.until"), "1").unwrap();
+    let restarted = Ca::load_or_create(&cfg).unwrap();
+    assert!(restarted.maintain().unwrap());
+    assert_eq!(pem_blocks(&restarted.bundle_pem()).len(), 1);
+    assert!(restarted.bundle_pem().contains(next_root.trim()));
+    assert!(!dir.path().join("retired-root-cert.pem").exists());
 }

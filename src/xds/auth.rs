@@ -109,7 +109,7 @@ impl Security {
         }
         out.push(encode_secret(&validation_context(
             ROOTCA,
-            self.ca.bundle_pem(),
+            &self.ca.bundle_pem(),
         )));
         out
     }
