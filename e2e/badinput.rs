@@ -1299,3 +1299,36 @@ fn validate_command_reports_cross_reference_errors() {
         "{out}"
     );
 }
+
+#[test]
+fn credential_name_must_name_a_secret_with_the_needed_keys() {
+    let dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: missing}\n";
+    let w = pilotfish::app::world_from_files(&[("dr.yaml", dr)], MeshConfig::default());
+    let e = w
+        .errors
+        .iter()
+        .find(|e| e.field == "spec.trafficPolicy.tls.credentialName")
+        .expect("an error on credentialName");
+    assert!(
+        e.reason.contains("Secret default/missing not found"),
+        "{e:?}"
+    );
+    assert_eq!(e.object, "DestinationRule default/api");
+    assert!(
+        w.destination_rules.is_empty(),
+        "the DestinationRule is not served"
+    );
+    let sec = "apiVersion: v1\nkind: Secret\nmetadata: {name: missing}\nstringData: {ca.crt: X}\n";
+    let w = pilotfish::app::world_from_files(
+        &[("dr.yaml", dr), ("s.yaml", sec)],
+        MeshConfig::default(),
+    );
+    assert!(
+        w.errors.iter().any(|e| e.reason.contains("has no tls.crt")),
+        "{:?}",
+        w.errors
+    );
+    let bad64 = "apiVersion: v1\nkind: Secret\nmetadata: {name: x}\ndata: {ca.crt: \"***\"}\n";
+    let (_, errs) = pilotfish::api::parse_file("s.yaml", bad64);
+    assert!(errs.iter().any(|e| e.field == "data.ca.crt"), "{errs:?}");
+}

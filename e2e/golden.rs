@@ -143,6 +143,10 @@ const CASES: &[Case] = &[
         proxies: &[SLEEP_MTLS, REVIEWS_MTLS],
         ..case("mtls_policies")
     },
+    Case {
+        proxies: &[SLEEP_MTLS],
+        ..case("tls_credential")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -338,6 +342,7 @@ golden!(
     missing_subset,
     mtls_auto,
     mtls_policies,
+    tls_credential,
 );
 
 /// Every case directory has a test and a CASES entry, and no golden file is stale.
@@ -940,7 +945,7 @@ fn bootstrap(cfg: &Value, node_id: &str) -> Value {
     // instead (a real certificate and roots from pilotfish's CA).
     let mut clusters = Value::Array(clusters);
     let mut listeners = Value::Array(listeners);
-    let mut uses_sds = false;
+    let mut uses_sds = std::collections::BTreeSet::new();
     static_sds(&mut clusters, &mut uses_sds);
     static_sds(&mut listeners, &mut uses_sds);
     let mut b = json!({
@@ -948,23 +953,31 @@ fn bootstrap(cfg: &Value, node_id: &str) -> Value {
         "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 0}}},
         "staticResources": {"clusters": clusters, "listeners": listeners},
     });
-    if uses_sds {
+    if !uses_sds.is_empty() {
         let (chain, key, roots) = test_certificates();
-        b["staticResources"]["secrets"] = json!([
-            {"name": "default", "tlsCertificate": {
-                "certificateChain": {"inlineString": chain}, "privateKey": {"inlineString": key}}},
-            {"name": "ROOTCA", "validationContext": {"trustedCa": {"inlineString": roots}}},
-        ]);
+        let secrets: Vec<Value> = uses_sds
+            .iter()
+            .map(|n| {
+                if n == "ROOTCA" || n.ends_with("-cacert") {
+                    json!({"name": n, "validationContext": {"trustedCa": {"inlineString": roots}}})
+                } else {
+                    json!({"name": n, "tlsCertificate": {
+                        "certificateChain": {"inlineString": chain}, "privateKey": {"inlineString": key}}})
+                }
+            })
+            .collect();
+        b["staticResources"]["secrets"] = Value::Array(secrets);
     }
     b
 }
 
-/// Drop `sdsConfig` from every SDS secret reference (making it a static secret reference).
-fn static_sds(v: &mut Value, found: &mut bool) {
+/// Drop `sdsConfig` from every SDS secret reference (making it a static secret reference),
+/// collecting the names.
+fn static_sds(v: &mut Value, found: &mut std::collections::BTreeSet<String>) {
     match v {
         Value::Object(o) => {
             if o.contains_key("name") && o.remove("sdsConfig").is_some() {
-                *found = true;
+                found.insert(o["name"].as_str().unwrap_or_default().to_string());
             }
             for x in o.values_mut() {
                 static_sds(x, found);

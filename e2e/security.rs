@@ -54,6 +54,10 @@ async fn serve(srv: XdsServer) -> String {
 }
 
 async fn start(ttl: Duration) -> H {
+    start_with(ttl, &[]).await
+}
+
+async fn start_with(ttl: Duration, files: &[(&str, &str)]) -> H {
     let dir = tempfile::tempdir().unwrap();
     let ca = Arc::new(
         Ca::load_or_create(&CaConfig {
@@ -76,7 +80,8 @@ async fn start(ttl: Duration) -> H {
         refusals: Default::default(),
         sds_denied: Default::default(),
     });
-    let w = pilotfish::app::world_from_files(&[], MeshConfig::default());
+    let w = pilotfish::app::world_from_files(files, MeshConfig::default());
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
     let gen = Arc::new(Generation::new(Arc::new(w)));
     let (_tx, rx) = watch::channel(Some(Published {
         gen,
@@ -522,4 +527,60 @@ fn plaintext_xds_outside_loopback_needs_an_explicit_flag() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("plaintext xDS has no authentication"), "{err}");
+}
+
+const CREDS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: api-client, namespace: shop}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: CERT-PEM\n  tls.key: KEY-PEM-SECRET\n  ca.crt: CA-PEM\n";
+
+#[tokio::test]
+async fn credential_secrets_go_only_to_their_namespace_and_never_to_debug_pages() {
+    let h = start_with(Duration::from_secs(3600), &[("creds.yaml", CREDS)]).await;
+    let names = ["kubernetes://api-client", "kubernetes://api-client-cacert"];
+    // A proxy of namespace shop gets both.
+    let t = h.tokens.sign(&id("shop", "web"), Duration::from_secs(600));
+    let mut s = open(
+        &h.addr,
+        Some(&t),
+        sds(&names, node("shop", Some("web")), ""),
+    )
+    .await
+    .unwrap();
+    let got = secrets(&s.next().await);
+    let mut n: Vec<&str> = got.iter().map(|s| s.name.as_str()).collect();
+    n.sort();
+    assert_eq!(n, names.to_vec());
+    let dump = format!("{got:?}");
+    assert!(dump.contains("KEY-PEM-SECRET") && dump.contains("CA-PEM"));
+    // A proxy of another namespace asking for the same names gets nothing.
+    let o = h.tokens.sign(&id("other", "web"), Duration::from_secs(600));
+    let mut s2 = open(
+        &h.addr,
+        Some(&o),
+        sds(&names, node("other", Some("web")), ""),
+    )
+    .await
+    .unwrap();
+    assert!(
+        secrets(&s2.next().await).is_empty(),
+        "another namespace's Secret must not be served"
+    );
+    // An unauthenticated stream gets nothing either.
+    let mut s3 = open(
+        &h.plain_addr,
+        None,
+        sds(&names, node("shop", Some("web")), ""),
+    )
+    .await
+    .unwrap();
+    assert!(secrets(&s3.next().await).is_empty());
+    // The debug view of the object shows key names only.
+    let w = pilotfish::app::world_from_files(&[("creds.yaml", CREDS)], MeshConfig::default());
+    let shown =
+        serde_json::to_string(&w.objects.values().map(|r| &r.spec).collect::<Vec<_>>()).unwrap();
+    assert!(
+        shown.contains("tls.key")
+            && !shown.contains("KEY-PEM-SECRET")
+            && !shown.contains("CERT-PEM"),
+        "{shown}"
+    );
+    assert!(!format!("{:?}", w.objects).contains("KEY-PEM-SECRET"));
 }

@@ -126,3 +126,52 @@ pub struct PodStatus {
     #[serde(default, rename = "podIP")]
     pub pod_ip: String,
 }
+
+/// A Kubernetes Secret (for DestinationRule `credentialName`). The values are secret: the
+/// `Serialize` impl shows only the key names, so debug pages never print them.
+#[derive(Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretBody {
+    #[serde(default, rename = "type")]
+    pub secret_type: String,
+    /// base64 values, as in Kubernetes.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+}
+
+impl SecretBody {
+    /// A value, decoded (`stringData` wins, as in Kubernetes).
+    pub fn get(&self, key: &str) -> Option<String> {
+        if let Some(v) = self.string_data.get(key) {
+            return Some(v.clone());
+        }
+        let v = self.data.get(key)?;
+        let bytes =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v.trim()).ok()?;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+impl std::fmt::Debug for SecretBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.data.keys().chain(self.string_data.keys()).collect();
+        f.debug_struct("SecretBody")
+            .field("type", &self.secret_type)
+            .field("keys", &keys)
+            .finish()
+    }
+}
+
+impl Serialize for SecretBody {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let keys: Vec<&String> = self.data.keys().chain(self.string_data.keys()).collect();
+        let mut st = s.serialize_struct("Secret", 3)?;
+        st.serialize_field("type", &self.secret_type)?;
+        st.serialize_field("keys", &keys)?;
+        st.serialize_field("values", "<redacted>")?;
+        st.end()
+    }
+}

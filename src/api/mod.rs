@@ -51,6 +51,7 @@ pub enum Kind {
     EndpointSlice,
     Pod,
     Namespace,
+    Secret,
 }
 
 impl Kind {
@@ -72,6 +73,7 @@ impl Kind {
             ("", "Endpoints") => Kind::Endpoints,
             ("", "Pod") => Kind::Pod,
             ("", "Namespace") => Kind::Namespace,
+            ("", "Secret") => Kind::Secret,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
             _ => {
                 return Err(format!(
@@ -146,6 +148,7 @@ pub enum Spec {
     EndpointSlice(k8s::EndpointSliceBody),
     Pod(k8s::PodBody),
     Namespace,
+    Secret(k8s::SecretBody),
 }
 
 /// One parsed, validated config object and where it came from.
@@ -425,6 +428,7 @@ fn parse_value(
             de(b, "").map(Spec::Pod)
         }
         Kind::Namespace => Ok(Spec::Namespace),
+        Kind::Secret => de(body, "").map(Spec::Secret),
     };
     let spec = match spec {
         Ok(s) => s,

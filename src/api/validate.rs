@@ -207,6 +207,15 @@ pub fn validate(r: &Resource) -> Problems {
                 );
             }
         }
+        Spec::Secret(sec) => {
+            for (k, val) in &sec.data {
+                if base64::Engine::decode(&base64::engine::general_purpose::STANDARD, val.trim())
+                    .is_err()
+                {
+                    v.bad(format!("data.{k}"), "not valid base64");
+                }
+            }
+        }
         Spec::Service(s) => {
             for (i, p) in s.ports.iter().enumerate() {
                 v.port(format!("spec.ports[{i}].port"), p.port);
@@ -443,13 +452,26 @@ fn traffic_policy(v: &mut V, f: &str, tp: &TrafficPolicy) {
         if !matches!(mode, "DISABLE" | "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
             v.bad(format!("{f}.tls.mode"), format!("unknown mode {mode:?}"));
         }
-        if t.credential_name.is_some() {
+        if t.credential_name.is_some() && !matches!(mode, "SIMPLE" | "MUTUAL") {
             v.bad(
                 format!("{f}.tls.credentialName"),
-                "credentialName is not supported yet; use file paths",
+                "credentialName goes with mode SIMPLE or MUTUAL",
             );
         }
-        if mode == "MUTUAL" && (t.client_certificate.is_none() || t.private_key.is_none()) {
+        if t.credential_name.is_some()
+            && (t.client_certificate.is_some()
+                || t.private_key.is_some()
+                || t.ca_certificates.is_some())
+        {
+            v.bad(
+                format!("{f}.tls"),
+                "credentialName and certificate file paths are mutually exclusive",
+            );
+        }
+        if mode == "MUTUAL"
+            && t.credential_name.is_none()
+            && (t.client_certificate.is_none() || t.private_key.is_none())
+        {
             v.bad(
                 format!("{f}.tls"),
                 "MUTUAL needs clientCertificate and privateKey",

@@ -73,6 +73,9 @@ pub fn build_world(
             cx.err(&r, "spec.host", reason);
             continue;
         }
+        if !credentials_ok(&mut cx, &r, dr) {
+            continue;
+        }
         destination_rules.insert(
             host.clone(),
             Arc::new(DestRule {
@@ -518,4 +521,78 @@ fn virtual_service(
         hosts,
         spec,
     })
+}
+
+/// Every `credentialName` of a DestinationRule names a Secret of its namespace that holds
+/// what the mode needs (`tls.crt` + `tls.key` for MUTUAL, `ca.crt` unless verification is off).
+fn credentials_ok(cx: &mut Ctx<'_>, r: &Arc<Resource>, dr: &networking::DestinationRule) -> bool {
+    let mut settings: Vec<(String, &networking::ClientTlsSettings)> = Vec::new();
+    fn collect<'a>(
+        settings: &mut Vec<(String, &'a networking::ClientTlsSettings)>,
+        prefix: String,
+        tp: &'a Option<networking::TrafficPolicy>,
+    ) {
+        if let Some(tp) = tp {
+            if let Some(t) = &tp.tls {
+                settings.push((format!("{prefix}.tls"), t));
+            }
+            for (i, p) in tp.port_level_settings.iter().enumerate() {
+                if let Some(t) = &p.tls {
+                    settings.push((format!("{prefix}.portLevelSettings[{i}].tls"), t));
+                }
+            }
+        }
+    }
+    collect(
+        &mut settings,
+        "spec.trafficPolicy".into(),
+        &dr.traffic_policy,
+    );
+    for (i, sub) in dr.subsets.iter().enumerate() {
+        collect(
+            &mut settings,
+            format!("spec.subsets[{i}].trafficPolicy"),
+            &sub.traffic_policy,
+        );
+    }
+    let before = cx.bad.len();
+    for (field, t) in settings {
+        let Some(name) = &t.credential_name else {
+            continue;
+        };
+        let key = ObjectKey {
+            kind: Kind::Secret,
+            namespace: r.key.namespace.clone(),
+            name: name.clone(),
+        };
+        let secret = cx.objects.get(&key).and_then(|o| match &o.spec {
+            Spec::Secret(s) => Some(s.clone()),
+            _ => None,
+        });
+        let Some(secret) = secret else {
+            cx.err(
+                r,
+                format!("{field}.credentialName"),
+                format!("Secret {}/{name} not found", r.key.namespace),
+            );
+            continue;
+        };
+        let mut need = vec![];
+        if t.mode.as_deref() == Some("MUTUAL") {
+            need.extend(["tls.crt", "tls.key"]);
+        }
+        if t.insecure_skip_verify != Some(true) {
+            need.push("ca.crt");
+        }
+        for k in need {
+            if secret.get(k).is_none() {
+                cx.err(
+                    r,
+                    format!("{field}.credentialName"),
+                    format!("Secret {}/{name} has no {k}", r.key.namespace),
+                );
+            }
+        }
+    }
+    cx.bad.len() == before
 }

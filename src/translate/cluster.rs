@@ -169,6 +169,16 @@ fn apply_tls(
     let sans = || tls::expected_identities(svc, &world.mesh.trust_domain, &extra);
     match t.and_then(|t| t.mode.as_deref()) {
         Some("ISTIO_MUTUAL") => c.transport_socket = Some(tls::istio_upstream(&sni, &sans())),
+        Some("SIMPLE") | Some("MUTUAL")
+            if t.and_then(|t| t.credential_name.as_deref()).is_some() =>
+        {
+            let t = t.unwrap();
+            c.transport_socket = Some(tls::credential_upstream(
+                t,
+                t.credential_name.as_deref().unwrap(),
+                &svc.hostname,
+            ))
+        }
         Some("SIMPLE") | Some("MUTUAL") => {
             c.transport_socket = Some(tls::file_upstream(t.unwrap(), &svc.hostname))
         }

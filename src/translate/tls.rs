@@ -146,3 +146,44 @@ pub fn istio_downstream() -> core::TransportSocket {
         ..Default::default()
     })
 }
+
+/// Istio's SDS name for a Kubernetes Secret named by `credentialName` (resolved in the
+/// proxy's namespace), and for its CA certificate.
+pub fn credential_sds_names(name: &str) -> (String, String) {
+    (
+        format!("kubernetes://{name}"),
+        format!("kubernetes://{name}-cacert"),
+    )
+}
+
+/// DestinationRule SIMPLE / MUTUAL with `credentialName`: the certificate (MUTUAL) and the
+/// CA come over SDS from the named Secret.
+pub fn credential_upstream(
+    t: &ClientTlsSettings,
+    name: &str,
+    default_sni: &str,
+) -> core::TransportSocket {
+    let (cert, ca) = credential_sds_names(name);
+    let mutual = t.mode.as_deref() == Some("MUTUAL");
+    let validation = (t.insecure_skip_verify != Some(true)).then(|| {
+        tls::common_tls_context::ValidationContextType::CombinedValidationContext(
+            tls::common_tls_context::CombinedCertificateValidationContext {
+                default_validation_context: Some(tls::CertificateValidationContext {
+                    match_typed_subject_alt_names: san_matchers(&t.subject_alt_names),
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds(&ca)),
+                ..Default::default()
+            },
+        )
+    });
+    socket(tls::UpstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: if mutual { vec![sds(&cert)] } else { vec![] },
+            validation_context_type: validation,
+            ..Default::default()
+        }),
+        sni: t.sni.clone().unwrap_or_else(|| default_sni.to_string()),
+        ..Default::default()
+    })
+}

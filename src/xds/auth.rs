@@ -6,10 +6,12 @@
 //! `default` (its SVID) and `ROOTCA`. Anything else asked for is refused, logged, counted.
 
 use super::cache::{encode_secret, Res};
+use crate::api::{Kind, Spec};
 use crate::ca::token::TokenVerifier;
 use crate::ca::{Ca, Identity};
-use crate::model::Proxy;
+use crate::model::{Proxy, World};
 use crate::translate::secret::{tls_certificate, validation_context, DEFAULT, ROOTCA};
+use crate::translate::tls::credential_sds_names;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
@@ -80,7 +82,7 @@ impl Security {
     }
 
     /// Log and count secret names asked for that this stream will not get.
-    pub fn audit(&self, id: Option<&Identity>, proxy: &Proxy, asked: &[String]) {
+    pub fn audit(&self, id: Option<&Identity>, proxy: &Proxy, asked: &[String], world: &World) {
         if asked.is_empty() {
             return;
         }
@@ -89,15 +91,50 @@ impl Security {
             self.sds_denied.inc();
             return;
         }
-        for n in asked.iter().filter(|n| *n != DEFAULT && *n != ROOTCA) {
+        let ns = id.map(|i| i.namespace.clone()).unwrap_or_default();
+        let own_ns = |n: &str| {
+            n.strip_prefix("kubernetes://").is_some_and(|name| {
+                let name = name.strip_suffix("-cacert").unwrap_or(name);
+                let key = crate::api::ObjectKey {
+                    kind: Kind::Secret,
+                    namespace: ns.clone(),
+                    name: name.to_string(),
+                };
+                world.objects.contains_key(&key)
+            })
+        };
+        for n in asked
+            .iter()
+            .filter(|n| *n != DEFAULT && *n != ROOTCA && !own_ns(n))
+        {
             warn!(proxy = %proxy.id, secret = %n, "SDS refused: not a secret of this identity");
             self.sds_denied.inc();
         }
     }
 
-    /// Every secret the identity may have: its own SVID and the trust bundle.
-    pub fn secrets(&self, id: Option<&Identity>, proxy: &Proxy) -> Vec<Res> {
+    /// Every secret the identity may have: its own SVID, the trust bundle, and the
+    /// Kubernetes Secrets of its own namespace that DestinationRules name (`credentialName`).
+    pub fn secrets(&self, id: Option<&Identity>, proxy: &Proxy, world: &World) -> Vec<Res> {
         let Some(id) = id else { return Vec::new() };
+        let mut out = self.own_secrets(id, proxy);
+        for r in world
+            .objects
+            .values()
+            .filter(|r| r.key.kind == Kind::Secret && r.key.namespace == id.namespace)
+        {
+            let Spec::Secret(sec) = &r.spec else { continue };
+            let (cert_name, ca_name) = credential_sds_names(&r.key.name);
+            if let (Some(c), Some(k)) = (sec.get("tls.crt"), sec.get("tls.key")) {
+                out.push(encode_secret(&tls_certificate(&cert_name, &c, &k)));
+            }
+            if let Some(ca) = sec.get("ca.crt") {
+                out.push(encode_secret(&validation_context(&ca_name, &ca)));
+            }
+        }
+        out
+    }
+
+    fn own_secrets(&self, id: &Identity, proxy: &Proxy) -> Vec<Res> {
         let mut out = Vec::new();
         match self.ca.svid(id, &proxy.id) {
             Ok(svid) => out.push(encode_secret(&tls_certificate(

@@ -167,7 +167,11 @@ impl Stream {
     fn resources(&self, type_url: &str) -> Vec<Res> {
         if type_url == SECRET {
             return match &self.srv.security {
-                Some(sec) => sec.secrets(self.identity.as_ref(), &self.proxy),
+                Some(sec) => sec.secrets(
+                    self.identity.as_ref(),
+                    &self.proxy,
+                    &self.published.gen.world,
+                ),
                 None => Vec::new(),
             };
         }
@@ -345,7 +349,12 @@ impl Stream {
         let changed = names != ts.names || wildcard != ts.wildcard;
         if type_url == SECRET && changed {
             if let Some(sec) = &self.srv.security {
-                sec.audit(self.identity.as_ref(), &self.proxy, &req.resource_names);
+                sec.audit(
+                    self.identity.as_ref(),
+                    &self.proxy,
+                    &req.resource_names,
+                    &self.published.gen.world,
+                );
             }
         }
         ts.names = names;
@@ -644,6 +653,7 @@ impl Stream {
                     self.identity.as_ref(),
                     &self.proxy,
                     &req.resource_names_subscribe,
+                    &self.published.gen.world,
                 );
             }
         }
