@@ -63,6 +63,7 @@ impl Harness {
             stop,
             security: None,
             require_auth: false,
+            admission: Arc::new(pilotfish::xds::server::Admission::unlimited()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -639,4 +640,75 @@ async fn removed_subset_cluster_outlives_the_routes_naming_it() {
             assert_eq!(c.removed_resources, vec![v2.to_string()]);
         }
     }
+}
+
+#[test]
+fn admission_rate_limits_new_streams() {
+    let a = pilotfish::xds::server::Admission::new(2, 3);
+    let admitted = (0..10).filter(|_| a.try_admit()).count();
+    assert_eq!(
+        admitted, 3,
+        "the burst is admitted at once, the rest refused"
+    );
+    assert_eq!(a.rejected.get(), 7);
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert!(a.try_admit(), "tokens refill at the rate");
+    let unlimited = pilotfish::xds::server::Admission::unlimited();
+    assert!((0..10_000).all(|_| unlimited.try_admit()));
+}
+
+#[tokio::test]
+async fn excess_streams_get_resource_exhausted() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    // A second server on the same state with a tiny admission budget.
+    let (stop_tx, stop) = watch::channel(false);
+    std::mem::forget(stop_tx);
+    let srv = XdsServer {
+        current: h.tx.subscribe(),
+        metrics: h.metrics.clone(),
+        conns: h.conns.clone(),
+        stop,
+        security: None,
+        require_auth: false,
+        admission: Arc::new(pilotfish::xds::server::Admission::new(1, 1)),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(srv.into_service())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    let mut c = AggregatedDiscoveryServiceClient::connect(addr)
+        .await
+        .unwrap();
+    let (tx1, rx1) = mpsc::channel(4);
+    tx1.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let mut first = c
+        .stream_aggregated_resources(ReceiverStream::new(rx1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!next(&mut first).await.resources.is_empty());
+    let (tx2, rx2) = mpsc::channel(4);
+    tx2.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let e = c
+        .stream_aggregated_resources(ReceiverStream::new(rx2))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    // After a second the budget refills and the retry gets in.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (tx3, rx3) = mpsc::channel(4);
+    tx3.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let mut third = c
+        .stream_aggregated_resources(ReceiverStream::new(rx3))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!next(&mut third).await.resources.is_empty());
+    drop((tx1, tx2, tx3));
 }

@@ -96,6 +96,7 @@ async fn start_with(ttl: Duration, files: &[(&str, &str)]) -> H {
         stop,
         security: Some(sec.clone()),
         require_auth: true,
+        admission: Arc::new(pilotfish::xds::server::Admission::unlimited()),
     };
     let plain = XdsServer {
         require_auth: false,

@@ -8,7 +8,7 @@ use crate::model::{Index, MeshConfig, Proxy, World};
 use crate::translate;
 use crate::xds::auth::Security;
 use crate::xds::cache::Generation;
-use crate::xds::server::{Published, XdsServer};
+use crate::xds::server::{Admission, Published, XdsServer};
 use crate::xds::services::{Cds, Eds, Lds, Rds, Sds};
 use crate::xds::status::Connections;
 use anyhow::Context;
@@ -53,6 +53,13 @@ pub struct ServeArgs {
     /// Serve plaintext xDS on a non-loopback address (development only: no authentication).
     #[arg(long)]
     pub allow_plaintext_xds: bool,
+    /// New xDS streams admitted per second (both ports together); the excess gets
+    /// ResourceExhausted and retries. 0: no limit.
+    #[arg(long, default_value_t = 500)]
+    pub xds_admission_rate: u32,
+    /// New xDS streams admitted at once before the rate applies.
+    #[arg(long, default_value_t = 500)]
+    pub xds_admission_burst: u32,
     /// xDS + SDS over TLS with bearer-token authentication.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub secure_xds_address: String,
@@ -397,7 +404,13 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         stop: stop_rx,
         security: Some(security.clone()),
         require_auth: false,
+        admission: Arc::new(Admission::new(a.xds_admission_rate, a.xds_admission_burst)),
     };
+    metrics.register(
+        "pilotfish_xds_admission_rejected",
+        "New xDS streams refused by the admission rate limit",
+        xds.admission.rejected.clone(),
+    );
     let secure = XdsServer {
         require_auth: true,
         ..xds.clone()

@@ -53,6 +53,51 @@ pub struct XdsServer {
     /// Every stream must authenticate (the TLS port). Unauthenticated streams (the loopback
     /// plaintext port) get config but never a secret.
     pub require_auth: bool,
+    /// Rate limit on new streams (a reconnect storm is spread out, not served all at once).
+    pub admission: Arc<Admission>,
+}
+
+/// A token bucket for new streams: `rate` per second, up to `burst` at once. Excess streams
+/// get `ResourceExhausted` and retry with their backoff. A rate of 0 admits everything.
+pub struct Admission {
+    rate: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+    pub rejected: prometheus_client::metrics::counter::Counter,
+}
+
+impl Admission {
+    pub fn new(rate: u32, burst: u32) -> Admission {
+        let burst = f64::from(burst.max(1));
+        Admission {
+            rate: f64::from(rate),
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+            rejected: Default::default(),
+        }
+    }
+
+    pub fn unlimited() -> Admission {
+        Admission::new(0, 1)
+    }
+
+    pub fn try_admit(&self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut st = self.state.lock().unwrap();
+        let now = Instant::now();
+        let (tokens, last) = *st;
+        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
+        if tokens >= 1.0 {
+            *st = (tokens - 1.0, now);
+            true
+        } else {
+            *st = (tokens, now);
+            self.rejected.inc();
+            false
+        }
+    }
 }
 
 /// Per-stream response queue depth. Small on purpose: a proxy that does not read only
@@ -798,6 +843,16 @@ async fn run_delta(
 
 impl XdsServer {
     /// On the TLS port: the identity the stream's bearer token proves, or a refusal.
+    fn admit(&self) -> Result<(), Status> {
+        if self.admission.try_admit() {
+            Ok(())
+        } else {
+            Err(Status::resource_exhausted(
+                "too many new xDS streams; retry with backoff",
+            ))
+        }
+    }
+
     fn authenticate<T>(&self, req: &Request<T>, peer: &str) -> Result<Option<Identity>, Status> {
         if !self.require_auth {
             return Ok(None);
@@ -815,6 +870,7 @@ impl XdsServer {
         fixed: Option<&'static str>,
     ) -> Result<Response<SotwStream>, Status> {
         self.current()?;
+        self.admit()?;
         let peer = peer_of(&req);
         let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -835,6 +891,7 @@ impl XdsServer {
         fixed: Option<&'static str>,
     ) -> Result<Response<DeltaStream>, Status> {
         self.current()?;
+        self.admit()?;
         let peer = peer_of(&req);
         let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
