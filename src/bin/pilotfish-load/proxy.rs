@@ -1,0 +1,825 @@
+//! One simulated Envoy: an ADS stream (state of the world or delta) on its own HTTP/2
+//! connection, subscribing the way Envoy does.
+//!
+//! ```text
+//!  CDS wildcard ──► ACK ──► EDS for the EDS clusters received ──► ACK ──► LDS wildcard
+//!      ──► ACK ──► RDS for the route names the listeners' HTTP connection managers name
+//! ```
+//! Every resource is decoded before the ACK (see `decode`); a resource that does not decode
+//! gets a NACK; `--nack-percent` NACKs some updates on purpose. Stream errors (including
+//! `Unavailable` and `ResourceExhausted`) and server-closed streams lead to a reconnect after
+//! Envoy's backoff (jittered exponential: 500 ms base, 30 s cap, reset when a response
+//! arrives). A reconnect sends what Envoy sends: the versions it holds (SotW `version_info`,
+//! delta `initial_resource_versions`) and its current subscriptions.
+
+use crate::config::ProxySpec;
+use crate::decode::{self, Cache, Extracted, CDS, EDS, LDS, RDS};
+use crate::sys::Rng;
+use crate::track::{Seen, Slot, Tracker};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use envoy_types::pb::google::rpc;
+use prost::Message;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// Counters over all streams.
+#[derive(Default)]
+pub struct Stats {
+    pub bytes: AtomicU64,
+    pub responses: AtomicU64,
+    pub resources: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    pub injected: AtomicU64,
+    pub decode_errors: AtomicU64,
+    pub err_unavailable: AtomicU64,
+    pub err_exhausted: AtomicU64,
+    pub err_connect: AtomicU64,
+    pub err_ended: AtomicU64,
+    pub err_other: AtomicU64,
+    pub connects: AtomicU64,
+    pub max_msg: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StatsSnap {
+    pub bytes: u64,
+    pub responses: u64,
+    pub resources: u64,
+    pub acks: u64,
+    pub nacks: u64,
+    pub injected_nacks: u64,
+    pub decode_errors: u64,
+    pub unavailable: u64,
+    pub resource_exhausted: u64,
+    pub connect_failures: u64,
+    pub ended_by_server: u64,
+    pub other_errors: u64,
+    pub connects: u64,
+    pub max_message_bytes: u64,
+}
+
+impl StatsSnap {
+    pub fn minus(&self, o: &StatsSnap) -> StatsSnap {
+        StatsSnap {
+            bytes: self.bytes - o.bytes,
+            responses: self.responses - o.responses,
+            resources: self.resources - o.resources,
+            acks: self.acks - o.acks,
+            nacks: self.nacks - o.nacks,
+            injected_nacks: self.injected_nacks - o.injected_nacks,
+            decode_errors: self.decode_errors - o.decode_errors,
+            unavailable: self.unavailable - o.unavailable,
+            resource_exhausted: self.resource_exhausted - o.resource_exhausted,
+            connect_failures: self.connect_failures - o.connect_failures,
+            ended_by_server: self.ended_by_server - o.ended_by_server,
+            other_errors: self.other_errors - o.other_errors,
+            connects: self.connects - o.connects,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+    /// Stream errors of any kind.
+    pub fn errors(&self) -> u64 {
+        self.unavailable
+            + self.resource_exhausted
+            + self.connect_failures
+            + self.ended_by_server
+            + self.other_errors
+    }
+}
+
+impl Stats {
+    pub fn snap(&self) -> StatsSnap {
+        StatsSnap {
+            bytes: self.bytes.load(Relaxed),
+            responses: self.responses.load(Relaxed),
+            resources: self.resources.load(Relaxed),
+            acks: self.acks.load(Relaxed),
+            nacks: self.nacks.load(Relaxed),
+            injected_nacks: self.injected.load(Relaxed),
+            decode_errors: self.decode_errors.load(Relaxed),
+            unavailable: self.err_unavailable.load(Relaxed),
+            resource_exhausted: self.err_exhausted.load(Relaxed),
+            connect_failures: self.err_connect.load(Relaxed),
+            ended_by_server: self.err_ended.load(Relaxed),
+            other_errors: self.err_other.load(Relaxed),
+            connects: self.connects.load(Relaxed),
+            max_message_bytes: self.max_msg.load(Relaxed),
+        }
+    }
+}
+
+/// What every stream shares.
+pub struct Shared {
+    /// `http://host:port` of the control plane's xDS port.
+    pub uri: String,
+    pub delta: bool,
+    pub nack_percent: f64,
+    pub cache: Cache,
+    pub tracker: Tracker,
+    pub stats: Stats,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Marker slots (services + 1 for the gateway config).
+    pub slots: usize,
+}
+
+/// One stream as the report sees it.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    pub connected: bool,
+    /// Last ACKed version per type (SotW `version_info`, delta `system_version_info`).
+    pub acked: [String; 4],
+    pub acked_once: [bool; 4],
+    pub routes_seen: usize,
+    pub nacks: u64,
+    pub injected: u64,
+    pub errors: u64,
+    pub last_error: String,
+    pub max_msg: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Cmd {
+    Run,
+    /// Drop the connection now, reconnect after the delay (a storm).
+    Reconnect(Duration),
+    Close,
+}
+
+pub struct Handle {
+    pub spec: Arc<ProxySpec>,
+    pub cmd: watch::Sender<Cmd>,
+    pub view: Arc<Mutex<View>>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    pub fn view(&self) -> View {
+        self.view.lock().unwrap().clone()
+    }
+}
+
+pub fn spawn(sh: Arc<Shared>, spec: ProxySpec, seed: u64) -> Handle {
+    let spec = Arc::new(spec);
+    let (tx, rx) = watch::channel(Cmd::Run);
+    let view = Arc::new(Mutex::new(View::default()));
+    let task = tokio::spawn(run(sh, spec.clone(), view.clone(), rx, seed));
+    Handle {
+        spec,
+        cmd: tx,
+        view,
+        task,
+    }
+}
+
+fn sv(s: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s.to_string())),
+    }
+}
+
+/// Istio's node: id, cluster and the metadata keys pilot-agent writes.
+pub fn node(spec: &ProxySpec) -> Node {
+    let labels = Struct {
+        fields: spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), sv(v)))
+            .collect(),
+    };
+    let mut f = BTreeMap::new();
+    f.insert("NAMESPACE".to_string(), sv(&spec.namespace));
+    f.insert(
+        "LABELS".to_string(),
+        Value {
+            kind: Some(Kind::StructValue(labels)),
+        },
+    );
+    f.insert("INSTANCE_IPS".to_string(), sv(&spec.ip));
+    f.insert("SERVICE_ACCOUNT".to_string(), sv(&spec.service_account));
+    f.insert("WORKLOAD_NAME".to_string(), sv(&spec.pod));
+    f.insert("NAME".to_string(), sv(&spec.pod));
+    f.insert("INTERCEPTION_MODE".to_string(), sv("REDIRECT"));
+    f.insert("CLUSTER_ID".to_string(), sv("Kubernetes"));
+    f.insert("ISTIO_VERSION".to_string(), sv("pilotfish-load"));
+    f.insert(
+        "PROXY_CONFIG".to_string(),
+        Value {
+            kind: Some(Kind::StructValue(Struct::default())),
+        },
+    );
+    f.insert(
+        "APP_CONTAINERS".to_string(),
+        Value {
+            kind: Some(Kind::ListValue(ListValue {
+                values: vec![sv("app")],
+            })),
+        },
+    );
+    Node {
+        id: spec.node_id.clone(),
+        cluster: spec.node_cluster.clone(),
+        metadata: Some(Struct {
+            fields: f.into_iter().collect(),
+        }),
+        user_agent_name: "envoy".into(),
+        ..Default::default()
+    }
+}
+
+#[derive(Default)]
+struct TypeState {
+    version: String,
+    nonce: String,
+    names: BTreeSet<String>,
+    started: bool,
+    acked_once: bool,
+    /// Delta: what the proxy holds, name → version.
+    held: HashMap<String, String>,
+}
+
+struct State {
+    t: [TypeState; 4],
+    /// Delta: clusters held → EDS name; listeners held → RDS names.
+    cluster_eds: HashMap<String, Option<String>>,
+    listener_rds: HashMap<String, Vec<String>>,
+    lds_started: bool,
+    seen: Seen,
+    rng: Rng,
+}
+
+enum ErrKind {
+    Unavailable,
+    Exhausted,
+    Connect,
+    Ended,
+    Other,
+}
+
+enum End {
+    Cmd(Cmd),
+    Err(ErrKind, String),
+}
+
+fn status_end(s: &tonic::Status) -> End {
+    let k = match s.code() {
+        tonic::Code::Unavailable => ErrKind::Unavailable,
+        tonic::Code::ResourceExhausted => ErrKind::Exhausted,
+        _ => ErrKind::Other,
+    };
+    End::Err(k, format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// Envoy's JitteredExponentialBackOffStrategy.
+struct Backoff {
+    base: u64,
+    max: u64,
+    next: u64,
+}
+
+impl Backoff {
+    fn next(&mut self, rng: &mut Rng) -> Duration {
+        let b = self.next.max(1);
+        self.next = if b < self.max / 2 { b * 2 } else { self.max };
+        Duration::from_millis(rng.below(b).min(self.max))
+    }
+    fn reset(&mut self) {
+        self.next = self.base;
+    }
+}
+
+async fn connect(uri: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(uri.to_string())
+        .map_err(|e| e.to_string())?
+        .initial_stream_window_size(Some(64 << 20))
+        .initial_connection_window_size(Some(64 << 20))
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| format!("connect {uri}: {e}"))
+}
+
+async fn run(
+    sh: Arc<Shared>,
+    spec: Arc<ProxySpec>,
+    view: Arc<Mutex<View>>,
+    mut cmd: watch::Receiver<Cmd>,
+    seed: u64,
+) {
+    let mut st = State {
+        t: Default::default(),
+        cluster_eds: HashMap::new(),
+        listener_rds: HashMap::new(),
+        lds_started: false,
+        seen: Seen::new(sh.slots),
+        rng: Rng::new(seed),
+    };
+    let mut backoff = Backoff {
+        base: sh.backoff_base_ms,
+        max: sh.backoff_max_ms,
+        next: sh.backoff_base_ms,
+    };
+    loop {
+        if matches!(*cmd.borrow_and_update(), Cmd::Close) {
+            break;
+        }
+        let end = session(&sh, &spec, &mut st, &view, &mut cmd, &mut backoff).await;
+        view.lock().unwrap().connected = false;
+        let mut wait = match end {
+            End::Cmd(Cmd::Close) => break,
+            End::Cmd(Cmd::Reconnect(d)) => d,
+            End::Cmd(Cmd::Run) => Duration::ZERO,
+            End::Err(kind, msg) => {
+                let c = match kind {
+                    ErrKind::Unavailable => &sh.stats.err_unavailable,
+                    ErrKind::Exhausted => &sh.stats.err_exhausted,
+                    ErrKind::Connect => &sh.stats.err_connect,
+                    ErrKind::Ended => &sh.stats.err_ended,
+                    ErrKind::Other => &sh.stats.err_other,
+                };
+                c.fetch_add(1, Relaxed);
+                {
+                    let mut v = view.lock().unwrap();
+                    v.errors += 1;
+                    v.last_error = msg;
+                }
+                backoff.next(&mut st.rng)
+            }
+        };
+        // Sleep, unless told otherwise meanwhile.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => break,
+                ch = cmd.changed() => {
+                    if ch.is_err() { return; }
+                    match cmd.borrow_and_update().clone() {
+                        Cmd::Close => return,
+                        Cmd::Reconnect(d) => wait = d,
+                        Cmd::Run => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One connection's life; returns why it ended.
+async fn session(
+    sh: &Shared,
+    spec: &ProxySpec,
+    st: &mut State,
+    view: &Mutex<View>,
+    cmd: &mut watch::Receiver<Cmd>,
+    backoff: &mut Backoff,
+) -> End {
+    let ch = tokio::select! {
+        c = connect(&sh.uri) => match c {
+            Ok(c) => c,
+            Err(e) => return End::Err(ErrKind::Connect, e),
+        },
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    let client = AggregatedDiscoveryServiceClient::new(ch)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    for t in &mut st.t {
+        t.nonce.clear();
+    }
+    if sh.delta {
+        session_delta(sh, spec, st, view, cmd, backoff, client).await
+    } else {
+        session_sotw(sh, spec, st, view, cmd, backoff, client).await
+    }
+}
+
+fn sorted(s: &BTreeSet<String>) -> Vec<String> {
+    s.iter().cloned().collect()
+}
+
+fn record_response(sh: &Shared, view: &Mutex<View>, len: usize, n: usize) {
+    sh.stats.bytes.fetch_add(len as u64, Relaxed);
+    sh.stats.responses.fetch_add(1, Relaxed);
+    sh.stats.resources.fetch_add(n as u64, Relaxed);
+    sh.stats.max_msg.fetch_max(len as u64, Relaxed);
+    let mut v = view.lock().unwrap();
+    v.max_msg = v.max_msg.max(len as u64);
+}
+
+/// Decodes every resource; the first failure is the NACK message.
+fn decode_all<'a>(
+    sh: &Shared,
+    t: usize,
+    items: impl Iterator<Item = Option<(&'a str, &'a [u8])>>,
+) -> Result<Vec<Arc<Extracted>>, String> {
+    let mut out = Vec::new();
+    let mut names = BTreeSet::new();
+    for it in items {
+        let Some((ty, bytes)) = it else {
+            return Err("resource without a body".into());
+        };
+        let x = sh.cache.get(t, ty, bytes)?;
+        if !names.insert(x.name.clone()) {
+            return Err(format!(
+                "duplicate {} resource {}",
+                decode::SHORT[t],
+                x.name
+            ));
+        }
+        out.push(x);
+    }
+    Ok(out)
+}
+
+fn observations(xs: &[Arc<Extracted>]) -> Vec<(Slot, u32)> {
+    let mut min: HashMap<Slot, u32> = HashMap::new();
+    for (s, q) in xs.iter().flat_map(|x| x.obs.iter()) {
+        let e = min.entry(*s).or_insert(*q);
+        *e = (*e).min(*q);
+    }
+    min.into_iter().collect()
+}
+
+/// Whether to NACK this update on purpose (never a type's first response).
+fn inject(sh: &Shared, st: &mut State, t: usize) -> bool {
+    sh.nack_percent > 0.0 && st.t[t].acked_once && st.rng.unit() * 100.0 < sh.nack_percent
+}
+
+fn injected_error() -> rpc::Status {
+    rpc::Status {
+        code: tonic::Code::InvalidArgument as i32,
+        message: "pilotfish-load: injected NACK".into(),
+        ..Default::default()
+    }
+}
+
+fn after_ack(
+    sh: &Shared,
+    st: &mut State,
+    view: &Mutex<View>,
+    idx: usize,
+    t: usize,
+    obs: &[(Slot, u32)],
+    acked: bool,
+) {
+    let now = Instant::now();
+    sh.tracker.observe(idx, &mut st.seen, obs, now, acked);
+    let mut v = view.lock().unwrap();
+    if acked {
+        sh.stats.acks.fetch_add(1, Relaxed);
+        v.acked[t] = st.t[t].version.clone();
+        v.acked_once[t] = true;
+    } else {
+        sh.stats.nacks.fetch_add(1, Relaxed);
+        v.nacks += 1;
+    }
+    v.routes_seen = st.seen.routes_seen;
+}
+
+// ------------------------------------------------------------------ state of the world
+
+fn sotw_req(spec: Option<&ProxySpec>, t: usize, ts: &TypeState) -> DiscoveryRequest {
+    DiscoveryRequest {
+        node: spec.map(node),
+        type_url: decode::type_url(t).to_string(),
+        version_info: ts.version.clone(),
+        resource_names: sorted(&ts.names),
+        response_nonce: ts.nonce.clone(),
+        ..Default::default()
+    }
+}
+
+async fn session_sotw(
+    sh: &Shared,
+    spec: &ProxySpec,
+    st: &mut State,
+    view: &Mutex<View>,
+    cmd: &mut watch::Receiver<Cmd>,
+    backoff: &mut Backoff,
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+) -> End {
+    let (tx, rx) = mpsc::channel(64);
+    // First stream: CDS. Reconnect: every subscription, with the versions held.
+    st.t[CDS].started = true;
+    let mut first = true;
+    for t in [CDS, EDS, LDS, RDS] {
+        if st.t[t].started {
+            let _ = tx.try_send(sotw_req(first.then_some(spec), t, &st.t[t]));
+            first = false;
+        }
+    }
+    let resp = tokio::select! {
+        r = client.stream_aggregated_resources(ReceiverStream::new(rx)) => r,
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    let mut inbound = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_end(&s),
+    };
+    sh.stats.connects.fetch_add(1, Relaxed);
+    view.lock().unwrap().connected = true;
+    loop {
+        tokio::select! {
+            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+            m = inbound.message() => match m {
+                Ok(Some(r)) => {
+                    backoff.reset();
+                    if on_sotw(sh, spec, st, view, &tx, r).await.is_err() {
+                        return End::Err(ErrKind::Other, "request channel closed".into());
+                    }
+                }
+                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
+                Err(s) => return status_end(&s),
+            }
+        }
+    }
+}
+
+async fn on_sotw(
+    sh: &Shared,
+    spec: &ProxySpec,
+    st: &mut State,
+    view: &Mutex<View>,
+    tx: &mpsc::Sender<DiscoveryRequest>,
+    r: DiscoveryResponse,
+) -> Result<(), ()> {
+    let Some(t) = decode::type_index(&r.type_url) else {
+        return Ok(());
+    };
+    record_response(sh, view, r.encoded_len(), r.resources.len());
+    let xs = decode_all(
+        sh,
+        t,
+        r.resources
+            .iter()
+            .map(|a| Some((a.type_url.as_str(), a.value.as_slice()))),
+    );
+    st.t[t].nonce = r.nonce.clone();
+    let send = |req: DiscoveryRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let xs = match xs {
+        Ok(xs) => xs,
+        Err(e) => {
+            sh.stats.decode_errors.fetch_add(1, Relaxed);
+            let mut req = sotw_req(None, t, &st.t[t]);
+            req.error_detail = Some(rpc::Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message: e,
+                ..Default::default()
+            });
+            send(req).await?;
+            after_ack(sh, st, view, spec.idx, t, &[], false);
+            return Ok(());
+        }
+    };
+    let obs = observations(&xs);
+    if inject(sh, st, t) {
+        let mut req = sotw_req(None, t, &st.t[t]);
+        req.error_detail = Some(injected_error());
+        send(req).await?;
+        sh.stats.injected.fetch_add(1, Relaxed);
+        view.lock().unwrap().injected += 1;
+        after_ack(sh, st, view, spec.idx, t, &obs, false);
+        return Ok(());
+    }
+    st.t[t].version = r.version_info.clone();
+    st.t[t].acked_once = true;
+    send(sotw_req(None, t, &st.t[t])).await?;
+    after_ack(sh, st, view, spec.idx, t, &obs, true);
+    match t {
+        CDS => {
+            let eds: BTreeSet<String> = xs.iter().filter_map(|x| x.eds.clone()).collect();
+            if !eds.is_empty() && (eds != st.t[EDS].names || !st.t[EDS].started) {
+                st.t[EDS].names = eds;
+                st.t[EDS].started = true;
+                send(sotw_req(None, EDS, &st.t[EDS])).await?;
+            } else if eds.is_empty() && !st.lds_started {
+                start_lds_sotw(st, &send).await?;
+            }
+        }
+        EDS => {
+            if !st.lds_started {
+                start_lds_sotw(st, &send).await?;
+            }
+        }
+        LDS => {
+            let rds: BTreeSet<String> = xs.iter().flat_map(|x| x.rds.iter().cloned()).collect();
+            if !rds.is_empty() && (rds != st.t[RDS].names || !st.t[RDS].started) {
+                st.t[RDS].names = rds;
+                st.t[RDS].started = true;
+                send(sotw_req(None, RDS, &st.t[RDS])).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn start_lds_sotw<F, Fut>(st: &mut State, send: &F) -> Result<(), ()>
+where
+    F: Fn(DiscoveryRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ()>>,
+{
+    st.lds_started = true;
+    st.t[LDS].started = true;
+    send(sotw_req(None, LDS, &st.t[LDS])).await
+}
+
+// ------------------------------------------------------------------ delta
+
+fn delta_base(spec: Option<&ProxySpec>, t: usize) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        node: spec.map(node),
+        type_url: decode::type_url(t).to_string(),
+        ..Default::default()
+    }
+}
+
+async fn session_delta(
+    sh: &Shared,
+    spec: &ProxySpec,
+    st: &mut State,
+    view: &Mutex<View>,
+    cmd: &mut watch::Receiver<Cmd>,
+    backoff: &mut Backoff,
+    mut client: AggregatedDiscoveryServiceClient<Channel>,
+) -> End {
+    let (tx, rx) = mpsc::channel(64);
+    st.t[CDS].started = true;
+    let mut first = true;
+    for t in [CDS, EDS, LDS, RDS] {
+        if st.t[t].started {
+            let mut req = delta_base(first.then_some(spec), t);
+            first = false;
+            if t == EDS || t == RDS {
+                req.resource_names_subscribe = sorted(&st.t[t].names);
+            }
+            req.initial_resource_versions = st.t[t].held.clone();
+            let _ = tx.try_send(req);
+        }
+    }
+    let resp = tokio::select! {
+        r = client.delta_aggregated_resources(ReceiverStream::new(rx)) => r,
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    let mut inbound = match resp {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_end(&s),
+    };
+    sh.stats.connects.fetch_add(1, Relaxed);
+    view.lock().unwrap().connected = true;
+    loop {
+        tokio::select! {
+            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+            m = inbound.message() => match m {
+                Ok(Some(r)) => {
+                    backoff.reset();
+                    if on_delta(sh, spec, st, view, &tx, r).await.is_err() {
+                        return End::Err(ErrKind::Other, "request channel closed".into());
+                    }
+                }
+                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
+                Err(s) => return status_end(&s),
+            }
+        }
+    }
+}
+
+/// Subscribe/unsubscribe request moving `t`'s subscription to `want` (None if unchanged).
+fn delta_resubscribe(
+    st: &mut State,
+    t: usize,
+    want: BTreeSet<String>,
+) -> Option<DeltaDiscoveryRequest> {
+    let ts = &mut st.t[t];
+    if ts.started && want == ts.names {
+        return None;
+    }
+    if want.is_empty() && !ts.started {
+        return None;
+    }
+    let mut req = delta_base(None, t);
+    req.resource_names_subscribe = want.difference(&ts.names).cloned().collect();
+    req.resource_names_unsubscribe = ts.names.difference(&want).cloned().collect();
+    for n in &req.resource_names_unsubscribe {
+        ts.held.remove(n);
+    }
+    ts.names = want;
+    ts.started = true;
+    Some(req)
+}
+
+async fn on_delta(
+    sh: &Shared,
+    spec: &ProxySpec,
+    st: &mut State,
+    view: &Mutex<View>,
+    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    r: DeltaDiscoveryResponse,
+) -> Result<(), ()> {
+    let Some(t) = decode::type_index(&r.type_url) else {
+        return Ok(());
+    };
+    record_response(sh, view, r.encoded_len(), r.resources.len());
+    let xs = decode_all(
+        sh,
+        t,
+        r.resources.iter().map(|res| {
+            res.resource
+                .as_ref()
+                .map(|a| (a.type_url.as_str(), a.value.as_slice()))
+        }),
+    );
+    st.t[t].nonce = r.nonce.clone();
+    let send = |req: DeltaDiscoveryRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let ack = |error: Option<rpc::Status>| DeltaDiscoveryRequest {
+        response_nonce: r.nonce.clone(),
+        error_detail: error,
+        ..delta_base(None, t)
+    };
+    let xs = match xs {
+        Ok(xs) => xs,
+        Err(e) => {
+            sh.stats.decode_errors.fetch_add(1, Relaxed);
+            send(ack(Some(rpc::Status {
+                code: tonic::Code::InvalidArgument as i32,
+                message: e,
+                ..Default::default()
+            })))
+            .await?;
+            after_ack(sh, st, view, spec.idx, t, &[], false);
+            return Ok(());
+        }
+    };
+    let obs = observations(&xs);
+    if inject(sh, st, t) {
+        send(ack(Some(injected_error()))).await?;
+        sh.stats.injected.fetch_add(1, Relaxed);
+        view.lock().unwrap().injected += 1;
+        after_ack(sh, st, view, spec.idx, t, &obs, false);
+        return Ok(());
+    }
+    {
+        let ts = &mut st.t[t];
+        for res in &r.resources {
+            ts.held.insert(res.name.clone(), res.version.clone());
+        }
+        for n in &r.removed_resources {
+            ts.held.remove(n);
+        }
+        ts.version = r.system_version_info.clone();
+        ts.acked_once = true;
+    }
+    send(ack(None)).await?;
+    after_ack(sh, st, view, spec.idx, t, &obs, true);
+    match t {
+        CDS => {
+            for (res, x) in r.resources.iter().zip(&xs) {
+                st.cluster_eds.insert(res.name.clone(), x.eds.clone());
+            }
+            for n in &r.removed_resources {
+                st.cluster_eds.remove(n);
+            }
+            let want: BTreeSet<String> = st.cluster_eds.values().flatten().cloned().collect();
+            let empty = want.is_empty();
+            if let Some(req) = delta_resubscribe(st, EDS, want) {
+                send(req).await?;
+            } else if empty && !st.lds_started {
+                st.lds_started = true;
+                st.t[LDS].started = true;
+                send(delta_base(None, LDS)).await?;
+            }
+        }
+        EDS => {
+            if !st.lds_started {
+                st.lds_started = true;
+                st.t[LDS].started = true;
+                send(delta_base(None, LDS)).await?;
+            }
+        }
+        LDS => {
+            for (res, x) in r.resources.iter().zip(&xs) {
+                st.listener_rds.insert(res.name.clone(), x.rds.clone());
+            }
+            for n in &r.removed_resources {
+                st.listener_rds.remove(n);
+            }
+            let want: BTreeSet<String> = st.listener_rds.values().flatten().cloned().collect();
+            if let Some(req) = delta_resubscribe(st, RDS, want) {
+                send(req).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
