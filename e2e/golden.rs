@@ -147,6 +147,7 @@ const CASES: &[Case] = &[
         proxies: &[SLEEP_MTLS],
         ..case("tls_credential")
     },
+    case("sidecar_scope"),
 ];
 
 fn repo() -> PathBuf {
@@ -343,7 +344,45 @@ golden!(
     mtls_auto,
     mtls_policies,
     tls_credential,
+    sidecar_scope,
 );
+
+#[test]
+fn sidecar_scope_limits_what_a_proxy_gets() {
+    let v = generated("sidecar_scope", "sleep");
+    let names = |k: &str| -> Vec<String> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c["name"]
+                    .as_str()
+                    .or(c["clusterName"].as_str())
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let clusters = names("clusters");
+    assert!(clusters.contains(&"outbound|9080||reviews.default.svc.cluster.local".to_string()));
+    assert!(
+        clusters.contains(&"outbound|9080||ratings.default.svc.cluster.local".to_string()),
+        "VirtualService destinations stay visible"
+    );
+    assert!(
+        !clusters.iter().any(|c| c.contains("db.other")),
+        "out of scope: {clusters:?}"
+    );
+    assert!(!names("listeners").contains(&"0.0.0.0_5432".to_string()));
+    // REGISTRY_ONLY from the Sidecar: unknown destinations go nowhere.
+    let vo = v["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "virtualOutbound")
+        .unwrap();
+    assert!(vo.to_string().contains("BlackHoleCluster"));
+}
 
 /// Every case directory has a test and a CASES entry, and no golden file is stale.
 #[test]

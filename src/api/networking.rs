@@ -467,7 +467,7 @@ spec! {
 
 spec! {
     pub struct Sidecar {
-        pub workload_selector: Option<WorkloadSelector>,
+        pub workload_selector: Option<LabelSelector>,
         #[serde(default)] pub ingress: Vec<serde_json::Value>,
         #[serde(default)] pub egress: Vec<IstioEgressListener>,
         pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,

@@ -173,6 +173,7 @@ pub fn validate(r: &Resource) -> Problems {
         Spec::VirtualService(vs) => virtual_service(&mut v, vs),
         Spec::DestinationRule(dr) => destination_rule(&mut v, dr),
         Spec::ServiceEntry(se) => service_entry(&mut v, se),
+        Spec::Sidecar(sc) => sidecar(&mut v, sc),
         Spec::PeerAuthentication(pa) => {
             let ok = |m: &Option<String>| {
                 m.as_deref()
@@ -700,6 +701,54 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         for bad in ["", "1", "s", "1x", "-1s", "1e400s", "abc"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} must be rejected");
+        }
+    }
+}
+
+fn sidecar(v: &mut V, sc: &Sidecar) {
+    if !sc.ingress.is_empty() {
+        v.bad("spec.ingress", "ingress listeners are not supported yet");
+    }
+    if sc.inbound_connection_pool.is_some() {
+        v.bad("spec.inboundConnectionPool", "not supported yet");
+    }
+    for (i, e) in sc.egress.iter().enumerate() {
+        if e.port.is_some() || !e.bind.is_empty() || e.capture_mode.is_some() {
+            v.bad(
+                format!("spec.egress[{i}]"),
+                "only hosts are supported in egress listeners yet (no port, bind, captureMode)",
+            );
+        }
+        if e.hosts.is_empty() {
+            v.bad(
+                format!("spec.egress[{i}].hosts"),
+                "at least one host is required",
+            );
+        }
+        for (j, h) in e.hosts.iter().enumerate() {
+            match h.split_once('/') {
+                Some((ns, host)) if !ns.is_empty() && !host.is_empty() && !host.contains('/') => {}
+                _ => v.bad(
+                    format!("spec.egress[{i}].hosts[{j}]"),
+                    format!("{h:?} is not of the form namespace/host"),
+                ),
+            }
+        }
+    }
+    if let Some(o) = &sc.outbound_traffic_policy {
+        if let Some(m) = &o.mode {
+            if !matches!(m.as_str(), "ALLOW_ANY" | "REGISTRY_ONLY") {
+                v.bad(
+                    "spec.outboundTrafficPolicy.mode",
+                    format!("unknown mode {m:?}"),
+                );
+            }
+        }
+        if o.egress_proxy.is_some() {
+            v.bad(
+                "spec.outboundTrafficPolicy.egressProxy",
+                "not supported yet",
+            );
         }
     }
 }

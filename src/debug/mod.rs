@@ -187,13 +187,10 @@ async fn config_dump(
     };
     let res = p.gen.for_proxy(&proxy);
     let dump = |t: &str, field: &str| -> Vec<serde_json::Value> {
-        res.get(t)
-            .map(|m| {
-                m.values()
-                    .map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)}))
-                    .collect()
-            })
-            .unwrap_or_default()
+        res.values(t)
+            .iter()
+            .map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)}))
+            .collect()
     };
     Json(json!({"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "dynamic_active_clusters": dump(CLUSTER, "cluster")},

@@ -104,6 +104,26 @@ pub fn build_world(
         }));
     }
 
+    let mut sidecars = Vec::new();
+    for r in cx.of_kind(Kind::Sidecar) {
+        let Spec::Sidecar(sc) = &r.spec else { continue };
+        sidecars.push(Arc::new(SidecarCfg {
+            key: r.key.clone(),
+            namespace: r.key.namespace.clone(),
+            selector: sc.workload_selector.as_ref().map(|s| s.labels.clone()),
+            egress_hosts: sc
+                .egress
+                .iter()
+                .flat_map(|e| e.hosts.iter().cloned())
+                .collect(),
+            allow_any: sc
+                .outbound_traffic_policy
+                .as_ref()
+                .and_then(|o| o.mode.as_deref())
+                .map(|m| m != "REGISTRY_ONLY"),
+        }));
+    }
+
     let mut virtual_services = Vec::new();
     let mut claimed: BTreeMap<String, ObjectKey> = BTreeMap::new();
     let vss: Vec<_> = cx.of_kind(Kind::VirtualService).cloned().collect();
@@ -121,6 +141,7 @@ pub fn build_world(
         virtual_services,
         destination_rules,
         peer_authn,
+        sidecars,
         objects: objects.clone(),
         errors: bad.iter().map(|(_, e)| e.clone()).collect(),
     };

@@ -64,6 +64,57 @@ impl MtlsMode {
     }
 }
 
+/// A Sidecar resource, resolved: which hosts its workloads see.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SidecarCfg {
+    pub key: ObjectKey,
+    pub namespace: String,
+    /// None: the namespace default (or the mesh default in the root namespace).
+    pub selector: Option<BTreeMap<String, String>>,
+    /// `namespace/host` patterns; empty: everything.
+    pub egress_hosts: Vec<String>,
+    /// outboundTrafficPolicy override (true: ALLOW_ANY).
+    pub allow_any: Option<bool>,
+}
+
+/// What one proxy sees of the mesh (Sidecar scoping). The hosts set already includes every
+/// destination a visible VirtualService routes to, so no route names a missing cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub sidecar: Option<ObjectKey>,
+    /// None: every host.
+    pub hosts: Option<std::collections::BTreeSet<String>>,
+    pub allow_any: bool,
+}
+
+impl Scope {
+    pub fn includes(&self, host: &str) -> bool {
+        self.hosts.as_ref().is_none_or(|h| h.contains(host))
+    }
+}
+
+fn egress_match(pattern: &str, sidecar_ns: &str, svc: &Service, domain: &str) -> bool {
+    let Some((ns, host)) = pattern.split_once('/') else {
+        return false;
+    };
+    let ns_ok = match ns {
+        "*" => true,
+        "~" => false,
+        "." => svc.namespace == sidecar_ns,
+        n => svc.namespace == n,
+    };
+    let host_ok = if host == "*" {
+        true
+    } else if let Some(suffix) = host.strip_prefix("*.") {
+        svc.hostname.ends_with(&format!(".{suffix}"))
+    } else {
+        svc.hostname == host
+            || (!host.contains('.')
+                && svc.hostname == format!("{host}.{}.svc.{domain}", svc.namespace))
+    };
+    ns_ok && host_ok
+}
+
 /// A PeerAuthentication, resolved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PeerAuthn {
@@ -219,6 +270,8 @@ pub struct World {
     pub destination_rules: BTreeMap<String, Arc<DestRule>>,
     /// PeerAuthentications, in (namespace, name) order.
     pub peer_authn: Vec<Arc<PeerAuthn>>,
+    /// Sidecars, in (namespace, name) order.
+    pub sidecars: Vec<Arc<SidecarCfg>>,
     /// Every accepted object (for /debug/configz).
     #[serde(skip)]
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,
@@ -227,6 +280,86 @@ pub struct World {
 }
 
 impl World {
+    /// The Sidecar that applies to a workload: one selecting it in its namespace, else its
+    /// namespace's default, else the mesh default in the root namespace.
+    pub fn sidecar_for(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&Arc<SidecarCfg>> {
+        self.sidecars
+            .iter()
+            .find(|s| {
+                s.namespace == ns
+                    && s.selector
+                        .as_ref()
+                        .is_some_and(|sel| !sel.is_empty() && selects(sel, labels))
+            })
+            .or_else(|| {
+                self.sidecars
+                    .iter()
+                    .find(|s| s.namespace == ns && s.selector.as_ref().is_none_or(|s| s.is_empty()))
+            })
+            .or_else(|| {
+                self.sidecars.iter().find(|s| {
+                    s.namespace == self.mesh.root_namespace
+                        && s.selector.as_ref().is_none_or(|s| s.is_empty())
+                })
+            })
+    }
+
+    /// What a workload sees of the mesh.
+    pub fn scope(&self, ns: &str, labels: &BTreeMap<String, String>) -> Scope {
+        let Some(sc) = self.sidecar_for(ns, labels) else {
+            return Scope {
+                sidecar: None,
+                hosts: None,
+                allow_any: self.mesh.allow_any,
+            };
+        };
+        let allow_any = sc.allow_any.unwrap_or(self.mesh.allow_any);
+        if sc.egress_hosts.is_empty() {
+            return Scope {
+                sidecar: Some(sc.key.clone()),
+                hosts: None,
+                allow_any,
+            };
+        }
+        let mut hosts: std::collections::BTreeSet<String> = self
+            .services
+            .values()
+            .filter(|svc| {
+                sc.egress_hosts
+                    .iter()
+                    .any(|p| egress_match(p, &sc.namespace, svc, &self.mesh.domain))
+            })
+            .map(|svc| svc.hostname.clone())
+            .collect();
+        // Whatever a visible VirtualService routes or mirrors to is visible too.
+        for vs in &self.virtual_services {
+            if vs.hosts.iter().any(|h| hosts.contains(h)) {
+                let dests = vs.spec.http.iter().flat_map(|h| {
+                    h.route
+                        .iter()
+                        .map(|d| d.destination.host.clone())
+                        .chain(h.mirror.iter().map(|m| m.host.clone()))
+                        .chain(h.mirrors.iter().map(|m| m.destination.host.clone()))
+                });
+                let tcp = vs
+                    .spec
+                    .tcp
+                    .iter()
+                    .flat_map(|t| t.route.iter().map(|d| d.destination.host.clone()));
+                hosts.extend(dests.chain(tcp).collect::<Vec<_>>());
+            }
+        }
+        Scope {
+            sidecar: Some(sc.key.clone()),
+            hosts: Some(hosts),
+            allow_any,
+        }
+    }
+
     /// The mutual TLS mode a workload's port accepts: workload policy (port level, then
     /// workload level), namespace policy, mesh policy, else PERMISSIVE. UNSET inherits.
     pub fn mtls_mode(&self, ns: &str, labels: &BTreeMap<String, String>, port: u32) -> MtlsMode {

@@ -6,7 +6,7 @@ use super::*;
 use crate::api::networking::{
     ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, TrafficPolicy,
 };
-use crate::model::{DestRule, Protocol, Resolution, Service, ServicePort};
+use crate::model::{DestRule, Protocol, Resolution, Scope, Service, ServicePort};
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds, cluster, CircuitBreakers, OutlierDetection as EnvoyOutlier,
     UpstreamConnectionOptions,
@@ -83,9 +83,13 @@ fn discovery(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType>
 
 /// All outbound clusters (identical for every sidecar of one mTLS capability until Sidecar
 /// scoping arrives). `mtls`: the proxy has certificates, so auto mTLS applies.
-pub fn outbound(world: &World, mtls: bool) -> Vec<Cluster> {
+pub fn outbound(world: &World, scope: &Scope, mtls: bool) -> Vec<Cluster> {
     let mut out = vec![passthrough(), blackhole()];
-    for svc in world.services.values() {
+    for svc in world
+        .services
+        .values()
+        .filter(|s| scope.includes(&s.hostname))
+    {
         let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
         for sp in &svc.ports {
             out.push(service_cluster(world, mtls, svc, sp, dr, ""));

@@ -83,12 +83,12 @@ pub fn assignment(
 }
 
 /// Every EDS resource of the mesh (shared by all sidecars), sorted by name.
-pub fn all(world: &World) -> Vec<ep::ClusterLoadAssignment> {
+pub fn all(world: &World, scope: &crate::model::Scope) -> Vec<ep::ClusterLoadAssignment> {
     let mut out = Vec::new();
     for svc in world
         .services
         .values()
-        .filter(|s| s.resolution == Resolution::Static)
+        .filter(|s| s.resolution == Resolution::Static && scope.includes(&s.hostname))
     {
         let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
         for sp in &svc.ports {

@@ -197,8 +197,8 @@ fn http_chain_match() -> Option<FilterChainMatch> {
 }
 
 /// Outbound listeners: 15001 plus one per service port.
-pub fn outbound(world: &World) -> Vec<ls::Listener> {
-    let fallback = if world.mesh.allow_any {
+pub fn outbound(world: &World, scope: &crate::model::Scope) -> Vec<ls::Listener> {
+    let fallback = if scope.allow_any {
         PASSTHROUGH
     } else {
         BLACKHOLE
@@ -217,7 +217,11 @@ pub fn outbound(world: &World) -> Vec<ls::Listener> {
     }];
     // port → (has http, tcp services: their tcp_proxy target and VIPs)
     let mut ports: BTreeMap<u32, (bool, Vec<(TcpTarget, Vec<String>)>)> = BTreeMap::new();
-    for svc in world.services.values() {
+    for svc in world
+        .services
+        .values()
+        .filter(|s| scope.includes(&s.hostname))
+    {
         for sp in &svc.ports {
             let e = ports.entry(sp.port).or_default();
             if sp.protocol.is_http() || sp.protocol == Protocol::Unknown {

@@ -50,15 +50,16 @@ pub fn inbound_name(port: u32) -> String {
 
 /// Generate the whole config of one sidecar.
 pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
-    let mut clusters = cluster::outbound(world, proxy.mtls);
+    let scope = world.scope(&proxy.namespace, &proxy.labels);
+    let mut clusters = cluster::outbound(world, &scope, proxy.mtls);
     clusters.extend(cluster::inbound(world, proxy));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut listeners = listener::outbound(world);
+    let mut listeners = listener::outbound(world, &scope);
     listeners.push(listener::inbound(world, proxy));
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
     ProxyConfig {
         clusters,
-        endpoints: endpoint::all(world),
+        endpoints: endpoint::all(world, &scope),
         listeners,
         routes: route::outbound(world, proxy),
     }

@@ -17,8 +17,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Route configurations for one proxy (source namespace and labels matter for matches).
 pub fn outbound(world: &World, proxy: &Proxy) -> Vec<rt::RouteConfiguration> {
+    let scope = world.scope(&proxy.namespace, &proxy.labels);
     let mut by_port: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
-    for svc in world.services.values() {
+    for svc in world
+        .services
+        .values()
+        .filter(|s| scope.includes(&s.hostname))
+    {
         for sp in &svc.ports {
             if sp.protocol.is_http() || sp.protocol == crate::model::Protocol::Unknown {
                 by_port.entry(sp.port).or_default().push(svc);
@@ -27,13 +32,14 @@ pub fn outbound(world: &World, proxy: &Proxy) -> Vec<rt::RouteConfiguration> {
     }
     by_port
         .into_iter()
-        .map(|(port, svcs)| route_config(world, proxy, port, &svcs))
+        .map(|(port, svcs)| route_config(world, proxy, scope.allow_any, port, &svcs))
         .collect()
 }
 
 fn route_config(
     world: &World,
     proxy: &Proxy,
+    allow_any: bool,
     port: u32,
     svcs: &[&Service],
 ) -> rt::RouteConfiguration {
@@ -59,7 +65,7 @@ fn route_config(
             ..Default::default()
         });
     }
-    let fallback = if world.mesh.allow_any {
+    let fallback = if allow_any {
         route_to(PASSTHROUGH, "allow_any")
     } else {
         rt::Route {
@@ -75,7 +81,7 @@ fn route_config(
         }
     };
     vhosts.push(rt::VirtualHost {
-        name: if world.mesh.allow_any {
+        name: if allow_any {
             "allow_any".into()
         } else {
             "block_all".into()

@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
-use crate::model::{Proxy, World};
+use crate::model::{Proxy, Scope, World};
 use crate::translate::{self, ProxyConfig};
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -45,17 +45,39 @@ fn encode_with<T: Message + Name>(name: &str, m: &T, refs: Vec<String>) -> Res {
 /// Resources of one type, by name.
 pub type TypeMap = BTreeMap<String, Res>;
 
-/// A proxy's complete view: every type's resources.
+/// A proxy's complete view: for each type, layers of shared maps (the outbound set of its
+/// scope, its route class, its inbound class). The maps are shared by every proxy of the same
+/// class, so a connected proxy costs a few pointers, not a copy of the mesh.
 #[derive(Debug, Default)]
 pub struct ProxyResources {
-    pub by_type: HashMap<&'static str, TypeMap>,
-    /// Problems found by the consistency check (served anyway minus the broken pieces).
-    pub problems: Vec<String>,
+    pub by_type: HashMap<&'static str, Vec<Arc<TypeMap>>>,
 }
 
 impl ProxyResources {
-    pub fn get(&self, type_url: &str) -> Option<&TypeMap> {
-        self.by_type.get(type_url)
+    /// Every resource of a type, sorted by name.
+    pub fn values(&self, type_url: &str) -> Vec<Res> {
+        let mut v: Vec<Res> = self
+            .by_type
+            .get(type_url)
+            .into_iter()
+            .flatten()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn contains(&self, type_url: &str, name: &str) -> bool {
+        self.by_type
+            .get(type_url)
+            .is_some_and(|layers| layers.iter().any(|m| m.contains_key(name)))
+    }
+
+    pub fn len(&self, type_url: &str) -> usize {
+        self.by_type
+            .get(type_url)
+            .map(|l| l.iter().map(|m| m.len()).sum())
+            .unwrap_or(0)
     }
 }
 
@@ -76,15 +98,101 @@ type RouteKey = (String, BTreeMap<String, String>);
 /// Everything derived from one World.
 pub struct Generation {
     pub world: Arc<World>,
-    /// Outbound clusters for proxies without certificates (plaintext everywhere).
-    shared_clusters: TypeMap,
-    /// Outbound clusters with auto mTLS, built on first use.
-    mtls_clusters: std::sync::OnceLock<TypeMap>,
-    shared_listeners: TypeMap,
-    endpoints: TypeMap,
-    routes: Mutex<HashMap<RouteKey, TypeMap>>,
-    inbound: Mutex<HashMap<translate::listener::InboundKey, (TypeMap, TypeMap)>>,
+    /// Outbound clusters, endpoints and listeners per (scope, mTLS capability): shared by
+    /// every proxy that sees the same part of the mesh.
+    outbound: Mutex<HashMap<(Scope, bool), Arc<Outbound>>>,
+    /// Route configurations per (namespace, labels): the whole input of route generation
+    /// (sourceLabels matches and the Sidecar scope derive from them).
+    routes: Mutex<HashMap<RouteKey, Arc<TypeMap>>>,
+    /// Inbound clusters and listener per inbound key (its whole input).
+    inbound: Mutex<HashMap<translate::listener::InboundKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
     per_proxy: Mutex<HashMap<Proxy, Arc<ProxyResources>>>,
+}
+
+struct Outbound {
+    clusters: Arc<TypeMap>,
+    endpoints: Arc<TypeMap>,
+    listeners: Arc<TypeMap>,
+}
+
+impl Generation {
+    /// Builds the outbound set of the unscoped, certificate-less class eagerly (the common
+    /// case); other classes are built on first use.
+    pub fn new(world: Arc<World>) -> Generation {
+        let g = Generation {
+            world,
+            outbound: Default::default(),
+            routes: Default::default(),
+            inbound: Default::default(),
+            per_proxy: Default::default(),
+        };
+        let scope = g.world.scope("", &BTreeMap::new());
+        g.outbound_for(scope, false);
+        g
+    }
+
+    fn outbound_for(&self, scope: Scope, mtls: bool) -> Arc<Outbound> {
+        let mut memo = self.outbound.lock().unwrap();
+        let w = &*self.world;
+        memo.entry((scope, mtls))
+            .or_insert_with_key(|(scope, mtls)| {
+                Arc::new(Outbound {
+                    clusters: Arc::new(map(translate::cluster::outbound(w, scope, *mtls), |c| {
+                        &c.name
+                    })),
+                    endpoints: Arc::new(map(translate::endpoint::all(w, scope), |e| {
+                        &e.cluster_name
+                    })),
+                    listeners: Arc::new(listener_map(translate::listener::outbound(w, scope))),
+                })
+            })
+            .clone()
+    }
+
+    /// The resources for one proxy, memoized.
+    pub fn for_proxy(&self, proxy: &Proxy) -> Arc<ProxyResources> {
+        if let Some(r) = self.per_proxy.lock().unwrap().get(proxy) {
+            return r.clone();
+        }
+        let w = &*self.world;
+        let out = self.outbound_for(w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
+        let rkey = (proxy.namespace.clone(), proxy.labels.clone());
+        let routes = {
+            let mut memo = self.routes.lock().unwrap();
+            memo.entry(rkey)
+                .or_insert_with(|| Arc::new(route_map(translate::route::outbound(w, proxy))))
+                .clone()
+        };
+        // The key is the whole input of the inbound resources (no implicit inputs).
+        let key = translate::listener::inbound_key(w, proxy);
+        let (in_clusters, in_listeners) = {
+            let mut memo = self.inbound.lock().unwrap();
+            memo.entry(key.clone())
+                .or_insert_with(|| {
+                    (
+                        Arc::new(map(translate::cluster::inbound_from(&key), |c| &c.name)),
+                        Arc::new(listener_map(vec![translate::listener::inbound_from(&key)])),
+                    )
+                })
+                .clone()
+        };
+        let mut by_type = HashMap::new();
+        by_type.insert(CLUSTER, vec![out.clusters.clone(), in_clusters]);
+        by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
+        by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
+        by_type.insert(ROUTE, vec![routes]);
+        let res = Arc::new(ProxyResources { by_type });
+        self.per_proxy
+            .lock()
+            .unwrap()
+            .insert(proxy.clone(), res.clone());
+        res
+    }
+
+    /// Forget per-proxy entries of disconnected proxies (class memos stay).
+    pub fn forget(&self, proxy: &Proxy) {
+        self.per_proxy.lock().unwrap().remove(proxy);
+    }
 }
 
 fn map<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> &str) -> TypeMap {
@@ -121,95 +229,17 @@ fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listene
         .collect()
 }
 
-impl Generation {
-    pub fn new(world: Arc<World>) -> Generation {
-        let shared_clusters = map(translate::cluster::outbound(&world, false), |c| &c.name);
-        let shared_listeners = listener_map(translate::listener::outbound(&world));
-        let endpoints = map(translate::endpoint::all(&world), |e| &e.cluster_name);
-        Generation {
-            world,
-            shared_clusters,
-            mtls_clusters: std::sync::OnceLock::new(),
-            shared_listeners,
-            endpoints,
-            routes: Default::default(),
-            inbound: Default::default(),
-            per_proxy: Default::default(),
-        }
-    }
-
-    /// The resources for one proxy, memoized.
-    pub fn for_proxy(&self, proxy: &Proxy) -> Arc<ProxyResources> {
-        if let Some(r) = self.per_proxy.lock().unwrap().get(proxy) {
-            return r.clone();
-        }
-        let w = &*self.world;
-        let rkey = (proxy.namespace.clone(), proxy.labels.clone());
-        let routes = {
-            let mut memo = self.routes.lock().unwrap();
-            memo.entry(rkey)
-                .or_insert_with(|| route_map(translate::route::outbound(w, proxy)))
-                .clone()
-        };
-        // The key is the whole input of the inbound resources (no implicit inputs).
-        let key = translate::listener::inbound_key(w, proxy);
-        let (in_clusters, in_listeners) = {
-            let mut memo = self.inbound.lock().unwrap();
-            memo.entry(key.clone())
-                .or_insert_with(|| {
-                    (
-                        map(translate::cluster::inbound_from(&key), |c| &c.name),
-                        listener_map(vec![translate::listener::inbound_from(&key)]),
-                    )
-                })
-                .clone()
-        };
-        let mut clusters = if proxy.mtls {
-            self.mtls_clusters
-                .get_or_init(|| map(translate::cluster::outbound(w, true), |c| &c.name))
-                .clone()
-        } else {
-            self.shared_clusters.clone()
-        };
-        clusters.extend(in_clusters);
-        let mut listeners = self.shared_listeners.clone();
-        listeners.extend(in_listeners);
-        let mut by_type = HashMap::new();
-        by_type.insert(CLUSTER, clusters);
-        by_type.insert(ENDPOINT, self.endpoints.clone());
-        by_type.insert(LISTENER, listeners);
-        by_type.insert(ROUTE, routes);
-        let res = Arc::new(ProxyResources {
-            by_type,
-            problems: Vec::new(),
-        });
-        self.per_proxy
-            .lock()
-            .unwrap()
-            .insert(proxy.clone(), res.clone());
-        res
-    }
-
-    /// Forget per-proxy entries of disconnected proxies (class memos stay).
-    pub fn forget(&self, proxy: &Proxy) {
-        self.per_proxy.lock().unwrap().remove(proxy);
-    }
-}
-
 /// Decode a proxy's resources back into typed config (for config_dump and checks).
 pub fn decode(res: &ProxyResources) -> ProxyConfig {
-    fn all<T: Message + Default>(m: Option<&TypeMap>) -> Vec<T> {
-        m.map(|m| {
-            m.values()
-                .filter_map(|r| T::decode(r.any.value.as_slice()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    fn all<T: Message + Default>(v: Vec<Res>) -> Vec<T> {
+        v.iter()
+            .filter_map(|r| T::decode(r.any.value.as_slice()).ok())
+            .collect()
     }
     ProxyConfig {
-        clusters: all(res.get(CLUSTER)),
-        endpoints: all(res.get(ENDPOINT)),
-        listeners: all(res.get(LISTENER)),
-        routes: all(res.get(ROUTE)),
+        clusters: all(res.values(CLUSTER)),
+        endpoints: all(res.values(ENDPOINT)),
+        listeners: all(res.values(LISTENER)),
+        routes: all(res.values(ROUTE)),
     }
 }

@@ -221,10 +221,7 @@ impl Stream {
             };
         }
         let r = self.published.gen.for_proxy(&self.proxy);
-        let mut out: Vec<Res> = r
-            .get(type_url)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default();
+        let mut out = r.values(type_url);
         if type_url == CLUSTER || type_url == ENDPOINT {
             if let Some(held) = self.held.get(type_url) {
                 let refs: BTreeSet<&str> = [ROUTE, LISTENER]
@@ -233,10 +230,8 @@ impl Stream {
                     .flat_map(|m| m.values())
                     .flat_map(|r| r.refs.iter().map(String::as_str))
                     .collect();
-                let current = r.get(type_url);
                 for (name, res) in held {
-                    if refs.contains(name.as_str()) && current.is_none_or(|c| !c.contains_key(name))
-                    {
+                    if refs.contains(name.as_str()) && !r.contains(type_url, name) {
                         out.push(res.clone());
                     }
                 }

@@ -49,14 +49,10 @@ impl XdsServer {
         let wildcard = is_wildcard_type(type_url)
             && (req.resource_names.is_empty() || req.resource_names.iter().any(|n| n == "*"));
         let chosen: Vec<Res> = all
-            .get(type_url)
-            .map(|m| {
-                m.values()
-                    .filter(|r| wildcard || req.resource_names.contains(&r.name))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+            .values(type_url)
+            .into_iter()
+            .filter(|r| wildcard || req.resource_names.contains(&r.name))
+            .collect();
         p.gen.forget(&proxy);
         Ok(DiscoveryResponse {
             version_info: set_version(chosen.iter()),
