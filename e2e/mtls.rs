@@ -394,3 +394,46 @@ fn root_rotation_under_traffic_without_failures() {
     assert_eq!(c, 200);
     assert!(xfcc(&body).contains(SPIFFE_A));
 }
+
+#[test]
+fn client_refuses_a_server_with_the_wrong_identity() {
+    if !need_root("client_refuses_a_server_with_the_wrong_identity") {
+        return;
+    }
+    // The registry says b runs as service account b; the pod at b's address is "evil".
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "registry.yaml",
+        &registry(&mesh, &mesh.addr(11).to_string()),
+    );
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let evil = mesh.start_pod(
+        PodSpec::new("b")
+            .host(11)
+            .service_account("evil")
+            .secure(&cp),
+    );
+    let a = mesh.start_pod(PodSpec::new("a").host(10).service_account("a").secure(&cp));
+    a.hosts(&[("b", &mesh.vip(0).to_string())]);
+    assert!(wait_until(READY, || connected(&a)
+        && connected(&evil)
+        && !serials(&evil).is_empty()));
+    // Give routing time to settle, then every call must fail the SAN check (503 from A's sidecar).
+    std::thread::sleep(Duration::from_secs(2));
+    for _ in 0..5 {
+        let (code, body) = call_b(&a);
+        assert_eq!(
+            code, 503,
+            "A must not talk to a server that is not spiffe://.../sa/b: {body}"
+        );
+    }
+    let fails: u64 = a
+        .envoy_stats("ssl.fail_verify_san")
+        .into_iter()
+        .filter(|(k, _)| k.contains("b.default.svc.cluster.local"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(fails > 0, "the handshake failed on the SAN check");
+}
