@@ -71,6 +71,9 @@ pub struct ScenarioReport {
     pub server_bytes_sent: Option<u64>,
     /// `pilot_total_xds_rejects_total` over the scenario.
     pub server_rejects: Option<u64>,
+    /// `pilotfish_xds_admission_rejected_total` over the scenario (streams refused with
+    /// ResourceExhausted by the admission rate limit).
+    pub server_admission_rejected: Option<u64>,
     /// Control plane utime + stime over the scenario.
     pub cp_cpu_s: Option<f64>,
     /// The load tool's own CPU over the scenario (it shares the machine).
