@@ -144,6 +144,9 @@ pub struct Args {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to this file (with the table on stdout).
+    #[arg(long)]
+    pub json_file: Option<PathBuf>,
     /// Include every stream's ACKed versions in the JSON.
     #[arg(long)]
     pub dump_streams: bool,
@@ -389,6 +392,7 @@ impl Load {
                 _ => None,
             },
             tool_cpu_s: sys::self_cpu() - m.tool_cpu,
+            tool_rss_mb: proc_stat(std::process::id()).map(|s| kb_to_mb(s.rss_kb)),
             cp_rss_mb: rss.map(kb_to_mb),
             cp_peak_rss_mb: self
                 .sampler
@@ -809,9 +813,13 @@ impl Load {
 
     async fn large(&mut self) -> anyhow::Result<ScenarioReport> {
         let sidecars: Vec<usize> = self.active.iter().collect();
+        let closed = sidecars.len();
         for i in sidecars {
             self.close_stream(i).await;
         }
+        // What the control plane gives back when the proxies leave.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss_after = self.cp.pid.and_then(proc_stat).map(|s| kb_to_mb(s.rss_kb));
         let gw = self.a.proxies;
         self.spawn_stream(config::gateway_spec(gw));
         let behind = self
@@ -832,6 +840,13 @@ impl Load {
         let mut r = self.finish("large", &m).await;
         let v = self.handles[gw].as_ref().unwrap().view();
         let went = converged && v.errors == 0 && v.nacks == 0;
+        r.rss_per_proxy_kb = None;
+        r.extra.insert(
+            "cp_rss_after_disconnecting_all_mb".into(),
+            serde_json::json!(rss_after),
+        );
+        r.extra
+            .insert("disconnected".into(), serde_json::json!(closed));
         r.extra
             .insert("routes".into(), serde_json::json!(self.a.large_routes));
         r.extra.insert("yaml_bytes".into(), serde_json::json!(yaml));
@@ -1195,6 +1210,10 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         totals: total,
         streams: dump,
     };
+    if let Some(f) = &a.json_file {
+        std::fs::write(f, serde_json::to_string_pretty(&out)?)
+            .with_context(|| format!("writing {}", f.display()))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {

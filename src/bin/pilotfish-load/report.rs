@@ -78,6 +78,9 @@ pub struct ScenarioReport {
     pub cp_cpu_s: Option<f64>,
     /// The load tool's own CPU over the scenario (it shares the machine).
     pub tool_cpu_s: f64,
+    /// The load tool's own RSS at the end of the scenario (tonic keeps a buffer of the
+    /// largest message per stream, so this grows with N × message size).
+    pub tool_rss_mb: Option<f64>,
     pub cp_rss_mb: Option<f64>,
     /// Highest RSS sampled every 100 ms during the scenario.
     pub cp_peak_rss_mb: Option<f64>,
@@ -172,14 +175,14 @@ pub fn print_table(r: &Run) {
     println!("params:  {}", r.params);
     println!();
     println!(
-        "{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7} | {:>7} {:>7} {:>9} | {:>5} {:>6}",
-        "scenario", "prox", "chg", "ack p50", "p90", "p99", "max", "last max", "bytes rx", "cp cpu", "tool", "cp rss", "peak", "rss/prox", "nack", "errs"
+        "{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7} | {:>7} {:>7} {:>9} {:>8} | {:>5} {:>6}",
+        "scenario", "prox", "chg", "ack p50", "p90", "p99", "max", "last max", "bytes rx", "cp cpu", "tool", "cp rss", "peak", "rss/prox", "tool rss", "nack", "errs"
     );
-    println!("{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7} | {:>7} {:>7} {:>9} | {:>5} {:>6}",
-        "", "", "", "ms", "ms", "ms", "ms", "ms", "", "s", "s", "MB", "MB", "kB", "", "");
+    println!("{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7} | {:>7} {:>7} {:>9} {:>8} | {:>5} {:>6}",
+        "", "", "", "ms", "ms", "ms", "ms", "ms", "", "s", "s", "MB", "MB", "kB", "MB", "", "");
     for s in &r.scenarios {
         println!(
-            "{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7.1} | {:>7} {:>7} {:>9} | {:>5} {:>6}",
+            "{:<8} {:>6} {:>6} | {:>8} {:>8} {:>8} {:>8} | {:>8} | {:>10} {:>7} {:>7.1} | {:>7} {:>7} {:>9} {:>8} | {:>5} {:>6}",
             s.name,
             s.streams,
             s.events,
@@ -194,6 +197,7 @@ pub fn print_table(r: &Run) {
             opt(s.cp_rss_mb, 0),
             opt(s.cp_peak_rss_mb, 0),
             opt(s.rss_per_proxy_kb, 0),
+            opt(s.tool_rss_mb, 0),
             s.stats.nacks,
             s.stats.errors(),
         );
