@@ -471,3 +471,90 @@ impl Proxy {
 pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(yaml: &str) -> World {
+        let (res, errs) = crate::api::parse_file("t.yaml", yaml);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut ix = Index::new(MeshConfig::default());
+        ix.apply_file("t.yaml", res, vec![]);
+        let w = ix.snapshot();
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        w
+    }
+
+    fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn mtls_mode_precedence_port_workload_namespace_mesh_default() {
+        let none = world("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n");
+        assert_eq!(
+            none.mtls_mode("default", &labels(&[]), 80),
+            MtlsMode::Permissive,
+            "default PERMISSIVE"
+        );
+        let w = world(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: mesh, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ns, namespace: legacy}\nspec: {mtls: {mode: DISABLE}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: unset, namespace: inherit}\nspec: {mtls: {mode: UNSET}}\n---\n\
+             apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: app, namespace: legacy}\nspec:\n  selector: {matchLabels: {app: web}}\n  mtls: {mode: PERMISSIVE}\n  portLevelMtls: {\"9000\": {mode: STRICT}}\n",
+        );
+        assert_eq!(
+            w.mtls_mode("default", &labels(&[]), 80),
+            MtlsMode::Strict,
+            "mesh-wide"
+        );
+        assert_eq!(
+            w.mtls_mode("inherit", &labels(&[]), 80),
+            MtlsMode::Strict,
+            "UNSET inherits the mesh"
+        );
+        assert_eq!(
+            w.mtls_mode("legacy", &labels(&[]), 80),
+            MtlsMode::Disable,
+            "namespace beats mesh"
+        );
+        assert_eq!(
+            w.mtls_mode("legacy", &labels(&[("app", "web")]), 80),
+            MtlsMode::Permissive,
+            "workload beats namespace"
+        );
+        assert_eq!(
+            w.mtls_mode("legacy", &labels(&[("app", "web")]), 9000),
+            MtlsMode::Strict,
+            "port beats workload"
+        );
+    }
+
+    #[test]
+    fn sidecar_precedence_and_scope() {
+        let w = world(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: mesh, namespace: istio-system}\nspec: {egress: [{hosts: [\"*/*\"]}]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: ns, namespace: a}\nspec: {egress: [{hosts: [\"./*\"]}]}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: web, namespace: a}\nspec:\n  workloadSelector: {labels: {app: web}}\n  egress: [{hosts: [\"b/*.b.svc.cluster.local\"]}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: [{name: http, port: 80}]}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: t, namespace: b}\nspec: {ports: [{name: http, port: 80}]}\n",
+        );
+        assert_eq!(
+            w.sidecar_for("a", &labels(&[("app", "web")]))
+                .unwrap()
+                .key
+                .name,
+            "web"
+        );
+        assert_eq!(w.sidecar_for("a", &labels(&[])).unwrap().key.name, "ns");
+        assert_eq!(w.sidecar_for("c", &labels(&[])).unwrap().key.name, "mesh");
+        let web = w.scope("a", &labels(&[("app", "web")]));
+        assert!(web.includes("t.b.svc.cluster.local") && !web.includes("s.a.svc.cluster.local"));
+        let ns = w.scope("a", &labels(&[]));
+        assert!(ns.includes("s.a.svc.cluster.local") && !ns.includes("t.b.svc.cluster.local"));
+        assert!(w.scope("c", &labels(&[])).includes("t.b.svc.cluster.local"));
+    }
+}
