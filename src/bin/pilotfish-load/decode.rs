@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
 use prost::{Message, Name};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 pub const CDS: usize = 0;
@@ -184,9 +184,44 @@ fn hash128(b: &[u8]) -> (u64, u64) {
 type Key = (usize, usize, u64, u64);
 const SHARDS: usize = 16;
 
-/// Results by content, shared by every simulated proxy.
+/// One response, decoded: its resources and what the proxy acts on.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub items: Vec<Arc<Extracted>>,
+    /// Markers, the lowest seq per slot.
+    pub obs: Vec<(Slot, u32)>,
+    /// CDS: EDS names of the clusters; LDS: RDS names of the listeners.
+    pub eds: Arc<BTreeSet<String>>,
+    pub rds: Arc<BTreeSet<String>>,
+}
+
+impl Decoded {
+    fn of(t: usize, items: Vec<Arc<Extracted>>) -> Result<Decoded, String> {
+        let mut names = HashSet::with_capacity(items.len());
+        for x in &items {
+            if !names.insert(x.name.as_str()) {
+                return Err(format!("duplicate {} resource {}", SHORT[t], x.name));
+            }
+        }
+        let mut min: HashMap<Slot, u32> = HashMap::new();
+        for (s, q) in items.iter().flat_map(|x| x.obs.iter()) {
+            let e = min.entry(*s).or_insert(*q);
+            *e = (*e).min(*q);
+        }
+        Ok(Decoded {
+            obs: min.into_iter().collect(),
+            eds: Arc::new(items.iter().filter_map(|x| x.eds.clone()).collect()),
+            rds: Arc::new(items.iter().flat_map(|x| x.rds.iter().cloned()).collect()),
+            items,
+        })
+    }
+}
+
+/// Results by content, shared by every simulated proxy: per resource and per response
+/// (proxies of one class get byte-identical responses; one lookup serves all of them).
 pub struct Cache {
     shards: Vec<Mutex<HashMap<Key, Arc<Extracted>>>>,
+    responses: Vec<Mutex<HashMap<(usize, usize, u64, u64), Arc<Decoded>>>>,
     pub full: bool,
 }
 
@@ -194,15 +229,72 @@ impl Cache {
     pub fn new(full: bool) -> Cache {
         Cache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            responses: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             full,
         }
     }
 
-    pub fn get(&self, t: usize, any_type: &str, bytes: &[u8]) -> Result<Arc<Extracted>, String> {
-        if self.full || any_type != type_url(t) {
+    /// Decodes a response's resources (`None`: a resource without a body); the first
+    /// failure is the NACK message.
+    pub fn response<'a>(
+        &self,
+        t: usize,
+        items: impl Iterator<Item = Option<(&'a str, &'a [u8])>>,
+    ) -> Result<Arc<Decoded>, String> {
+        let items: Vec<(&str, &[u8])> = items
+            .map(|i| i.ok_or_else(|| "resource without a body".to_string()))
+            .collect::<Result<_, _>>()?;
+        if self.full {
+            let xs = items
+                .iter()
+                .map(|(ty, b)| extract(t, ty, b).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Decoded::of(t, xs).map(Arc::new);
+        }
+        let hashes: Vec<(u64, u64)> = items.iter().map(|(_, b)| hash128(b)).collect();
+        let mut key = (t, items.len(), 0x5bd1_e995_u64, 0x27d4_eb2f_u64);
+        for ((ty, b), (h1, h2)) in items.iter().zip(&hashes) {
+            let tyh = if *ty == type_url(t) {
+                0
+            } else {
+                hash128(ty.as_bytes()).0
+            };
+            key.2 = (key.2 ^ h1 ^ tyh)
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(23)
+                ^ b.len() as u64;
+            key.3 = (key.3 ^ h2)
+                .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                .rotate_left(29);
+        }
+        let shard = &self.responses[(key.2 as usize) % SHARDS];
+        if let Some(d) = shard.lock().unwrap().get(&key) {
+            return Ok(d.clone());
+        }
+        let xs = items
+            .iter()
+            .zip(&hashes)
+            .map(|((ty, b), h)| self.get_hashed(t, ty, b, *h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let d = Arc::new(Decoded::of(t, xs)?);
+        let mut g = shard.lock().unwrap();
+        if g.len() > 4_096 {
+            g.clear();
+        }
+        g.insert(key, d.clone());
+        Ok(d)
+    }
+
+    fn get_hashed(
+        &self,
+        t: usize,
+        any_type: &str,
+        bytes: &[u8],
+        (h1, h2): (u64, u64),
+    ) -> Result<Arc<Extracted>, String> {
+        if any_type != type_url(t) {
             return extract(t, any_type, bytes).map(Arc::new);
         }
-        let (h1, h2) = hash128(bytes);
         let key = (t, bytes.len(), h1, h2);
         let shard = &self.shards[(h1 as usize) % SHARDS];
         if let Some(x) = shard.lock().unwrap().get(&key) {

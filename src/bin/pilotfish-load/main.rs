@@ -1077,6 +1077,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         backoff_base_ms: a.backoff_base_ms,
         backoff_max_ms: a.backoff_max_ms,
         slots: a.services + 1,
+        error_messages: Default::default(),
     });
     let sampler = cp.pid.map(sys::RssSampler::start);
     let mut load = Load {
@@ -1208,6 +1209,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         }),
         scenarios: load.reports.clone(),
         totals: total,
+        error_messages: load.sh.error_messages.lock().unwrap().clone(),
         streams: dump,
     };
     if let Some(f) = &a.json_file {

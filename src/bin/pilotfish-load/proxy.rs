@@ -13,7 +13,7 @@
 //! delta `initial_resource_versions`) and its current subscriptions.
 
 use crate::config::ProxySpec;
-use crate::decode::{self, Cache, Extracted, CDS, EDS, LDS, RDS};
+use crate::decode::{self, Cache, CDS, EDS, LDS, RDS};
 use crate::sys::Rng;
 use crate::track::{Seen, Slot, Tracker};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -132,6 +132,8 @@ pub struct Shared {
     pub backoff_max_ms: u64,
     /// Marker slots (services + 1 for the gateway config).
     pub slots: usize,
+    /// Stream errors by message (first 160 characters).
+    pub error_messages: Mutex<BTreeMap<String, u64>>,
 }
 
 /// One stream as the report sees it.
@@ -242,7 +244,7 @@ pub fn node(spec: &ProxySpec) -> Node {
 struct TypeState {
     version: String,
     nonce: String,
-    names: BTreeSet<String>,
+    names: Arc<BTreeSet<String>>,
     started: bool,
     acked_once: bool,
     /// Delta: what the proxy holds, name → version.
@@ -350,6 +352,11 @@ async fn run(
                     ErrKind::Other => &sh.stats.err_other,
                 };
                 c.fetch_add(1, Relaxed);
+                *sh.error_messages
+                    .lock()
+                    .unwrap()
+                    .entry(msg.chars().take(160).collect())
+                    .or_default() += 1;
                 {
                     let mut v = view.lock().unwrap();
                     v.errors += 1;
@@ -415,40 +422,6 @@ fn record_response(sh: &Shared, view: &Mutex<View>, len: usize, n: usize) {
     sh.stats.max_msg.fetch_max(len as u64, Relaxed);
     let mut v = view.lock().unwrap();
     v.max_msg = v.max_msg.max(len as u64);
-}
-
-/// Decodes every resource; the first failure is the NACK message.
-fn decode_all<'a>(
-    sh: &Shared,
-    t: usize,
-    items: impl Iterator<Item = Option<(&'a str, &'a [u8])>>,
-) -> Result<Vec<Arc<Extracted>>, String> {
-    let mut out = Vec::new();
-    let mut names = BTreeSet::new();
-    for it in items {
-        let Some((ty, bytes)) = it else {
-            return Err("resource without a body".into());
-        };
-        let x = sh.cache.get(t, ty, bytes)?;
-        if !names.insert(x.name.clone()) {
-            return Err(format!(
-                "duplicate {} resource {}",
-                decode::SHORT[t],
-                x.name
-            ));
-        }
-        out.push(x);
-    }
-    Ok(out)
-}
-
-fn observations(xs: &[Arc<Extracted>]) -> Vec<(Slot, u32)> {
-    let mut min: HashMap<Slot, u32> = HashMap::new();
-    for (s, q) in xs.iter().flat_map(|x| x.obs.iter()) {
-        let e = min.entry(*s).or_insert(*q);
-        *e = (*e).min(*q);
-    }
-    min.into_iter().collect()
 }
 
 /// Whether to NACK this update on purpose (never a type's first response).
@@ -558,8 +531,7 @@ async fn on_sotw(
         return Ok(());
     };
     record_response(sh, view, r.encoded_len(), r.resources.len());
-    let xs = decode_all(
-        sh,
+    let xs = sh.cache.response(
         t,
         r.resources
             .iter()
@@ -582,25 +554,25 @@ async fn on_sotw(
             return Ok(());
         }
     };
-    let obs = observations(&xs);
+    let obs = &xs.obs;
     if inject(sh, st, t) {
         let mut req = sotw_req(None, t, &st.t[t]);
         req.error_detail = Some(injected_error());
         send(req).await?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
-        after_ack(sh, st, view, spec.idx, t, &obs, false);
+        after_ack(sh, st, view, spec.idx, t, obs, false);
         return Ok(());
     }
     st.t[t].version = r.version_info.clone();
     st.t[t].acked_once = true;
     send(sotw_req(None, t, &st.t[t])).await?;
-    after_ack(sh, st, view, spec.idx, t, &obs, true);
+    after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
-            let eds: BTreeSet<String> = xs.iter().filter_map(|x| x.eds.clone()).collect();
-            if !eds.is_empty() && (eds != st.t[EDS].names || !st.t[EDS].started) {
-                st.t[EDS].names = eds;
+            let eds = &xs.eds;
+            if !eds.is_empty() && (eds != &st.t[EDS].names || !st.t[EDS].started) {
+                st.t[EDS].names = eds.clone();
                 st.t[EDS].started = true;
                 send(sotw_req(None, EDS, &st.t[EDS])).await?;
             } else if eds.is_empty() && !st.lds_started {
@@ -613,9 +585,9 @@ async fn on_sotw(
             }
         }
         LDS => {
-            let rds: BTreeSet<String> = xs.iter().flat_map(|x| x.rds.iter().cloned()).collect();
-            if !rds.is_empty() && (rds != st.t[RDS].names || !st.t[RDS].started) {
-                st.t[RDS].names = rds;
+            let rds = &xs.rds;
+            if !rds.is_empty() && (rds != &st.t[RDS].names || !st.t[RDS].started) {
+                st.t[RDS].names = rds.clone();
                 st.t[RDS].started = true;
                 send(sotw_req(None, RDS, &st.t[RDS])).await?;
             }
@@ -702,7 +674,7 @@ fn delta_resubscribe(
     want: BTreeSet<String>,
 ) -> Option<DeltaDiscoveryRequest> {
     let ts = &mut st.t[t];
-    if ts.started && want == ts.names {
+    if ts.started && want == *ts.names {
         return None;
     }
     if want.is_empty() && !ts.started {
@@ -714,7 +686,7 @@ fn delta_resubscribe(
     for n in &req.resource_names_unsubscribe {
         ts.held.remove(n);
     }
-    ts.names = want;
+    ts.names = Arc::new(want);
     ts.started = true;
     Some(req)
 }
@@ -731,8 +703,7 @@ async fn on_delta(
         return Ok(());
     };
     record_response(sh, view, r.encoded_len(), r.resources.len());
-    let xs = decode_all(
-        sh,
+    let xs = sh.cache.response(
         t,
         r.resources.iter().map(|res| {
             res.resource
@@ -761,12 +732,12 @@ async fn on_delta(
             return Ok(());
         }
     };
-    let obs = observations(&xs);
+    let obs = &xs.obs;
     if inject(sh, st, t) {
         send(ack(Some(injected_error()))).await?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
-        after_ack(sh, st, view, spec.idx, t, &obs, false);
+        after_ack(sh, st, view, spec.idx, t, obs, false);
         return Ok(());
     }
     {
@@ -781,10 +752,10 @@ async fn on_delta(
         ts.acked_once = true;
     }
     send(ack(None)).await?;
-    after_ack(sh, st, view, spec.idx, t, &obs, true);
+    after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
-            for (res, x) in r.resources.iter().zip(&xs) {
+            for (res, x) in r.resources.iter().zip(&xs.items) {
                 st.cluster_eds.insert(res.name.clone(), x.eds.clone());
             }
             for n in &r.removed_resources {
@@ -808,7 +779,7 @@ async fn on_delta(
             }
         }
         LDS => {
-            for (res, x) in r.resources.iter().zip(&xs) {
+            for (res, x) in r.resources.iter().zip(&xs.items) {
                 st.listener_rds.insert(res.name.clone(), x.rds.clone());
             }
             for n in &r.removed_resources {

@@ -117,6 +117,8 @@ pub struct Run {
     pub params: serde_json::Value,
     pub scenarios: Vec<ScenarioReport>,
     pub totals: StatsSnap,
+    /// Stream errors by message.
+    pub error_messages: std::collections::BTreeMap<String, u64>,
     pub streams: Option<Vec<StreamDump>>,
 }
 
@@ -234,6 +236,13 @@ pub fn print_table(r: &Run) {
         }
     }
     println!();
+    if !r.error_messages.is_empty() {
+        println!("stream errors:");
+        for (m, n) in &r.error_messages {
+            println!("  {n:>6} × {m}");
+        }
+        println!();
+    }
     if r.ok {
         println!("correctness: OK (every stream ACKed the latest content; /debug/syncz agrees; no unexpected NACK or stream error)");
     } else {
