@@ -112,6 +112,10 @@ pub struct Args {
     /// Seconds of idle CPU measurement.
     #[arg(long, default_value_t = 10)]
     pub idle_seconds: u64,
+    /// Reconnect storms in the storm scenario (one after the other; the control plane's RSS
+    /// after each shows whether reconnects leak).
+    #[arg(long, default_value_t = 1)]
+    pub storms: usize,
     /// Proxies kept for the fan-out scenario.
     #[arg(long, default_value_t = 1000)]
     pub fanout_proxies: usize,
@@ -689,21 +693,30 @@ impl Load {
 
     async fn storm(&mut self) -> anyhow::Result<ScenarioReport> {
         let m = self.mark().await;
-        let k = self.rng.below(self.a.services as u64) as usize;
-        let t0 = Instant::now();
-        self.register(Slot::Route(k as u32), self.gen.route_seq[k] + 1, t0);
-        let base = self.a.backoff_base_ms.max(1);
-        let delays: Vec<u64> = (0..self.handles.len())
-            .map(|_| self.rng.below(base))
-            .collect();
-        for (i, h) in self.handles.iter().enumerate() {
-            if let Some(h) = h.as_ref().filter(|_| self.active.has(i)) {
-                let _ = h.cmd.send(Cmd::Reconnect(Duration::from_millis(delays[i])));
+        let mut converged = true;
+        let mut all_s: f64 = 0.0;
+        let mut rss_after = Vec::new();
+        for round in 0..self.a.storms.max(1) {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            let k = self.rng.below(self.a.services as u64) as usize;
+            let t0 = Instant::now();
+            self.register(Slot::Route(k as u32), self.gen.route_seq[k] + 1, t0);
+            let base = self.a.backoff_base_ms.max(1);
+            let delays: Vec<u64> = (0..self.handles.len())
+                .map(|_| self.rng.below(base))
+                .collect();
+            for (i, h) in self.handles.iter().enumerate() {
+                if let Some(h) = h.as_ref().filter(|_| self.active.has(i)) {
+                    let _ = h.cmd.send(Cmd::Reconnect(Duration::from_millis(delays[i])));
+                }
+            }
+            self.gen.edit_route(k)?;
+            converged &= self.wait_converged().await;
+            all_s = all_s.max(t0.elapsed().as_secs_f64());
+            rss_after.push(self.cp.pid.and_then(proc_stat).map(|s| kb_to_mb(s.rss_kb)));
         }
-        self.gen.edit_route(k)?;
-        let converged = self.wait_converged().await;
-        let all_s = t0.elapsed().as_secs_f64();
         let mut r = self.finish("storm", &m).await;
         let last_s = r.last_ack_ms.max.map(|v| v / 1e3);
         r.extra
@@ -718,6 +731,8 @@ impl Load {
         );
         r.extra
             .insert("reconnects".into(), serde_json::json!(r.stats.connects));
+        r.extra
+            .insert("rss_after_each_mb".into(), serde_json::json!(rss_after));
         r.targets.push(Target::new(
             format!(
                 "all {} proxies reconnect and converge within 20 s",
