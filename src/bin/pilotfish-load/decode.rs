@@ -221,7 +221,7 @@ impl Decoded {
 /// (proxies of one class get byte-identical responses; one lookup serves all of them).
 pub struct Cache {
     shards: Vec<Mutex<HashMap<Key, Arc<Extracted>>>>,
-    responses: Vec<Mutex<HashMap<(usize, usize, u64, u64), Arc<Decoded>>>>,
+    responses: Vec<Mutex<HashMap<Key, Arc<Decoded>>>>,
     pub full: bool,
 }
 

@@ -16,6 +16,7 @@
 
 mod config;
 mod decode;
+mod envoy;
 mod proxy;
 mod report;
 mod sys;
@@ -145,6 +146,13 @@ pub struct Args {
     /// same config as simulated proxy 0.
     #[arg(long)]
     pub twin_ip: Option<String>,
+    /// A real Envoy binary: the large scenario starts it as the gateway proxy's twin and
+    /// checks it accepts the config (same CDS/LDS/RDS versions, nothing rejected).
+    #[arg(long)]
+    pub envoy: Option<PathBuf>,
+    /// pilotfish binary for `pilotfish bootstrap` (default: --spawn-pilotfish).
+    #[arg(long)]
+    pub pilotfish_bin: Option<PathBuf>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -310,6 +318,7 @@ struct Load {
     baseline_rss_kb: Option<u64>,
     reports: Vec<ScenarioReport>,
     problems: Vec<String>,
+    work: PathBuf,
 }
 
 fn kb_to_mb(kb: u64) -> f64 {
@@ -869,6 +878,66 @@ impl Load {
             .insert("max_message_bytes".into(), serde_json::json!(v.max_msg));
         r.extra
             .insert("went_through".into(), serde_json::json!(went));
+        // The real client: Envoy as the gateway's twin gets the same config.
+        let bin = self
+            .a
+            .pilotfish_bin
+            .clone()
+            .or(self.a.spawn_pilotfish.clone());
+        let envoy_ok = match (&self.a.envoy, bin) {
+            (Some(e), Some(p)) if went => {
+                let spec = self.handles[gw].as_ref().unwrap().spec.clone();
+                let res =
+                    match envoy::Envoy::start(e, &p, &spec, &self.cp.xds, &self.work.join("envoy"))
+                    {
+                        Ok(env) => {
+                            let want = [
+                                v.acked[0].as_str(),
+                                v.acked[2].as_str(),
+                                v.acked[3].as_str(),
+                            ];
+                            let res = env
+                                .converge(want, Duration::from_secs(self.a.timeout))
+                                .await;
+                            if res.is_err() {
+                                r.extra.insert(
+                                    "envoy_log".into(),
+                                    serde_json::json!(env.log.display().to_string()),
+                                );
+                            }
+                            res
+                        }
+                        Err(e) => Err(format!("{e:#}")),
+                    };
+                match res {
+                    Ok(secs) => {
+                        r.extra
+                            .insert("envoy_converged_s".into(), serde_json::json!(secs));
+                        Some(true)
+                    }
+                    Err(e) => {
+                        r.extra.insert("envoy_error".into(), serde_json::json!(e));
+                        Some(false)
+                    }
+                }
+            }
+            (Some(_), None) => {
+                r.extra.insert(
+                    "envoy_error".into(),
+                    serde_json::json!("--envoy needs --pilotfish-bin or --spawn-pilotfish (for `pilotfish bootstrap`)"),
+                );
+                Some(false)
+            }
+            _ => None,
+        };
+        r.extra
+            .insert("envoy_accepted".into(), serde_json::json!(envoy_ok));
+        if envoy_ok == Some(false) {
+            self.problems.push(format!(
+                "large: the real Envoy did not accept the config: {}",
+                r.extra["envoy_error"]
+            ));
+        }
         r.targets.push(Target::new(
             format!(
                 "{} routes on one gateway-sized proxy go through (message > 4 MiB)",
@@ -885,6 +954,19 @@ impl Load {
                 r.last_ack_ms.max.unwrap_or(f64::NAN)
             )),
             Some(went && v.max_msg > 4 << 20),
+        ));
+        r.targets.push(Target::new(
+            "a real Envoy accepts it (twin of the gateway proxy: same versions, nothing rejected)"
+                .into(),
+            Some(match envoy_ok {
+                Some(true) => format!(
+                    "accepted: converged to the same CDS/LDS/RDS versions in {:.1} s",
+                    r.extra["envoy_converged_s"].as_f64().unwrap_or(f64::NAN)
+                ),
+                Some(false) => format!("NOT accepted: {}", r.extra["envoy_error"]),
+                None => "not checked (pass --envoy PATH)".into(),
+            }),
+            envoy_ok,
         ));
         r.verified = Some(self.verify().await);
         self.gen.remove_large();
@@ -1107,6 +1189,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         baseline_rss_kb: None,
         reports: Vec::new(),
         problems: Vec::new(),
+        work: work.clone(),
     };
     let _ = load.slots();
     // Let the control plane load the generated config before the baseline.

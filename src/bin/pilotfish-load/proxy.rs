@@ -579,11 +579,7 @@ async fn on_sotw(
                 start_lds_sotw(st, &send).await?;
             }
         }
-        EDS => {
-            if !st.lds_started {
-                start_lds_sotw(st, &send).await?;
-            }
-        }
+        EDS if !st.lds_started => start_lds_sotw(st, &send).await?,
         LDS => {
             let rds = &xs.rds;
             if !rds.is_empty() && (rds != &st.t[RDS].names || !st.t[RDS].started) {
@@ -771,12 +767,10 @@ async fn on_delta(
                 send(delta_base(None, LDS)).await?;
             }
         }
-        EDS => {
-            if !st.lds_started {
-                st.lds_started = true;
-                st.t[LDS].started = true;
-                send(delta_base(None, LDS)).await?;
-            }
+        EDS if !st.lds_started => {
+            st.lds_started = true;
+            st.t[LDS].started = true;
+            send(delta_base(None, LDS)).await?;
         }
         LDS => {
             for (res, x) in r.resources.iter().zip(&xs.items) {
