@@ -712,3 +712,45 @@ async fn excess_streams_get_resource_exhausted() {
     assert!(!next(&mut third).await.resources.is_empty());
     drop((tx1, tx2, tx3));
 }
+
+#[test]
+fn route_classes_ignore_labels_no_rule_looks_at() {
+    let yaml = svc_yaml(&["a"])
+        + "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec:\n  hosts: [a]\n  http:\n  - match: [{sourceLabels: {tier: canary}}]\n    route: [{destination: {host: a}}]\n    timeout: 1s\n  - route: [{destination: {host: a}}]\n";
+    let w = pilotfish::app::world_from_files(&[("t.yaml", &yaml)], MeshConfig::default());
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    let gen = Generation::new(Arc::new(w));
+    let proxy = |name: &str, labels: &[(&str, &str)]| pilotfish::model::Proxy {
+        id: format!("sidecar~10.9.0.1~{name}.default~default.svc.cluster.local"),
+        namespace: "default".into(),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let p1 = gen.for_proxy(&proxy(
+        "p1",
+        &[("app", "web"), ("pod-template-hash", "abc")],
+    ));
+    let p2 = gen.for_proxy(&proxy(
+        "p2",
+        &[("app", "web"), ("pod-template-hash", "xyz")],
+    ));
+    let canary = gen.for_proxy(&proxy("p3", &[("app", "web"), ("tier", "canary")]));
+    let routes = |r: &pilotfish::xds::cache::ProxyResources| r.by_type[ROUTE][0].clone();
+    assert!(
+        Arc::ptr_eq(&routes(&p1), &routes(&p2)),
+        "pods differing only in unused labels share one route class"
+    );
+    assert!(
+        !Arc::ptr_eq(&routes(&p1), &routes(&canary)),
+        "a label a sourceLabels match uses makes its own class"
+    );
+    let r8080 = |r: &pilotfish::xds::cache::ProxyResources| r.values(ROUTE)[0].version.clone();
+    assert_ne!(
+        r8080(&p1),
+        r8080(&canary),
+        "and its routes differ (the canary match applies)"
+    );
+}

@@ -280,6 +280,27 @@ pub struct World {
 }
 
 impl World {
+    /// The label keys that can change what a proxy's routes look like: those used by
+    /// VirtualService `sourceLabels` and by Sidecar workload selectors. Route generation is
+    /// memoized per namespace and these labels only, so pods that differ in other labels
+    /// share one route class.
+    pub fn route_label_keys(&self) -> std::collections::BTreeSet<String> {
+        let mut keys = std::collections::BTreeSet::new();
+        for vs in &self.virtual_services {
+            for h in &vs.spec.http {
+                for m in &h.matches {
+                    keys.extend(m.source_labels.keys().cloned());
+                }
+            }
+        }
+        for sc in &self.sidecars {
+            if let Some(sel) = &sc.selector {
+                keys.extend(sel.keys().cloned());
+            }
+        }
+        keys
+    }
+
     /// The Sidecar that applies to a workload: one selecting it in its namespace, else its
     /// namespace's default, else the mesh default in the root namespace.
     pub fn sidecar_for(

@@ -107,6 +107,8 @@ pub struct Generation {
     /// Inbound clusters and listener per inbound key (its whole input).
     inbound: Mutex<HashMap<translate::listener::InboundKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
     per_proxy: Mutex<HashMap<Proxy, Arc<ProxyResources>>>,
+    /// Label keys that matter to route generation (see `World::route_label_keys`).
+    route_label_keys: std::collections::BTreeSet<String>,
 }
 
 struct Outbound {
@@ -125,6 +127,11 @@ impl Generation {
             routes: Default::default(),
             inbound: Default::default(),
             per_proxy: Default::default(),
+            route_label_keys: Default::default(),
+        };
+        let g = Generation {
+            route_label_keys: g.world.route_label_keys(),
+            ..g
         };
         let scope = g.world.scope("", &BTreeMap::new());
         g.outbound_for(scope, false);
@@ -156,11 +163,26 @@ impl Generation {
         }
         let w = &*self.world;
         let out = self.outbound_for(w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
-        let rkey = (proxy.namespace.clone(), proxy.labels.clone());
+        // Routes depend on the namespace and the route-relevant labels only; generating for a
+        // class proxy built from exactly the key keeps the key the whole input.
+        let labels: BTreeMap<String, String> = proxy
+            .labels
+            .iter()
+            .filter(|(k, _)| self.route_label_keys.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let rkey = (proxy.namespace.clone(), labels);
         let routes = {
             let mut memo = self.routes.lock().unwrap();
             memo.entry(rkey)
-                .or_insert_with(|| Arc::new(route_map(translate::route::outbound(w, proxy))))
+                .or_insert_with_key(|(ns, labels)| {
+                    let class = Proxy {
+                        namespace: ns.clone(),
+                        labels: labels.clone(),
+                        ..Default::default()
+                    };
+                    Arc::new(route_map(translate::route::outbound(w, &class)))
+                })
                 .clone()
         };
         // The key is the whole input of the inbound resources (no implicit inputs).

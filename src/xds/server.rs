@@ -220,7 +220,7 @@ impl Stream {
                 None => Vec::new(),
             };
         }
-        let r = self.published.gen.for_proxy(&self.proxy);
+        let r = self.class_resources();
         let mut out = r.values(type_url);
         if type_url == CLUSTER || type_url == ENDPOINT {
             if let Some(held) = self.held.get(type_url) {
@@ -239,6 +239,16 @@ impl Stream {
             }
         }
         out
+    }
+
+    /// This proxy's resources. Building a new class is CPU work: on the multi-threaded
+    /// runtime it runs with `block_in_place`, so the worker's other streams move elsewhere.
+    fn class_resources(&self) -> Arc<super::cache::ProxyResources> {
+        let build = || self.published.gen.for_proxy(&self.proxy);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
+            _ => build(),
+        }
     }
 
     fn update_status(&self, type_url: &str, f: impl FnOnce(&mut super::status::TypeStatus)) {
