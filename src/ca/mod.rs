@@ -526,9 +526,8 @@ impl Ca {
             .filter(|(_, s)| s.rotate_at() <= now)
             .map(|(k, _)| k.clone())
             .collect();
+        // The next request mints anew; `rotating` makes that count as a rotation.
         for k in &due {
-            // Keep the entry so the re-mint counts as a rotation, but mark it stale by
-            // replacing it only on the next request: remove and remember in `rotating`.
             svids.remove(k);
         }
         self.rotating.lock().unwrap().extend(due);

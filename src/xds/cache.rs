@@ -5,7 +5,7 @@
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use crate::model::{Proxy, Scope, World};
-use crate::translate::{self, ProxyConfig};
+use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
@@ -249,19 +249,4 @@ fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listene
             (l.name.clone(), encode_with(&l.name, l, refs))
         })
         .collect()
-}
-
-/// Decode a proxy's resources back into typed config (for config_dump and checks).
-pub fn decode(res: &ProxyResources) -> ProxyConfig {
-    fn all<T: Message + Default>(v: Vec<Res>) -> Vec<T> {
-        v.iter()
-            .filter_map(|r| T::decode(r.any.value.as_slice()).ok())
-            .collect()
-    }
-    ProxyConfig {
-        clusters: all(res.values(CLUSTER)),
-        endpoints: all(res.values(ENDPOINT)),
-        listeners: all(res.values(LISTENER)),
-        routes: all(res.values(ROUTE)),
-    }
 }

@@ -432,26 +432,6 @@ impl Stream {
         types.insert(type_url, ts);
         resp
     }
-
-    fn sotw_push(&mut self, types: &mut HashMap<String, SotwType>) -> Vec<DiscoveryResponse> {
-        let mut out = Vec::new();
-        let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
-        order.extend(
-            types
-                .keys()
-                .filter(|k| !ORDER.contains(&k.as_str()))
-                .cloned(),
-        );
-        for t in order {
-            if let Some(mut ts) = types.remove(&t) {
-                if let Some(r) = self.sotw_response(&t, &mut ts, false) {
-                    out.push(r);
-                }
-                types.insert(t, ts);
-            }
-        }
-        out
-    }
 }
 
 /// Resolves when certificates may have rotated; never, without a CA.
@@ -472,105 +452,6 @@ fn peer_of<T>(r: &Request<T>) -> String {
     r.remote_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into())
-}
-
-async fn run_sotw(
-    srv: XdsServer,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    peer: String,
-    fixed_type: Option<&'static str>,
-    identity: Option<Identity>,
-) {
-    let fill = |mut r: DiscoveryRequest| {
-        if r.type_url.is_empty() {
-            if let Some(t) = fixed_type {
-                r.type_url = t.to_string();
-            }
-        }
-        r
-    };
-    let first = match inbound.message().await {
-        Ok(Some(r)) => fill(r),
-        _ => return,
-    };
-    let Ok(published) = srv.current() else {
-        let _ = tx
-            .send(Err(Status::unavailable(
-                "pilotfish has not loaded its configuration yet",
-            )))
-            .await;
-        return;
-    };
-    let mut current = srv.current.clone();
-    current.mark_unchanged();
-    let node = first.node.clone().unwrap_or_default();
-    let mut st = match Stream::open(&srv, &node, peer, false, published, identity) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-            return;
-        }
-    };
-    let mut types: HashMap<String, SotwType> = HashMap::new();
-    let mut next = Some(first);
-    let mut stop = srv.stop.clone();
-    let mut rotation = srv.security.as_ref().map(|s| s.rotation.clone());
-    loop {
-        if let Some(req) = next.take() {
-            if req.type_url.is_empty() {
-                let _ = tx
-                    .send(Err(Status::invalid_argument("type_url is required on ADS")))
-                    .await;
-                return;
-            }
-            if let Some(resp) = st.sotw_request(&mut types, req) {
-                if tx.send(Ok(resp)).await.is_err() {
-                    return;
-                }
-            }
-            if std::mem::take(&mut st.refs_acked) {
-                for t in [CLUSTER, ENDPOINT] {
-                    let Some(mut ts) = types.remove(t) else {
-                        continue;
-                    };
-                    let resp = st.sotw_response(t, &mut ts, false);
-                    types.insert(t.to_string(), ts);
-                    if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            msg = inbound.message() => match msg {
-                Ok(Some(r)) => next = Some(fill(r)),
-                Ok(None) => return,
-                Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
-            },
-            _ = rotation_changed(&mut rotation) => {
-                if let Some(mut ts) = types.remove(SECRET) {
-                    let resp = st.sotw_response(SECRET, &mut ts, false);
-                    types.insert(SECRET.to_string(), ts);
-                    if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() { return; }
-                    }
-                }
-            }
-            ch = current.changed() => {
-                if ch.is_err() { return; }
-                let Some(p) = current.borrow_and_update().clone() else { continue };
-                st.published.gen.forget(&st.proxy);
-                st.published = p;
-                for resp in st.sotw_push(&mut types) {
-                    if tx.send(Ok(resp)).await.is_err() { return; }
-                }
-            }
-        }
-    }
 }
 
 // ---------------------------------------------------------------- delta
@@ -740,18 +621,129 @@ impl Stream {
     }
 }
 
-async fn run_delta(
+/// The two protocol variants: what differs between state of the world and delta.
+trait Variant {
+    type Req: Send + 'static;
+    type Resp: Send + 'static;
+    type State: Default + Send;
+    const DELTA: bool;
+    fn type_url(r: &mut Self::Req) -> &mut String;
+    fn node(r: &Self::Req) -> Option<Node>;
+    /// Handle one request; a response to send, if any.
+    fn request(
+        st: &mut Stream,
+        types: &mut HashMap<String, Self::State>,
+        r: Self::Req,
+    ) -> Option<Self::Resp>;
+    /// Re-evaluate one subscribed type; a response if what the proxy should have changed.
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut Self::State) -> Option<Self::Resp>;
+}
+
+struct Sotw;
+struct Delta;
+
+impl Variant for Sotw {
+    type Req = DiscoveryRequest;
+    type Resp = DiscoveryResponse;
+    type State = SotwType;
+    const DELTA: bool = false;
+    fn type_url(r: &mut DiscoveryRequest) -> &mut String {
+        &mut r.type_url
+    }
+    fn node(r: &DiscoveryRequest) -> Option<Node> {
+        r.node.clone()
+    }
+    fn request(
+        st: &mut Stream,
+        types: &mut HashMap<String, SotwType>,
+        r: DiscoveryRequest,
+    ) -> Option<DiscoveryResponse> {
+        st.sotw_request(types, r)
+    }
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut SotwType) -> Option<DiscoveryResponse> {
+        st.sotw_response(type_url, ts, false)
+    }
+}
+
+impl Variant for Delta {
+    type Req = DeltaDiscoveryRequest;
+    type Resp = DeltaDiscoveryResponse;
+    type State = DeltaType;
+    const DELTA: bool = true;
+    fn type_url(r: &mut DeltaDiscoveryRequest) -> &mut String {
+        &mut r.type_url
+    }
+    fn node(r: &DeltaDiscoveryRequest) -> Option<Node> {
+        r.node.clone()
+    }
+    fn request(
+        st: &mut Stream,
+        types: &mut HashMap<String, DeltaType>,
+        r: DeltaDiscoveryRequest,
+    ) -> Option<DeltaDiscoveryResponse> {
+        st.delta_request(types, r)
+    }
+    fn refresh(
+        st: &mut Stream,
+        type_url: &str,
+        ts: &mut DeltaType,
+    ) -> Option<DeltaDiscoveryResponse> {
+        st.delta_response(type_url, ts, &BTreeSet::new())
+    }
+}
+
+/// Re-evaluate the given types (those subscribed) and send what changed, in order.
+/// Returns false when the client is gone.
+async fn refresh<V: Variant>(
+    st: &mut Stream,
+    types: &mut HashMap<String, V::State>,
+    order: Vec<String>,
+    tx: &mpsc::Sender<Result<V::Resp, Status>>,
+) -> bool {
+    for t in order {
+        let Some(mut ts) = types.remove(&t) else {
+            continue;
+        };
+        let resp = V::refresh(st, &t, &mut ts);
+        types.insert(t, ts);
+        if let Some(resp) = resp {
+            if tx.send(Ok(resp)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Every subscribed type, in make-before-break order.
+fn push_order<S>(types: &HashMap<String, S>) -> Vec<String> {
+    let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
+    order.extend(
+        types
+            .keys()
+            .filter(|k| !ORDER.contains(&k.as_str()))
+            .cloned(),
+    );
+    order
+}
+
+/// One stream, either variant: the first request opens it (node, authentication check),
+/// then requests, config changes, certificate rotations and shutdown drive it.
+async fn run<V: Variant>(
     srv: XdsServer,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut inbound: Streaming<V::Req>,
+    tx: mpsc::Sender<Result<V::Resp, Status>>,
     peer: String,
     fixed_type: Option<&'static str>,
     identity: Option<Identity>,
-) {
-    let fill = |mut r: DeltaDiscoveryRequest| {
-        if r.type_url.is_empty() {
-            if let Some(t) = fixed_type {
-                r.type_url = t.to_string();
+) where
+    V::Req: prost::Message + Default,
+{
+    let fill = |mut r: V::Req| {
+        let t = V::type_url(&mut r);
+        if t.is_empty() {
+            if let Some(f) = fixed_type {
+                *t = f.to_string();
             }
         }
         r
@@ -770,44 +762,42 @@ async fn run_delta(
     };
     let mut current = srv.current.clone();
     current.mark_unchanged();
-    let node = first.node.clone().unwrap_or_default();
-    let mut st = match Stream::open(&srv, &node, peer, true, published, identity) {
+    let node = V::node(&first).unwrap_or_default();
+    let mut st = match Stream::open(&srv, &node, peer, V::DELTA, published, identity) {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
-    let mut types: HashMap<String, DeltaType> = HashMap::new();
+    let mut types: HashMap<String, V::State> = HashMap::new();
     let mut next = Some(first);
     let mut stop = srv.stop.clone();
     let mut rotation = srv.security.as_ref().map(|s| s.rotation.clone());
     loop {
-        if let Some(req) = next.take() {
-            if req.type_url.is_empty() {
+        if let Some(mut req) = next.take() {
+            if V::type_url(&mut req).is_empty() {
                 let _ = tx
                     .send(Err(Status::invalid_argument("type_url is required on ADS")))
                     .await;
                 return;
             }
-            if let Some(resp) = st.delta_request(&mut types, req) {
+            if let Some(resp) = V::request(&mut st, &mut types, req) {
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
             }
-            if std::mem::take(&mut st.refs_acked) {
-                for t in [CLUSTER, ENDPOINT] {
-                    let Some(mut ts) = types.remove(t) else {
-                        continue;
-                    };
-                    let resp = st.delta_response(t, &mut ts, &BTreeSet::new());
-                    types.insert(t.to_string(), ts);
-                    if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() {
-                            return;
-                        }
-                    }
-                }
+            // New routes/listeners were ACKed: clusters kept only for the old ones can go.
+            if std::mem::take(&mut st.refs_acked)
+                && !refresh::<V>(
+                    &mut st,
+                    &mut types,
+                    vec![CLUSTER.into(), ENDPOINT.into()],
+                    &tx,
+                )
+                .await
+            {
+                return;
             }
         }
         tokio::select! {
@@ -818,29 +808,15 @@ async fn run_delta(
                 Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
             },
             _ = rotation_changed(&mut rotation) => {
-                if let Some(mut ts) = types.remove(SECRET) {
-                    let resp = st.delta_response(SECRET, &mut ts, &BTreeSet::new());
-                    types.insert(SECRET.to_string(), ts);
-                    if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() { return; }
-                    }
-                }
+                if !refresh::<V>(&mut st, &mut types, vec![SECRET.into()], &tx).await { return; }
             }
             ch = current.changed() => {
                 if ch.is_err() { return; }
                 let Some(p) = current.borrow_and_update().clone() else { continue };
                 st.published.gen.forget(&st.proxy);
                 st.published = p;
-                let mut order: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
-                order.extend(types.keys().filter(|k| !ORDER.contains(&k.as_str())).cloned());
-                for t in order {
-                    let Some(mut ts) = types.remove(&t) else { continue };
-                    let resp = st.delta_response(&t, &mut ts, &BTreeSet::new());
-                    types.insert(t, ts);
-                    if let Some(resp) = resp {
-                        if tx.send(Ok(resp)).await.is_err() { return; }
-                    }
-                }
+                let order = push_order(&types);
+                if !refresh::<V>(&mut st, &mut types, order, &tx).await { return; }
             }
         }
     }
@@ -879,7 +855,7 @@ impl XdsServer {
         let peer = peer_of(&req);
         let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_sotw(
+        tokio::spawn(run::<Sotw>(
             self.clone(),
             req.into_inner(),
             tx,
@@ -900,7 +876,7 @@ impl XdsServer {
         let peer = peer_of(&req);
         let identity = self.authenticate(&req, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run_delta(
+        tokio::spawn(run::<Delta>(
             self.clone(),
             req.into_inner(),
             tx,
