@@ -132,7 +132,26 @@ fn assert_no_leaks(bed: &Bed, tokens: &[String]) {
             assert!(!body.contains(sig), "{name} contains a token signature");
         }
     }
-    let certz = &pages.iter().find(|(n, _)| n == "/debug/certz").unwrap().1;
+    let page = |p: &str| &pages.iter().find(|(n, _)| n == p).unwrap().1;
+    // The pages say what they claim: a's config in Envoy's JSON form, the registry, endpoints.
+    let dump: serde_json::Value =
+        serde_json::from_str(page("/debug/config_dump?proxyID=a")).unwrap();
+    let types: Vec<&str> = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["@type"].as_str())
+        .collect();
+    assert!(
+        types.contains(&"type.googleapis.com/envoy.admin.v3.ClustersConfigDump"),
+        "{types:?}"
+    );
+    assert!(
+        page("/debug/config_dump?proxyID=a").contains("outbound|8080||b.default.svc.cluster.local")
+    );
+    assert!(page("/debug/registryz").contains("b.default.svc.cluster.local"));
+    assert!(page("/debug/endpointz").contains(&bed.b.ip.to_string()));
+    let certz = page("/debug/certz");
     assert!(
         certz.contains(SPIFFE_A) && certz.contains("serial"),
         "certz lists issued certificates: {certz}"
