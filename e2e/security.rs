@@ -44,8 +44,10 @@ async fn serve(srv: XdsServer) -> String {
     let addr = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(pilotfish::xds::services::Sds(srv.clone()).into_service())
-            .add_service(srv.into_service())
+            .add_service(
+                pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Sds>::new(srv.clone()),
+            )
+            .add_service(pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Ads>::new(srv))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l))
             .await
             .unwrap();

@@ -9,8 +9,8 @@ use crate::translate;
 use crate::xds::auth::Security;
 use crate::xds::cache::Generation;
 use crate::xds::server::{Admission, Published, XdsServer};
-use crate::xds::services::{Cds, Eds, Lds, Rds, Sds};
 use crate::xds::status::Connections;
+use crate::xds::wire::{Ads, Cds, Eds, Lds, Rds, Sds, XdsService};
 use anyhow::Context;
 use notify::Watcher;
 use std::net::SocketAddr;
@@ -478,12 +478,12 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .tls_config(tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(Cds(secure.clone()).into_service())
-            .add_service(Eds(secure.clone()).into_service())
-            .add_service(Lds(secure.clone()).into_service())
-            .add_service(Rds(secure.clone()).into_service())
-            .add_service(Sds(secure.clone()).into_service())
-            .add_service(secure.into_service())
+            .add_service(XdsService::<Cds>::new(secure.clone()))
+            .add_service(XdsService::<Eds>::new(secure.clone()))
+            .add_service(XdsService::<Lds>::new(secure.clone()))
+            .add_service(XdsService::<Rds>::new(secure.clone()))
+            .add_service(XdsService::<Sds>::new(secure.clone()))
+            .add_service(XdsService::<Ads>::new(secure))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(secure_listener),
                 async move {
@@ -494,12 +494,12 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     info!(%secure_addr, "xDS over TLS serving");
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(Sds(xds.clone()).into_service())
-        .add_service(Cds(xds.clone()).into_service())
-        .add_service(Eds(xds.clone()).into_service())
-        .add_service(Lds(xds.clone()).into_service())
-        .add_service(Rds(xds.clone()).into_service())
-        .add_service(xds.into_service())
+        .add_service(XdsService::<Sds>::new(xds.clone()))
+        .add_service(XdsService::<Cds>::new(xds.clone()))
+        .add_service(XdsService::<Eds>::new(xds.clone()))
+        .add_service(XdsService::<Lds>::new(xds.clone()))
+        .add_service(XdsService::<Rds>::new(xds.clone()))
+        .add_service(XdsService::<Ads>::new(xds))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
             async move {

@@ -9,8 +9,9 @@ use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 /// One encoded resource: its name, content hash (the version) and packed bytes.
 #[derive(Debug, PartialEq)]
@@ -67,6 +68,11 @@ impl ProxyResources {
         v
     }
 
+    /// The shared maps of a type (empty for a type this proxy has none of).
+    pub fn layers(&self, type_url: &str) -> Vec<Arc<TypeMap>> {
+        self.by_type.get(type_url).cloned().unwrap_or_default()
+    }
+
     pub fn contains(&self, type_url: &str, name: &str) -> bool {
         self.by_type
             .get(type_url)
@@ -95,6 +101,214 @@ pub fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
 
 type RouteKey = (String, BTreeMap<String, String>);
 
+/// A set of resource names a proxy subscribed to, interned: the 2,000 proxies of a class
+/// that ask for the same 6,000 endpoint names share one set instead of holding a copy each.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Names {
+    pub set: BTreeSet<String>,
+}
+
+static INTERNED: LazyLock<Mutex<HashMap<u64, Vec<Weak<Names>>>>> = LazyLock::new(Default::default);
+
+impl Names {
+    /// The shared set equal to `set`.
+    pub fn intern(set: BTreeSet<String>) -> Arc<Names> {
+        let mut h = std::hash::DefaultHasher::new();
+        set.hash(&mut h);
+        let key = h.finish();
+        let mut map = INTERNED.lock().unwrap();
+        let slot = map.entry(key).or_default();
+        slot.retain(|w| w.strong_count() > 0);
+        if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(|n| n.set == set) {
+            return found;
+        }
+        let n = Arc::new(Names { set });
+        slot.push(Arc::downgrade(&n));
+        // Drop slots whose sets are all gone, now and then.
+        if map.len() > 64 && map.len().is_power_of_two() {
+            map.retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
+        }
+        n
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.set.contains(name)
+    }
+}
+
+/// What a proxy holds, or is to hold, of one type: layers of a generation (shared), an
+/// optional name filter (shared), and the few resources kept for make-before-break. A
+/// stream keeps one per type: a handful of pointers, not a copy of the names.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub layers: Vec<Arc<TypeMap>>,
+    /// Only these names (None: every resource of the layers).
+    pub filter: Option<Arc<Names>>,
+    /// Resources outside the layers, sorted by name (make-before-break, secrets).
+    pub extra: Vec<Res>,
+}
+
+fn ptr<T>(a: &Arc<T>) -> usize {
+    Arc::as_ptr(a) as *const () as usize
+}
+
+impl View {
+    pub fn wanted(&self, name: &str) -> bool {
+        self.filter.as_ref().is_none_or(|f| f.contains(name))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Res> {
+        if !self.wanted(name) {
+            return None;
+        }
+        self.layers.iter().find_map(|m| m.get(name)).or_else(|| {
+            self.extra
+                .binary_search_by(|r| r.name.as_str().cmp(name))
+                .ok()
+                .map(|i| &self.extra[i])
+        })
+    }
+
+    /// Same layers, filter and kept resources: nothing differs.
+    pub fn same(&self, o: &View) -> bool {
+        self.same_layers(o)
+            && self.same_shape(o)
+            && self.extra.len() == o.extra.len()
+            && self
+                .extra
+                .iter()
+                .zip(&o.extra)
+                .all(|(a, b)| Arc::ptr_eq(a, b) || (a.name == b.name && a.version == b.version))
+    }
+
+    /// Same filter and layer count, nothing kept: a layer-by-layer diff is exact.
+    fn same_shape(&self, o: &View) -> bool {
+        self.layers.len() == o.layers.len()
+            && match (&self.filter, &o.filter) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+
+    pub fn same_layers(&self, o: &View) -> bool {
+        self.layers.len() == o.layers.len()
+            && self
+                .layers
+                .iter()
+                .zip(&o.layers)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
+    /// Every resource, sorted by name (layers and kept ones), with the set's version.
+    pub fn resolve(&self, gen: &Generation) -> Arc<Resolved> {
+        if !self.extra.is_empty() {
+            return Arc::new(self.resolve_now());
+        }
+        let key = (
+            self.layers.iter().map(ptr).collect::<Vec<_>>(),
+            self.filter.as_ref().map(ptr).unwrap_or(0),
+        );
+        if let Some((r, _)) = gen.resolved.lock().unwrap().get(&key) {
+            return r.clone();
+        }
+        let r = Arc::new(self.resolve_now());
+        // The entry keeps the filter and the layers alive, so their addresses keep naming
+        // them while the key exists.
+        gen.resolved
+            .lock()
+            .unwrap()
+            .insert(key, (r.clone(), (self.filter.clone(), self.layers.clone())));
+        r
+    }
+
+    fn resolve_now(&self) -> Resolved {
+        let mut items: Vec<Res> = match &self.filter {
+            Some(f) if f.set.len() < self.layers.iter().map(|m| m.len()).sum::<usize>() => f
+                .set
+                .iter()
+                .filter_map(|n| self.layers.iter().find_map(|m| m.get(n)))
+                .cloned()
+                .collect(),
+            _ => self
+                .layers
+                .iter()
+                .flat_map(|m| m.values())
+                .filter(|r| self.wanted(&r.name))
+                .cloned()
+                .collect(),
+        };
+        items.extend(self.extra.iter().filter(|r| self.wanted(&r.name)).cloned());
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        items.dedup_by(|a, b| a.name == b.name);
+        let version = set_version(items.iter());
+        Resolved { items, version }
+    }
+
+    /// What changed from `old` (what the proxy holds) to `self`: resources to send (new or
+    /// with another version) and names no longer present. Layer pairs are diffed once per
+    /// generation and shared by every proxy that makes the same step.
+    pub fn diff(&self, old: &View, gen: &Generation) -> (Vec<Res>, Vec<String>) {
+        if self.same(old) {
+            return (Vec::new(), Vec::new());
+        }
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        if self.same_shape(old) && self.extra.is_empty() && old.extra.is_empty() {
+            for (o, n) in old.layers.iter().zip(&self.layers) {
+                if Arc::ptr_eq(o, n) {
+                    continue;
+                }
+                let d = gen.layer_diff(o, n);
+                changed.extend(d.changed.iter().filter(|r| self.wanted(&r.name)).cloned());
+                removed.extend(
+                    d.removed
+                        .iter()
+                        .filter(|n| self.wanted(n) && self.get(n).is_none())
+                        .cloned(),
+                );
+            }
+            // A resource that moved between layers unchanged is not news.
+            changed.retain(|r| old.get(&r.name).is_none_or(|h| h.version != r.version));
+        } else {
+            let new = self.resolve(gen);
+            for r in &new.items {
+                if old.get(&r.name).is_none_or(|h| h.version != r.version) {
+                    changed.push(r.clone());
+                }
+            }
+            for r in &old.resolve(gen).items {
+                if self.get(&r.name).is_none() {
+                    removed.push(r.name.clone());
+                }
+            }
+        }
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
+        changed.dedup_by(|a, b| a.name == b.name);
+        removed.sort();
+        removed.dedup();
+        (changed, removed)
+    }
+}
+
+/// A view's resources in name order and the version of the set.
+#[derive(Debug)]
+pub struct Resolved {
+    pub items: Vec<Res>,
+    pub version: String,
+}
+
+/// The difference between two maps of one type.
+struct LayerDiff {
+    changed: Vec<Res>,
+    removed: Vec<String>,
+    /// Keeps the old map alive while the entry exists, so its address stays its own.
+    _old: Arc<TypeMap>,
+}
+
+type ResolvedKey = (Vec<usize>, usize);
+type Keep = (Option<Arc<Names>>, Vec<Arc<TypeMap>>);
+
 /// Everything derived from one World.
 pub struct Generation {
     pub world: Arc<World>,
@@ -109,6 +323,10 @@ pub struct Generation {
     per_proxy: Mutex<HashMap<Proxy, Arc<ProxyResources>>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
+    /// Resolved views (sorted resources + version) per (layers, filter).
+    resolved: Mutex<HashMap<ResolvedKey, (Arc<Resolved>, Keep)>>,
+    /// Diffs from an older generation's map to this one's, per (old, new) map.
+    diffs: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
 }
 
 struct Outbound {
@@ -128,6 +346,8 @@ impl Generation {
             inbound: Default::default(),
             per_proxy: Default::default(),
             route_label_keys: Default::default(),
+            resolved: Default::default(),
+            diffs: Default::default(),
         };
         let g = Generation {
             route_label_keys: g.world.route_label_keys(),
@@ -209,6 +429,33 @@ impl Generation {
             .unwrap()
             .insert(proxy.clone(), res.clone());
         res
+    }
+
+    fn layer_diff(&self, old: &Arc<TypeMap>, new: &Arc<TypeMap>) -> Arc<LayerDiff> {
+        let key = (ptr(old), ptr(new));
+        if let Some(d) = self.diffs.lock().unwrap().get(&key) {
+            return d.clone();
+        }
+        let changed = new
+            .values()
+            .filter(|r| {
+                old.get(&r.name)
+                    .is_none_or(|o| !Arc::ptr_eq(o, r) && o.version != r.version)
+            })
+            .cloned()
+            .collect();
+        let removed = old
+            .keys()
+            .filter(|n| !new.contains_key(*n))
+            .cloned()
+            .collect();
+        let d = Arc::new(LayerDiff {
+            changed,
+            removed,
+            _old: old.clone(),
+        });
+        self.diffs.lock().unwrap().insert(key, d.clone());
+        d
     }
 
     /// Forget per-proxy entries of disconnected proxies (class memos stay).

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod server;
 pub mod services;
 pub mod status;
+pub mod wire;
 
 pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";

@@ -11,27 +11,23 @@
 //! a slow stream only ever blocks its own task (newest generation wins).
 
 use super::auth::Security;
-use super::cache::{set_version, Generation, Res};
+use super::cache::{Generation, Names, View};
 use super::status::{ConnStatus, Connections};
+use super::wire::{Plan, Requests};
 use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
 use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf as pbw;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Status};
 use tracing::{debug, info, warn};
 
 /// A published generation and when the change that produced it happened.
@@ -107,12 +103,6 @@ const QUEUE: usize = 4;
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 impl XdsServer {
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(usize::MAX)
-    }
-
     fn current(&self) -> Result<Published, Status> {
         self.current
             .borrow()
@@ -157,8 +147,8 @@ struct Stream {
     status: Arc<Mutex<ConnStatus>>,
     published: Published,
     nonce: u64,
-    /// What the proxy holds, per type (make-before-break bookkeeping).
-    held: HashMap<String, BTreeMap<String, Res>>,
+    /// What the proxy holds (was last sent), per type: shared layers, not copies.
+    held: HashMap<String, View>,
     /// The identity the stream authenticated as (None: unauthenticated, no secrets).
     identity: Option<Identity>,
     /// A route or listener update was just ACKed: clusters kept only for the old routes
@@ -206,12 +196,13 @@ impl Stream {
         format!("{}", self.nonce)
     }
 
-    /// The resources of a type for this proxy: the current generation's, plus (for clusters
-    /// and endpoints) those the proxy holds that routes or listeners it holds still name.
-    /// Make before break: a cluster goes only after no route the proxy has names it.
-    fn resources(&self, type_url: &str) -> Vec<Res> {
+    /// What this proxy should have of a type: the current generation's resources (only
+    /// `filter`'s names when given), plus, for clusters and endpoints, those it holds that
+    /// routes or listeners it holds still name. Make before break: a cluster goes only after
+    /// no route the proxy has names it.
+    fn view(&self, type_url: &str, filter: Option<Arc<Names>>) -> View {
         if type_url == SECRET {
-            return match &self.srv.security {
+            let mut extra = match &self.srv.security {
                 Some(sec) => sec.secrets(
                     self.identity.as_ref(),
                     &self.proxy,
@@ -219,26 +210,56 @@ impl Stream {
                 ),
                 None => Vec::new(),
             };
+            extra.sort_by(|a, b| a.name.cmp(&b.name));
+            return View {
+                layers: Vec::new(),
+                filter,
+                extra,
+            };
         }
         let r = self.class_resources();
-        let mut out = r.values(type_url);
-        if type_url == CLUSTER || type_url == ENDPOINT {
-            if let Some(held) = self.held.get(type_url) {
-                let refs: BTreeSet<&str> = [ROUTE, LISTENER]
-                    .iter()
-                    .filter_map(|t| self.held.get(*t))
-                    .flat_map(|m| m.values())
-                    .flat_map(|r| r.refs.iter().map(String::as_str))
-                    .collect();
-                for (name, res) in held {
-                    if refs.contains(name.as_str()) && !r.contains(type_url, name) {
-                        out.push(res.clone());
-                    }
-                }
-                out.sort_by(|a, b| a.name.cmp(&b.name));
-            }
+        let mut v = View {
+            layers: r.layers(type_url),
+            filter,
+            extra: Vec::new(),
+        };
+        if type_url != CLUSTER && type_url != ENDPOINT {
+            return v;
         }
-        out
+        let Some(held) = self.held.get(type_url) else {
+            return v;
+        };
+        // Routes and listeners held are this generation's: they name only its clusters.
+        let current = [ROUTE, LISTENER].iter().all(|t| {
+            self.held.get(*t).is_none_or(|h| {
+                h.same_layers(&View {
+                    layers: r.layers(t),
+                    ..Default::default()
+                })
+            })
+        });
+        if current {
+            return v;
+        }
+        let gen = &self.published.gen;
+        let held_refs: Vec<_> = [ROUTE, LISTENER]
+            .iter()
+            .filter_map(|t| self.held.get(*t))
+            .map(|h| h.resolve(gen))
+            .collect();
+        let refs: BTreeSet<&str> = held_refs
+            .iter()
+            .flat_map(|r| r.items.iter())
+            .flat_map(|r| r.refs.iter().map(String::as_str))
+            .collect();
+        let mut extra: Vec<_> = refs
+            .into_iter()
+            .filter(|n| v.wanted(n) && v.get(n).is_none())
+            .filter_map(|n| held.get(n).cloned())
+            .collect();
+        extra.sort_by(|a, b| a.name.cmp(&b.name));
+        v.extra = extra;
+        v
     }
 
     /// This proxy's resources. Building a new class is CPU work: on the multi-threaded
@@ -325,7 +346,8 @@ impl Drop for Stream {
 
 #[derive(Default)]
 struct SotwType {
-    names: BTreeSet<String>,
+    /// Names asked for (interned; shared by every proxy asking for the same set).
+    names: Arc<Names>,
     wildcard: bool,
     nonce: String,
     version: String,
@@ -333,44 +355,65 @@ struct SotwType {
     pending: Option<Instant>,
 }
 
+/// Types whose state-of-the-world responses may carry only what changed: Envoy keeps the
+/// resources of these types that a response leaves out (incremental EDS, as Istio does).
+/// Clusters and listeners always carry the full set (a missing name means deleted).
+fn partial_ok(type_url: &str) -> bool {
+    type_url == ENDPOINT || type_url == ROUTE
+}
+
 impl Stream {
+    /// The response for a type, if the proxy's version differs (or `force`). `partial`: only
+    /// resources the proxy does not hold yet, where the type allows it.
     fn sotw_response(
         &mut self,
         type_url: &str,
         ts: &mut SotwType,
         force: bool,
-    ) -> Option<DiscoveryResponse> {
+        partial: bool,
+    ) -> Option<Plan> {
         let started = Instant::now();
-        let all = self.resources(type_url);
-        let chosen: Vec<Res> = if ts.wildcard {
-            all
-        } else {
-            all.into_iter()
-                .filter(|r| ts.names.contains(&r.name))
-                .collect()
-        };
-        let version = set_version(chosen.iter());
-        if version == ts.version && !force {
+        let gen = self.published.gen.clone();
+        let filter = (!ts.wildcard).then(|| ts.names.clone());
+        let cur = self.view(type_url, filter);
+        let resolved = cur.resolve(&gen);
+        if resolved.version == ts.version && !force {
+            // Same content, maybe newer maps: remember those (cheaper diffs later).
+            self.held.insert(type_url.to_string(), cur);
             return None;
         }
+        let mut items = Vec::new();
+        if partial && !force && partial_ok(type_url) {
+            if let Some(old) = self.held.get(type_url) {
+                items = cur.diff(old, &gen).0;
+            }
+        }
+        if items.is_empty() {
+            items = resolved.items.clone();
+        }
         let nonce = self.next_nonce();
-        self.held.insert(
-            type_url.to_string(),
-            chosen.iter().map(|r| (r.name.clone(), r.clone())).collect(),
-        );
+        let version = resolved.version.clone();
+        self.held.insert(type_url.to_string(), cur);
         ts.version = version.clone();
         ts.nonce = nonce.clone();
         ts.pending = Some(self.published.changed_at);
-        let bytes = chosen.iter().map(|r| r.any.value.len()).sum();
-        self.sent(type_url, &version, &nonce, chosen.len(), bytes, started);
-        debug!(proxy = %self.proxy.id, r#type = short(type_url), %version, n = chosen.len(), "push");
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources: chosen.iter().map(|r| r.any.clone()).collect(),
+        let head = DiscoveryResponse {
+            version_info: version.clone(),
             type_url: type_url.to_string(),
-            nonce,
+            nonce: nonce.clone(),
             ..Default::default()
-        })
+        };
+        let plan = Plan::sotw(&head, items);
+        self.sent(
+            type_url,
+            &version,
+            &nonce,
+            plan.resources(),
+            plan.payload_bytes(),
+            started,
+        );
+        debug!(proxy = %self.proxy.id, r#type = short(type_url), %version, n = plan.resources(), "push");
+        Some(plan)
     }
 
     /// Handle one request; returns a response to send, if any.
@@ -378,7 +421,7 @@ impl Stream {
         &mut self,
         types: &mut HashMap<String, SotwType>,
         req: DiscoveryRequest,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<Plan> {
         let type_url = req.type_url.clone();
         let ts = types.entry(type_url.clone()).or_default();
         let first = ts.nonce.is_empty() && ts.version.is_empty();
@@ -394,9 +437,20 @@ impl Stream {
         } else if !req.response_nonce.is_empty() {
             self.ack(&type_url, &req.version_info, &mut ts.pending);
         }
-        let names: BTreeSet<String> = req.resource_names.iter().cloned().collect();
-        let wildcard = is_wildcard_type(&type_url) && (names.is_empty() || names.contains("*"));
-        let changed = names != ts.names || wildcard != ts.wildcard;
+        // An ACK repeats the names: compare before building (and interning) a new set.
+        let same_names = req.resource_names.len() == ts.names.set.len()
+            && req
+                .resource_names
+                .iter()
+                .zip(&ts.names.set)
+                .all(|(a, b)| a == b);
+        let names = if same_names {
+            ts.names.clone()
+        } else {
+            Names::intern(req.resource_names.iter().cloned().collect())
+        };
+        let wildcard = is_wildcard_type(&type_url) && (names.set.is_empty() || names.contains("*"));
+        let changed = !Arc::ptr_eq(&names, &ts.names) || wildcard != ts.wildcard;
         if type_url == SECRET && changed {
             if let Some(sec) = &self.srv.security {
                 sec.audit(
@@ -411,21 +465,19 @@ impl Stream {
         ts.wildcard = wildcard;
         let resp = if first {
             // A reconnecting proxy that already has our current version needs nothing.
-            let all = self.resources(&type_url);
-            let chosen: Vec<&Res> = all
-                .iter()
-                .filter(|r| ts.wildcard || ts.names.contains(&r.name))
-                .collect();
-            let current = set_version(chosen.into_iter());
+            let filter = (!ts.wildcard).then(|| ts.names.clone());
+            let cur = self.view(&type_url, filter);
+            let current = cur.resolve(&self.published.gen).version.clone();
             if !req.version_info.is_empty() && req.version_info == current {
                 ts.version = current;
+                self.held.insert(type_url.clone(), cur);
                 self.update_status(&type_url, |t| t.acked_version = req.version_info.clone());
                 None
             } else {
-                self.sotw_response(&type_url, &mut ts, true)
+                self.sotw_response(&type_url, &mut ts, true, false)
             }
         } else if changed {
-            self.sotw_response(&type_url, &mut ts, false)
+            self.sotw_response(&type_url, &mut ts, false, false)
         } else {
             None
         };
@@ -444,10 +496,6 @@ async fn rotation_changed(r: &mut Option<watch::Receiver<u64>>) {
     std::future::pending::<()>().await
 }
 
-type SotwStream = Pin<Box<dyn futures::Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-type DeltaStream =
-    Pin<Box<dyn futures::Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
-
 fn peer_of<T>(r: &Request<T>) -> String {
     r.remote_addr()
         .map(|a| a.to_string())
@@ -458,10 +506,11 @@ fn peer_of<T>(r: &Request<T>) -> String {
 
 #[derive(Default)]
 struct DeltaType {
-    subscribed: BTreeSet<String>,
+    subscribed: Arc<Names>,
     wildcard: bool,
-    /// What the client holds: name → version.
-    client: HashMap<String, String>,
+    /// What a reconnecting client said it holds (name → version), until the first answer.
+    /// After that, what it holds is `Stream::held` (everything sent is what it has).
+    claims: Option<HashMap<String, String>>,
     nonce: String,
     started: bool,
     pending: Option<Instant>,
@@ -473,107 +522,105 @@ impl Stream {
         type_url: &str,
         ts: &mut DeltaType,
         forced: &BTreeSet<String>,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Option<Plan> {
         let started = Instant::now();
-        let all = self.resources(type_url);
-        let by_name: BTreeMap<&str, &Res> = all.iter().map(|r| (r.name.as_str(), r)).collect();
-        let wanted = |n: &str| ts.wildcard || ts.subscribed.contains(n);
-        let mut resources = Vec::new();
-        for r in all.iter().filter(|r| wanted(&r.name)) {
-            if forced.contains(&r.name) || ts.client.get(&r.name) != Some(&r.version) {
-                resources.push(r.clone());
+        let gen = self.published.gen.clone();
+        let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
+        let cur = self.view(type_url, filter);
+        let (mut changed, mut removed) = match ts.claims.take() {
+            Some(claims) => {
+                let all = cur.resolve(&gen);
+                let changed = all
+                    .items
+                    .iter()
+                    .filter(|r| claims.get(&r.name) != Some(&r.version))
+                    .cloned()
+                    .collect();
+                let removed = claims
+                    .keys()
+                    .filter(|n| cur.get(n).is_none())
+                    .cloned()
+                    .collect();
+                (changed, removed)
             }
-        }
-        let mut removed: Vec<String> = ts
-            .client
-            .keys()
-            .filter(|n| !by_name.contains_key(n.as_str()) || !wanted(n))
-            .cloned()
-            .collect();
+            None => match self.held.get(type_url) {
+                Some(old) => cur.diff(old, &gen),
+                None => (cur.resolve(&gen).items.clone(), Vec::new()),
+            },
+        };
+        // Names just subscribed are always answered (or reported removed).
         for n in forced {
-            if !by_name.contains_key(n.as_str()) && !removed.contains(n) && n != "*" {
-                removed.push(n.clone());
+            match cur.get(n) {
+                Some(r) => {
+                    if !changed.iter().any(|c| c.name == *n) {
+                        changed.push(r.clone());
+                    }
+                }
+                None if n != "*" => removed.push(n.clone()),
+                None => {}
             }
         }
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
         removed.sort();
-        if resources.is_empty() && removed.is_empty() {
+        removed.dedup();
+        let version = cur.resolve(&gen).version.clone();
+        self.held.insert(type_url.to_string(), cur);
+        if changed.is_empty() && removed.is_empty() {
             return None;
-        }
-        let held = self.held.entry(type_url.to_string()).or_default();
-        for r in &resources {
-            ts.client.insert(r.name.clone(), r.version.clone());
-            held.insert(r.name.clone(), r.clone());
-        }
-        for n in &removed {
-            ts.client.remove(n);
-            held.remove(n);
         }
         let nonce = self.next_nonce();
         ts.nonce = nonce.clone();
         ts.pending = Some(self.published.changed_at);
-        let mut held: Vec<&Res> = ts
-            .client
-            .keys()
-            .filter_map(|n| by_name.get(n.as_str()).copied())
-            .collect();
-        held.sort_by(|a, b| a.name.cmp(&b.name));
-        let version = set_version(held.into_iter());
-        let bytes = resources.iter().map(|r| r.any.value.len()).sum();
-        self.sent(type_url, &version, &nonce, resources.len(), bytes, started);
-        Some(DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources: resources
-                .iter()
-                .map(|r| Resource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
+        let head = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
             type_url: type_url.to_string(),
             removed_resources: removed,
-            nonce,
+            nonce: nonce.clone(),
             ..Default::default()
-        })
+        };
+        let plan = Plan::delta(&head, changed);
+        self.sent(
+            type_url,
+            &version,
+            &nonce,
+            plan.resources(),
+            plan.payload_bytes(),
+            started,
+        );
+        Some(plan)
     }
 
     fn delta_request(
         &mut self,
         types: &mut HashMap<String, DeltaType>,
         req: DeltaDiscoveryRequest,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Option<Plan> {
         let type_url = req.type_url.clone();
         let mut ts = types.remove(&type_url).unwrap_or_default();
         let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
+        let sent_version = || {
+            self.status
+                .lock()
+                .unwrap()
+                .types
+                .get(short(&type_url))
+                .map(|t| t.sent_version.clone())
+                .unwrap_or_default()
+        };
         if stale {
             self.srv.metrics.stale_nonces.inc();
         } else if let Some(err) = &req.error_detail {
-            let v = self
-                .status
-                .lock()
-                .unwrap()
-                .types
-                .get(short(&type_url))
-                .map(|t| t.sent_version.clone())
-                .unwrap_or_default();
+            let v = sent_version();
             self.nack(&type_url, &v, &err.message);
             ts.pending = None;
         } else if !req.response_nonce.is_empty() {
-            let v = self
-                .status
-                .lock()
-                .unwrap()
-                .types
-                .get(short(&type_url))
-                .map(|t| t.sent_version.clone())
-                .unwrap_or_default();
+            let v = sent_version();
             self.ack(&type_url, &v, &mut ts.pending);
         }
         let mut forced = BTreeSet::new();
         if !ts.started {
             ts.started = true;
-            ts.client = req.initial_resource_versions.clone().into_iter().collect();
+            ts.claims = Some(req.initial_resource_versions.clone().into_iter().collect());
             if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
                 ts.wildcard = true;
             }
@@ -588,22 +635,48 @@ impl Stream {
                 );
             }
         }
-        for n in &req.resource_names_subscribe {
-            if n == "*" {
-                ts.wildcard = true;
-            } else {
-                ts.subscribed.insert(n.clone());
-                // Always answered, even if we think the client has it.
-                if !req.initial_resource_versions.contains_key(n) {
-                    forced.insert(n.clone());
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            let mut set = ts.subscribed.set.clone();
+            for n in &req.resource_names_subscribe {
+                if n == "*" {
+                    ts.wildcard = true;
+                } else {
+                    set.insert(n.clone());
+                    // Always answered, even if we think the client has it.
+                    if !req.initial_resource_versions.contains_key(n) {
+                        forced.insert(n.clone());
+                    }
                 }
             }
-        }
-        for n in &req.resource_names_unsubscribe {
-            if n == "*" {
-                ts.wildcard = false;
-            } else if ts.subscribed.remove(n) {
-                ts.client.remove(n);
+            let mut dropped = Vec::new();
+            for n in &req.resource_names_unsubscribe {
+                if n == "*" {
+                    ts.wildcard = false;
+                } else if set.remove(n) {
+                    dropped.push(n.as_str());
+                }
+            }
+            ts.subscribed = Names::intern(set);
+            // The client forgets what it unsubscribed from: no removal is due for it.
+            if let Some(c) = &mut ts.claims {
+                for n in &dropped {
+                    c.remove(*n);
+                }
+            }
+            if !dropped.is_empty() {
+                if let Some(h) = self.held.get_mut(&type_url) {
+                    if h.filter.is_some() {
+                        let kept: BTreeSet<String> = h
+                            .filter
+                            .iter()
+                            .flat_map(|f| f.set.iter())
+                            .filter(|n| !dropped.contains(&n.as_str()))
+                            .cloned()
+                            .collect();
+                        h.filter = Some(Names::intern(kept));
+                        h.extra.retain(|r| !dropped.contains(&r.name.as_str()));
+                    }
+                }
             }
         }
         let resp = if stale && forced.is_empty() && req.resource_names_unsubscribe.is_empty() {
@@ -622,9 +695,8 @@ impl Stream {
 }
 
 /// The two protocol variants: what differs between state of the world and delta.
-trait Variant {
-    type Req: Send + 'static;
-    type Resp: Send + 'static;
+trait Variant: 'static {
+    type Req: prost::Message + Default + Send + 'static;
     type State: Default + Send;
     const DELTA: bool;
     fn type_url(r: &mut Self::Req) -> &mut String;
@@ -634,9 +706,9 @@ trait Variant {
         st: &mut Stream,
         types: &mut HashMap<String, Self::State>,
         r: Self::Req,
-    ) -> Option<Self::Resp>;
+    ) -> Option<Plan>;
     /// Re-evaluate one subscribed type; a response if what the proxy should have changed.
-    fn refresh(st: &mut Stream, type_url: &str, ts: &mut Self::State) -> Option<Self::Resp>;
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut Self::State) -> Option<Plan>;
 }
 
 struct Sotw;
@@ -644,7 +716,6 @@ struct Delta;
 
 impl Variant for Sotw {
     type Req = DiscoveryRequest;
-    type Resp = DiscoveryResponse;
     type State = SotwType;
     const DELTA: bool = false;
     fn type_url(r: &mut DiscoveryRequest) -> &mut String {
@@ -657,17 +728,16 @@ impl Variant for Sotw {
         st: &mut Stream,
         types: &mut HashMap<String, SotwType>,
         r: DiscoveryRequest,
-    ) -> Option<DiscoveryResponse> {
+    ) -> Option<Plan> {
         st.sotw_request(types, r)
     }
-    fn refresh(st: &mut Stream, type_url: &str, ts: &mut SotwType) -> Option<DiscoveryResponse> {
-        st.sotw_response(type_url, ts, false)
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut SotwType) -> Option<Plan> {
+        st.sotw_response(type_url, ts, false, true)
     }
 }
 
 impl Variant for Delta {
     type Req = DeltaDiscoveryRequest;
-    type Resp = DeltaDiscoveryResponse;
     type State = DeltaType;
     const DELTA: bool = true;
     fn type_url(r: &mut DeltaDiscoveryRequest) -> &mut String {
@@ -680,17 +750,15 @@ impl Variant for Delta {
         st: &mut Stream,
         types: &mut HashMap<String, DeltaType>,
         r: DeltaDiscoveryRequest,
-    ) -> Option<DeltaDiscoveryResponse> {
+    ) -> Option<Plan> {
         st.delta_request(types, r)
     }
-    fn refresh(
-        st: &mut Stream,
-        type_url: &str,
-        ts: &mut DeltaType,
-    ) -> Option<DeltaDiscoveryResponse> {
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
         st.delta_response(type_url, ts, &BTreeSet::new())
     }
 }
+
+type Tx = mpsc::Sender<Result<Plan, Status>>;
 
 /// Re-evaluate the given types (those subscribed) and send what changed, in order.
 /// Returns false when the client is gone.
@@ -698,7 +766,7 @@ async fn refresh<V: Variant>(
     st: &mut Stream,
     types: &mut HashMap<String, V::State>,
     order: Vec<String>,
-    tx: &mpsc::Sender<Result<V::Resp, Status>>,
+    tx: &Tx,
 ) -> bool {
     for t in order {
         let Some(mut ts) = types.remove(&t) else {
@@ -731,14 +799,12 @@ fn push_order<S>(types: &HashMap<String, S>) -> Vec<String> {
 /// then requests, config changes, certificate rotations and shutdown drive it.
 async fn run<V: Variant>(
     srv: XdsServer,
-    mut inbound: Streaming<V::Req>,
-    tx: mpsc::Sender<Result<V::Resp, Status>>,
+    mut inbound: Requests<V::Req>,
+    tx: Tx,
     peer: String,
     fixed_type: Option<&'static str>,
     identity: Option<Identity>,
-) where
-    V::Req: prost::Message + Default,
-{
+) {
     let fill = |mut r: V::Req| {
         let t = V::type_url(&mut r);
         if t.is_empty() {
@@ -750,7 +816,11 @@ async fn run<V: Variant>(
     };
     let first = match inbound.message().await {
         Ok(Some(r)) => fill(r),
-        _ => return,
+        Ok(None) => return,
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
     };
     let Ok(published) = srv.current() else {
         let _ = tx
@@ -770,6 +840,7 @@ async fn run<V: Variant>(
             return;
         }
     };
+    drop(node);
     let mut types: HashMap<String, V::State> = HashMap::new();
     let mut next = Some(first);
     let mut stop = srv.stop.clone();
@@ -845,65 +916,40 @@ impl XdsServer {
         sec.authenticate(req.metadata(), peer).map(Some)
     }
 
+    /// Open a stream of either variant: checks, then the stream's task; the receiver feeds
+    /// the response body.
+    fn open<V: Variant>(
+        &self,
+        head: &Request<()>,
+        body: Requests<V::Req>,
+        fixed: Option<&'static str>,
+    ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
+        self.current()?;
+        self.admit()?;
+        let peer = peer_of(head);
+        let identity = self.authenticate(head, &peer)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run::<V>(self.clone(), body, tx, peer, fixed, identity));
+        Ok(rx)
+    }
+
+    /// A state-of-the-world stream (ADS, or one type when `fixed`).
     pub fn sotw(
         &self,
-        req: Request<Streaming<DiscoveryRequest>>,
+        head: &Request<()>,
+        body: Requests<DiscoveryRequest>,
         fixed: Option<&'static str>,
-    ) -> Result<Response<SotwStream>, Status> {
-        self.current()?;
-        self.admit()?;
-        let peer = peer_of(&req);
-        let identity = self.authenticate(&req, &peer)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run::<Sotw>(
-            self.clone(),
-            req.into_inner(),
-            tx,
-            peer,
-            fixed,
-            identity,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
+        self.open::<Sotw>(head, body, fixed)
     }
 
+    /// A delta stream (ADS, or one type when `fixed`).
     pub fn delta(
         &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
+        head: &Request<()>,
+        body: Requests<DeltaDiscoveryRequest>,
         fixed: Option<&'static str>,
-    ) -> Result<Response<DeltaStream>, Status> {
-        self.current()?;
-        self.admit()?;
-        let peer = peer_of(&req);
-        let identity = self.authenticate(&req, &peer)?;
-        let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run::<Delta>(
-            self.clone(),
-            req.into_inner(),
-            tx,
-            peer,
-            fixed,
-            identity,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-}
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = SotwStream;
-    type DeltaAggregatedResourcesStream = DeltaStream;
-
-    async fn stream_aggregated_resources(
-        &self,
-        req: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.sotw(req, None)
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        req: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.delta(req, None)
+    ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
+        self.open::<Delta>(head, body, fixed)
     }
 }

@@ -1,0 +1,463 @@
+//! gRPC framing of the xDS services, written for memory.
+//!
+//! tonic's generated servers keep, per stream, an encode buffer as large as the largest
+//! response ever sent and a decode buffer as large as the largest request: with a 4 MB
+//! cluster set and a 300 kB endpoint subscription that is megabytes per connected proxy,
+//! for the life of the stream. Here a response is a [`Plan`]: the shared, already encoded
+//! resources plus a few header fields. The response body writes it out lazily in 64 KiB
+//! chunks as HTTP/2 flow control lets it, and requests are decoded from a buffer that is
+//! released between messages. An idle stream holds no copy of its configuration.
+
+use super::cache::Res;
+use super::server::{XdsServer, MAX_MESSAGE};
+use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+use prost::Message;
+use std::convert::Infallible;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+use tonic::codegen::{BoxFuture, Service};
+use tonic::server::NamedService;
+use tonic::Status;
+
+/// One response to write: the message's scalar fields already encoded (`head`), then its
+/// resources, each encoded from the shared bytes when the body is polled.
+pub struct Plan {
+    head: Vec<u8>,
+    items: Vec<Res>,
+    delta: bool,
+}
+
+const RESOURCES_TAG: u32 = 2; // `resources` in both DiscoveryResponse and DeltaDiscoveryResponse
+
+impl Plan {
+    /// A state-of-the-world response; `resp.resources` must be empty (they are `items`).
+    pub fn sotw(resp: &DiscoveryResponse, items: Vec<Res>) -> Plan {
+        Plan {
+            head: resp.encode_to_vec(),
+            items,
+            delta: false,
+        }
+    }
+
+    /// A delta response; `resp.resources` must be empty (they are `items`).
+    pub fn delta(resp: &DeltaDiscoveryResponse, items: Vec<Res>) -> Plan {
+        Plan {
+            head: resp.encode_to_vec(),
+            items,
+            delta: true,
+        }
+    }
+
+    /// An already encoded message (unary responses).
+    fn raw(bytes: Vec<u8>) -> Plan {
+        Plan {
+            head: bytes,
+            items: Vec::new(),
+            delta: false,
+        }
+    }
+
+    pub fn resources(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Bytes of resource payload (for metrics).
+    pub fn payload_bytes(&self) -> usize {
+        self.items.iter().map(|r| r.any.value.len()).sum()
+    }
+
+    /// Length of one resource's entry body (without its key and length prefix).
+    fn body_len(&self, r: &Res) -> usize {
+        if self.delta {
+            // envoy.service.discovery.v3.Resource: version = 1, resource = 2, name = 3.
+            prost::encoding::string::encoded_len(1, &r.version)
+                + prost::encoding::message::encoded_len(2, &r.any)
+                + prost::encoding::string::encoded_len(3, &r.name)
+        } else {
+            r.any.encoded_len()
+        }
+    }
+
+    fn entry_len(&self, r: &Res) -> usize {
+        let b = self.body_len(r);
+        key_len(RESOURCES_TAG) + encoded_len_varint(b as u64) + b
+    }
+
+    fn write_entry(&self, r: &Res, buf: &mut Vec<u8>) {
+        encode_key(RESOURCES_TAG, WireType::LengthDelimited, buf);
+        encode_varint(self.body_len(r) as u64, buf);
+        if self.delta {
+            prost::encoding::string::encode(1, &r.version, buf);
+            prost::encoding::message::encode(2, &r.any, buf);
+            prost::encoding::string::encode(3, &r.name, buf);
+        } else {
+            r.any.encode_raw(buf);
+        }
+    }
+
+    /// The encoded message length (fields may come in any order on the wire).
+    pub fn encoded_len(&self) -> usize {
+        self.head.len() + self.items.iter().map(|r| self.entry_len(r)).sum::<usize>()
+    }
+}
+
+/// Bytes per body chunk: big enough to keep syscalls few, small enough that a stream never
+/// holds more than this (plus the HTTP/2 window) of its response at a time.
+const CHUNK: usize = 64 * 1024;
+
+struct Cursor {
+    plan: Plan,
+    next: usize,
+    started: bool,
+    remaining: usize,
+}
+
+/// The response body of a streaming (or unary) xDS call: plans from the stream's task,
+/// written out chunk by chunk, then the gRPC status as trailers.
+pub struct XdsBody {
+    rx: mpsc::Receiver<Result<Plan, Status>>,
+    cur: Option<Cursor>,
+    done: bool,
+}
+
+impl XdsBody {
+    pub fn new(rx: mpsc::Receiver<Result<Plan, Status>>) -> XdsBody {
+        XdsBody {
+            rx,
+            cur: None,
+            done: false,
+        }
+    }
+}
+
+fn trailers(status: Option<&Status>) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    let (code, msg) = match status {
+        Some(s) => (s.code() as i32, s.message().to_string()),
+        None => (0, String::new()),
+    };
+    h.insert("grpc-status", http::HeaderValue::from(code));
+    if !msg.is_empty() {
+        // gRPC percent-encodes the message; anything outside printable ASCII is escaped.
+        let enc: String = msg
+            .bytes()
+            .map(|b| {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        if let Ok(v) = http::HeaderValue::from_str(&enc) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h
+}
+
+impl http_body::Body for XdsBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if let Some(c) = &mut this.cur {
+                let mut buf = Vec::with_capacity(c.remaining.min(CHUNK + 1024));
+                if !c.started {
+                    let len = c.plan.encoded_len();
+                    buf.push(0); // not compressed
+                    buf.extend_from_slice(&(len as u32).to_be_bytes());
+                    buf.extend_from_slice(&c.plan.head);
+                    c.started = true;
+                }
+                while c.next < c.plan.items.len() && buf.len() < CHUNK {
+                    c.plan.write_entry(&c.plan.items[c.next], &mut buf);
+                    c.next += 1;
+                }
+                c.remaining = c.remaining.saturating_sub(buf.len());
+                if c.next >= c.plan.items.len() {
+                    this.cur = None;
+                }
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))));
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Ok(plan))) => {
+                    let remaining = 5 + plan.encoded_len();
+                    this.cur = Some(Cursor {
+                        plan,
+                        next: 0,
+                        started: false,
+                        remaining,
+                    });
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(Some(&status))))));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers(None)))));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Requests of one stream, decoded from the request body. The buffer is released when it
+/// empties, so a large subscription does not stay allocated for the life of the stream.
+pub struct Requests<T> {
+    body: tonic::body::Body,
+    buf: Vec<u8>,
+    eof: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T: Message + Default> Requests<T> {
+    pub fn new(body: tonic::body::Body) -> Requests<T> {
+        Requests {
+            body,
+            buf: Vec::new(),
+            eof: false,
+            _t: PhantomData,
+        }
+    }
+
+    /// The next request; `None` when the client half-closed. Cancel safe: data read so far
+    /// stays in the buffer.
+    pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        loop {
+            if self.buf.len() >= 5 {
+                if self.buf[0] != 0 {
+                    return Err(Status::unimplemented(
+                        "compressed xDS requests are not supported",
+                    ));
+                }
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if len > MAX_MESSAGE {
+                    return Err(Status::resource_exhausted(format!(
+                        "request of {len} bytes is over the {MAX_MESSAGE} byte limit"
+                    )));
+                }
+                if self.buf.len() >= 5 + len {
+                    let msg = T::decode(&self.buf[5..5 + len])
+                        .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
+                    if self.buf.len() == 5 + len {
+                        if self.buf.capacity() > 16 * 1024 {
+                            self.buf = Vec::new();
+                        } else {
+                            self.buf.clear();
+                        }
+                    } else {
+                        self.buf.drain(..5 + len);
+                    }
+                    return Ok(Some(msg));
+                }
+            }
+            if self.eof {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(Status::internal("request stream ended inside a message"))
+                };
+            }
+            match self.body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(data) = f.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(Status::unknown(format!("request stream: {e}"))),
+                None => self.eof = true,
+            }
+        }
+    }
+}
+
+/// Which gRPC service a [`XdsService`] answers: ADS or one of the per-type services.
+pub trait Kind: Send + Sync + 'static {
+    const NAME: &'static str;
+    /// The type of a per-type service (None: ADS, the type is in every request).
+    const FIXED: Option<&'static str>;
+    const STREAM: &'static str;
+    const DELTA: &'static str;
+    /// The unary fetch method (not on ADS).
+    const FETCH: &'static str = "";
+}
+
+macro_rules! kind {
+    ($t:ident, $name:expr, $fixed:expr, $stream:expr, $delta:expr, $fetch:expr) => {
+        pub struct $t;
+        impl Kind for $t {
+            const NAME: &'static str = $name;
+            const FIXED: Option<&'static str> = $fixed;
+            const STREAM: &'static str = $stream;
+            const DELTA: &'static str = $delta;
+            const FETCH: &'static str = $fetch;
+        }
+    };
+}
+
+kind!(
+    Ads,
+    "envoy.service.discovery.v3.AggregatedDiscoveryService",
+    None,
+    "StreamAggregatedResources",
+    "DeltaAggregatedResources",
+    ""
+);
+kind!(
+    Cds,
+    "envoy.service.cluster.v3.ClusterDiscoveryService",
+    Some(CLUSTER),
+    "StreamClusters",
+    "DeltaClusters",
+    "FetchClusters"
+);
+kind!(
+    Eds,
+    "envoy.service.endpoint.v3.EndpointDiscoveryService",
+    Some(ENDPOINT),
+    "StreamEndpoints",
+    "DeltaEndpoints",
+    "FetchEndpoints"
+);
+kind!(
+    Lds,
+    "envoy.service.listener.v3.ListenerDiscoveryService",
+    Some(LISTENER),
+    "StreamListeners",
+    "DeltaListeners",
+    "FetchListeners"
+);
+kind!(
+    Rds,
+    "envoy.service.route.v3.RouteDiscoveryService",
+    Some(ROUTE),
+    "StreamRoutes",
+    "DeltaRoutes",
+    "FetchRoutes"
+);
+kind!(
+    Sds,
+    "envoy.service.secret.v3.SecretDiscoveryService",
+    Some(SECRET),
+    "StreamSecrets",
+    "DeltaSecrets",
+    "FetchSecrets"
+);
+
+/// One xDS gRPC service (ADS, CDS, EDS, LDS, RDS or SDS) on the memory-lean framing.
+pub struct XdsService<K> {
+    srv: XdsServer,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for XdsService<K> {
+    fn clone(&self) -> Self {
+        XdsService {
+            srv: self.srv.clone(),
+            _k: PhantomData,
+        }
+    }
+}
+
+impl<K: Kind> XdsService<K> {
+    pub fn new(srv: XdsServer) -> XdsService<K> {
+        XdsService {
+            srv,
+            _k: PhantomData,
+        }
+    }
+}
+
+impl<K: Kind> NamedService for XdsService<K> {
+    const NAME: &'static str = K::NAME;
+}
+
+type HttpResponse = http::Response<tonic::body::Body>;
+
+fn response(rx: mpsc::Receiver<Result<Plan, Status>>) -> HttpResponse {
+    let mut r = http::Response::new(tonic::body::Body::new(XdsBody::new(rx)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    r
+}
+
+impl<K: Kind> Service<http::Request<tonic::body::Body>> for XdsService<K> {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<HttpResponse, Infallible>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let srv = self.srv.clone();
+        Box::pin(async move {
+            let method = req
+                .uri()
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let (parts, body) = req.into_parts();
+            let head = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+            let result = if method == K::STREAM {
+                srv.sotw(&head, Requests::new(body), K::FIXED).map(response)
+            } else if method == K::DELTA {
+                srv.delta(&head, Requests::new(body), K::FIXED)
+                    .map(response)
+            } else if !K::FETCH.is_empty() && method == K::FETCH {
+                fetch(&srv, Requests::new(body), K::FIXED.unwrap_or_default()).await
+            } else {
+                Err(Status::unimplemented(format!(
+                    "{} has no method {method}",
+                    K::NAME
+                )))
+            };
+            Ok(result.unwrap_or_else(|s| s.into_http()))
+        })
+    }
+}
+
+async fn fetch(
+    srv: &XdsServer,
+    mut body: Requests<DiscoveryRequest>,
+    type_url: &'static str,
+) -> Result<HttpResponse, Status> {
+    let req = body
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument("fetch needs a request"))?;
+    let resp = srv.fetch(req, type_url)?;
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(Ok(Plan::raw(resp.encode_to_vec())));
+    Ok(response(rx))
+}
