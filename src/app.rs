@@ -213,6 +213,7 @@ pub struct ValidateArgs {
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
     init_tracing(&a.log_format)?;
+    crate::mem::tune();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -421,6 +422,13 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         metrics,
         conns,
         ca: Some(ca.clone()),
+    });
+    // Hand freed memory back to the kernel now and then (see `mem`).
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tokio::task::spawn_blocking(crate::mem::trim);
+        }
     });
     // Re-mint certificates at half life and tell the streams.
     {
