@@ -13,6 +13,7 @@ use crate::xds::status::Connections;
 use crate::xds::wire::{Ads, Cds, Eds, Lds, Rds, Sds, XdsService};
 use anyhow::Context;
 use notify::Watcher;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -246,6 +247,35 @@ pub fn parse_all(files: Vec<(String, String)>) -> Vec<(String, Vec<Resource>, Ve
         .collect()
 }
 
+/// Apply to the index what changed since the last read: files gone, new or edited.
+fn apply_changed(
+    index: &mut Index,
+    applied: &mut HashMap<String, u64>,
+    files: Vec<(String, String)>,
+) {
+    use std::hash::{Hash, Hasher};
+    let now: HashSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+    let gone: Vec<String> = applied
+        .keys()
+        .filter(|f| !now.contains(f.as_str()))
+        .cloned()
+        .collect();
+    for f in gone {
+        index.remove_file(&f);
+        applied.remove(&f);
+    }
+    for (f, text) in files {
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        let h = h.finish();
+        if applied.get(&f) != Some(&h) {
+            let (r, e) = crate::api::parse_file(&f, &text);
+            index.apply_file(&f, r, e);
+            applied.insert(f, h);
+        }
+    }
+}
+
 /// Build a world from in-memory files (tests, benchmarks, `validate`).
 pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
     let mut index = Index::new(mesh);
@@ -291,10 +321,12 @@ fn config_loop(
     let mut index = Index::new(mesh);
     let mut changed_at = Instant::now();
     let mut last_errors: Vec<ConfigError> = Vec::new();
+    // Hash of each file's text as last applied: only changed files are parsed again.
+    let mut applied: HashMap<String, u64> = HashMap::new();
     loop {
         match crate::source::file::read_tree(std::slice::from_ref(&dir)) {
             Ok(files) => {
-                index.reset(parse_all(files));
+                apply_changed(&mut index, &mut applied, files);
                 let world = index.snapshot();
                 for e in world.errors.iter().filter(|e| !last_errors.contains(e)) {
                     warn!(file = %e.file, object = %e.object, field = %e.field, reason = %e.reason, "config error");

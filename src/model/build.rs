@@ -165,7 +165,19 @@ fn selected_workloads(
     if selector.is_empty() {
         return out;
     }
-    for r in cx.objects.values().filter(|r| r.key.namespace == ns) {
+    // Keys sort by (kind, namespace, name): a range per kind, not a scan of everything.
+    let of_kind = |kind: Kind| {
+        let start = ObjectKey {
+            kind,
+            namespace: ns.to_string(),
+            name: String::new(),
+        };
+        cx.objects
+            .range(start..)
+            .take_while(move |(k, _)| k.kind == kind && k.namespace == ns)
+            .map(|(_, r)| r)
+    };
+    for r in of_kind(Kind::WorkloadEntry).chain(of_kind(Kind::Pod)) {
         match &r.spec {
             Spec::WorkloadEntry(w) if selects(selector, &w.labels) && !w.address.is_empty() => out
                 .push(Endpoint {

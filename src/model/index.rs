@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::api::ConfigError;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 #[derive(Default)]
 struct FileState {
@@ -22,6 +22,8 @@ pub struct Index {
     objects: BTreeMap<ObjectKey, Arc<Resource>>,
     /// Last version of each object that also passed cross-reference checks.
     accepted: BTreeMap<ObjectKey, Arc<Resource>>,
+    /// The file each served object comes from (the one that defined it first).
+    owners: HashMap<ObjectKey, String>,
     version: u64,
 }
 
@@ -68,6 +70,7 @@ impl Index {
                 });
                 continue;
             }
+            self.owners.insert(r.key.clone(), file.to_string());
             self.objects.insert(r.key.clone(), Arc::new(r));
         }
         let removed: Vec<ObjectKey> = old_keys.difference(&keys).cloned().collect();
@@ -75,6 +78,7 @@ impl Index {
             if errors.is_empty() {
                 self.objects.remove(&k);
                 self.accepted.remove(&k);
+                self.owners.remove(&k);
             } else {
                 // The object may be one of the broken documents: keep serving it.
                 keys.insert(k);
@@ -92,10 +96,12 @@ impl Index {
         for k in &st.keys {
             self.objects.remove(k);
             self.accepted.remove(k);
+            self.owners.remove(k);
         }
         // A duplicate another file was refused for now has no owner: that file takes over.
         let marker = format!("already defined in {file}");
-        for other in self.files.values_mut() {
+        let taken = &mut self.owners;
+        for (name, other) in self.files.iter_mut() {
             let (free, still): (Vec<Resource>, Vec<Resource>) = std::mem::take(&mut other.dups)
                 .into_iter()
                 .partition(|r| st.keys.contains(&r.key));
@@ -106,6 +112,7 @@ impl Index {
                     .errors
                     .retain(|e| !(e.object == obj && e.reason.contains(&marker)));
                 other.keys.insert(r.key.clone());
+                taken.insert(r.key.clone(), name.clone());
                 self.objects.insert(r.key.clone(), Arc::new(r));
             }
         }
@@ -129,10 +136,10 @@ impl Index {
     }
 
     fn owner_of(&self, key: &ObjectKey, except: &str) -> Option<String> {
-        self.files
-            .iter()
-            .find(|(f, st)| f.as_str() != except && st.keys.contains(key))
-            .map(|(f, _)| f.clone())
+        self.owners
+            .get(key)
+            .filter(|f| f.as_str() != except)
+            .cloned()
     }
 
     /// Build the next snapshot. Objects failing cross-reference checks fall back to their

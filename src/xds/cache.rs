@@ -327,6 +327,9 @@ pub struct Generation {
     resolved: Mutex<HashMap<ResolvedKey, (Arc<Resolved>, Keep)>>,
     /// Diffs from an older generation's map to this one's, per (old, new) map.
     diffs: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
+    /// Clusters that held routes/listeners name but the new cluster maps lack, per (holder
+    /// views, cluster maps): the make-before-break check, once per class step.
+    missing: Mutex<HashMap<Vec<usize>, (Arc<Vec<String>>, Vec<View>)>>,
 }
 
 struct Outbound {
@@ -348,6 +351,7 @@ impl Generation {
             route_label_keys: Default::default(),
             resolved: Default::default(),
             diffs: Default::default(),
+            missing: Default::default(),
         };
         let g = Generation {
             route_label_keys: g.world.route_label_keys(),
@@ -456,6 +460,41 @@ impl Generation {
         });
         self.diffs.lock().unwrap().insert(key, d.clone());
         d
+    }
+
+    /// Names the `holders` (routes and listeners a proxy holds) refer to that none of
+    /// `layers` (the clusters it is to get) has.
+    pub fn missing_refs(&self, holders: &[&View], layers: &[Arc<TypeMap>]) -> Arc<Vec<String>> {
+        let memo = holders.iter().all(|h| h.extra.is_empty());
+        let mut key = Vec::new();
+        for h in holders {
+            key.extend(h.layers.iter().map(ptr));
+            key.push(h.filter.as_ref().map(ptr).unwrap_or(0));
+            key.push(usize::MAX);
+        }
+        key.extend(layers.iter().map(ptr));
+        if memo {
+            if let Some((m, _)) = self.missing.lock().unwrap().get(&key) {
+                return m.clone();
+            }
+        }
+        let resolved: Vec<_> = holders.iter().map(|h| h.resolve(self)).collect();
+        let refs: BTreeSet<&str> = resolved
+            .iter()
+            .flat_map(|r| r.items.iter())
+            .flat_map(|r| r.refs.iter().map(String::as_str))
+            .collect();
+        let m = Arc::new(
+            refs.into_iter()
+                .filter(|n| !layers.iter().any(|l| l.contains_key(*n)))
+                .map(str::to_string)
+                .collect::<Vec<_>>(),
+        );
+        if memo {
+            let keep = holders.iter().map(|h| (*h).clone()).collect();
+            self.missing.lock().unwrap().insert(key, (m.clone(), keep));
+        }
+        m
     }
 
     /// Forget per-proxy entries of disconnected proxies (class memos stay).

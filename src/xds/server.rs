@@ -241,20 +241,14 @@ impl Stream {
         if current {
             return v;
         }
-        let gen = &self.published.gen;
-        let held_refs: Vec<_> = [ROUTE, LISTENER]
+        let holders: Vec<&View> = [ROUTE, LISTENER]
             .iter()
             .filter_map(|t| self.held.get(*t))
-            .map(|h| h.resolve(gen))
             .collect();
-        let refs: BTreeSet<&str> = held_refs
+        let missing = self.published.gen.missing_refs(&holders, &v.layers);
+        let mut extra: Vec<_> = missing
             .iter()
-            .flat_map(|r| r.items.iter())
-            .flat_map(|r| r.refs.iter().map(String::as_str))
-            .collect();
-        let mut extra: Vec<_> = refs
-            .into_iter()
-            .filter(|n| v.wanted(n) && v.get(n).is_none())
+            .filter(|n| v.wanted(n))
             .filter_map(|n| held.get(n).cloned())
             .collect();
         extra.sort_by(|a, b| a.name.cmp(&b.name));
