@@ -762,3 +762,42 @@ fn route_classes_ignore_labels_no_rule_looks_at() {
         "and its routes differ (the canary match applies)"
     );
 }
+
+#[test]
+fn endpoint_churn_keeps_route_classes() {
+    let world = |ip: &str, timeout: &str| {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: a}}\nspec:\n  selector: {{app: a}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: a-1}}\nspec:\n  address: {ip}\n  labels: {{app: a}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec:\n  hosts: [a]\n  http:\n  - route: [{{destination: {{host: a}}}}]\n    timeout: {timeout}\n"
+        );
+        let w = pilotfish::app::world_from_files(&[("t.yaml", &yaml)], MeshConfig::default());
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        Arc::new(w)
+    };
+    let proxy = pilotfish::model::Proxy {
+        id: "sidecar~10.9.0.1~p.default~default.svc.cluster.local".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    let g1 = Generation::new(world("10.1.0.1", "1s"));
+    let r1 = g1.for_proxy(&proxy);
+    let g2 = Generation::next(world("10.1.0.2", "1s"), Some(&g1));
+    let r2 = g2.for_proxy(&proxy);
+    let g3 = Generation::next(world("10.1.0.2", "2s"), Some(&g2));
+    let r3 = g3.for_proxy(&proxy);
+    assert!(
+        Arc::ptr_eq(&r1.by_type[ROUTE][0], &r2.by_type[ROUTE][0]),
+        "an endpoint change reuses the route class (nothing rebuilt, nothing resent)"
+    );
+    assert_ne!(
+        r1.values(ENDPOINT)[0].version,
+        r2.values(ENDPOINT)[0].version,
+        "the endpoints did change"
+    );
+    assert!(
+        !Arc::ptr_eq(&r2.by_type[ROUTE][0], &r3.by_type[ROUTE][0]),
+        "a VirtualService change rebuilds routes"
+    );
+    assert_ne!(r2.values(ROUTE)[0].version, r3.values(ROUTE)[0].version);
+}

@@ -326,23 +326,33 @@ fn config_loop(
     loop {
         match crate::source::file::read_tree(std::slice::from_ref(&dir)) {
             Ok(files) => {
+                let t0 = Instant::now();
                 apply_changed(&mut index, &mut applied, files);
+                let t_read = t0.elapsed();
                 let world = index.snapshot();
+                let t_world = t0.elapsed();
                 for e in world.errors.iter().filter(|e| !last_errors.contains(e)) {
                     warn!(file = %e.file, object = %e.object, field = %e.field, reason = %e.reason, "config error");
                 }
                 last_errors = world.errors.clone();
                 metrics.config_errors.set(world.errors.len() as i64);
-                match consistency(&world) {
+                let checked = consistency(&world);
+                let t_check = t0.elapsed();
+                match checked {
                     Ok(()) => {
                         let version = world.version;
-                        let gen = Arc::new(Generation::new(Arc::new(world)));
+                        let prev = tx.borrow().as_ref().map(|p| p.gen.clone());
+                        let gen = Arc::new(Generation::next(Arc::new(world), prev.as_deref()));
                         metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
                         metrics.config_updates.inc();
                         tx.send_replace(Some(Published { gen, changed_at }));
                         info!(
                             version,
                             errors = last_errors.len(),
+                            read_ms = t_read.as_millis() as u64,
+                            world_ms = (t_world - t_read).as_millis() as u64,
+                            check_ms = (t_check - t_world).as_millis() as u64,
+                            generation_ms = (t0.elapsed() - t_check).as_millis() as u64,
                             "configuration published"
                         );
                     }

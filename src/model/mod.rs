@@ -280,6 +280,33 @@ pub struct World {
 }
 
 impl World {
+    /// Whether route generation gives the same output for both worlds: everything it reads
+    /// (services without their endpoints, VirtualServices, DestinationRules, Sidecars, mesh
+    /// settings) is equal. Endpoint churn leaves routes as they were.
+    pub fn same_route_inputs(&self, o: &World) -> bool {
+        self.mesh == o.mesh
+            && self.virtual_services == o.virtual_services
+            && self.destination_rules == o.destination_rules
+            && self.sidecars == o.sidecars
+            && self.services.len() == o.services.len()
+            && self
+                .services
+                .iter()
+                .zip(&o.services)
+                .all(|((ka, a), (kb, b))| {
+                    ka == kb
+                        && (Arc::ptr_eq(a, b)
+                            || (a.hostname == b.hostname
+                                && a.name == b.name
+                                && a.namespace == b.namespace
+                                && a.vips == b.vips
+                                && a.ports == b.ports
+                                && a.resolution == b.resolution
+                                && a.mesh_external == b.mesh_external
+                                && a.origin == b.origin))
+                })
+    }
+
     /// The label keys that can change what a proxy's routes look like: those used by
     /// VirtualService `sourceLabels` and by Sidecar workload selectors. Route generation is
     /// memoized per namespace and these labels only, so pods that differ in other labels

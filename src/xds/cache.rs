@@ -362,6 +362,18 @@ impl Generation {
         g
     }
 
+    /// The generation after `prev`: route classes carry over when nothing routes read
+    /// changed (endpoint churn), so they are neither rebuilt nor resent.
+    pub fn next(world: Arc<World>, prev: Option<&Generation>) -> Generation {
+        let g = Generation::new(world);
+        if let Some(p) = prev {
+            if g.world.same_route_inputs(&p.world) {
+                *g.routes.lock().unwrap() = p.routes.lock().unwrap().clone();
+            }
+        }
+        g
+    }
+
     fn outbound_for(&self, scope: Scope, mtls: bool) -> Arc<Outbound> {
         let mut memo = self.outbound.lock().unwrap();
         let w = &*self.world;
