@@ -13,14 +13,14 @@
 use super::auth::Security;
 use super::cache::{Generation, Names, View};
 use super::status::{ConnStatus, Connections};
-use super::wire::{Plan, Requests};
+use super::wire::{Plan, Requests, SotwRequest};
 use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
 use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf as pbw;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -414,7 +414,7 @@ impl Stream {
     fn sotw_request(
         &mut self,
         types: &mut HashMap<String, SotwType>,
-        req: DiscoveryRequest,
+        req: SotwRequest,
     ) -> Option<Plan> {
         let type_url = req.type_url.clone();
         let ts = types.entry(type_url.clone()).or_default();
@@ -437,11 +437,11 @@ impl Stream {
                 .resource_names
                 .iter()
                 .zip(&ts.names.set)
-                .all(|(a, b)| a == b);
+                .all(|(a, b)| a.as_ref() == b.as_bytes());
         let names = if same_names {
             ts.names.clone()
         } else {
-            Names::intern(req.resource_names.iter().cloned().collect())
+            Names::intern(req.names().collect())
         };
         let wildcard = is_wildcard_type(&type_url) && (names.set.is_empty() || names.contains("*"));
         let changed = !Arc::ptr_eq(&names, &ts.names) || wildcard != ts.wildcard;
@@ -450,7 +450,7 @@ impl Stream {
                 sec.audit(
                     self.identity.as_ref(),
                     &self.proxy,
-                    &req.resource_names,
+                    &req.names().collect::<Vec<_>>(),
                     &self.published.gen.world,
                 );
             }
@@ -709,19 +709,19 @@ struct Sotw;
 struct Delta;
 
 impl Variant for Sotw {
-    type Req = DiscoveryRequest;
+    type Req = SotwRequest;
     type State = SotwType;
     const DELTA: bool = false;
-    fn type_url(r: &mut DiscoveryRequest) -> &mut String {
+    fn type_url(r: &mut SotwRequest) -> &mut String {
         &mut r.type_url
     }
-    fn node(r: &DiscoveryRequest) -> Option<Node> {
+    fn node(r: &SotwRequest) -> Option<Node> {
         r.node.clone()
     }
     fn request(
         st: &mut Stream,
         types: &mut HashMap<String, SotwType>,
-        r: DiscoveryRequest,
+        r: SotwRequest,
     ) -> Option<Plan> {
         st.sotw_request(types, r)
     }
@@ -931,7 +931,7 @@ impl XdsServer {
     pub fn sotw(
         &self,
         head: &Request<()>,
-        body: Requests<DiscoveryRequest>,
+        body: Requests<SotwRequest>,
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
         self.open::<Sotw>(head, body, fixed)
