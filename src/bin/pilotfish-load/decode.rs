@@ -278,7 +278,9 @@ impl Cache {
             .collect::<Result<Vec<_>, _>>()?;
         let d = Arc::new(Decoded::of(t, xs)?);
         let mut g = shard.lock().unwrap();
-        if g.len() > 4_096 {
+        // Small: with incremental EDS/RDS, proxies a generation apart get different
+        // responses, and a large cache of them cost the tool gigabytes under churn.
+        if g.len() > 256 {
             g.clear();
         }
         g.insert(key, d.clone());
