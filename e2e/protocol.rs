@@ -801,3 +801,30 @@ fn endpoint_churn_keeps_route_classes() {
     );
     assert_ne!(r2.values(ROUTE)[0].version, r3.values(ROUTE)[0].version);
 }
+
+#[tokio::test]
+async fn a_proxy_that_has_not_acked_gets_the_newest_state_once_it_does() {
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    // Two changes while the first response is not ACKed: no backlog of pushes.
+    h.publish(&svc_yaml(&["a", "b"]));
+    nothing(&mut rx).await;
+    h.publish(&svc_yaml(&["a", "b", "c"]));
+    nothing(&mut rx).await;
+    tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce))
+        .await
+        .unwrap();
+    // The ACK releases one response with everything that changed meanwhile.
+    let r2 = next(&mut rx).await;
+    let got = names(&r2);
+    for s in ["a", "b", "c"] {
+        let c = format!("outbound|8080||{s}.default.svc.cluster.local");
+        assert!(got.contains(&c), "{c} in {got:?}");
+    }
+    tx.send(req(CLUSTER, &[], &r2.version_info, &r2.nonce))
+        .await
+        .unwrap();
+    nothing(&mut rx).await;
+}

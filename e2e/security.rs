@@ -146,9 +146,17 @@ fn sds(names: &[&str], n: Option<Node>, nonce: &str) -> DiscoveryRequest {
 struct Conn {
     first: Option<DiscoveryResponse>,
     s: Streaming<DiscoveryResponse>,
+    tx: mpsc::Sender<DiscoveryRequest>,
 }
 
 impl Conn {
+    /// ACK a secret response, as Envoy does (the next push waits for it).
+    async fn ack(&self, r: &DiscoveryResponse, names: &[&str]) {
+        let mut req = sds(names, None, &r.nonce);
+        req.version_info = r.version_info.clone();
+        self.tx.send(req).await.unwrap();
+    }
+
     async fn next(&mut self) -> DiscoveryResponse {
         if let Some(m) = self.first.take() {
             return m;
@@ -168,7 +176,6 @@ async fn open(
 ) -> Result<Conn, tonic::Status> {
     let (tx, rx) = mpsc::channel(8);
     tx.send(first).await.unwrap();
-    std::mem::forget(tx);
     let mut req = tonic::Request::new(ReceiverStream::new(rx));
     if let Some(t) = token {
         req.metadata_mut()
@@ -181,8 +188,8 @@ async fn open(
     // Refusals after the first request arrive as the stream's first item.
     match tokio::time::timeout(Duration::from_millis(300), s.message()).await {
         Ok(Err(status)) => Err(status),
-        Ok(Ok(first)) => Ok(Conn { first, s }),
-        Err(_) => Ok(Conn { first: None, s }),
+        Ok(Ok(first)) => Ok(Conn { first, s, tx }),
+        Err(_) => Ok(Conn { first: None, s, tx }),
     }
 }
 
@@ -444,8 +451,7 @@ async fn rotation_pushes_a_new_certificate_before_expiry() {
     .unwrap();
     let r = s.next().await;
     let (_, serial1) = cert_of(&secrets(&r)[0]);
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(4);
-    drop((tx, rx));
+    s.ack(&r, &["default"]).await;
     // Half life is 5 s: the CA's sweep marks it due, the streams are told.
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut serial2 = serial1.clone();

@@ -703,6 +703,8 @@ trait Variant: 'static {
     ) -> Option<Plan>;
     /// Re-evaluate one subscribed type; a response if what the proxy should have changed.
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut Self::State) -> Option<Plan>;
+    /// A response of this type is not ACKed (or NACKed) yet.
+    fn in_flight(ts: &Self::State) -> bool;
 }
 
 struct Sotw;
@@ -728,6 +730,9 @@ impl Variant for Sotw {
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut SotwType) -> Option<Plan> {
         st.sotw_response(type_url, ts, false, true)
     }
+    fn in_flight(ts: &SotwType) -> bool {
+        ts.pending.is_some()
+    }
 }
 
 impl Variant for Delta {
@@ -750,22 +755,39 @@ impl Variant for Delta {
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
         st.delta_response(type_url, ts, &BTreeSet::new())
     }
+    fn in_flight(ts: &DeltaType) -> bool {
+        ts.pending.is_some()
+    }
 }
 
 type Tx = mpsc::Sender<Result<Plan, Status>>;
 
 /// Re-evaluate the given types (those subscribed) and send what changed, in order.
+/// A type whose last response is not ACKed yet is deferred (recorded in `deferred`) and
+/// re-evaluated when the ACK comes, from the newest generation: a slow proxy gets one
+/// response per round trip with everything that changed meanwhile, not a backlog (newest
+/// state wins). A deferred type holds back the types after it in make-before-break order.
 /// Returns false when the client is gone.
 async fn refresh<V: Variant>(
     st: &mut Stream,
     types: &mut HashMap<String, V::State>,
     order: Vec<String>,
+    deferred: &mut BTreeSet<String>,
     tx: &Tx,
 ) -> bool {
+    let mut held_back = false;
     for t in order {
         let Some(mut ts) = types.remove(&t) else {
             continue;
         };
+        let ordered = ORDER.contains(&t.as_str());
+        if V::in_flight(&ts) || (held_back && ordered) {
+            held_back |= ordered;
+            deferred.insert(t.clone());
+            types.insert(t, ts);
+            continue;
+        }
+        deferred.remove(&t);
         let resp = V::refresh(st, &t, &mut ts);
         types.insert(t, ts);
         if let Some(resp) = resp {
@@ -836,6 +858,7 @@ async fn run<V: Variant>(
     };
     drop(node);
     let mut types: HashMap<String, V::State> = HashMap::new();
+    let mut deferred: BTreeSet<String> = BTreeSet::new();
     let mut next = Some(first);
     let mut stop = srv.stop.clone();
     let mut rotation = srv.security.as_ref().map(|s| s.rotation.clone());
@@ -853,16 +876,19 @@ async fn run<V: Variant>(
                 }
             }
             // New routes/listeners were ACKed: clusters kept only for the old ones can go.
-            if std::mem::take(&mut st.refs_acked)
-                && !refresh::<V>(
-                    &mut st,
-                    &mut types,
-                    vec![CLUSTER.into(), ENDPOINT.into()],
-                    &tx,
-                )
-                .await
-            {
-                return;
+            // And types deferred while a response was in flight may go now.
+            let mut again: BTreeSet<String> = std::mem::take(&mut deferred);
+            if std::mem::take(&mut st.refs_acked) {
+                again.extend([CLUSTER.to_string(), ENDPOINT.to_string()]);
+            }
+            if !again.is_empty() {
+                let order = push_order(&types)
+                    .into_iter()
+                    .filter(|t| again.contains(t))
+                    .collect();
+                if !refresh::<V>(&mut st, &mut types, order, &mut deferred, &tx).await {
+                    return;
+                }
             }
         }
         tokio::select! {
@@ -873,7 +899,7 @@ async fn run<V: Variant>(
                 Err(e) => { debug!(proxy = %st.proxy.id, error = %e, "stream error"); return; }
             },
             _ = rotation_changed(&mut rotation) => {
-                if !refresh::<V>(&mut st, &mut types, vec![SECRET.into()], &tx).await { return; }
+                if !refresh::<V>(&mut st, &mut types, vec![SECRET.into()], &mut deferred, &tx).await { return; }
             }
             ch = current.changed() => {
                 if ch.is_err() { return; }
@@ -881,7 +907,7 @@ async fn run<V: Variant>(
                 st.published.gen.forget(&st.proxy);
                 st.published = p;
                 let order = push_order(&types);
-                if !refresh::<V>(&mut st, &mut types, order, &tx).await { return; }
+                if !refresh::<V>(&mut st, &mut types, order, &mut deferred, &tx).await { return; }
             }
         }
     }
