@@ -261,6 +261,8 @@ impl<T: Message + Default> Requests<T> {
                         "request of {len} bytes is over the {MAX_MESSAGE} byte limit"
                     )));
                 }
+                // Grow once to the message's size, not step by step.
+                self.buf.reserve((5 + len).saturating_sub(self.buf.len()));
                 if self.buf.len() >= 5 + len {
                     // Decoded from `Bytes` so `bytes` fields borrow instead of allocating.
                     let msg = T::decode(Bytes::copy_from_slice(&self.buf[5..5 + len]))
