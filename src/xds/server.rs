@@ -432,12 +432,11 @@ impl Stream {
             self.ack(&type_url, &req.version_info, &mut ts.pending);
         }
         // An ACK repeats the names: compare before building (and interning) a new set.
-        let same_names = req.resource_names.len() == ts.names.set.len()
+        let same_names = req.name_bytes().len() == ts.names.set.len()
             && req
-                .resource_names
-                .iter()
+                .name_bytes()
                 .zip(&ts.names.set)
-                .all(|(a, b)| a.as_ref() == b.as_bytes());
+                .all(|(a, b)| a == b.as_bytes());
         let names = if same_names {
             ts.names.clone()
         } else {
@@ -690,7 +689,7 @@ impl Stream {
 
 /// The two protocol variants: what differs between state of the world and delta.
 trait Variant: 'static {
-    type Req: prost::Message + Default + Send + 'static;
+    type Req: super::wire::Decode + Send + 'static;
     type State: Default + Send;
     const DELTA: bool;
     fn type_url(r: &mut Self::Req) -> &mut String;

@@ -234,7 +234,7 @@ pub struct Requests<T> {
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T: Message + Default> Requests<T> {
+impl<T: Decode> Requests<T> {
     pub fn new(body: tonic::body::Body) -> Requests<T> {
         Requests {
             body,
@@ -265,7 +265,7 @@ impl<T: Message + Default> Requests<T> {
                 self.buf.reserve((5 + len).saturating_sub(self.buf.len()));
                 if self.buf.len() >= 5 + len {
                     // Decoded from `Bytes` so `bytes` fields borrow instead of allocating.
-                    let msg = T::decode(Bytes::copy_from_slice(&self.buf[5..5 + len]))
+                    let msg = T::decode_from(Bytes::copy_from_slice(&self.buf[5..5 + len]))
                         .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
                     if self.buf.len() == 5 + len {
                         if self.buf.capacity() > 16 * 1024 {
@@ -299,33 +299,99 @@ impl<T: Message + Default> Requests<T> {
     }
 }
 
-/// A state-of-the-world request as the server reads it: wire-compatible with
-/// `DiscoveryRequest`, but the resource names are slices of the received message instead of
-/// one `String` each. Envoy repeats every name (6,000 endpoint names here) in every ACK;
-/// allocating them all was the largest CPU cost under endpoint churn.
-#[derive(Clone, PartialEq, prost::Message)]
+/// A message the request decoder can build from one received gRPC message.
+pub trait Decode: Sized {
+    /// The message, or what is wrong with it.
+    fn decode_from(b: Bytes) -> Result<Self, String>;
+}
+
+impl Decode for DiscoveryRequest {
+    fn decode_from(b: Bytes) -> Result<Self, String> {
+        Message::decode(b).map_err(|e| e.to_string())
+    }
+}
+
+impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+    fn decode_from(b: Bytes) -> Result<Self, String> {
+        Message::decode(b).map_err(|e| e.to_string())
+    }
+}
+
+/// A state-of-the-world request as the server reads it: the fields of `DiscoveryRequest`,
+/// but the resource names stay where they are in the received message (offsets, not one
+/// `String` or `Bytes` each). Envoy repeats every name (6,000 endpoint names here) in every
+/// ACK; allocating them was the largest CPU cost under endpoint churn.
+#[derive(Debug, Default)]
 pub struct SotwRequest {
-    #[prost(string, tag = "1")]
     pub version_info: String,
-    #[prost(message, optional, tag = "2")]
     pub node: Option<envoy_types::pb::envoy::config::core::v3::Node>,
-    #[prost(bytes = "bytes", repeated, tag = "3")]
-    pub resource_names: Vec<Bytes>,
-    #[prost(string, tag = "4")]
     pub type_url: String,
-    #[prost(string, tag = "5")]
     pub response_nonce: String,
-    #[prost(message, optional, tag = "6")]
     pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
+    raw: Bytes,
+    /// (offset, length) of each resource name in `raw`.
+    names: Vec<(u32, u32)>,
 }
 
 impl SotwRequest {
+    /// The resource names, as received.
+    pub fn name_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.names
+            .iter()
+            .map(|&(o, l)| &self.raw[o as usize..(o + l) as usize])
+    }
+
     /// The names as strings (invalid UTF-8 replaced; Envoy sends UTF-8).
     pub fn names(&self) -> impl Iterator<Item = String> + '_ {
-        self.resource_names
-            .iter()
+        self.name_bytes()
             .map(|b| String::from_utf8_lossy(b).into_owned())
     }
+}
+
+impl Decode for SotwRequest {
+    fn decode_from(raw: Bytes) -> Result<Self, String> {
+        decode_sotw(raw).map_err(|e| e.to_string())
+    }
+}
+
+fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
+    use bytes::Buf;
+    use prost::encoding::{decode_key, decode_varint, message, skip_field, string};
+    let ctx = prost::encoding::DecodeContext::default;
+    let mut r = SotwRequest::default();
+    let mut buf: &[u8] = &raw[..];
+    while buf.has_remaining() {
+        let (tag, wt) = decode_key(&mut buf)?;
+        match tag {
+            1 => string::merge(wt, &mut r.version_info, &mut buf, ctx())?,
+            2 => message::merge(
+                wt,
+                r.node.get_or_insert_with(Default::default),
+                &mut buf,
+                ctx(),
+            )?,
+            3 if wt == WireType::LengthDelimited => {
+                let len = decode_varint(&mut buf)? as usize;
+                if len > buf.len() {
+                    return Err("resource name past the end of the request".into());
+                }
+                let off = raw.len() - buf.len();
+                r.names.push((off as u32, len as u32));
+                buf.advance(len);
+            }
+            4 => string::merge(wt, &mut r.type_url, &mut buf, ctx())?,
+            5 => string::merge(wt, &mut r.response_nonce, &mut buf, ctx())?,
+            6 => message::merge(
+                wt,
+                r.error_detail.get_or_insert_with(Default::default),
+                &mut buf,
+                ctx(),
+            )?,
+            _ => skip_field(wt, tag, &mut buf, ctx())?,
+        }
+    }
+    r.raw = raw;
+    Ok(r)
 }
 
 /// Which gRPC service a [`XdsService`] answers: ADS or one of the per-type services.
@@ -492,4 +558,45 @@ async fn fetch(
     let (tx, rx) = mpsc::channel(1);
     let _ = tx.try_send(Ok(Plan::raw(resp.encode_to_vec())));
     Ok(response(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::ResourceLocator;
+
+    #[test]
+    fn sotw_request_reads_every_field_and_keeps_names_in_place() {
+        let full = DiscoveryRequest {
+            version_info: "v1".into(),
+            node: Some(Node {
+                id: "sidecar~10.0.0.1~p.ns~ns.svc.cluster.local".into(),
+                ..Default::default()
+            }),
+            resource_names: vec!["a".into(), "bé".into(), String::new()],
+            resource_locators: vec![ResourceLocator {
+                name: "ignored".into(),
+                ..Default::default()
+            }],
+            type_url: super::super::ENDPOINT.into(),
+            response_nonce: "7".into(),
+            error_detail: Some(envoy_types::pb::google::rpc::Status {
+                code: 3,
+                message: "bad".into(),
+                ..Default::default()
+            }),
+        };
+        let r = SotwRequest::decode_from(Bytes::from(full.encode_to_vec())).unwrap();
+        assert_eq!(r.version_info, "v1");
+        assert_eq!(r.node.as_ref().unwrap().id, full.node.as_ref().unwrap().id);
+        assert_eq!(r.type_url, full.type_url);
+        assert_eq!(r.response_nonce, "7");
+        assert_eq!(r.error_detail.as_ref().unwrap().message, "bad");
+        assert_eq!(r.names().collect::<Vec<_>>(), full.resource_names);
+        // A name running past the end is an error, not a panic.
+        let mut bad = full.encode_to_vec();
+        bad.truncate(bad.len() - 3);
+        assert!(SotwRequest::decode_from(Bytes::from(bad)).is_err());
+    }
 }
