@@ -542,15 +542,16 @@ impl Stream {
             },
         };
         // Names just subscribed are always answered (or reported removed).
-        for n in forced {
-            match cur.get(n) {
-                Some(r) => {
-                    if !changed.iter().any(|c| c.name == *n) {
-                        changed.push(r.clone());
-                    }
+        if !forced.is_empty() {
+            let have: std::collections::HashSet<String> =
+                changed.iter().map(|c| c.name.clone()).collect();
+            for n in forced {
+                match cur.get(n) {
+                    Some(r) if !have.contains(n) => changed.push(r.clone()),
+                    Some(_) => {}
+                    None if n != "*" => removed.push(n.clone()),
+                    None => {}
                 }
-                None if n != "*" => removed.push(n.clone()),
-                None => {}
             }
         }
         changed.sort_by(|a, b| a.name.cmp(&b.name));
