@@ -587,7 +587,7 @@ impl Stream {
     fn delta_request(
         &mut self,
         types: &mut HashMap<String, DeltaType>,
-        req: DeltaDiscoveryRequest,
+        mut req: DeltaDiscoveryRequest,
     ) -> Option<Plan> {
         let type_url = req.type_url.clone();
         let mut ts = types.remove(&type_url).unwrap_or_default();
@@ -614,7 +614,7 @@ impl Stream {
         let mut forced = BTreeSet::new();
         if !ts.started {
             ts.started = true;
-            ts.claims = Some(req.initial_resource_versions.clone().into_iter().collect());
+            ts.claims = Some(std::mem::take(&mut req.initial_resource_versions));
             if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
                 ts.wildcard = true;
             }
@@ -636,8 +636,9 @@ impl Stream {
                     ts.wildcard = true;
                 } else {
                     set.insert(n.clone());
-                    // Always answered, even if we think the client has it.
-                    if !req.initial_resource_versions.contains_key(n) {
+                    // Always answered, even if we think the client has it (unless the
+                    // client said on this first request which version it holds).
+                    if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
                         forced.insert(n.clone());
                     }
                 }
