@@ -307,6 +307,8 @@ struct LayerDiff {
 }
 
 type ResolvedKey = (Vec<usize>, usize);
+/// Missing names, and the views they were computed for (kept alive: their addresses key it).
+type MissingEntry = (Arc<Vec<String>>, Vec<View>);
 type Keep = (Option<Arc<Names>>, Vec<Arc<TypeMap>>);
 
 /// Everything derived from one World.
@@ -329,7 +331,7 @@ pub struct Generation {
     diffs: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
     /// Clusters that held routes/listeners name but the new cluster maps lack, per (holder
     /// views, cluster maps): the make-before-break check, once per class step.
-    missing: Mutex<HashMap<Vec<usize>, (Arc<Vec<String>>, Vec<View>)>>,
+    missing: Mutex<HashMap<Vec<usize>, MissingEntry>>,
 }
 
 struct Outbound {

@@ -10,18 +10,19 @@
 //! resources never resent; content-derived versions; `Unavailable` before the first load;
 //! a slow stream only ever blocks its own task (newest generation wins).
 
+mod delta;
+mod sotw;
+
 use super::auth::Security;
 use super::cache::{Generation, Names, View};
 use super::status::{ConnStatus, Connections};
 use super::wire::{Plan, Requests, SotwRequest};
-use super::{is_wildcard_type, short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
+use super::{short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
 use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf as pbw;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -300,15 +301,8 @@ impl Stream {
         });
     }
 
-    fn sent(
-        &self,
-        type_url: &str,
-        version: &str,
-        nonce: &str,
-        n: usize,
-        bytes: usize,
-        started: Instant,
-    ) {
+    fn sent(&self, type_url: &str, version: &str, nonce: &str, plan: &Plan, started: Instant) {
+        let (n, bytes) = (plan.resources(), plan.payload_bytes());
         let m = &self.srv.metrics;
         let label = crate::metrics::TypeLabel {
             r#type: short(type_url).to_string(),
@@ -336,149 +330,6 @@ impl Drop for Stream {
     }
 }
 
-// ---------------------------------------------------------------- state of the world
-
-#[derive(Default)]
-struct SotwType {
-    /// Names asked for (interned; shared by every proxy asking for the same set).
-    names: Arc<Names>,
-    wildcard: bool,
-    nonce: String,
-    version: String,
-    /// Set when a response is in flight: the change time, for convergence to ACK.
-    pending: Option<Instant>,
-}
-
-/// Types whose state-of-the-world responses may carry only what changed: Envoy keeps the
-/// resources of these types that a response leaves out (incremental EDS, as Istio does).
-/// Clusters and listeners always carry the full set (a missing name means deleted).
-fn partial_ok(type_url: &str) -> bool {
-    type_url == ENDPOINT || type_url == ROUTE
-}
-
-impl Stream {
-    /// The response for a type, if the proxy's version differs (or `force`). `partial`: only
-    /// resources the proxy does not hold yet, where the type allows it.
-    fn sotw_response(
-        &mut self,
-        type_url: &str,
-        ts: &mut SotwType,
-        force: bool,
-        partial: bool,
-    ) -> Option<Plan> {
-        let started = Instant::now();
-        let gen = self.published.gen.clone();
-        let filter = (!ts.wildcard).then(|| ts.names.clone());
-        let cur = self.view(type_url, filter);
-        let resolved = cur.resolve(&gen);
-        if resolved.version == ts.version && !force {
-            // Same content, maybe newer maps: remember those (cheaper diffs later).
-            self.held.insert(type_url.to_string(), cur);
-            return None;
-        }
-        let mut items = Vec::new();
-        if partial && !force && partial_ok(type_url) {
-            if let Some(old) = self.held.get(type_url) {
-                items = cur.diff(old, &gen).0;
-            }
-        }
-        if items.is_empty() {
-            items = resolved.items.clone();
-        }
-        let nonce = self.next_nonce();
-        let version = resolved.version.clone();
-        self.held.insert(type_url.to_string(), cur);
-        ts.version = version.clone();
-        ts.nonce = nonce.clone();
-        ts.pending = Some(self.published.changed_at);
-        let head = DiscoveryResponse {
-            version_info: version.clone(),
-            type_url: type_url.to_string(),
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
-        let plan = Plan::sotw(&head, items);
-        self.sent(
-            type_url,
-            &version,
-            &nonce,
-            plan.resources(),
-            plan.payload_bytes(),
-            started,
-        );
-        debug!(proxy = %self.proxy.id, r#type = short(type_url), %version, n = plan.resources(), "push");
-        Some(plan)
-    }
-
-    /// Handle one request; returns a response to send, if any.
-    fn sotw_request(
-        &mut self,
-        types: &mut HashMap<String, SotwType>,
-        req: SotwRequest,
-    ) -> Option<Plan> {
-        let type_url = req.type_url.clone();
-        let ts = types.entry(type_url.clone()).or_default();
-        let first = ts.nonce.is_empty() && ts.version.is_empty();
-        if !req.response_nonce.is_empty() && req.response_nonce != ts.nonce {
-            self.srv.metrics.stale_nonces.inc();
-            debug!(proxy = %self.proxy.id, r#type = short(&type_url), nonce = %req.response_nonce, "stale nonce ignored");
-            return None;
-        }
-        let mut ts = std::mem::take(ts);
-        if let Some(err) = &req.error_detail {
-            self.nack(&type_url, &ts.version, &err.message);
-            ts.pending = None;
-        } else if !req.response_nonce.is_empty() {
-            self.ack(&type_url, &req.version_info, &mut ts.pending);
-        }
-        // An ACK repeats the names: compare before building (and interning) a new set.
-        let same_names = req.name_bytes().len() == ts.names.set.len()
-            && req
-                .name_bytes()
-                .zip(&ts.names.set)
-                .all(|(a, b)| a == b.as_bytes());
-        let names = if same_names {
-            ts.names.clone()
-        } else {
-            Names::intern(req.names().collect())
-        };
-        let wildcard = is_wildcard_type(&type_url) && (names.set.is_empty() || names.contains("*"));
-        let changed = !Arc::ptr_eq(&names, &ts.names) || wildcard != ts.wildcard;
-        if type_url == SECRET && changed {
-            if let Some(sec) = &self.srv.security {
-                sec.audit(
-                    self.identity.as_ref(),
-                    &self.proxy,
-                    &req.names().collect::<Vec<_>>(),
-                    &self.published.gen.world,
-                );
-            }
-        }
-        ts.names = names;
-        ts.wildcard = wildcard;
-        let resp = if first {
-            // A reconnecting proxy that already has our current version needs nothing.
-            let filter = (!ts.wildcard).then(|| ts.names.clone());
-            let cur = self.view(&type_url, filter);
-            let current = cur.resolve(&self.published.gen).version.clone();
-            if !req.version_info.is_empty() && req.version_info == current {
-                ts.version = current;
-                self.held.insert(type_url.clone(), cur);
-                self.update_status(&type_url, |t| t.acked_version = req.version_info.clone());
-                None
-            } else {
-                self.sotw_response(&type_url, &mut ts, true, false)
-            }
-        } else if changed {
-            self.sotw_response(&type_url, &mut ts, false, false)
-        } else {
-            None
-        };
-        types.insert(type_url, ts);
-        resp
-    }
-}
-
 /// Resolves when certificates may have rotated; never, without a CA.
 async fn rotation_changed(r: &mut Option<watch::Receiver<u64>>) {
     if let Some(r) = r {
@@ -493,200 +344,6 @@ fn peer_of<T>(r: &Request<T>) -> String {
     r.remote_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into())
-}
-
-// ---------------------------------------------------------------- delta
-
-#[derive(Default)]
-struct DeltaType {
-    subscribed: Arc<Names>,
-    wildcard: bool,
-    /// What a reconnecting client said it holds (name → version), until the first answer.
-    /// After that, what it holds is `Stream::held` (everything sent is what it has).
-    claims: Option<HashMap<String, String>>,
-    nonce: String,
-    started: bool,
-    pending: Option<Instant>,
-}
-
-impl Stream {
-    fn delta_response(
-        &mut self,
-        type_url: &str,
-        ts: &mut DeltaType,
-        forced: &BTreeSet<String>,
-    ) -> Option<Plan> {
-        let started = Instant::now();
-        let gen = self.published.gen.clone();
-        let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
-        let cur = self.view(type_url, filter);
-        let (mut changed, mut removed) = match ts.claims.take() {
-            Some(claims) => {
-                let all = cur.resolve(&gen);
-                let changed = all
-                    .items
-                    .iter()
-                    .filter(|r| claims.get(&r.name) != Some(&r.version))
-                    .cloned()
-                    .collect();
-                let removed = claims
-                    .keys()
-                    .filter(|n| cur.get(n).is_none())
-                    .cloned()
-                    .collect();
-                (changed, removed)
-            }
-            None => match self.held.get(type_url) {
-                Some(old) => cur.diff(old, &gen),
-                None => (cur.resolve(&gen).items.clone(), Vec::new()),
-            },
-        };
-        // Names just subscribed are always answered (or reported removed).
-        if !forced.is_empty() {
-            let have: std::collections::HashSet<String> =
-                changed.iter().map(|c| c.name.clone()).collect();
-            for n in forced {
-                match cur.get(n) {
-                    Some(r) if !have.contains(n) => changed.push(r.clone()),
-                    Some(_) => {}
-                    None if n != "*" => removed.push(n.clone()),
-                    None => {}
-                }
-            }
-        }
-        changed.sort_by(|a, b| a.name.cmp(&b.name));
-        removed.sort();
-        removed.dedup();
-        let version = cur.resolve(&gen).version.clone();
-        self.held.insert(type_url.to_string(), cur);
-        if changed.is_empty() && removed.is_empty() {
-            return None;
-        }
-        let nonce = self.next_nonce();
-        ts.nonce = nonce.clone();
-        ts.pending = Some(self.published.changed_at);
-        let head = DeltaDiscoveryResponse {
-            system_version_info: version.clone(),
-            type_url: type_url.to_string(),
-            removed_resources: removed,
-            nonce: nonce.clone(),
-            ..Default::default()
-        };
-        let plan = Plan::delta(&head, changed);
-        self.sent(
-            type_url,
-            &version,
-            &nonce,
-            plan.resources(),
-            plan.payload_bytes(),
-            started,
-        );
-        Some(plan)
-    }
-
-    fn delta_request(
-        &mut self,
-        types: &mut HashMap<String, DeltaType>,
-        mut req: DeltaDiscoveryRequest,
-    ) -> Option<Plan> {
-        let type_url = req.type_url.clone();
-        let mut ts = types.remove(&type_url).unwrap_or_default();
-        let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
-        let sent_version = || {
-            self.status
-                .lock()
-                .unwrap()
-                .types
-                .get(short(&type_url))
-                .map(|t| t.sent_version.clone())
-                .unwrap_or_default()
-        };
-        if stale {
-            self.srv.metrics.stale_nonces.inc();
-        } else if let Some(err) = &req.error_detail {
-            let v = sent_version();
-            self.nack(&type_url, &v, &err.message);
-            ts.pending = None;
-        } else if !req.response_nonce.is_empty() {
-            let v = sent_version();
-            self.ack(&type_url, &v, &mut ts.pending);
-        }
-        let mut forced = BTreeSet::new();
-        if !ts.started {
-            ts.started = true;
-            ts.claims = Some(std::mem::take(&mut req.initial_resource_versions));
-            if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
-                ts.wildcard = true;
-            }
-        }
-        if type_url == SECRET {
-            if let Some(sec) = &self.srv.security {
-                sec.audit(
-                    self.identity.as_ref(),
-                    &self.proxy,
-                    &req.resource_names_subscribe,
-                    &self.published.gen.world,
-                );
-            }
-        }
-        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
-            let mut set = ts.subscribed.set.clone();
-            for n in &req.resource_names_subscribe {
-                if n == "*" {
-                    ts.wildcard = true;
-                } else {
-                    set.insert(n.clone());
-                    // Always answered, even if we think the client has it (unless the
-                    // client said on this first request which version it holds).
-                    if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
-                        forced.insert(n.clone());
-                    }
-                }
-            }
-            let mut dropped = Vec::new();
-            for n in &req.resource_names_unsubscribe {
-                if n == "*" {
-                    ts.wildcard = false;
-                } else if set.remove(n) {
-                    dropped.push(n.as_str());
-                }
-            }
-            ts.subscribed = Names::intern(set);
-            // The client forgets what it unsubscribed from: no removal is due for it.
-            if let Some(c) = &mut ts.claims {
-                for n in &dropped {
-                    c.remove(*n);
-                }
-            }
-            if !dropped.is_empty() {
-                if let Some(h) = self.held.get_mut(&type_url) {
-                    if h.filter.is_some() {
-                        let kept: BTreeSet<String> = h
-                            .filter
-                            .iter()
-                            .flat_map(|f| f.set.iter())
-                            .filter(|n| !dropped.contains(&n.as_str()))
-                            .cloned()
-                            .collect();
-                        h.filter = Some(Names::intern(kept));
-                        h.extra.retain(|r| !dropped.contains(&r.name.as_str()));
-                    }
-                }
-            }
-        }
-        let resp = if stale && forced.is_empty() && req.resource_names_unsubscribe.is_empty() {
-            None
-        } else if req.response_nonce.is_empty()
-            || !forced.is_empty()
-            || !req.resource_names_unsubscribe.is_empty()
-        {
-            self.delta_response(&type_url, &mut ts, &forced)
-        } else {
-            None
-        };
-        types.insert(type_url, ts);
-        resp
-    }
 }
 
 /// The two protocol variants: what differs between state of the world and delta.
@@ -706,59 +363,6 @@ trait Variant: 'static {
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut Self::State) -> Option<Plan>;
     /// A response of this type is not ACKed (or NACKed) yet.
     fn in_flight(ts: &Self::State) -> bool;
-}
-
-struct Sotw;
-struct Delta;
-
-impl Variant for Sotw {
-    type Req = SotwRequest;
-    type State = SotwType;
-    const DELTA: bool = false;
-    fn type_url(r: &mut SotwRequest) -> &mut String {
-        &mut r.type_url
-    }
-    fn node(r: &SotwRequest) -> Option<Node> {
-        r.node.clone()
-    }
-    fn request(
-        st: &mut Stream,
-        types: &mut HashMap<String, SotwType>,
-        r: SotwRequest,
-    ) -> Option<Plan> {
-        st.sotw_request(types, r)
-    }
-    fn refresh(st: &mut Stream, type_url: &str, ts: &mut SotwType) -> Option<Plan> {
-        st.sotw_response(type_url, ts, false, true)
-    }
-    fn in_flight(ts: &SotwType) -> bool {
-        ts.pending.is_some()
-    }
-}
-
-impl Variant for Delta {
-    type Req = DeltaDiscoveryRequest;
-    type State = DeltaType;
-    const DELTA: bool = true;
-    fn type_url(r: &mut DeltaDiscoveryRequest) -> &mut String {
-        &mut r.type_url
-    }
-    fn node(r: &DeltaDiscoveryRequest) -> Option<Node> {
-        r.node.clone()
-    }
-    fn request(
-        st: &mut Stream,
-        types: &mut HashMap<String, DeltaType>,
-        r: DeltaDiscoveryRequest,
-    ) -> Option<Plan> {
-        st.delta_request(types, r)
-    }
-    fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
-        st.delta_response(type_url, ts, &BTreeSet::new())
-    }
-    fn in_flight(ts: &DeltaType) -> bool {
-        ts.pending.is_some()
-    }
 }
 
 type Tx = mpsc::Sender<Result<Plan, Status>>;
@@ -961,7 +565,7 @@ impl XdsServer {
         body: Requests<SotwRequest>,
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
-        self.open::<Sotw>(head, body, fixed)
+        self.open::<sotw::Sotw>(head, body, fixed)
     }
 
     /// A delta stream (ADS, or one type when `fixed`).
@@ -971,6 +575,6 @@ impl XdsServer {
         body: Requests<DeltaDiscoveryRequest>,
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
-        self.open::<Delta>(head, body, fixed)
+        self.open::<delta::Delta>(head, body, fixed)
     }
 }

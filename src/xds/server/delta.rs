@@ -1,0 +1,225 @@
+//! Delta (incremental) xDS: per-type state of a stream, requests and responses.
+
+use super::{Stream, Variant};
+use crate::xds::cache::Names;
+use crate::xds::wire::Plan;
+use crate::xds::{is_wildcard_type, short, SECRET};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Default)]
+pub(super) struct DeltaType {
+    subscribed: Arc<Names>,
+    wildcard: bool,
+    /// What a reconnecting client said it holds (name → version), until the first answer.
+    /// After that, what it holds is `Stream::held` (everything sent is what it has).
+    claims: Option<HashMap<String, String>>,
+    nonce: String,
+    started: bool,
+    pending: Option<Instant>,
+}
+
+impl Stream {
+    fn delta_response(
+        &mut self,
+        type_url: &str,
+        ts: &mut DeltaType,
+        forced: &BTreeSet<String>,
+    ) -> Option<Plan> {
+        let started = Instant::now();
+        let gen = self.published.gen.clone();
+        let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
+        let cur = self.view(type_url, filter);
+        let (mut changed, mut removed) = match ts.claims.take() {
+            Some(claims) => {
+                let all = cur.resolve(&gen);
+                let changed = all
+                    .items
+                    .iter()
+                    .filter(|r| claims.get(&r.name) != Some(&r.version))
+                    .cloned()
+                    .collect();
+                let removed = claims
+                    .keys()
+                    .filter(|n| cur.get(n).is_none())
+                    .cloned()
+                    .collect();
+                (changed, removed)
+            }
+            None => match self.held.get(type_url) {
+                Some(old) => cur.diff(old, &gen),
+                None => (cur.resolve(&gen).items.clone(), Vec::new()),
+            },
+        };
+        // Names just subscribed are always answered (or reported removed).
+        if !forced.is_empty() {
+            let have: std::collections::HashSet<String> =
+                changed.iter().map(|c| c.name.clone()).collect();
+            for n in forced {
+                match cur.get(n) {
+                    Some(r) if !have.contains(n) => changed.push(r.clone()),
+                    Some(_) => {}
+                    None if n != "*" => removed.push(n.clone()),
+                    None => {}
+                }
+            }
+        }
+        changed.sort_by(|a, b| a.name.cmp(&b.name));
+        removed.sort();
+        removed.dedup();
+        let version = cur.resolve(&gen).version.clone();
+        self.held.insert(type_url.to_string(), cur);
+        if changed.is_empty() && removed.is_empty() {
+            return None;
+        }
+        let nonce = self.next_nonce();
+        ts.nonce = nonce.clone();
+        ts.pending = Some(self.published.changed_at);
+        let head = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: nonce.clone(),
+            ..Default::default()
+        };
+        let plan = Plan::delta(&head, changed);
+        self.sent(type_url, &version, &nonce, &plan, started);
+        Some(plan)
+    }
+
+    fn delta_request(
+        &mut self,
+        types: &mut HashMap<String, DeltaType>,
+        mut req: DeltaDiscoveryRequest,
+    ) -> Option<Plan> {
+        let type_url = req.type_url.clone();
+        let mut ts = types.remove(&type_url).unwrap_or_default();
+        let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
+        let sent_version = || {
+            self.status
+                .lock()
+                .unwrap()
+                .types
+                .get(short(&type_url))
+                .map(|t| t.sent_version.clone())
+                .unwrap_or_default()
+        };
+        if stale {
+            self.srv.metrics.stale_nonces.inc();
+        } else if let Some(err) = &req.error_detail {
+            let v = sent_version();
+            self.nack(&type_url, &v, &err.message);
+            ts.pending = None;
+        } else if !req.response_nonce.is_empty() {
+            let v = sent_version();
+            self.ack(&type_url, &v, &mut ts.pending);
+        }
+        let mut forced = BTreeSet::new();
+        if !ts.started {
+            ts.started = true;
+            ts.claims = Some(std::mem::take(&mut req.initial_resource_versions));
+            if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
+                ts.wildcard = true;
+            }
+        }
+        if type_url == SECRET {
+            if let Some(sec) = &self.srv.security {
+                sec.audit(
+                    self.identity.as_ref(),
+                    &self.proxy,
+                    &req.resource_names_subscribe,
+                    &self.published.gen.world,
+                );
+            }
+        }
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
+            let mut set = ts.subscribed.set.clone();
+            for n in &req.resource_names_subscribe {
+                if n == "*" {
+                    ts.wildcard = true;
+                } else {
+                    set.insert(n.clone());
+                    // Always answered, even if we think the client has it (unless the
+                    // client said on this first request which version it holds).
+                    if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
+                        forced.insert(n.clone());
+                    }
+                }
+            }
+            let mut dropped = Vec::new();
+            for n in &req.resource_names_unsubscribe {
+                if n == "*" {
+                    ts.wildcard = false;
+                } else if set.remove(n) {
+                    dropped.push(n.as_str());
+                }
+            }
+            ts.subscribed = Names::intern(set);
+            // The client forgets what it unsubscribed from: no removal is due for it.
+            if let Some(c) = &mut ts.claims {
+                for n in &dropped {
+                    c.remove(*n);
+                }
+            }
+            if !dropped.is_empty() {
+                if let Some(h) = self.held.get_mut(&type_url) {
+                    if h.filter.is_some() {
+                        let kept: BTreeSet<String> = h
+                            .filter
+                            .iter()
+                            .flat_map(|f| f.set.iter())
+                            .filter(|n| !dropped.contains(&n.as_str()))
+                            .cloned()
+                            .collect();
+                        h.filter = Some(Names::intern(kept));
+                        h.extra.retain(|r| !dropped.contains(&r.name.as_str()));
+                    }
+                }
+            }
+        }
+        let resp = if stale && forced.is_empty() && req.resource_names_unsubscribe.is_empty() {
+            None
+        } else if req.response_nonce.is_empty()
+            || !forced.is_empty()
+            || !req.resource_names_unsubscribe.is_empty()
+        {
+            self.delta_response(&type_url, &mut ts, &forced)
+        } else {
+            None
+        };
+        types.insert(type_url, ts);
+        resp
+    }
+}
+
+pub(super) struct Delta;
+
+impl Variant for Delta {
+    type Req = DeltaDiscoveryRequest;
+    type State = DeltaType;
+    const DELTA: bool = true;
+    fn type_url(r: &mut DeltaDiscoveryRequest) -> &mut String {
+        &mut r.type_url
+    }
+    fn node(r: &DeltaDiscoveryRequest) -> Option<Node> {
+        r.node.clone()
+    }
+    fn request(
+        st: &mut Stream,
+        types: &mut HashMap<String, DeltaType>,
+        r: DeltaDiscoveryRequest,
+    ) -> Option<Plan> {
+        st.delta_request(types, r)
+    }
+    fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
+        st.delta_response(type_url, ts, &BTreeSet::new())
+    }
+    fn in_flight(ts: &DeltaType) -> bool {
+        ts.pending.is_some()
+    }
+}
