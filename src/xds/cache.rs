@@ -69,8 +69,11 @@ impl ProxyResources {
     }
 
     /// The shared maps of a type (empty for a type this proxy has none of).
-    pub fn layers(&self, type_url: &str) -> Vec<Arc<TypeMap>> {
-        self.by_type.get(type_url).cloned().unwrap_or_default()
+    pub fn layers(&self, type_url: &str) -> &[Arc<TypeMap>] {
+        self.by_type
+            .get(type_url)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn contains(&self, type_url: &str, name: &str) -> bool {
@@ -88,7 +91,7 @@ impl ProxyResources {
 }
 
 /// Version of a set of resources: a hash of their names and versions.
-pub fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
+fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
     let mut h = Sha256::new();
     for r in items {
         h.update(r.name.as_bytes());
@@ -171,7 +174,7 @@ impl View {
 
     /// Same layers, filter and kept resources: nothing differs.
     pub fn same(&self, o: &View) -> bool {
-        self.same_layers(o)
+        self.same_layers(&o.layers)
             && self.same_shape(o)
             && self.extra.len() == o.extra.len()
             && self
@@ -191,12 +194,12 @@ impl View {
             }
     }
 
-    pub fn same_layers(&self, o: &View) -> bool {
-        self.layers.len() == o.layers.len()
+    pub fn same_layers(&self, layers: &[Arc<TypeMap>]) -> bool {
+        self.layers.len() == layers.len()
             && self
                 .layers
                 .iter()
-                .zip(&o.layers)
+                .zip(layers)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
     }
 
@@ -322,7 +325,6 @@ pub struct Generation {
     routes: Mutex<HashMap<RouteKey, Arc<TypeMap>>>,
     /// Inbound clusters and listener per inbound key (its whole input).
     inbound: Mutex<HashMap<translate::listener::InboundKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
-    per_proxy: Mutex<HashMap<Proxy, Arc<ProxyResources>>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
     /// Resolved views (sorted resources + version) per (layers, filter).
@@ -349,7 +351,6 @@ impl Generation {
             outbound: Default::default(),
             routes: Default::default(),
             inbound: Default::default(),
-            per_proxy: Default::default(),
             route_label_keys: Default::default(),
             resolved: Default::default(),
             diffs: Default::default(),
@@ -394,11 +395,9 @@ impl Generation {
             .clone()
     }
 
-    /// The resources for one proxy, memoized.
+    /// The resources for one proxy: pointers to its classes' maps (built on first use).
+    /// A stream keeps the result for as long as it serves this generation.
     pub fn for_proxy(&self, proxy: &Proxy) -> Arc<ProxyResources> {
-        if let Some(r) = self.per_proxy.lock().unwrap().get(proxy) {
-            return r.clone();
-        }
         let w = &*self.world;
         let out = self.outbound_for(w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
         // Routes depend on the namespace and the route-relevant labels only; generating for a
@@ -441,12 +440,7 @@ impl Generation {
         by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
         by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
         by_type.insert(ROUTE, vec![routes]);
-        let res = Arc::new(ProxyResources { by_type });
-        self.per_proxy
-            .lock()
-            .unwrap()
-            .insert(proxy.clone(), res.clone());
-        res
+        Arc::new(ProxyResources { by_type })
     }
 
     fn layer_diff(&self, old: &Arc<TypeMap>, new: &Arc<TypeMap>) -> Arc<LayerDiff> {
@@ -509,11 +503,6 @@ impl Generation {
             self.missing.lock().unwrap().insert(key, (m.clone(), keep));
         }
         m
-    }
-
-    /// Forget per-proxy entries of disconnected proxies (class memos stay).
-    pub fn forget(&self, proxy: &Proxy) {
-        self.per_proxy.lock().unwrap().remove(proxy);
     }
 }
 

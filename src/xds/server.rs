@@ -14,7 +14,7 @@ mod delta;
 mod sotw;
 
 use super::auth::Security;
-use super::cache::{Generation, Names, View};
+use super::cache::{Generation, Names, ProxyResources, View};
 use super::status::{ConnStatus, Connections};
 use super::wire::{Plan, Requests, SotwRequest};
 use super::{short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
@@ -150,6 +150,8 @@ struct Stream {
     nonce: u64,
     /// What the proxy holds (was last sent), per type: shared layers, not copies.
     held: HashMap<String, View>,
+    /// This proxy's maps in `published` (None until first needed).
+    class: Option<Arc<ProxyResources>>,
     /// The identity the stream authenticated as (None: unauthenticated, no secrets).
     identity: Option<Identity>,
     /// A route or listener update was just ACKed: clusters kept only for the old routes
@@ -187,6 +189,7 @@ impl Stream {
             published,
             nonce: 0,
             held: HashMap::new(),
+            class: None,
             identity,
             refs_acked: false,
         })
@@ -201,7 +204,7 @@ impl Stream {
     /// `filter`'s names when given), plus, for clusters and endpoints, those it holds that
     /// routes or listeners it holds still name. Make before break: a cluster goes only after
     /// no route the proxy has names it.
-    fn view(&self, type_url: &str, filter: Option<Arc<Names>>) -> View {
+    fn view(&mut self, type_url: &str, filter: Option<Arc<Names>>) -> View {
         if type_url == SECRET {
             let mut extra = match &self.srv.security {
                 Some(sec) => sec.secrets(
@@ -220,7 +223,7 @@ impl Stream {
         }
         let r = self.class_resources();
         let mut v = View {
-            layers: r.layers(type_url),
+            layers: r.layers(type_url).to_vec(),
             filter,
             extra: Vec::new(),
         };
@@ -231,14 +234,9 @@ impl Stream {
             return v;
         };
         // Routes and listeners held are this generation's: they name only its clusters.
-        let current = [ROUTE, LISTENER].iter().all(|t| {
-            self.held.get(*t).is_none_or(|h| {
-                h.same_layers(&View {
-                    layers: r.layers(t),
-                    ..Default::default()
-                })
-            })
-        });
+        let current = [ROUTE, LISTENER]
+            .iter()
+            .all(|t| self.held.get(*t).is_none_or(|h| h.same_layers(r.layers(t))));
         if current {
             return v;
         }
@@ -257,14 +255,20 @@ impl Stream {
         v
     }
 
-    /// This proxy's resources. Building a new class is CPU work: on the multi-threaded
-    /// runtime it runs with `block_in_place`, so the worker's other streams move elsewhere.
-    fn class_resources(&self) -> Arc<super::cache::ProxyResources> {
+    /// This proxy's resources in the current generation, looked up once per generation.
+    /// Building a new class is CPU work: on the multi-threaded runtime it runs with
+    /// `block_in_place`, so the worker's other streams move elsewhere.
+    fn class_resources(&mut self) -> Arc<ProxyResources> {
+        if let Some(c) = &self.class {
+            return c.clone();
+        }
         let build = || self.published.gen.for_proxy(&self.proxy);
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        let c = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
             _ => build(),
-        }
+        };
+        self.class = Some(c.clone());
+        c
     }
 
     fn update_status(&self, type_url: &str, f: impl FnOnce(&mut super::status::TypeStatus)) {
@@ -325,7 +329,6 @@ impl Drop for Stream {
     fn drop(&mut self) {
         self.srv.conns.remove(&self.conn_id);
         self.srv.metrics.connected.dec();
-        self.published.gen.forget(&self.proxy);
         info!(proxy = %self.proxy.id, "xDS stream closed");
     }
 }
@@ -509,8 +512,8 @@ async fn run<V: Variant>(
             ch = current.changed() => {
                 if ch.is_err() { return; }
                 let Some(p) = current.borrow_and_update().clone() else { continue };
-                st.published.gen.forget(&st.proxy);
                 st.published = p;
+                st.class = None;
                 let order = push_order(&types);
                 if !refresh::<V>(&mut st, &mut types, order, &mut deferred, &tx).await { return; }
             }

@@ -57,15 +57,6 @@ impl Plan {
         }
     }
 
-    /// An already encoded message (unary responses).
-    fn raw(bytes: Vec<u8>) -> Plan {
-        Plan {
-            head: bytes,
-            items: Vec::new(),
-            delta: false,
-        }
-    }
-
     pub fn resources(&self) -> usize {
         self.items.len()
     }
@@ -554,9 +545,9 @@ async fn fetch(
         .message()
         .await?
         .ok_or_else(|| Status::invalid_argument("fetch needs a request"))?;
-    let resp = srv.fetch(req, type_url)?;
+    let plan = srv.fetch(req, type_url)?;
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(Ok(Plan::raw(resp.encode_to_vec())));
+    let _ = tx.try_send(Ok(plan));
     Ok(response(rx))
 }
 
