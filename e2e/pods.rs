@@ -342,3 +342,71 @@ spec:
         b.envoy_stats("inbound")
     );
 }
+
+/// Incremental EDS in state of the world against a real Envoy: when one service's endpoint
+/// moves, pilotfish sends only that service's assignments, and Envoy keeps the others.
+#[test]
+fn endpoint_change_sends_only_what_changed_and_envoy_keeps_the_rest() {
+    if !need_root("endpoint_change_sends_only_what_changed_and_envoy_keeps_the_rest") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let config = tempfile::tempdir().unwrap();
+    let svc = |name: &str, vip: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  clusterIP: {vip}\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}-1, namespace: default}}\n\
+             spec: {{address: {ip}, labels: {{app: {name}}}}}\n"
+        )
+    };
+    let (vb, vc) = (mesh.vip(0).to_string(), mesh.vip(1).to_string());
+    std::fs::write(config.path().join("b.yaml"), svc("b", &vb, "10.77.0.11")).unwrap();
+    std::fs::write(config.path().join("c.yaml"), svc("c", &vc, "10.77.0.21")).unwrap();
+    let cp = ControlPlane::start(&mesh, config.path());
+    let a = mesh.pod("a", &cp);
+    let has = |addr: &str| a.envoy_admin("/clusters").contains(addr);
+    assert!(
+        wait_until(Duration::from_secs(30), || has("10.77.0.11:8080")
+            && has("10.77.0.21:8080")),
+        "endpoints never arrived:\n{}\n{}",
+        a.envoy_admin("/clusters"),
+        a.logs()
+    );
+    let eds_sent = || -> Vec<u64> {
+        let (_, body) = cp.get("/debug/syncz").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["types"]["eds"]["sent_resources"].as_u64())
+            .collect()
+    };
+    let before = eds_sent();
+    assert!(before.iter().all(|n| *n >= 2), "first EDS push: {before:?}");
+
+    // Only c moves.
+    std::fs::write(config.path().join("c.yaml"), svc("c", &vc, "10.77.0.22")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(30), || has("10.77.0.22:8080")
+            && !has("10.77.0.21:8080")),
+        "c's endpoint did not move:\n{}",
+        a.envoy_admin("/clusters")
+    );
+    let after = eds_sent();
+    support::trace(&format!(
+        "EDS resources per push: before {before:?}, after {after:?}"
+    ));
+    assert!(
+        !after.is_empty() && after.iter().all(|n| *n < before[0]),
+        "the push after the move carries only c's assignments: before {before:?}, after {after:?}"
+    );
+    // Envoy kept b's assignment, which the last response did not carry.
+    assert!(
+        has("10.77.0.11:8080"),
+        "b's endpoint is gone:\n{}",
+        a.envoy_admin("/clusters")
+    );
+    let warming = a.envoy_stat("cluster_manager.warming_clusters");
+    assert_eq!(warming, Some(0), "no cluster left warming");
+}
