@@ -802,6 +802,55 @@ fn endpoint_churn_keeps_route_classes() {
     assert_ne!(r2.values(ROUTE)[0].version, r3.values(ROUTE)[0].version);
 }
 
+#[test]
+fn endpoint_churn_reuses_what_did_not_change() {
+    // Services a and b; a's endpoint moves. Clusters and listeners are byte-identical, so
+    // the new generation hands out the previous maps themselves (views and diffs see no
+    // change by pointer); b's assignment is not translated again (same pointer); a's is new.
+    let world = |ip_a: &str| {
+        let mut yaml = String::new();
+        for (s, ip) in [("a", ip_a), ("b", "10.2.0.1")] {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {s}}}\nspec:\n  selector: {{app: {s}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {s}-1}}\nspec:\n  address: {ip}\n  labels: {{app: {s}}}\n---\n"
+            ));
+        }
+        let w = pilotfish::app::world_from_files(&[("t.yaml", &yaml)], MeshConfig::default());
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        Arc::new(w)
+    };
+    let proxy = pilotfish::model::Proxy {
+        id: "sidecar~10.9.0.1~p.default~default.svc.cluster.local".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    };
+    let g1 = Generation::new(world("10.1.0.1"));
+    let r1 = g1.for_proxy(&proxy);
+    let g2 = Generation::next(world("10.1.0.2"), Some(&g1));
+    let r2 = g2.for_proxy(&proxy);
+    for t in [CLUSTER, LISTENER, ROUTE] {
+        assert!(
+            Arc::ptr_eq(&r1.by_type[t][0], &r2.by_type[t][0]),
+            "{t}: unchanged, so the same map"
+        );
+    }
+    let cla = |r: &pilotfish::xds::cache::ProxyResources, host: &str| {
+        r.values(ENDPOINT)
+            .into_iter()
+            .find(|e| e.name == format!("outbound|8080||{host}.default.svc.cluster.local"))
+            .unwrap()
+    };
+    assert!(Arc::ptr_eq(&cla(&r1, "b"), &cla(&r2, "b")), "b untouched");
+    assert_ne!(cla(&r1, "a").version, cla(&r2, "a").version, "a moved");
+    // Nothing changed at all: the whole endpoints map is the previous one.
+    let g3 = Generation::next(world("10.1.0.2"), Some(&g2));
+    let r3 = g3.for_proxy(&proxy);
+    assert!(Arc::ptr_eq(
+        &r2.by_type[ENDPOINT][0],
+        &r3.by_type[ENDPOINT][0]
+    ));
+}
+
 #[tokio::test]
 async fn a_proxy_that_has_not_acked_gets_the_newest_state_once_it_does() {
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;

@@ -14,7 +14,7 @@ pub use index::Index;
 
 use crate::api::{networking, ConfigError, ObjectKey, Resource};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 /// Mesh-wide settings (from flags; later from a MeshConfig).
@@ -277,6 +277,9 @@ pub struct World {
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,
     /// Every config error: parse, validation and cross-reference.
     pub errors: Vec<ConfigError>,
+    /// Endpoint address → (service host, endpoint index), built on first use.
+    #[serde(skip)]
+    pub by_address: std::sync::OnceLock<HashMap<String, Vec<(String, usize)>>>,
 }
 
 impl World {
@@ -447,11 +450,20 @@ impl World {
         &'a self,
         ip: &'a str,
     ) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
-        self.services.values().flat_map(move |s| {
-            s.endpoints
-                .iter()
-                .filter(move |e| e.address == ip)
-                .map(move |e| (&**s, e))
+        let index = self.by_address.get_or_init(|| {
+            let mut m: HashMap<String, Vec<(String, usize)>> = HashMap::new();
+            for (host, s) in &self.services {
+                for (i, e) in s.endpoints.iter().enumerate() {
+                    m.entry(e.address.clone())
+                        .or_default()
+                        .push((host.clone(), i));
+                }
+            }
+            m
+        });
+        index.get(ip).into_iter().flatten().map(move |(host, i)| {
+            let s = &*self.services[host];
+            (s, &s.endpoints[*i])
         })
     }
 }

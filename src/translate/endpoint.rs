@@ -84,34 +84,64 @@ pub fn assignment(
 
 /// Every EDS resource of the mesh (shared by all sidecars), sorted by name.
 pub fn all(world: &World, scope: &crate::model::Scope) -> Vec<ep::ClusterLoadAssignment> {
-    let mut out = Vec::new();
-    for svc in world
+    let mut out: Vec<_> = services(world, scope)
+        .flat_map(|svc| for_service(world, svc))
+        .collect();
+    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+    out
+}
+
+/// The services of a scope that have EDS clusters.
+pub fn services<'a>(
+    world: &'a World,
+    scope: &'a crate::model::Scope,
+) -> impl Iterator<Item = &'a Service> + 'a {
+    world
         .services
         .values()
         .filter(|s| s.resolution == Resolution::Static && scope.includes(&s.hostname))
-    {
-        let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
-        for sp in &svc.ports {
+        .map(|s| &**s)
+}
+
+/// The EDS cluster names of a service: per port, the default cluster and one per subset.
+pub fn names(svc: &Service, dr: Option<&DestRule>) -> Vec<String> {
+    let subsets = dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default();
+    svc.ports
+        .iter()
+        .flat_map(|sp| {
+            std::iter::once(outbound_name(sp.port, "", &svc.hostname)).chain(
+                subsets
+                    .iter()
+                    .map(|s| outbound_name(sp.port, &s.name, &svc.hostname)),
+            )
+        })
+        .collect()
+}
+
+/// The assignments of one service (see `names`). They read the service, its
+/// DestinationRule and the mTLS settings of its endpoints' namespaces, nothing else.
+pub fn for_service(world: &World, svc: &Service) -> Vec<ep::ClusterLoadAssignment> {
+    let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
+    let mut out = Vec::new();
+    for sp in &svc.ports {
+        out.push(assignment(
+            world,
+            &outbound_name(sp.port, "", &svc.hostname),
+            svc,
+            sp,
+            dr,
+            "",
+        ));
+        for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
             out.push(assignment(
                 world,
-                &outbound_name(sp.port, "", &svc.hostname),
+                &outbound_name(sp.port, &s.name, &svc.hostname),
                 svc,
                 sp,
                 dr,
-                "",
+                &s.name,
             ));
-            for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
-                out.push(assignment(
-                    world,
-                    &outbound_name(sp.port, &s.name, &svc.hostname),
-                    svc,
-                    sp,
-                    dr,
-                    &s.name,
-                ));
-            }
         }
     }
-    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out
 }

@@ -109,6 +109,9 @@ type RouteKey = (String, BTreeMap<String, String>);
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Names {
     pub set: BTreeSet<String>,
+    /// The names as `DiscoveryRequest.resource_names` fields, in order: an ACK that repeats
+    /// them byte for byte is recognized with one comparison.
+    pub wire: Vec<u8>,
 }
 
 static INTERNED: LazyLock<Mutex<HashMap<u64, Vec<Weak<Names>>>>> = LazyLock::new(Default::default);
@@ -125,7 +128,11 @@ impl Names {
         if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(|n| n.set == set) {
             return found;
         }
-        let n = Arc::new(Names { set });
+        let mut wire = Vec::new();
+        for name in &set {
+            prost::encoding::string::encode(3, name, &mut wire);
+        }
+        let n = Arc::new(Names { set, wire });
         slot.push(Arc::downgrade(&n));
         // Drop slots whose sets are all gone, now and then.
         if map.len() > 64 && map.len().is_power_of_two() {
@@ -251,10 +258,32 @@ impl View {
     /// What changed from `old` (what the proxy holds) to `self`: resources to send (new or
     /// with another version) and names no longer present. Layer pairs are diffed once per
     /// generation and shared by every proxy that makes the same step.
-    pub fn diff(&self, old: &View, gen: &Generation) -> (Vec<Res>, Vec<String>) {
+    pub fn diff(&self, old: &View, gen: &Generation) -> Arc<Diff> {
         if self.same(old) {
-            return (Vec::new(), Vec::new());
+            return Arc::default();
         }
+        if !self.extra.is_empty() || !old.extra.is_empty() {
+            return Arc::new(self.diff_now(old, gen));
+        }
+        let mut key = Vec::with_capacity(old.layers.len() + self.layers.len() + 3);
+        for v in [old, self] {
+            key.extend(v.layers.iter().map(ptr));
+            key.push(v.filter.as_ref().map(ptr).unwrap_or(0));
+            key.push(usize::MAX);
+        }
+        if let Some((d, _)) = gen.view_diffs.lock().unwrap().get(&key) {
+            return d.clone();
+        }
+        let d = Arc::new(self.diff_now(old, gen));
+        // The entry keeps both views alive, so their addresses keep naming them.
+        gen.view_diffs
+            .lock()
+            .unwrap()
+            .insert(key, (d.clone(), (old.clone(), self.clone())));
+        d
+    }
+
+    fn diff_now(&self, old: &View, gen: &Generation) -> Diff {
         let mut changed = Vec::new();
         let mut removed = Vec::new();
         if self.same_shape(old) && self.extra.is_empty() && old.extra.is_empty() {
@@ -334,6 +363,22 @@ pub struct Generation {
     /// Clusters that held routes/listeners name but the new cluster maps lack, per (holder
     /// views, cluster maps): the make-before-break check, once per class step.
     missing: Mutex<HashMap<Vec<usize>, MissingEntry>>,
+    /// Whole-view diffs from an older view to one of this generation's, per (old, new)
+    /// layers and filters: proxies of one class making the same step share one diff.
+    view_diffs: Mutex<HashMap<Vec<usize>, ViewDiffEntry>>,
+    /// The previous generation's outbound sets and World: what did not change is reused
+    /// (same pointers, no re-encoding) instead of rebuilt.
+    carry: Option<Carry>,
+}
+
+type ViewDiffEntry = (Arc<Diff>, (View, View));
+
+/// Resources to send (new, or another version) and names no longer present.
+pub type Diff = (Vec<Res>, Vec<String>);
+
+struct Carry {
+    world: Arc<World>,
+    outbound: HashMap<(Scope, bool), Arc<Outbound>>,
 }
 
 struct Outbound {
@@ -346,34 +391,62 @@ impl Generation {
     /// Builds the outbound set of the unscoped, certificate-less class eagerly (the common
     /// case); other classes are built on first use.
     pub fn new(world: Arc<World>) -> Generation {
-        let g = Generation {
+        Generation::next_with(world, None, false)
+    }
+
+    /// The generation after `prev`: what did not change is carried over (see `next_with`).
+    pub fn next(world: Arc<World>, prev: Option<&Generation>) -> Generation {
+        let same_routes = prev.is_some_and(|p| world.same_route_inputs(&p.world));
+        Generation::next_with(world, prev, same_routes)
+    }
+
+    /// The generation after `prev`. Route classes carry over when nothing routes read
+    /// changed (`same_routes`: endpoint churn), so they are neither rebuilt nor resent;
+    /// inbound classes still in use carry over (their key is their whole input); outbound
+    /// maps reuse the previous encoding of every resource whose bytes are unchanged, and the
+    /// endpoints of services whose inputs are unchanged are not even translated again.
+    pub fn next_with(
+        world: Arc<World>,
+        prev: Option<&Generation>,
+        same_routes: bool,
+    ) -> Generation {
+        let route_label_keys = world.route_label_keys();
+        let mut g = Generation {
             world,
             outbound: Default::default(),
             routes: Default::default(),
             inbound: Default::default(),
-            route_label_keys: Default::default(),
+            route_label_keys,
             resolved: Default::default(),
             diffs: Default::default(),
             missing: Default::default(),
+            view_diffs: Default::default(),
+            carry: None,
         };
-        let g = Generation {
-            route_label_keys: g.world.route_label_keys(),
-            ..g
-        };
+        if let Some(p) = prev {
+            // Classes no stream holds any more (only the memo points at them) are dropped.
+            let live = |m: &Arc<TypeMap>| Arc::strong_count(m) > 1;
+            if same_routes && g.route_label_keys == p.route_label_keys {
+                let routes = p.routes.lock().unwrap();
+                *g.routes.get_mut().unwrap() = routes
+                    .iter()
+                    .filter(|(_, m)| live(m))
+                    .map(|(k, m)| (k.clone(), m.clone()))
+                    .collect();
+            }
+            let inbound = p.inbound.lock().unwrap();
+            *g.inbound.get_mut().unwrap() = inbound
+                .iter()
+                .filter(|(_, (c, l))| live(c) || live(l))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            g.carry = Some(Carry {
+                world: p.world.clone(),
+                outbound: p.outbound.lock().unwrap().clone(),
+            });
+        }
         let scope = g.world.scope("", &BTreeMap::new());
         g.outbound_for(scope, false);
-        g
-    }
-
-    /// The generation after `prev`: route classes carry over when nothing routes read
-    /// changed (endpoint churn), so they are neither rebuilt nor resent.
-    pub fn next(world: Arc<World>, prev: Option<&Generation>) -> Generation {
-        let g = Generation::new(world);
-        if let Some(p) = prev {
-            if g.world.same_route_inputs(&p.world) {
-                *g.routes.lock().unwrap() = p.routes.lock().unwrap().clone();
-            }
-        }
         g
     }
 
@@ -381,15 +454,21 @@ impl Generation {
         let mut memo = self.outbound.lock().unwrap();
         let w = &*self.world;
         memo.entry((scope, mtls))
-            .or_insert_with_key(|(scope, mtls)| {
+            .or_insert_with_key(|key| {
+                let (scope, mtls) = key;
+                let prev = self
+                    .carry
+                    .as_ref()
+                    .and_then(|c| Some((c, c.outbound.get(key)?)));
+                let clusters = map(translate::cluster::outbound(w, scope, *mtls), |c| &c.name);
+                let listeners = listener_map(translate::listener::outbound(w, scope));
                 Arc::new(Outbound {
-                    clusters: Arc::new(map(translate::cluster::outbound(w, scope, *mtls), |c| {
-                        &c.name
-                    })),
-                    endpoints: Arc::new(map(translate::endpoint::all(w, scope), |e| {
-                        &e.cluster_name
-                    })),
-                    listeners: Arc::new(listener_map(translate::listener::outbound(w, scope))),
+                    clusters: reuse(clusters, prev.map(|(_, o)| &o.clusters)),
+                    endpoints: reuse(
+                        endpoint_map(w, scope, prev.map(|(c, o)| (&*c.world, &*o.endpoints))),
+                        prev.map(|(_, o)| &o.endpoints),
+                    ),
+                    listeners: reuse(listeners, prev.map(|(_, o)| &o.listeners)),
                 })
             })
             .clone()
@@ -504,6 +583,55 @@ impl Generation {
         }
         m
     }
+}
+
+/// `new`, with each resource whose bytes `old` already has replaced by old's pointer; `old`
+/// itself when nothing differs (so views and diffs see an unchanged layer by pointer).
+fn reuse(mut new: TypeMap, old: Option<&Arc<TypeMap>>) -> Arc<TypeMap> {
+    let Some(old) = old else {
+        return Arc::new(new);
+    };
+    let mut same = new.len() == old.len();
+    for (name, r) in new.iter_mut() {
+        match old.get(name) {
+            Some(o) if o.version == r.version => *r = o.clone(),
+            _ => same = false,
+        }
+    }
+    if same {
+        old.clone()
+    } else {
+        Arc::new(new)
+    }
+}
+
+/// The endpoints of `scope`, translating only services whose inputs changed since `prev`
+/// (the previous World and its endpoints map for the same class): the others' assignments
+/// are taken as they were.
+fn endpoint_map(w: &World, scope: &Scope, prev: Option<(&World, &TypeMap)>) -> TypeMap {
+    // Assignments read the service, its DestinationRule and the mTLS settings.
+    let prev = prev.filter(|(pw, _)| pw.peer_authn == w.peer_authn && pw.mesh == w.mesh);
+    let mut out = TypeMap::new();
+    for svc in translate::endpoint::services(w, scope) {
+        let dr = w.destination_rules.get(&svc.hostname);
+        if let Some((pw, pm)) = prev {
+            if pw.services.get(&svc.hostname).is_some_and(|p| **p == *svc)
+                && pw.destination_rules.get(&svc.hostname) == dr
+            {
+                let names = translate::endpoint::names(svc, dr.map(|d| &**d));
+                let old: Vec<&Res> = names.iter().filter_map(|n| pm.get(n)).collect();
+                if old.len() == names.len() {
+                    out.extend(old.into_iter().map(|r| (r.name.clone(), r.clone())));
+                    continue;
+                }
+            }
+        }
+        for cla in translate::endpoint::for_service(w, svc) {
+            let r = encode(&cla.cluster_name, &cla);
+            out.insert(cla.cluster_name, r);
+        }
+    }
+    out
 }
 
 fn map<T: Message + Name>(items: Vec<T>, name: impl Fn(&T) -> &str) -> TypeMap {

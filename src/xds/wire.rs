@@ -322,6 +322,9 @@ pub struct SotwRequest {
     raw: Bytes,
     /// (offset, length) of each resource name in `raw`.
     names: Vec<(u32, u32)>,
+    /// Where the names' fields lie in `raw` when nothing else is between them (Envoy
+    /// writes fields in number order, so they do): compared as one slice.
+    names_region: Option<(u32, u32)>,
 }
 
 impl SotwRequest {
@@ -330,6 +333,12 @@ impl SotwRequest {
         self.names
             .iter()
             .map(|&(o, l)| &self.raw[o as usize..(o + l) as usize])
+    }
+
+    /// The encoded `resource_names` fields as one slice, when they are contiguous.
+    pub fn names_wire(&self) -> Option<&[u8]> {
+        self.names_region
+            .map(|(a, b)| &self.raw[a as usize..b as usize])
     }
 
     /// The names as strings (invalid UTF-8 replaced; Envoy sends UTF-8).
@@ -351,8 +360,20 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
     let ctx = prost::encoding::DecodeContext::default;
     let mut r = SotwRequest::default();
     let mut buf: &[u8] = &raw[..];
+    // Names region: start, end, and whether another field came after the first name.
+    let (mut start, mut end, mut broken, mut contiguous) = (0, 0, false, true);
     while buf.has_remaining() {
+        let key_at = raw.len() - buf.len();
         let (tag, wt) = decode_key(&mut buf)?;
+        if tag == 3 && wt == WireType::LengthDelimited {
+            if r.names.is_empty() {
+                start = key_at;
+            } else if broken {
+                contiguous = false;
+            }
+        } else if !r.names.is_empty() {
+            broken = true;
+        }
         match tag {
             1 => string::merge(wt, &mut r.version_info, &mut buf, ctx())?,
             2 => message::merge(
@@ -369,6 +390,7 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
                 let off = raw.len() - buf.len();
                 r.names.push((off as u32, len as u32));
                 buf.advance(len);
+                end = off + len;
             }
             4 => string::merge(wt, &mut r.type_url, &mut buf, ctx())?,
             5 => string::merge(wt, &mut r.response_nonce, &mut buf, ctx())?,
@@ -380,6 +402,9 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
             )?,
             _ => skip_field(wt, tag, &mut buf, ctx())?,
         }
+    }
+    if !r.names.is_empty() && contiguous {
+        r.names_region = Some((start as u32, end as u32));
     }
     r.raw = raw;
     Ok(r)
@@ -585,6 +610,21 @@ mod tests {
         assert_eq!(r.response_nonce, "7");
         assert_eq!(r.error_detail.as_ref().unwrap().message, "bad");
         assert_eq!(r.names().collect::<Vec<_>>(), full.resource_names);
+        // The names' fields in one slice, as the shared name set encodes them.
+        let only_names = DiscoveryRequest {
+            resource_names: full.resource_names.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(r.names_wire(), Some(only_names.as_slice()));
+        // Names interleaved with another field: no single slice (names still read).
+        let mut mixed = Vec::new();
+        prost::encoding::string::encode(3, &"a".to_string(), &mut mixed);
+        prost::encoding::string::encode(4, &"t".to_string(), &mut mixed);
+        prost::encoding::string::encode(3, &"b".to_string(), &mut mixed);
+        let m = SotwRequest::decode_from(Bytes::from(mixed)).unwrap();
+        assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(m.names_wire(), None);
         // A name running past the end is an error, not a panic.
         let mut bad = full.encode_to_vec();
         bad.truncate(bad.len() - 3);

@@ -398,16 +398,16 @@ async fn session(
         },
         _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
     };
-    let client = AggregatedDiscoveryServiceClient::new(ch)
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
     for t in &mut st.t {
         t.nonce.clear();
     }
     if sh.delta {
+        let client = AggregatedDiscoveryServiceClient::new(ch)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         session_delta(sh, spec, st, view, cmd, backoff, client).await
     } else {
-        session_sotw(sh, spec, st, view, cmd, backoff, client).await
+        session_sotw(sh, spec, st, view, cmd, backoff, ch).await
     }
 }
 
@@ -462,14 +462,106 @@ fn after_ack(
 
 // ------------------------------------------------------------------ state of the world
 
-fn sotw_req(spec: Option<&ProxySpec>, t: usize, ts: &TypeState) -> DiscoveryRequest {
-    DiscoveryRequest {
+/// A SotW request as Envoy sends it: every subscribed name, in every ACK. The names are
+/// the bulk of it (6,000 endpoint names in each EDS ACK), so their encoding is shared per
+/// name set (`names_wire`) and only the few other fields are encoded per request.
+fn sotw_req(
+    spec: Option<&ProxySpec>,
+    t: usize,
+    ts: &TypeState,
+    error: Option<rpc::Status>,
+) -> RawRequest {
+    let head = DiscoveryRequest {
         node: spec.map(node),
         type_url: decode::type_url(t).to_string(),
         version_info: ts.version.clone(),
-        resource_names: sorted(&ts.names),
         response_nonce: ts.nonce.clone(),
+        error_detail: error,
         ..Default::default()
+    };
+    RawRequest {
+        head: head.encode_to_vec(),
+        names: names_wire(&ts.names),
+    }
+}
+
+/// An encoded `DiscoveryRequest`: its fields other than `resource_names`, then those
+/// (protobuf fields may come in any order).
+pub struct RawRequest {
+    head: Vec<u8>,
+    names: bytes::Bytes,
+}
+
+type WireCache = HashMap<usize, (std::sync::Weak<BTreeSet<String>>, bytes::Bytes)>;
+static WIRE: std::sync::LazyLock<Mutex<WireCache>> = std::sync::LazyLock::new(Default::default);
+
+/// `resource_names` (field 3) encoded, once per shared name set.
+fn names_wire(names: &Arc<BTreeSet<String>>) -> bytes::Bytes {
+    if names.is_empty() {
+        return bytes::Bytes::new();
+    }
+    let key = Arc::as_ptr(names) as usize;
+    let mut cache = WIRE.lock().unwrap();
+    if let Some((w, b)) = cache.get(&key) {
+        if w.upgrade().is_some_and(|n| Arc::ptr_eq(&n, names)) {
+            return b.clone();
+        }
+    }
+    let msg = DiscoveryRequest {
+        resource_names: names.iter().cloned().collect(),
+        ..Default::default()
+    };
+    let b = bytes::Bytes::from(msg.encode_to_vec());
+    if cache.len() > 1024 {
+        cache.retain(|_, (w, _)| w.strong_count() > 0);
+    }
+    cache.insert(key, (Arc::downgrade(names), b.clone()));
+    b
+}
+
+/// The ADS codec of the SotW client: requests go out as pre-encoded bytes.
+struct AdsCodec;
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for AdsCodec {
+    type Encode = RawRequest;
+    type Decode = DiscoveryResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = RawRequest;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: RawRequest,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut;
+        dst.put_slice(&item.head);
+        dst.put_slice(&item.names);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = DiscoveryResponse;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<DiscoveryResponse>, tonic::Status> {
+        DiscoveryResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("decoding a DiscoveryResponse: {e}")))
     }
 }
 
@@ -480,7 +572,7 @@ async fn session_sotw(
     view: &Mutex<View>,
     cmd: &mut watch::Receiver<Cmd>,
     backoff: &mut Backoff,
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
+    ch: Channel,
 ) -> End {
     let (tx, rx) = mpsc::channel(64);
     // First stream: CDS. Reconnect: every subscription, with the versions held.
@@ -488,12 +580,21 @@ async fn session_sotw(
     let mut first = true;
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
-            let _ = tx.try_send(sotw_req(first.then_some(spec), t, &st.t[t]));
+            let _ = tx.try_send(sotw_req(first.then_some(spec), t, &st.t[t], None));
             first = false;
         }
     }
     let resp = tokio::select! {
-        r = client.stream_aggregated_resources(ReceiverStream::new(rx)) => r,
+        r = async {
+            let mut grpc = tonic::client::Grpc::new(ch)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let path = http::uri::PathAndQuery::from_static(
+                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+            );
+            grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, AdsCodec).await
+        } => r,
         _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
     };
     let mut inbound = match resp {
@@ -524,7 +625,7 @@ async fn on_sotw(
     spec: &ProxySpec,
     st: &mut State,
     view: &Mutex<View>,
-    tx: &mpsc::Sender<DiscoveryRequest>,
+    tx: &mpsc::Sender<RawRequest>,
     r: DiscoveryResponse,
 ) -> Result<(), ()> {
     let Some(t) = decode::type_index(&r.type_url) else {
@@ -538,27 +639,24 @@ async fn on_sotw(
             .map(|a| Some((a.type_url.as_str(), a.value.as_slice()))),
     );
     st.t[t].nonce = r.nonce.clone();
-    let send = |req: DiscoveryRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let send = |req: RawRequest| async move { tx.send(req).await.map_err(|_| ()) };
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
             sh.stats.decode_errors.fetch_add(1, Relaxed);
-            let mut req = sotw_req(None, t, &st.t[t]);
-            req.error_detail = Some(rpc::Status {
+            let error = rpc::Status {
                 code: tonic::Code::InvalidArgument as i32,
                 message: e,
                 ..Default::default()
-            });
-            send(req).await?;
+            };
+            send(sotw_req(None, t, &st.t[t], Some(error))).await?;
             after_ack(sh, st, view, spec.idx, t, &[], false);
             return Ok(());
         }
     };
     let obs = &xs.obs;
     if inject(sh, st, t) {
-        let mut req = sotw_req(None, t, &st.t[t]);
-        req.error_detail = Some(injected_error());
-        send(req).await?;
+        send(sotw_req(None, t, &st.t[t], Some(injected_error()))).await?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
         after_ack(sh, st, view, spec.idx, t, obs, false);
@@ -566,7 +664,7 @@ async fn on_sotw(
     }
     st.t[t].version = r.version_info.clone();
     st.t[t].acked_once = true;
-    send(sotw_req(None, t, &st.t[t])).await?;
+    send(sotw_req(None, t, &st.t[t], None)).await?;
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
@@ -574,7 +672,7 @@ async fn on_sotw(
             if !eds.is_empty() && (eds != &st.t[EDS].names || !st.t[EDS].started) {
                 st.t[EDS].names = eds.clone();
                 st.t[EDS].started = true;
-                send(sotw_req(None, EDS, &st.t[EDS])).await?;
+                send(sotw_req(None, EDS, &st.t[EDS], None)).await?;
             } else if eds.is_empty() && !st.lds_started {
                 start_lds_sotw(st, &send).await?;
             }
@@ -585,7 +683,7 @@ async fn on_sotw(
             if !rds.is_empty() && (rds != &st.t[RDS].names || !st.t[RDS].started) {
                 st.t[RDS].names = rds.clone();
                 st.t[RDS].started = true;
-                send(sotw_req(None, RDS, &st.t[RDS])).await?;
+                send(sotw_req(None, RDS, &st.t[RDS], None)).await?;
             }
         }
         _ => {}
@@ -595,12 +693,12 @@ async fn on_sotw(
 
 async fn start_lds_sotw<F, Fut>(st: &mut State, send: &F) -> Result<(), ()>
 where
-    F: Fn(DiscoveryRequest) -> Fut,
+    F: Fn(RawRequest) -> Fut,
     Fut: std::future::Future<Output = Result<(), ()>>,
 {
     st.lds_started = true;
     st.t[LDS].started = true;
-    send(sotw_req(None, LDS, &st.t[LDS])).await
+    send(sotw_req(None, LDS, &st.t[LDS], None)).await
 }
 
 // ------------------------------------------------------------------ delta

@@ -52,7 +52,10 @@ impl Stream {
                 (changed, removed)
             }
             None => match self.held.get(type_url) {
-                Some(old) => cur.diff(old, &gen),
+                Some(old) => {
+                    let d = cur.diff(old, &gen);
+                    (d.0.clone(), d.1.clone())
+                }
                 None => (cur.resolve(&gen).items.clone(), Vec::new()),
             },
         };

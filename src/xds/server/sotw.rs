@@ -52,7 +52,7 @@ impl Stream {
         let mut items = Vec::new();
         if partial && !force && partial_ok(type_url) {
             if let Some(old) = self.held.get(type_url) {
-                items = cur.diff(old, &gen).0;
+                items = cur.diff(old, &gen).0.clone();
             }
         }
         if items.is_empty() {
@@ -99,10 +99,11 @@ impl Stream {
         }
         // An ACK repeats the names: compare before building (and interning) a new set.
         let same_names = req.name_bytes().len() == ts.names.set.len()
-            && req
-                .name_bytes()
-                .zip(&ts.names.set)
-                .all(|(a, b)| a == b.as_bytes());
+            && (req.names_wire() == Some(ts.names.wire.as_slice())
+                || req
+                    .name_bytes()
+                    .zip(&ts.names.set)
+                    .all(|(a, b)| a == b.as_bytes()));
         let names = if same_names {
             ts.names.clone()
         } else {
