@@ -477,8 +477,37 @@ impl Generation {
     /// The resources for one proxy: pointers to its classes' maps (built on first use).
     /// A stream keeps the result for as long as it serves this generation.
     pub fn for_proxy(&self, proxy: &Proxy) -> Arc<ProxyResources> {
+        self.lookup(proxy, true).expect("built on demand")
+    }
+
+    /// The proxy's resources if every class it belongs to is built already (a few map
+    /// lookups), else None: the caller builds with `for_proxy`, off the async workers.
+    pub fn built_for(&self, proxy: &Proxy) -> Option<Arc<ProxyResources>> {
+        self.lookup(proxy, false)
+    }
+
+    fn lookup(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
         let w = &*self.world;
-        let out = self.outbound_for(w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
+        // Without `build`, a memo another thread holds (building a class) is a miss, not a
+        // wait: the caller must not block an async worker on it.
+        fn lock<T>(m: &Mutex<T>, build: bool) -> Option<std::sync::MutexGuard<'_, T>> {
+            if build {
+                Some(m.lock().unwrap())
+            } else {
+                match m.try_lock() {
+                    Ok(g) => Some(g),
+                    Err(std::sync::TryLockError::Poisoned(e)) => panic!("{e}"),
+                    Err(std::sync::TryLockError::WouldBlock) => None,
+                }
+            }
+        }
+        let okey = (w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
+        let built = lock(&self.outbound, build)?.get(&okey).cloned();
+        let out = match built {
+            Some(o) => o,
+            None if build => self.outbound_for(okey.0, okey.1),
+            None => return None,
+        };
         // Routes depend on the namespace and the route-relevant labels only; generating for a
         // class proxy built from exactly the key keeps the key the whole input.
         let labels: BTreeMap<String, String> = proxy
@@ -489,7 +518,10 @@ impl Generation {
             .collect();
         let rkey = (proxy.namespace.clone(), labels);
         let routes = {
-            let mut memo = self.routes.lock().unwrap();
+            let mut memo = lock(&self.routes, build)?;
+            if !build && !memo.contains_key(&rkey) {
+                return None;
+            }
             memo.entry(rkey)
                 .or_insert_with_key(|(ns, labels)| {
                     let class = Proxy {
@@ -504,7 +536,10 @@ impl Generation {
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
         let (in_clusters, in_listeners) = {
-            let mut memo = self.inbound.lock().unwrap();
+            let mut memo = lock(&self.inbound, build)?;
+            if !build && !memo.contains_key(&key) {
+                return None;
+            }
             memo.entry(key.clone())
                 .or_insert_with(|| {
                     (
@@ -519,7 +554,7 @@ impl Generation {
         by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
         by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
         by_type.insert(ROUTE, vec![routes]);
-        Arc::new(ProxyResources { by_type })
+        Some(Arc::new(ProxyResources { by_type }))
     }
 
     fn layer_diff(&self, old: &Arc<TypeMap>, new: &Arc<TypeMap>) -> Arc<LayerDiff> {

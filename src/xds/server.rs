@@ -262,10 +262,18 @@ impl Stream {
         if let Some(c) = &self.class {
             return c.clone();
         }
-        let build = || self.published.gen.for_proxy(&self.proxy);
-        let c = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(build),
-            _ => build(),
+        // Usually the class is built already: then a few lookups, no hand-off of the worker.
+        let c = match self.published.gen.built_for(&self.proxy) {
+            Some(c) => c,
+            None => {
+                let build = || self.published.gen.for_proxy(&self.proxy);
+                match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                    Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+                        tokio::task::block_in_place(build)
+                    }
+                    _ => build(),
+                }
+            }
         };
         self.class = Some(c.clone());
         c
