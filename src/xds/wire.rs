@@ -117,6 +117,8 @@ struct Cursor {
 pub struct XdsBody {
     rx: mpsc::Receiver<Result<Plan, Status>>,
     cur: Option<Cursor>,
+    /// The last byte of a response, sent as a frame of its own (see `poll_frame`).
+    tail: Option<Bytes>,
     done: bool,
 }
 
@@ -125,6 +127,7 @@ impl XdsBody {
         XdsBody {
             rx,
             cur: None,
+            tail: None,
             done: false,
         }
     }
@@ -166,6 +169,9 @@ impl http_body::Body for XdsBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
         loop {
+            if let Some(t) = this.tail.take() {
+                return Poll::Ready(Some(Ok(Frame::data(t))));
+            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -185,6 +191,13 @@ impl http_body::Body for XdsBody {
                 c.remaining = c.remaining.saturating_sub(buf.len());
                 if c.next >= c.plan.items.len() {
                     this.cur = None;
+                    // h2 keeps the last DATA frame it wrote (and so the whole chunk behind
+                    // it) until the connection writes again, which on an idle stream is
+                    // never: ~11 kB per connected proxy. Ending every response with a
+                    // one-byte frame of its own leaves only that byte held.
+                    if let Some(last) = buf.pop() {
+                        this.tail = Some(Bytes::copy_from_slice(&[last]));
+                    }
                 }
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))));
             }
