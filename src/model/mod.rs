@@ -445,12 +445,9 @@ impl World {
             .iter()
             .find(|v| v.hosts.iter().any(|h| h == host))
     }
-    /// Services whose endpoints include the given address (the proxy's own instances).
-    pub fn instances_of<'a>(
-        &'a self,
-        ip: &'a str,
-    ) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
-        let index = self.by_address.get_or_init(|| {
+    /// Builds the address index `instances_of` uses (once; later calls are free).
+    pub fn index_addresses(&self) -> &HashMap<String, Vec<(String, usize)>> {
+        self.by_address.get_or_init(|| {
             let mut m: HashMap<String, Vec<(String, usize)>> = HashMap::new();
             for (host, s) in &self.services {
                 for (i, e) in s.endpoints.iter().enumerate() {
@@ -460,7 +457,15 @@ impl World {
                 }
             }
             m
-        });
+        })
+    }
+
+    /// Services whose endpoints include the given address (the proxy's own instances).
+    pub fn instances_of<'a>(
+        &'a self,
+        ip: &'a str,
+    ) -> impl Iterator<Item = (&'a Service, &'a Endpoint)> + 'a {
+        let index = self.index_addresses();
         index.get(ip).into_iter().flatten().map(move |(host, i)| {
             let s = &*self.services[host];
             (s, &s.endpoints[*i])

@@ -109,9 +109,9 @@ type RouteKey = (String, BTreeMap<String, String>);
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Names {
     pub set: BTreeSet<String>,
-    /// The names as `DiscoveryRequest.resource_names` fields, in order: an ACK that repeats
-    /// them byte for byte is recognized with one comparison.
-    pub wire: Vec<u8>,
+    /// The names as `DiscoveryRequest.resource_names` fields, in order (SotW only, made on
+    /// first use): an ACK that repeats them byte for byte is recognized with one comparison.
+    wire: std::sync::OnceLock<Vec<u8>>,
 }
 
 static INTERNED: LazyLock<Mutex<HashMap<u64, Vec<Weak<Names>>>>> = LazyLock::new(Default::default);
@@ -128,11 +128,10 @@ impl Names {
         if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(|n| n.set == set) {
             return found;
         }
-        let mut wire = Vec::new();
-        for name in &set {
-            prost::encoding::string::encode(3, name, &mut wire);
-        }
-        let n = Arc::new(Names { set, wire });
+        let n = Arc::new(Names {
+            set,
+            wire: Default::default(),
+        });
         slot.push(Arc::downgrade(&n));
         // Drop slots whose sets are all gone, now and then.
         if map.len() > 64 && map.len().is_power_of_two() {
@@ -143,6 +142,17 @@ impl Names {
 
     pub fn contains(&self, name: &str) -> bool {
         self.set.contains(name)
+    }
+
+    /// The set encoded as `resource_names` fields, in order.
+    pub fn wire(&self) -> &[u8] {
+        self.wire.get_or_init(|| {
+            let mut w = Vec::new();
+            for name in &self.set {
+                prost::encoding::string::encode(3, name, &mut w);
+            }
+            w
+        })
     }
 }
 
@@ -376,9 +386,19 @@ type ViewDiffEntry = (Arc<Diff>, (View, View));
 /// Resources to send (new, or another version) and names no longer present.
 pub type Diff = (Vec<Res>, Vec<String>);
 
+/// What `endpoint_map` compares against: the previous World's endpoint inputs (not the
+/// whole World: its objects and indexes need not outlive it) and its outbound sets.
 struct Carry {
-    world: Arc<World>,
+    inputs: EndpointInputs,
     outbound: HashMap<(Scope, bool), Arc<Outbound>>,
+}
+
+/// Everything a ClusterLoadAssignment reads from the World.
+struct EndpointInputs {
+    services: BTreeMap<String, Arc<crate::model::Service>>,
+    destination_rules: BTreeMap<String, Arc<crate::model::DestRule>>,
+    peer_authn: Vec<Arc<crate::model::PeerAuthn>>,
+    mesh: crate::model::MeshConfig,
 }
 
 struct Outbound {
@@ -440,11 +460,20 @@ impl Generation {
                 .filter(|(_, (c, l))| live(c) || live(l))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            let pw = &p.world;
             g.carry = Some(Carry {
-                world: p.world.clone(),
+                inputs: EndpointInputs {
+                    services: pw.services.clone(),
+                    destination_rules: pw.destination_rules.clone(),
+                    peer_authn: pw.peer_authn.clone(),
+                    mesh: pw.mesh.clone(),
+                },
                 outbound: p.outbound.lock().unwrap().clone(),
             });
         }
+        // Streams look up their own instances by address; build that index here, on the
+        // config thread, not on the first async worker that asks.
+        let _ = g.world.index_addresses();
         let scope = g.world.scope("", &BTreeMap::new());
         g.outbound_for(scope, false);
         g
@@ -465,7 +494,7 @@ impl Generation {
                 Arc::new(Outbound {
                     clusters: reuse(clusters, prev.map(|(_, o)| &o.clusters)),
                     endpoints: reuse(
-                        endpoint_map(w, scope, prev.map(|(c, o)| (&*c.world, &*o.endpoints))),
+                        endpoint_map(w, scope, prev.map(|(c, o)| (&c.inputs, &*o.endpoints))),
                         prev.map(|(_, o)| &o.endpoints),
                     ),
                     listeners: reuse(listeners, prev.map(|(_, o)| &o.listeners)),
@@ -643,7 +672,7 @@ fn reuse(mut new: TypeMap, old: Option<&Arc<TypeMap>>) -> Arc<TypeMap> {
 /// The endpoints of `scope`, translating only services whose inputs changed since `prev`
 /// (the previous World and its endpoints map for the same class): the others' assignments
 /// are taken as they were.
-fn endpoint_map(w: &World, scope: &Scope, prev: Option<(&World, &TypeMap)>) -> TypeMap {
+fn endpoint_map(w: &World, scope: &Scope, prev: Option<(&EndpointInputs, &TypeMap)>) -> TypeMap {
     // Assignments read the service, its DestinationRule and the mTLS settings.
     let prev = prev.filter(|(pw, _)| pw.peer_authn == w.peer_authn && pw.mesh == w.mesh);
     let mut out = TypeMap::new();

@@ -512,8 +512,11 @@ fn names_wire(names: &Arc<BTreeSet<String>>) -> bytes::Bytes {
         ..Default::default()
     };
     let b = bytes::Bytes::from(msg.encode_to_vec());
-    if cache.len() > 1024 {
+    // Drop dead sets when the map doubles past what was live at the last sweep.
+    static SWEEP_AT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1024);
+    if cache.len() >= SWEEP_AT.load(Relaxed) {
         cache.retain(|_, (w, _)| w.strong_count() > 0);
+        SWEEP_AT.store((cache.len() * 2).max(1024), Relaxed);
     }
     cache.insert(key, (Arc::downgrade(names), b.clone()));
     b

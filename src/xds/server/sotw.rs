@@ -99,7 +99,7 @@ impl Stream {
         }
         // An ACK repeats the names: compare before building (and interning) a new set.
         let same_names = req.name_bytes().len() == ts.names.set.len()
-            && (req.names_wire() == Some(ts.names.wire.as_slice())
+            && (req.names_wire() == Some(ts.names.wire())
                 || req
                     .name_bytes()
                     .zip(&ts.names.set)
