@@ -514,6 +514,17 @@ async fn delta_subscribe_unsubscribe_and_initial_versions() {
         vec![b],
         "only the resource whose version differs is sent"
     );
+    // A claimed resource that no longer exists is reported removed on reconnect (wildcard).
+    let gone = "outbound|8080||gone.default.svc.cluster.local";
+    let (tx, mut rx) = h.delta().await;
+    let mut first = dreq(CLUSTER, &[], &[], "");
+    first
+        .initial_resource_versions
+        .insert(gone.to_string(), "v".into());
+    tx.send(first).await.unwrap();
+    let r5 = next(&mut rx).await;
+    assert_eq!(r5.removed_resources, vec![gone]);
+    assert!(dnames(&r5).contains(&a.to_string()), "{:?}", dnames(&r5));
 }
 
 #[tokio::test]

@@ -44,11 +44,25 @@ impl Stream {
                     .filter(|r| claims.get(&r.name) != Some(&r.version))
                     .cloned()
                     .collect();
-                let removed = claims
-                    .keys()
-                    .filter(|n| cur.get(n).is_none())
-                    .cloned()
-                    .collect();
+                // Claimed names we no longer have are removed. Usually every claim is
+                // still current: count the matches first (hash lookups) and look closer
+                // only when some claim is left over.
+                let matched = all
+                    .items
+                    .iter()
+                    .filter(|r| claims.contains_key(&r.name))
+                    .count();
+                let removed = if matched == claims.len() {
+                    Vec::new()
+                } else {
+                    let have: std::collections::HashSet<&str> =
+                        all.items.iter().map(|r| r.name.as_str()).collect();
+                    claims
+                        .keys()
+                        .filter(|n| !have.contains(n.as_str()))
+                        .cloned()
+                        .collect()
+                };
                 (changed, removed)
             }
             None => match self.held.get(type_url) {
@@ -141,19 +155,26 @@ impl Stream {
             }
         }
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
-            let mut set = ts.subscribed.set.clone();
             for n in &req.resource_names_subscribe {
                 if n == "*" {
                     ts.wildcard = true;
-                } else {
-                    set.insert(n.clone());
+                } else if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
                     // Always answered, even if we think the client has it (unless the
                     // client said on this first request which version it holds).
-                    if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
-                        forced.insert(n.clone());
-                    }
+                    forced.insert(n.clone());
                 }
             }
+            let names = std::mem::take(&mut req.resource_names_subscribe)
+                .into_iter()
+                .filter(|n| n != "*");
+            let mut set = if ts.subscribed.set.is_empty() {
+                // A (re)connect subscribing thousands of names: built in one go.
+                names.collect()
+            } else {
+                let mut set = ts.subscribed.set.clone();
+                set.extend(names);
+                set
+            };
             let mut dropped = Vec::new();
             for n in &req.resource_names_unsubscribe {
                 if n == "*" {
