@@ -96,7 +96,7 @@ fn assert_correct(v: &Value, proxies: u64, changes: u64, nacks_expected: bool) {
     );
 }
 
-fn smoke(extra: &[&str], proxies: u64, services: u64, changes: u64) -> Value {
+fn smoke(extra: &[&str], scenarios: &str, proxies: u64, services: u64, changes: u64) -> Value {
     let bin = pilotfish_bin();
     let (p, s, c) = (
         proxies.to_string(),
@@ -111,7 +111,7 @@ fn smoke(extra: &[&str], proxies: u64, services: u64, changes: u64) -> Value {
         "--services",
         &s,
         "--scenario",
-        "change",
+        scenarios,
         "--changes",
         &c,
         "--decode",
@@ -125,15 +125,19 @@ fn smoke(extra: &[&str], proxies: u64, services: u64, changes: u64) -> Value {
 
 #[test]
 fn smoke_sotw_50_proxies() {
-    let v = smoke(&[], 50, 100, 2);
+    // Churn too (5 s at 40 pod events/s): every stream must reach each service's latest
+    // endpoints, through the incremental EDS and the reuse of unchanged encodings.
+    let v = smoke(&["--duration", "5"], "change,churn", 50, 100, 2);
     assert_correct(&v, 50, 2, false);
+    assert!(u(&scenario(&v, "churn")["events"]) > 0);
     assert_eq!(v["params"]["mode"], "sotw");
 }
 
 #[test]
 fn smoke_delta_50_proxies() {
-    let v = smoke(&["--delta"], 50, 100, 2);
+    let v = smoke(&["--delta", "--duration", "5"], "change,churn", 50, 100, 2);
     assert_correct(&v, 50, 2, false);
+    assert!(u(&scenario(&v, "churn")["events"]) > 0);
     assert_eq!(v["params"]["mode"], "delta");
 }
 
@@ -141,7 +145,7 @@ fn smoke_delta_50_proxies() {
 fn smoke_nack_injection() {
     // NACKed updates are counted by the control plane and not resent in a loop; the next
     // change still reaches every stream.
-    let v = smoke(&["--nack-percent", "50"], 10, 30, 4);
+    let v = smoke(&["--nack-percent", "50"], "change", 10, 30, 4);
     assert_correct(&v, 10, 4, true);
     let injected = u(&v["totals"]["injected_nacks"]);
     let rejects: u64 = v["scenarios"]
