@@ -361,7 +361,9 @@ pub struct Generation {
     outbound: Mutex<HashMap<(Scope, bool), Arc<Outbound>>>,
     /// Route configurations per (namespace, labels): the whole input of route generation
     /// (sourceLabels matches and the Sidecar scope derive from them).
-    routes: Mutex<HashMap<RouteKey, Arc<TypeMap>>>,
+    /// A cell per class, filled outside the lock: classes build in parallel, and streams of
+    /// one class wait for its single build.
+    routes: Mutex<HashMap<RouteKey, RouteCell>>,
     /// Inbound clusters and listener per inbound key (its whole input).
     inbound: Mutex<HashMap<translate::listener::InboundKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
@@ -382,6 +384,8 @@ pub struct Generation {
 }
 
 type ViewDiffEntry = (Arc<Diff>, (View, View));
+
+type RouteCell = Arc<std::sync::OnceLock<Arc<TypeMap>>>;
 
 /// Resources to send (new, or another version) and names no longer present.
 pub type Diff = (Vec<Res>, Vec<String>);
@@ -450,8 +454,8 @@ impl Generation {
                 let routes = p.routes.lock().unwrap();
                 *g.routes.get_mut().unwrap() = routes
                     .iter()
-                    .filter(|(_, m)| live(m))
-                    .map(|(k, m)| (k.clone(), m.clone()))
+                    .filter(|(_, c)| c.get().is_some_and(live))
+                    .map(|(k, c)| (k.clone(), c.clone()))
                     .collect();
             }
             let inbound = p.inbound.lock().unwrap();
@@ -546,21 +550,29 @@ impl Generation {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let rkey = (proxy.namespace.clone(), labels);
-        let routes = {
+        let cell = {
             let mut memo = lock(&self.routes, build)?;
-            if !build && !memo.contains_key(&rkey) {
-                return None;
+            match memo.get(&rkey) {
+                Some(c) => c.clone(),
+                None if !build => return None,
+                None => memo.entry(rkey.clone()).or_default().clone(),
             }
-            memo.entry(rkey)
-                .or_insert_with_key(|(ns, labels)| {
+        };
+        let routes = match cell.get() {
+            Some(r) => r.clone(),
+            // Another stream is building it (or nobody yet): not a lookup.
+            None if !build => return None,
+            None => cell
+                .get_or_init(|| {
+                    let (ns, labels) = rkey;
                     let class = Proxy {
-                        namespace: ns.clone(),
-                        labels: labels.clone(),
+                        namespace: ns,
+                        labels,
                         ..Default::default()
                     };
                     Arc::new(route_map(translate::route::outbound(w, &class)))
                 })
-                .clone()
+                .clone(),
         };
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
