@@ -365,7 +365,7 @@ pub struct Generation {
     /// one class wait for its single build.
     routes: Mutex<HashMap<RouteKey, RouteCell>>,
     /// Inbound clusters and listener per inbound key (its whole input).
-    inbound: Mutex<HashMap<translate::listener::InboundKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
+    inbound: Mutex<HashMap<translate::listener::InboundKey, InboundMaps>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
     /// Resolved views (sorted resources + version) per (layers, filter).
@@ -386,6 +386,9 @@ pub struct Generation {
 type ViewDiffEntry = (Arc<Diff>, (View, View));
 
 type RouteCell = Arc<std::sync::OnceLock<Arc<TypeMap>>>;
+
+/// Inbound clusters and the inbound listener of one inbound class.
+type InboundMaps = (Arc<TypeMap>, Arc<TypeMap>);
 
 /// Resources to send (new, or another version) and names no longer present.
 pub type Diff = (Vec<Res>, Vec<String>);
