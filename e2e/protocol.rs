@@ -774,6 +774,22 @@ fn route_classes_ignore_labels_no_rule_looks_at() {
     );
 }
 
+/// The World of one file of YAML, which must be free of config errors.
+fn valid_world(yaml: &str) -> Arc<pilotfish::model::World> {
+    let w = pilotfish::app::world_from_files(&[("t.yaml", yaml)], MeshConfig::default());
+    assert!(w.errors.is_empty(), "{:?}", w.errors);
+    Arc::new(w)
+}
+
+/// A sidecar in namespace default with no labels and no instances.
+fn default_ns_proxy() -> pilotfish::model::Proxy {
+    pilotfish::model::Proxy {
+        id: "sidecar~10.9.0.1~p.default~default.svc.cluster.local".into(),
+        namespace: "default".into(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn endpoint_churn_keeps_route_classes() {
     let world = |ip: &str, timeout: &str| {
@@ -782,15 +798,9 @@ fn endpoint_churn_keeps_route_classes() {
              apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: a-1}}\nspec:\n  address: {ip}\n  labels: {{app: a}}\n---\n\
              apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a}}\nspec:\n  hosts: [a]\n  http:\n  - route: [{{destination: {{host: a}}}}]\n    timeout: {timeout}\n"
         );
-        let w = pilotfish::app::world_from_files(&[("t.yaml", &yaml)], MeshConfig::default());
-        assert!(w.errors.is_empty(), "{:?}", w.errors);
-        Arc::new(w)
+        valid_world(&yaml)
     };
-    let proxy = pilotfish::model::Proxy {
-        id: "sidecar~10.9.0.1~p.default~default.svc.cluster.local".into(),
-        namespace: "default".into(),
-        ..Default::default()
-    };
+    let proxy = default_ns_proxy();
     let g1 = Generation::new(world("10.1.0.1", "1s"));
     let r1 = g1.for_proxy(&proxy);
     let g2 = Generation::next(world("10.1.0.2", "1s"), Some(&g1));
@@ -826,15 +836,9 @@ fn endpoint_churn_reuses_what_did_not_change() {
                  apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {s}-1}}\nspec:\n  address: {ip}\n  labels: {{app: {s}}}\n---\n"
             ));
         }
-        let w = pilotfish::app::world_from_files(&[("t.yaml", &yaml)], MeshConfig::default());
-        assert!(w.errors.is_empty(), "{:?}", w.errors);
-        Arc::new(w)
+        valid_world(&yaml)
     };
-    let proxy = pilotfish::model::Proxy {
-        id: "sidecar~10.9.0.1~p.default~default.svc.cluster.local".into(),
-        namespace: "default".into(),
-        ..Default::default()
-    };
+    let proxy = default_ns_proxy();
     let g1 = Generation::new(world("10.1.0.1"));
     let r1 = g1.for_proxy(&proxy);
     let g2 = Generation::next(world("10.1.0.2"), Some(&g1));
