@@ -275,12 +275,9 @@ impl View {
         if !self.extra.is_empty() || !old.extra.is_empty() {
             return Arc::new(self.diff_now(old, gen));
         }
-        let mut key = Vec::with_capacity(old.layers.len() + self.layers.len() + 3);
-        for v in [old, self] {
-            key.extend(v.layers.iter().map(ptr));
-            key.push(v.filter.as_ref().map(ptr).unwrap_or(0));
-            key.push(usize::MAX);
-        }
+        let mut key = Vec::with_capacity(old.layers.len() + self.layers.len() + 4);
+        old.push_key(&mut key);
+        self.push_key(&mut key);
         if let Some((d, _)) = gen.view_diffs.lock().unwrap().get(&key) {
             return d.clone();
         }
@@ -291,6 +288,14 @@ impl View {
             .unwrap()
             .insert(key, (d.clone(), (old.clone(), self.clone())));
         d
+    }
+
+    /// Appends what names this view in memo keys (its layers and filter, by address; the
+    /// memo entry must keep them alive), then a separator.
+    fn push_key(&self, key: &mut Vec<usize>) {
+        key.extend(self.layers.iter().map(ptr));
+        key.push(self.filter.as_ref().map(ptr).unwrap_or(0));
+        key.push(usize::MAX);
     }
 
     fn diff_now(&self, old: &View, gen: &Generation) -> Diff {
@@ -634,9 +639,7 @@ impl Generation {
         let memo = holders.iter().all(|h| h.extra.is_empty());
         let mut key = Vec::new();
         for h in holders {
-            key.extend(h.layers.iter().map(ptr));
-            key.push(h.filter.as_ref().map(ptr).unwrap_or(0));
-            key.push(usize::MAX);
+            h.push_key(&mut key);
         }
         key.extend(layers.iter().map(ptr));
         if memo {
