@@ -81,7 +81,7 @@ fn main() {
     ]
     .iter()
     .flat_map(|t| res.values(t))
-    .map(|r| r.any.value.len())
+    .map(|r| r.value.len())
     .sum();
     let t = Instant::now();
     let others = 100;

@@ -189,7 +189,7 @@ async fn config_dump(
     let dump = |t: &str, field: &str| -> Vec<serde_json::Value> {
         res.values(t)
             .iter()
-            .map(|r| json!({"version_info": r.version, field: any_to_json(&r.any)}))
+            .map(|r| json!({"version_info": r.version, field: any_to_json(&r.any())}))
             .collect()
     };
     Json(json!({"configs": [

@@ -18,9 +18,22 @@ use std::sync::{Arc, LazyLock, Mutex, Weak};
 pub struct Encoded {
     pub name: String,
     pub version: String,
-    pub any: Any,
+    /// The `google.protobuf.Any` it travels in: type URL and the encoded message, shared
+    /// (responses send large ones without copying them).
+    pub type_url: String,
+    pub value: bytes::Bytes,
     /// Clusters this resource names (routes and listeners), for make-before-break.
     pub refs: Vec<String>,
+}
+
+impl Encoded {
+    /// The resource as a protobuf `Any` (a copy; for debug output and tests).
+    pub fn any(&self) -> Any {
+        Any {
+            type_url: self.type_url.clone(),
+            value: self.value.to_vec(),
+        }
+    }
 }
 
 pub type Res = Arc<Encoded>;
@@ -35,10 +48,8 @@ fn encode_with<T: Message + Name>(name: &str, m: &T, refs: Vec<String>) -> Res {
     Arc::new(Encoded {
         name: name.to_string(),
         version: hex::encode(&digest[..8]),
-        any: Any {
-            type_url: T::type_url(),
-            value,
-        },
+        type_url: T::type_url(),
+        value: value.into(),
         refs,
     })
 }
