@@ -236,20 +236,17 @@ impl View {
         if !self.extra.is_empty() {
             return Arc::new(self.resolve_now());
         }
-        let key = (
-            self.layers.iter().map(ptr).collect::<Vec<_>>(),
-            self.filter.as_ref().map(ptr).unwrap_or(0),
-        );
+        let mut key = Vec::with_capacity(self.layers.len() + 2);
+        self.push_key(&mut key);
         if let Some((r, _)) = gen.resolved.lock().unwrap().get(&key) {
             return r.clone();
         }
         let r = Arc::new(self.resolve_now());
-        // The entry keeps the filter and the layers alive, so their addresses keep naming
-        // them while the key exists.
+        // The entry keeps the view alive, so its addresses keep naming it.
         gen.resolved
             .lock()
             .unwrap()
-            .insert(key, (r.clone(), (self.filter.clone(), self.layers.clone())));
+            .insert(key, (r.clone(), self.clone()));
         r
     }
 
@@ -364,10 +361,8 @@ struct LayerDiff {
     _old: Arc<TypeMap>,
 }
 
-type ResolvedKey = (Vec<usize>, usize);
 /// Missing names, and the views they were computed for (kept alive: their addresses key it).
 type MissingEntry = (Arc<Vec<String>>, Vec<View>);
-type Keep = (Option<Arc<Names>>, Vec<Arc<TypeMap>>);
 
 /// Everything derived from one World.
 pub struct Generation {
@@ -385,7 +380,7 @@ pub struct Generation {
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
     /// Resolved views (sorted resources + version) per (layers, filter).
-    resolved: Mutex<HashMap<ResolvedKey, (Arc<Resolved>, Keep)>>,
+    resolved: Mutex<HashMap<Vec<usize>, (Arc<Resolved>, View)>>,
     /// Diffs from an older generation's map to this one's, per (old, new) map.
     diffs: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
     /// Clusters that held routes/listeners name but the new cluster maps lack, per (holder
@@ -540,21 +535,8 @@ impl Generation {
 
     fn lookup(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
         let w = &*self.world;
-        // Without `build`, a memo another thread holds (building a class) is a miss, not a
-        // wait: the caller must not block an async worker on it.
-        fn lock<T>(m: &Mutex<T>, build: bool) -> Option<std::sync::MutexGuard<'_, T>> {
-            if build {
-                Some(m.lock().unwrap())
-            } else {
-                match m.try_lock() {
-                    Ok(g) => Some(g),
-                    Err(std::sync::TryLockError::Poisoned(e)) => panic!("{e}"),
-                    Err(std::sync::TryLockError::WouldBlock) => None,
-                }
-            }
-        }
         let okey = (w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
-        let built = lock(&self.outbound, build)?.get(&okey).cloned();
+        let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
         let out = match built {
             Some(o) => o,
             None if build => self.outbound_for(okey.0, okey.1),
@@ -570,7 +552,7 @@ impl Generation {
             .collect();
         let rkey = (proxy.namespace.clone(), labels);
         let cell = {
-            let mut memo = lock(&self.routes, build)?;
+            let mut memo = lock_or_skip(&self.routes, build)?;
             match memo.get(&rkey) {
                 Some(c) => c.clone(),
                 None if !build => return None,
@@ -596,7 +578,7 @@ impl Generation {
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
         let (in_clusters, in_listeners) = {
-            let mut memo = lock(&self.inbound, build)?;
+            let mut memo = lock_or_skip(&self.inbound, build)?;
             if !build && !memo.contains_key(&key) {
                 return None;
             }
@@ -675,6 +657,19 @@ impl Generation {
             self.missing.lock().unwrap().insert(key, (m.clone(), keep));
         }
         m
+    }
+}
+
+/// The memo behind `m`; without `build`, one another thread holds (building a class) is a
+/// miss, not a wait: an async worker must not block on it.
+fn lock_or_skip<T>(m: &Mutex<T>, build: bool) -> Option<std::sync::MutexGuard<'_, T>> {
+    if build {
+        return Some(m.lock().unwrap());
+    }
+    match m.try_lock() {
+        Ok(g) => Some(g),
+        Err(std::sync::TryLockError::Poisoned(e)) => panic!("{e}"),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
