@@ -50,7 +50,13 @@ struct Harness {
 }
 
 impl Harness {
+    /// A server on pilotfish's own HTTP/2 transport (the plaintext xDS port's).
     async fn start(initial: Option<&str>) -> Harness {
+        Harness::start_with(initial, false).await
+    }
+
+    /// `tonic`: on tonic's HTTP/2 server instead (the TLS port's transport).
+    async fn start_with(initial: Option<&str>, tonic: bool) -> Harness {
         let (tx, rx) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Connections::default());
@@ -60,28 +66,41 @@ impl Harness {
             current: rx,
             metrics: metrics.clone(),
             conns: conns.clone(),
-            stop,
+            stop: stop.clone(),
             security: None,
             require_auth: false,
             admission: Arc::new(pilotfish::xds::server::Admission::unlimited()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(
-                    pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Cds>::new(srv.clone()),
-                )
-                .add_service(
-                    pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Rds>::new(srv.clone()),
-                )
-                .add_service(
-                    pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Ads>::new(srv),
-                )
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .unwrap();
-        });
+        if tonic {
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(
+                        pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Cds>::new(
+                            srv.clone(),
+                        ),
+                    )
+                    .add_service(
+                        pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Rds>::new(
+                            srv.clone(),
+                        ),
+                    )
+                    .add_service(
+                        pilotfish::xds::wire::XdsService::<pilotfish::xds::wire::Ads>::new(srv),
+                    )
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await
+                    .unwrap();
+            });
+        } else {
+            tokio::spawn(pilotfish::xds::http2::serve(
+                listener,
+                srv,
+                stop,
+                Duration::from_secs(1),
+            ));
+        }
         let h = Harness {
             tx,
             addr,
@@ -237,7 +256,17 @@ async fn unavailable_before_first_load() {
 
 #[tokio::test]
 async fn sotw_wildcard_ack_and_no_resend() {
-    let h = Harness::start(Some(&svc_yaml(&["a", "b"]))).await;
+    sotw_wildcard_ack_and_no_resend_on(false).await;
+}
+
+/// The same conversation on tonic's transport (the TLS port's).
+#[tokio::test]
+async fn sotw_wildcard_ack_and_no_resend_on_tonic() {
+    sotw_wildcard_ack_and_no_resend_on(true).await;
+}
+
+async fn sotw_wildcard_ack_and_no_resend_on(tonic: bool) {
+    let h = Harness::start_with(Some(&svc_yaml(&["a", "b"])), tonic).await;
     let (tx, mut rx) = h.sotw().await;
     tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
     let r = next(&mut rx).await;
@@ -891,4 +920,174 @@ async fn a_proxy_that_has_not_acked_gets_the_newest_state_once_it_does() {
         .await
         .unwrap();
     nothing(&mut rx).await;
+}
+
+/// pilotfish's HTTP/2 transport honours a client's small flow-control windows (responses
+/// far larger than the window arrive whole) and grants a request larger than the stream
+/// window back as the stream consumes it.
+#[tokio::test]
+async fn http2_small_client_windows_and_a_request_larger_than_the_window() {
+    let owned: Vec<String> = (0..2000).map(|i| format!("svc{i}")).collect();
+    let svcs: Vec<&str> = owned.iter().map(|s| s.as_str()).collect();
+    let h = Harness::start(Some(&svc_yaml(&svcs))).await;
+    let ch = tonic::transport::Endpoint::from_shared(h.addr.clone())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut rx_stream = AggregatedDiscoveryServiceClient::new(ch)
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(req(CLUSTER, &[], "", "")).await.unwrap();
+    let r = next(&mut rx_stream).await;
+    let bytes: usize = r.resources.iter().map(|a| a.value.len()).sum();
+    assert!(
+        bytes > 3 * 65_535,
+        "response of {bytes} bytes should exceed the window"
+    );
+    let got = names(&r);
+    for n in &svcs {
+        let want = format!("outbound|8080||{n}.default.svc.cluster.local");
+        assert!(got.contains(&want), "{want} missing");
+    }
+    tx.send(req(CLUSTER, &[], &r.version_info, &r.nonce))
+        .await
+        .unwrap();
+    // An endpoint subscription of ~2.4 MB (the stream window is 1 MiB).
+    let mut sub: Vec<String> = svcs
+        .iter()
+        .map(|n| format!("outbound|8080||{n}.default.svc.cluster.local"))
+        .collect();
+    sub.extend((0..40_000).map(|i| format!("outbound|9|unknown-{i:06}|nothing.example.com")));
+    let sub_ref: Vec<&str> = sub.iter().map(|s| s.as_str()).collect();
+    tx.send(req(ENDPOINT, &sub_ref, "", "")).await.unwrap();
+    let e = next(&mut rx_stream).await;
+    assert_eq!(e.type_url, ENDPOINT);
+    assert_eq!(
+        e.resources.len(),
+        2000,
+        "one load assignment per known service"
+    );
+    // The same again (an ACK repeats every name): still served.
+    tx.send(req(ENDPOINT, &sub_ref, &e.version_info, &e.nonce))
+        .await
+        .unwrap();
+    nothing(&mut rx_stream).await;
+    h.publish(&svc_yaml(&svcs[..1999]));
+    let c = next(&mut rx_stream).await;
+    assert_eq!(c.type_url, CLUSTER);
+    assert_eq!(h.conns.len(), 1);
+    // A client that goes away (RST_STREAM) ends the server's stream.
+    drop(tx);
+    drop(rx_stream);
+    let t = Instant::now();
+    while !h.conns.is_empty() {
+        assert!(
+            t.elapsed() < WAIT,
+            "server stream outlived the client's reset"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Raw HTTP/2 against pilotfish's transport: settings are acknowledged, pings answered,
+/// an unknown method gets a trailers-only UNIMPLEMENTED, and a non-HTTP/2 client is
+/// closed with GOAWAY.
+#[tokio::test]
+async fn http2_raw_frames() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let addr = h.addr.trim_start_matches("http://").to_string();
+    fn frame(ty: u8, flags: u8, id: u32, p: &[u8]) -> Vec<u8> {
+        let mut f = vec![
+            (p.len() >> 16) as u8,
+            (p.len() >> 8) as u8,
+            p.len() as u8,
+            ty,
+            flags,
+        ];
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(p);
+        f
+    }
+    async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+        let mut h = [0u8; 9];
+        tokio::time::timeout(WAIT, s.read_exact(&mut h))
+            .await
+            .ok()?
+            .ok()?;
+        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+        let mut p = vec![0; len];
+        s.read_exact(&mut p).await.ok()?;
+        Some((h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p))
+    }
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    out.extend(frame(6, 0, 0, b"12345678"));
+    // HEADERS (literals without indexing, new names) for a method that does not exist.
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/Nope",
+        ),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+    ] {
+        block.push(0);
+        block.push(n.len() as u8);
+        block.extend_from_slice(n.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    out.extend(frame(1, 0x4 | 0x1, 1, &block));
+    s.write_all(&out).await.unwrap();
+    let (mut settings_ack, mut pong, mut status) = (false, false, None);
+    while !(settings_ack && pong && status.is_some()) {
+        let (ty, flags, id, p) = read_frame(&mut s).await.expect("server stopped answering");
+        match ty {
+            4 if flags & 1 != 0 => settings_ack = true,
+            6 => {
+                assert_eq!(flags & 1, 1, "a ping answer carries ACK");
+                assert_eq!(p, b"12345678");
+                pong = true;
+            }
+            1 => {
+                assert_eq!(id, 1);
+                assert_eq!(flags & 0x1, 0x1, "trailers-only response ends the stream");
+                let fields = loona_hpack::Decoder::new().decode(&p).unwrap();
+                status = fields
+                    .into_iter()
+                    .find(|(n, _)| n == b"grpc-status")
+                    .map(|(_, v)| String::from_utf8(v).unwrap());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(status.as_deref(), Some("12"), "UNIMPLEMENTED");
+    // Not HTTP/2: GOAWAY, then the connection closes.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut saw_goaway = false;
+    while let Some((ty, _, _, p)) = read_frame(&mut s).await {
+        if ty == 7 {
+            assert_eq!(
+                u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+                1,
+                "PROTOCOL_ERROR"
+            );
+            saw_goaway = true;
+        }
+    }
+    assert!(saw_goaway);
 }

@@ -524,7 +524,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {xds_addr}"))?;
     info!(%xds_addr, %http_addr, dir = %a.config_dir.display(), "pilotfish serving");
     // One signal fans out: streams end, both servers drain, and a deadline bounds it all.
-    let mut stopping = stop_tx.subscribe();
+    let stopping = stop_tx.subscribe();
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("shutting down");
@@ -560,21 +560,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             ),
     );
     info!(%secure_addr, "xDS over TLS serving");
-    tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(XdsService::<Sds>::new(xds.clone()))
-        .add_service(XdsService::<Cds>::new(xds.clone()))
-        .add_service(XdsService::<Eds>::new(xds.clone()))
-        .add_service(XdsService::<Lds>::new(xds.clone()))
-        .add_service(XdsService::<Rds>::new(xds.clone()))
-        .add_service(XdsService::<Ads>::new(xds))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(xds_listener),
-            async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            },
-        )
-        .await?;
+    // The plaintext port, where every sidecar connects, runs pilotfish's own HTTP/2 server
+    // (see `xds::http2`: no buffers held by idle connections).
+    crate::xds::http2::serve(xds_listener, xds, stopping, Duration::from_secs(2)).await;
     http_task.abort();
     secure_task.abort();
     info!("pilotfish stopped");

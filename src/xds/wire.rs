@@ -164,7 +164,7 @@ impl XdsBody {
     }
 }
 
-fn trailers(status: Option<&Status>) -> http::HeaderMap {
+pub(crate) fn trailers(status: Option<&Status>) -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     let (code, msg) = match status {
         Some(s) => (s.code() as i32, s.message().to_string()),
@@ -285,17 +285,43 @@ impl http_body::Body for XdsBody {
     }
 }
 
+/// Where a stream's request bytes come from: tonic's HTTP/2 server (the TLS port) or
+/// pilotfish's own ([`super::http2`], the plaintext xDS port).
+pub enum Source {
+    Tonic(tonic::body::Body),
+    Inbox(std::sync::Arc<super::http2::Inbox>),
+}
+
+impl Source {
+    /// The next chunk of request bytes; `None` at the end of the stream.
+    async fn chunk(&mut self) -> Option<Result<Bytes, Status>> {
+        match self {
+            Source::Tonic(body) => loop {
+                match body.frame().await? {
+                    Ok(f) => {
+                        if let Ok(data) = f.into_data() {
+                            return Some(Ok(data));
+                        }
+                    }
+                    Err(e) => return Some(Err(Status::unknown(format!("request stream: {e}")))),
+                }
+            },
+            Source::Inbox(inbox) => std::future::poll_fn(|cx| inbox.poll_chunk(cx)).await,
+        }
+    }
+}
+
 /// Requests of one stream, decoded from the request body. The buffer is released when it
 /// empties, so a large subscription does not stay allocated for the life of the stream.
 pub struct Requests<T> {
-    body: tonic::body::Body,
+    body: Source,
     buf: Vec<u8>,
     eof: bool,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: Decode> Requests<T> {
-    pub fn new(body: tonic::body::Body) -> Requests<T> {
+    pub fn new(body: Source) -> Requests<T> {
         Requests {
             body,
             buf: Vec::new(),
@@ -346,13 +372,9 @@ impl<T: Decode> Requests<T> {
                     Err(Status::internal("request stream ended inside a message"))
                 };
             }
-            match self.body.frame().await {
-                Some(Ok(f)) => {
-                    if let Ok(data) = f.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(Status::unknown(format!("request stream: {e}"))),
+            match self.body.chunk().await {
+                Some(Ok(data)) => self.buf.extend_from_slice(&data),
+                Some(Err(e)) => return Err(e),
                 None => self.eof = true,
             }
         }
@@ -602,31 +624,67 @@ impl<K: Kind> Service<http::Request<tonic::body::Body>> for XdsService<K> {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let srv = self.srv.clone();
-        Box::pin(async move {
-            let method = req
-                .uri()
-                .path()
-                .rsplit('/')
-                .next()
-                .unwrap_or("")
-                .to_string();
-            let (parts, body) = req.into_parts();
-            let head = tonic::Request::from_http(http::Request::from_parts(parts, ()));
-            let result = if method == K::STREAM {
-                srv.sotw(&head, Requests::new(body), K::FIXED).map(response)
-            } else if method == K::DELTA {
-                srv.delta(&head, Requests::new(body), K::FIXED)
-                    .map(response)
-            } else if !K::FETCH.is_empty() && method == K::FETCH {
-                fetch(&srv, Requests::new(body), K::FIXED.unwrap_or_default()).await
-            } else {
-                Err(Status::unimplemented(format!(
-                    "{} has no method {method}",
-                    K::NAME
-                )))
-            };
-            Ok(result.unwrap_or_else(|s| s.into_http()))
-        })
+        let (parts, body) = req.into_parts();
+        let method = parts
+            .uri
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let head = http::Request::from_parts(parts, ());
+        let result = open_method::<K>(&srv, &method, head, Source::Tonic(body));
+        Box::pin(async move { Ok(result.map(response).unwrap_or_else(|s| s.into_http())) })
+    }
+}
+
+/// Opens the call `path` (`/<service>/<method>`) names: the receiver of its responses.
+pub fn open_call(
+    srv: &XdsServer,
+    path: &str,
+    head: http::Request<()>,
+    body: Source,
+) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (service, method) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match service {
+        Ads::NAME => open_method::<Ads>(srv, method, head, body),
+        Cds::NAME => open_method::<Cds>(srv, method, head, body),
+        Eds::NAME => open_method::<Eds>(srv, method, head, body),
+        Lds::NAME => open_method::<Lds>(srv, method, head, body),
+        Rds::NAME => open_method::<Rds>(srv, method, head, body),
+        Sds::NAME => open_method::<Sds>(srv, method, head, body),
+        _ => Err(Status::unimplemented(format!("no service {service}"))),
+    }
+}
+
+/// Opens `method` of the service `K`.
+fn open_method<K: Kind>(
+    srv: &XdsServer,
+    method: &str,
+    head: http::Request<()>,
+    body: Source,
+) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
+    let head = tonic::Request::from_http(head);
+    if method == K::STREAM {
+        srv.sotw(&head, Requests::new(body), K::FIXED)
+    } else if method == K::DELTA {
+        srv.delta(&head, Requests::new(body), K::FIXED)
+    } else if !K::FETCH.is_empty() && method == K::FETCH {
+        let (tx, rx) = mpsc::channel(1);
+        let srv = srv.clone();
+        let type_url = K::FIXED.unwrap_or_default();
+        tokio::spawn(async move {
+            let _ = tx
+                .send(fetch(&srv, Requests::new(body), type_url).await)
+                .await;
+        });
+        Ok(rx)
+    } else {
+        Err(Status::unimplemented(format!(
+            "{} has no method {method}",
+            K::NAME
+        )))
     }
 }
 
@@ -634,15 +692,12 @@ async fn fetch(
     srv: &XdsServer,
     mut body: Requests<DiscoveryRequest>,
     type_url: &'static str,
-) -> Result<HttpResponse, Status> {
+) -> Result<Plan, Status> {
     let req = body
         .message()
         .await?
         .ok_or_else(|| Status::invalid_argument("fetch needs a request"))?;
-    let plan = srv.fetch(req, type_url)?;
-    let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(Ok(plan));
-    Ok(response(rx))
+    srv.fetch(req, type_url)
 }
 
 #[cfg(test)]

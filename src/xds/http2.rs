@@ -1,0 +1,1080 @@
+//! The plaintext xDS port's HTTP/2 server, written for idle memory.
+//!
+//! hyper's HTTP/2 stack keeps ~44 kB per connection for its whole life (a 16 KiB write
+//! buffer, a read buffer that keeps the size of the largest frame, a frame decoder, a slab
+//! of received frames), more than everything else pilotfish holds for a connected proxy.
+//! This server is just enough HTTP/2 (RFC 9113) for gRPC: prior-knowledge cleartext, one
+//! task per connection, and nothing buffered between bursts. Input is read into a buffer
+//! that is freed once every complete frame in it was handled; output is queued as shared
+//! `Bytes` (large resources are never copied) and the queue is freed once written. Flow
+//! control is honoured both ways; request bytes are granted back to the client only as
+//! the stream's task consumes them, so a client cannot make the server buffer more than
+//! one window per stream.
+//!
+//! Streams are served by [`super::wire::open_call`], the same entry point tonic's server
+//! uses on the TLS port: the request bytes go through an [`Inbox`], the response is the
+//! stream's [`XdsBody`].
+
+use super::server::XdsServer;
+use super::wire::{open_call, Source, XdsBody};
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body::Body;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::io::AsyncWrite;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tonic::Status;
+use tracing::debug;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// Frame types.
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const PUSH_PROMISE: u8 = 5;
+const PING: u8 = 6;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+const CONTINUATION: u8 = 9;
+
+// Flags.
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+// Error codes.
+const NO_ERROR: u32 = 0;
+const PROTOCOL_ERROR: u32 = 1;
+const FLOW_CONTROL_ERROR: u32 = 3;
+const FRAME_SIZE_ERROR: u32 = 6;
+const REFUSED_STREAM: u32 = 7;
+const COMPRESSION_ERROR: u32 = 9;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// Largest frame payload accepted (the protocol's default; we never raise it).
+const MAX_FRAME: usize = 16_384;
+/// Streams a connection may have open at once (Envoy opens one, or one per type).
+const MAX_STREAMS: usize = 200;
+/// Request bytes a stream may have in flight before its task consumed them.
+const STREAM_WINDOW: u32 = 1 << 20;
+/// The same for the whole connection.
+const CONN_WINDOW: u32 = 16 << 20;
+/// Window is granted back in steps of this much consumed data.
+const GRANT_STEP: usize = 128 * 1024;
+/// Largest header block accepted (the request's headers, all continuation frames).
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Queued output above which the connection stops pulling from its streams (and stops
+/// reading, so a client cannot queue replies to its pings without bound).
+const OUT_HIGH: usize = 256 * 1024;
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// A connection silent for this long gets a ping; one that does not answer in
+/// `PING_TIMEOUT` is closed (as tonic's keepalive did on this port).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Live connections, for the shutdown drain.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Serves gRPC over cleartext HTTP/2 on `listener` until `stop` becomes true; then waits
+/// (at most `drain`) for connections to close after their streams ended.
+pub async fn serve(
+    listener: TcpListener,
+    srv: XdsServer,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let stopping = Arc::new(AtomicBool::new(false));
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((io, peer)) => {
+                    let _ = io.set_nodelay(true);
+                    let local = io.local_addr().ok();
+                    let conn = Conn::new(io, peer, local, srv.clone(), stopping.clone());
+                    tokio::spawn(conn.run());
+                }
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    stopping.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + drain;
+    while LIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Request bytes of one stream on their way from the connection to the stream's task.
+#[derive(Default)]
+pub struct Inbox(Mutex<InboxState>);
+
+#[derive(Default)]
+struct InboxState {
+    chunks: VecDeque<Bytes>,
+    /// The client ended its side (`Some(true)`: cleanly, `Some(false)`: reset).
+    end: Option<bool>,
+    /// Bytes taken by the reader and not yet granted back to the client.
+    consumed: usize,
+    reader: Option<Waker>,
+    conn: Option<Waker>,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream's task: the next chunk, `None` at the clean end.
+    pub fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
+        let mut s = self.lock();
+        if let Some(b) = s.chunks.pop_front() {
+            s.consumed += b.len();
+            if s.chunks.is_empty() && s.chunks.capacity() > 4 {
+                s.chunks = VecDeque::new();
+            }
+            if s.consumed >= GRANT_STEP {
+                if let Some(w) = s.conn.take() {
+                    w.wake();
+                }
+            }
+            return Poll::Ready(Some(Ok(b)));
+        }
+        match s.end {
+            Some(true) => Poll::Ready(None),
+            Some(false) => Poll::Ready(Some(Err(Status::cancelled("stream reset by the client")))),
+            None => {
+                if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.reader = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn push(&self, b: Bytes) {
+        let mut s = self.lock();
+        s.chunks.push_back(b);
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// Bytes that count as consumed without reaching the reader (padding).
+    fn credit(&self, n: usize) {
+        self.lock().consumed += n;
+    }
+
+    fn end(&self, clean: bool) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.end = Some(clean);
+        }
+        if !clean {
+            s.chunks = VecDeque::new();
+        }
+        if let Some(w) = s.reader.take() {
+            w.wake();
+        }
+    }
+
+    /// The connection: consumed bytes to grant back once they reach a step (the reader
+    /// wakes `waker` then).
+    fn take_consumed(&self, waker: &Waker) -> usize {
+        let mut s = self.lock();
+        if !s.conn.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            s.conn = Some(waker.clone());
+        }
+        if s.consumed >= GRANT_STEP {
+            std::mem::take(&mut s.consumed)
+        } else {
+            0
+        }
+    }
+
+    /// Bytes received and never granted back (queued or consumed), when the stream goes.
+    fn outstanding(&self) -> usize {
+        let s = self.lock();
+        s.consumed + s.chunks.iter().map(|b| b.len()).sum::<usize>()
+    }
+}
+
+struct Stream {
+    id: u32,
+    send_window: i64,
+    recv_window: i64,
+    body: XdsBody,
+    /// Response bytes taken from the body and not yet framed.
+    pending: Option<Bytes>,
+    /// Trailers written: nothing more to send.
+    done: bool,
+    /// The client ended its side.
+    recv_closed: bool,
+    inbox: Arc<Inbox>,
+}
+
+/// A connection error: GOAWAY with this code, then close.
+struct ConnError(u32, &'static str);
+
+struct Conn {
+    io: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    srv: XdsServer,
+    stopping: Arc<AtomicBool>,
+    /// Received bytes not yet handled (a partial frame); empty and unallocated when idle.
+    rbuf: Vec<u8>,
+    preface: bool,
+    read_closed: bool,
+    hpack: loona_hpack::Decoder<'static>,
+    /// A header block waiting for CONTINUATION frames: stream, HEADERS flags, block.
+    cont: Option<(u32, u8, Vec<u8>)>,
+    streams: Vec<Stream>,
+    last_stream: u32,
+    /// Small frames being assembled; sealed into `out` before writing.
+    wb: BytesMut,
+    out: VecDeque<Bytes>,
+    out_len: usize,
+    send_window: i64,
+    recv_window: i64,
+    /// Connection-level bytes to grant back (padding, data of closed streams, consumed).
+    conn_grant: usize,
+    peer_window: i64,
+    peer_max_frame: usize,
+    /// GOAWAY sent or received: no new streams; close when the last one ends.
+    closing: bool,
+    last_read: Instant,
+    ping_sent: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    fn new(
+        io: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        srv: XdsServer,
+        stopping: Arc<AtomicBool>,
+    ) -> Conn {
+        let now = Instant::now();
+        let mut c = Conn {
+            io,
+            peer,
+            local,
+            srv,
+            stopping,
+            rbuf: Vec::new(),
+            preface: false,
+            read_closed: false,
+            hpack: loona_hpack::Decoder::new(),
+            cont: None,
+            streams: Vec::new(),
+            last_stream: 0,
+            wb: BytesMut::new(),
+            out: VecDeque::new(),
+            out_len: 0,
+            send_window: 65_535,
+            recv_window: 65_535,
+            conn_grant: 0,
+            peer_window: 65_535,
+            peer_max_frame: MAX_FRAME,
+            closing: false,
+            last_read: now,
+            ping_sent: None,
+            timer: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
+        };
+        // Server preface: our settings, then the connection window raised.
+        let settings: [(u16, u32); 3] = [
+            (3, MAX_STREAMS as u32),
+            (4, STREAM_WINDOW),
+            (6, MAX_HEADER_BLOCK as u32),
+        ];
+        c.frame_head(settings.len() * 6, SETTINGS, 0, 0);
+        for (id, v) in settings {
+            c.wb.put_u16(id);
+            c.wb.put_u32(v);
+        }
+        c.window_update(0, CONN_WINDOW - 65_535);
+        c.recv_window = CONN_WINDOW as i64;
+        c
+    }
+
+    async fn run(mut self) {
+        LIVE.fetch_add(1, Ordering::SeqCst);
+        let r = std::future::poll_fn(|cx| self.poll(cx)).await;
+        if let Err(e) = r {
+            debug!(peer = %self.peer, error = %e, "xDS connection ended");
+        }
+        for s in self.streams.drain(..) {
+            s.inbox.end(false);
+        }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        loop {
+            let mut progress = false;
+            // Read what is there (unless output is backed up).
+            if !self.read_closed && self.queued() < OUT_HIGH {
+                match self.poll_read(cx) {
+                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(false)) => {
+                        // EOF: the client is gone; nothing more can be delivered.
+                        self.read_closed = true;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready(Err(e)) => {
+                        self.goaway(e.0);
+                        let _ = self.poll_flush(cx);
+                        return Poll::Ready(Err(e.1.into()));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(e) = self.keepalive(cx) {
+                return Poll::Ready(Err(e.into()));
+            }
+            if self.stopping.load(Ordering::Relaxed) && !self.closing {
+                self.closing = true;
+                self.goaway(NO_ERROR);
+            }
+            self.grant(cx);
+            self.fill(cx);
+            match self.poll_flush(cx) {
+                Poll::Ready(Ok(wrote)) => progress |= wrote,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.to_string())),
+                Poll::Pending => {}
+            }
+            if self.closing && self.streams.is_empty() && self.queued() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Reads once and handles every complete frame. `Ok(false)` at EOF.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Pending => {
+                    self.release_rbuf();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => {}
+            }
+            self.rbuf.reserve(READ_CHUNK);
+            match self.io.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Poll::Ready(Ok(false)),
+            }
+        }
+        self.last_read = Instant::now();
+        self.ping_sent = None;
+        let buf = std::mem::take(&mut self.rbuf);
+        let used = match self.handle_input(&buf) {
+            Ok(u) => u,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if used < buf.len() {
+            self.rbuf = buf;
+            self.rbuf.drain(..used);
+        }
+        self.release_rbuf();
+        Poll::Ready(Ok(true))
+    }
+
+    /// An idle connection keeps no read buffer.
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = Vec::new();
+        }
+    }
+
+    /// Handles the complete frames at the start of `buf`; returns the bytes used.
+    fn handle_input(&mut self, buf: &[u8]) -> Result<usize, ConnError> {
+        let mut pos = 0;
+        if !self.preface {
+            let n = buf.len().min(PREFACE.len());
+            if buf[..n] != PREFACE[..n] {
+                return Err(ConnError(PROTOCOL_ERROR, "not an HTTP/2 client preface"));
+            }
+            if n < PREFACE.len() {
+                return Ok(0);
+            }
+            self.preface = true;
+            pos = PREFACE.len();
+        }
+        while buf.len() - pos >= 9 {
+            let h = &buf[pos..pos + 9];
+            let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+            let (ty, flags) = (h[3], h[4]);
+            let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            if len > MAX_FRAME {
+                return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
+            }
+            if buf.len() - pos < 9 + len {
+                break;
+            }
+            self.frame(ty, flags, id, &buf[pos + 9..pos + 9 + len])?;
+            pos += 9 + len;
+        }
+        Ok(pos)
+    }
+
+    fn frame(&mut self, ty: u8, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
+        if let Some((cid, _, block)) = &mut self.cont {
+            if ty != CONTINUATION || id != *cid {
+                return Err(ConnError(PROTOCOL_ERROR, "expected CONTINUATION"));
+            }
+            if block.len() + p.len() > MAX_HEADER_BLOCK {
+                return Err(ConnError(ENHANCE_YOUR_CALM, "header block too large"));
+            }
+            block.extend_from_slice(p);
+            if flags & END_HEADERS != 0 {
+                let (cid, hflags, block) = self.cont.take().unwrap_or_default();
+                self.header_block(cid, hflags, &block)?;
+            }
+            return Ok(());
+        }
+        match ty {
+            DATA => self.data(flags, id, p),
+            HEADERS => {
+                if id == 0 {
+                    return Err(ConnError(PROTOCOL_ERROR, "HEADERS on stream 0"));
+                }
+                let mut p = strip_padding(flags, p)?;
+                if flags & PRIORITY != 0 {
+                    if p.len() < 5 {
+                        return Err(ConnError(FRAME_SIZE_ERROR, "short HEADERS priority"));
+                    }
+                    p = &p[5..];
+                }
+                if flags & END_HEADERS != 0 {
+                    self.header_block(id, flags, p)
+                } else {
+                    self.cont = Some((id, flags, p.to_vec()));
+                    Ok(())
+                }
+            }
+            RST_STREAM => {
+                if let Some(i) = self.find(id) {
+                    let s = self.streams.swap_remove(i);
+                    self.conn_grant += s.inbox.outstanding();
+                    s.inbox.end(false);
+                }
+                Ok(())
+            }
+            SETTINGS => self.settings(flags, id, p),
+            PUSH_PROMISE => Err(ConnError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
+            PING => {
+                if p.len() != 8 {
+                    return Err(ConnError(FRAME_SIZE_ERROR, "PING of the wrong size"));
+                }
+                if flags & ACK == 0 {
+                    self.frame_head(8, PING, ACK, 0);
+                    self.wb.put_slice(p);
+                }
+                Ok(())
+            }
+            GOAWAY => {
+                self.closing = true;
+                Ok(())
+            }
+            WINDOW_UPDATE => {
+                if p.len() != 4 {
+                    return Err(ConnError(
+                        FRAME_SIZE_ERROR,
+                        "WINDOW_UPDATE of the wrong size",
+                    ));
+                }
+                let inc = (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
+                if id == 0 {
+                    if inc == 0 {
+                        return Err(ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE of zero"));
+                    }
+                    self.send_window += inc;
+                    if self.send_window > i32::MAX as i64 {
+                        return Err(ConnError(FLOW_CONTROL_ERROR, "connection window overflow"));
+                    }
+                } else if let Some(i) = self.find(id) {
+                    let s = &mut self.streams[i];
+                    s.send_window += inc;
+                    if inc == 0 || s.send_window > i32::MAX as i64 {
+                        let s = self.streams.swap_remove(i);
+                        self.reset(s, PROTOCOL_ERROR);
+                    }
+                }
+                Ok(())
+            }
+            CONTINUATION => Err(ConnError(PROTOCOL_ERROR, "CONTINUATION without HEADERS")),
+            _ => Ok(()), // PRIORITY and unknown types are ignored
+        }
+    }
+
+    fn data(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
+        if id == 0 {
+            return Err(ConnError(PROTOCOL_ERROR, "DATA on stream 0"));
+        }
+        self.recv_window -= p.len() as i64;
+        if self.recv_window < 0 {
+            return Err(ConnError(FLOW_CONTROL_ERROR, "connection window exceeded"));
+        }
+        let body = strip_padding(flags, p)?;
+        let padding = p.len() - body.len();
+        let Some(i) = self.find(id).filter(|&i| !self.streams[i].recv_closed) else {
+            // A stream already closed: its data only counts against the window.
+            self.conn_grant += p.len();
+            if id > self.last_stream {
+                return Err(ConnError(PROTOCOL_ERROR, "DATA on an idle stream"));
+            }
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        s.recv_window -= p.len() as i64;
+        if s.recv_window < 0 {
+            let s = self.streams.swap_remove(i);
+            self.reset(s, FLOW_CONTROL_ERROR);
+            return Ok(());
+        }
+        if padding > 0 {
+            s.inbox.credit(padding);
+        }
+        if !body.is_empty() {
+            s.inbox.push(Bytes::copy_from_slice(body));
+        }
+        if flags & END_STREAM != 0 {
+            s.recv_closed = true;
+            s.inbox.end(true);
+        }
+        Ok(())
+    }
+
+    fn settings(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
+        if id != 0 {
+            return Err(ConnError(PROTOCOL_ERROR, "SETTINGS on a stream"));
+        }
+        if flags & ACK != 0 {
+            return Ok(());
+        }
+        if p.len() % 6 != 0 {
+            return Err(ConnError(FRAME_SIZE_ERROR, "SETTINGS of the wrong size"));
+        }
+        for e in p.chunks(6) {
+            let v = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
+            match u16::from_be_bytes([e[0], e[1]]) {
+                4 => {
+                    if v > i32::MAX as u32 {
+                        return Err(ConnError(FLOW_CONTROL_ERROR, "initial window too large"));
+                    }
+                    let delta = v as i64 - self.peer_window;
+                    self.peer_window = v as i64;
+                    for s in &mut self.streams {
+                        s.send_window += delta;
+                    }
+                }
+                5 => {
+                    if !(16_384..=16_777_215).contains(&v) {
+                        return Err(ConnError(PROTOCOL_ERROR, "bad MAX_FRAME_SIZE"));
+                    }
+                    self.peer_max_frame = v as usize;
+                }
+                _ => {} // we never index response headers; the rest does not apply
+            }
+        }
+        self.frame_head(0, SETTINGS, ACK, 0);
+        Ok(())
+    }
+
+    fn header_block(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), ConnError> {
+        // Decoded even when ignored: the HPACK table must follow every block.
+        let mut path = None;
+        let mut method_post = false;
+        let mut headers = http::HeaderMap::new();
+        self.hpack
+            .decode_with_cb(block, |n, v| match &n[..] {
+                b":path" => path = Some(String::from_utf8_lossy(&v).into_owned()),
+                b":method" => method_post = &v[..] == b"POST",
+                n if n.starts_with(b":") => {}
+                n => {
+                    if let (Ok(n), Ok(v)) = (
+                        http::HeaderName::from_bytes(n),
+                        http::HeaderValue::from_bytes(&v),
+                    ) {
+                        headers.append(n, v);
+                    }
+                }
+            })
+            .map_err(|_| ConnError(COMPRESSION_ERROR, "bad header block"))?;
+        let end = flags & END_STREAM != 0;
+        if let Some(i) = self.find(id) {
+            // Trailers of a request: only their END_STREAM matters.
+            if end {
+                let s = &mut self.streams[i];
+                s.recv_closed = true;
+                s.inbox.end(true);
+            }
+            return Ok(());
+        }
+        if id % 2 == 0 {
+            return Err(ConnError(
+                PROTOCOL_ERROR,
+                "stream id from a client must be odd",
+            ));
+        }
+        if id <= self.last_stream {
+            return Ok(()); // a stream we already closed
+        }
+        self.last_stream = id;
+        if self.closing || self.streams.len() >= MAX_STREAMS {
+            self.rst(id, REFUSED_STREAM);
+            return Ok(());
+        }
+        let inbox = Arc::new(Inbox::default());
+        if end {
+            inbox.end(true);
+        }
+        let mut req = http::Request::new(());
+        if let Some(uri) = path.as_deref().and_then(|p| p.parse().ok()) {
+            *req.uri_mut() = uri;
+        }
+        *req.headers_mut() = headers;
+        req.extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: self.local,
+                remote_addr: Some(self.peer),
+            });
+        let opened = if !method_post {
+            Err(Status::unimplemented("gRPC calls are POST"))
+        } else {
+            open_call(
+                &self.srv,
+                path.as_deref().unwrap_or(""),
+                req,
+                Source::Inbox(inbox.clone()),
+            )
+        };
+        match opened {
+            Ok(rx) => {
+                // :status 200, content-type: application/grpc.
+                let mut block = vec![0x88];
+                hpack_int(&mut block, 0x00, 4, 31);
+                hpack_str(&mut block, b"application/grpc");
+                self.headers(id, 0, &block);
+                self.streams.push(Stream {
+                    id,
+                    send_window: self.peer_window,
+                    recv_window: STREAM_WINDOW as i64,
+                    body: XdsBody::new(rx),
+                    pending: None,
+                    done: false,
+                    recv_closed: end,
+                    inbox,
+                });
+            }
+            Err(status) => {
+                // Trailers-only response.
+                let mut block = vec![0x88];
+                hpack_int(&mut block, 0x00, 4, 31);
+                hpack_str(&mut block, b"application/grpc");
+                trailer_fields(&mut block, &status_trailers(&status));
+                self.headers(id, END_STREAM, &block);
+                if !end {
+                    self.rst(id, NO_ERROR);
+                }
+                inbox.end(false);
+            }
+        }
+        Ok(())
+    }
+
+    fn find(&self, id: u32) -> Option<usize> {
+        self.streams.iter().position(|s| s.id == id)
+    }
+
+    /// Ends a stream with RST_STREAM; what it received and did not grant goes back to the
+    /// connection window.
+    fn reset(&mut self, s: Stream, code: u32) {
+        self.conn_grant += s.inbox.outstanding();
+        s.inbox.end(false);
+        self.rst(s.id, code);
+    }
+
+    /// Grants window for request bytes the streams' tasks consumed.
+    fn grant(&mut self, cx: &mut Context<'_>) {
+        for i in 0..self.streams.len() {
+            let n = self.streams[i].inbox.take_consumed(cx.waker());
+            if n > 0 {
+                let id = self.streams[i].id;
+                if !self.streams[i].recv_closed {
+                    self.streams[i].recv_window += n as i64;
+                    self.window_update(id, n as u32);
+                }
+                self.conn_grant += n;
+            }
+        }
+        if self.conn_grant >= GRANT_STEP {
+            let n = std::mem::take(&mut self.conn_grant);
+            self.recv_window += n as i64;
+            self.window_update(0, n as u32);
+        }
+    }
+
+    /// Moves response bytes from the streams into the output, as windows allow.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        let mut i = 0;
+        while i < self.streams.len() {
+            loop {
+                if self.queued() >= OUT_HIGH {
+                    return;
+                }
+                let s = &mut self.streams[i];
+                if s.pending.is_none() {
+                    if s.done {
+                        break;
+                    }
+                    match Pin::new(&mut s.body).poll_frame(cx) {
+                        Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                            Ok(d) => {
+                                if !d.is_empty() {
+                                    s.pending = Some(d);
+                                }
+                                continue;
+                            }
+                            Err(f) => {
+                                let t = f.into_trailers().unwrap_or_default();
+                                let id = s.id;
+                                s.done = true;
+                                let mut block = Vec::new();
+                                trailer_fields(&mut block, &t);
+                                self.headers(id, END_STREAM, &block);
+                                break;
+                            }
+                        },
+                        Poll::Ready(Some(Err(status))) => {
+                            let id = s.id;
+                            s.done = true;
+                            let mut block = Vec::new();
+                            trailer_fields(&mut block, &status_trailers(&status));
+                            self.headers(id, END_STREAM, &block);
+                            break;
+                        }
+                        Poll::Ready(None) => {
+                            let id = s.id;
+                            s.done = true;
+                            let mut block = Vec::new();
+                            trailer_fields(
+                                &mut block,
+                                &status_trailers(&Status::new(tonic::Code::Ok, "")),
+                            );
+                            self.headers(id, END_STREAM, &block);
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                let n = {
+                    let p = s.pending.as_ref().map_or(0, |p| p.len());
+                    (p as i64)
+                        .min(s.send_window)
+                        .min(self.send_window)
+                        .min(self.peer_max_frame as i64)
+                };
+                if n <= 0 {
+                    break; // blocked by flow control; a WINDOW_UPDATE wakes us
+                }
+                let n = n as usize;
+                let Some(p) = s.pending.as_mut() else { break };
+                let chunk = p.split_to(n);
+                if p.is_empty() {
+                    s.pending = None;
+                }
+                s.send_window -= n as i64;
+                self.send_window -= n as i64;
+                let id = s.id;
+                self.frame_head(n, DATA, 0, id);
+                if n < 4096 {
+                    self.wb.put_slice(&chunk);
+                } else {
+                    self.seal();
+                    self.out_len += chunk.len();
+                    self.out.push_back(chunk);
+                }
+            }
+            let s = &self.streams[i];
+            if s.done && s.pending.is_none() {
+                let s = self.streams.swap_remove(i);
+                if !s.recv_closed {
+                    self.reset(s, NO_ERROR);
+                } else {
+                    self.conn_grant += s.inbox.outstanding();
+                    s.inbox.end(false);
+                }
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Writes queued output; `Ok(true)` when something was written.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        self.seal();
+        let mut wrote = false;
+        while !self.out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); 32];
+            let mut k = 0;
+            for b in self.out.iter().take(iov.len()) {
+                iov[k] = IoSlice::new(b);
+                k += 1;
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..k]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(mut n)) => {
+                    wrote = true;
+                    self.out_len -= n;
+                    while n > 0 {
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
+                        if front.len() <= n {
+                            n -= front.len();
+                            self.out.pop_front();
+                        } else {
+                            let _ = front.split_to(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.out.capacity() > 8 {
+            self.out = VecDeque::new();
+        }
+        if self.wb.capacity() > 0 {
+            self.wb = BytesMut::new();
+        }
+        Poll::Ready(Ok(wrote))
+    }
+
+    /// Pings a silent peer, and gives up on one that does not answer.
+    fn keepalive(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            let now = Instant::now();
+            if let Some(sent) = self.ping_sent {
+                if now >= sent + PING_TIMEOUT {
+                    return Some("keepalive ping not answered");
+                }
+                self.timer.as_mut().reset(sent + PING_TIMEOUT);
+            } else if now >= self.last_read + KEEPALIVE {
+                self.frame_head(8, PING, 0, 0);
+                self.wb.put_u64(0x7069_6c6f_7466_6973); // "pilotfis"
+                self.ping_sent = Some(now);
+                self.timer.as_mut().reset(now + PING_TIMEOUT);
+            } else {
+                self.timer.as_mut().reset(self.last_read + KEEPALIVE);
+            }
+        }
+    }
+
+    /// Output bytes waiting to be written.
+    fn queued(&self) -> usize {
+        self.out_len + self.wb.len()
+    }
+
+    fn seal(&mut self) {
+        if !self.wb.is_empty() {
+            let b = self.wb.split().freeze();
+            self.out_len += b.len();
+            self.out.push_back(b);
+        }
+    }
+
+    fn frame_head(&mut self, len: usize, ty: u8, flags: u8, id: u32) {
+        if self.wb.capacity() - self.wb.len() < 9 + 64 {
+            self.wb.reserve(4096);
+        }
+        self.wb.put_u8((len >> 16) as u8);
+        self.wb.put_u16(len as u16);
+        self.wb.put_u8(ty);
+        self.wb.put_u8(flags);
+        self.wb.put_u32(id);
+    }
+
+    fn window_update(&mut self, id: u32, n: u32) {
+        self.frame_head(4, WINDOW_UPDATE, 0, id);
+        self.wb.put_u32(n);
+    }
+
+    fn rst(&mut self, id: u32, code: u32) {
+        self.frame_head(4, RST_STREAM, 0, id);
+        self.wb.put_u32(code);
+    }
+
+    fn goaway(&mut self, code: u32) {
+        self.frame_head(8, GOAWAY, 0, 0);
+        self.wb.put_u32(self.last_stream);
+        self.wb.put_u32(code);
+    }
+
+    /// A header block as HEADERS plus CONTINUATION frames when it is larger than a frame.
+    fn headers(&mut self, id: u32, flags: u8, block: &[u8]) {
+        let max = self.peer_max_frame;
+        let mut chunks = block.chunks(max).peekable();
+        let first = chunks.next().unwrap_or(&[]);
+        let last = chunks.peek().is_none();
+        self.frame_head(
+            first.len(),
+            HEADERS,
+            flags | if last { END_HEADERS } else { 0 },
+            id,
+        );
+        self.wb.put_slice(first);
+        while let Some(c) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.frame_head(
+                c.len(),
+                CONTINUATION,
+                if last { END_HEADERS } else { 0 },
+                id,
+            );
+            self.wb.put_slice(c);
+        }
+    }
+}
+
+/// The payload without its padding (PADDED flag).
+fn strip_padding(flags: u8, p: &[u8]) -> Result<&[u8], ConnError> {
+    if flags & PADDED == 0 {
+        return Ok(p);
+    }
+    let Some((&pad, rest)) = p.split_first() else {
+        return Err(ConnError(
+            PROTOCOL_ERROR,
+            "padded frame without a pad length",
+        ));
+    };
+    if pad as usize > rest.len() {
+        return Err(ConnError(PROTOCOL_ERROR, "padding longer than the frame"));
+    }
+    Ok(&rest[..rest.len() - pad as usize])
+}
+
+/// HPACK integer with an `prefix`-bit prefix after the bits in `first`.
+fn hpack_int(buf: &mut Vec<u8>, first: u8, prefix: u8, mut v: usize) {
+    let max = (1usize << prefix) - 1;
+    if v < max {
+        buf.push(first | v as u8);
+        return;
+    }
+    buf.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        buf.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    buf.push(v as u8);
+}
+
+/// HPACK string literal, not Huffman coded.
+fn hpack_str(buf: &mut Vec<u8>, s: &[u8]) {
+    hpack_int(buf, 0x00, 7, s.len());
+    buf.extend_from_slice(s);
+}
+
+/// Header fields as literals without indexing (the response never touches the table).
+fn trailer_fields(buf: &mut Vec<u8>, h: &http::HeaderMap) {
+    for (n, v) in h {
+        buf.push(0x00);
+        hpack_str(buf, n.as_str().as_bytes());
+        hpack_str(buf, v.as_bytes());
+    }
+}
+
+fn status_trailers(s: &Status) -> http::HeaderMap {
+    super::wire::trailers(Some(s).filter(|s| s.code() != tonic::Code::Ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hpack_integers_follow_the_rfc_examples() {
+        // RFC 7541 C.1.1 and C.1.2.
+        let mut b = Vec::new();
+        hpack_int(&mut b, 0, 5, 10);
+        assert_eq!(b, [10]);
+        b.clear();
+        hpack_int(&mut b, 0, 5, 1337);
+        assert_eq!(b, [31, 154, 10]);
+        // Our response headers decode with a real HPACK decoder.
+        let mut block = vec![0x88];
+        hpack_int(&mut block, 0x00, 4, 31);
+        hpack_str(&mut block, b"application/grpc");
+        let mut t = http::HeaderMap::new();
+        t.insert("grpc-status", http::HeaderValue::from(5));
+        t.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("no such thing"),
+        );
+        trailer_fields(&mut block, &t);
+        let got = loona_hpack::Decoder::new().decode(&block).unwrap();
+        let got: Vec<(String, String)> = got
+            .into_iter()
+            .map(|(n, v)| (String::from_utf8(n).unwrap(), String::from_utf8(v).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", "5"),
+                ("grpc-message", "no such thing"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    #[test]
+    fn padding_is_stripped_and_checked() {
+        assert_eq!(
+            strip_padding(PADDED, &[2, 1, 2, 0, 0]).ok(),
+            Some(&[1u8, 2][..])
+        );
+        assert!(strip_padding(PADDED, &[5, 1]).is_err());
+        assert_eq!(strip_padding(0, &[2, 1]).ok(), Some(&[2u8, 1][..]));
+    }
+}
