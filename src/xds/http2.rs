@@ -245,7 +245,7 @@ struct Conn {
     srv: XdsServer,
     stopping: Arc<AtomicBool>,
     /// Received bytes not yet handled (a partial frame); empty and unallocated when idle.
-    rbuf: Vec<u8>,
+    rbuf: BytesMut,
     preface: bool,
     read_closed: bool,
     hpack: loona_hpack::Decoder<'static>,
@@ -285,7 +285,7 @@ impl Conn {
             local,
             srv,
             stopping,
-            rbuf: Vec::new(),
+            rbuf: BytesMut::new(),
             preface: false,
             read_closed: false,
             hpack: loona_hpack::Decoder::new(),
@@ -397,28 +397,23 @@ impl Conn {
         }
         self.last_read = Instant::now();
         self.ping_sent = None;
-        let buf = std::mem::take(&mut self.rbuf);
-        let used = match self.handle_input(&buf) {
+        // The complete frames are frozen and handled from shared bytes (request data is
+        // handed on as slices of them); a partial frame stays behind.
+        let used = match self.complete_prefix() {
             Ok(u) => u,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        if used < buf.len() {
-            self.rbuf = buf;
-            self.rbuf.drain(..used);
+        let buf = self.rbuf.split_to(used).freeze();
+        if let Err(e) = self.handle_input(&buf) {
+            return Poll::Ready(Err(e));
         }
         self.release_rbuf();
         Poll::Ready(Ok(true))
     }
 
-    /// An idle connection keeps no read buffer.
-    fn release_rbuf(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            self.rbuf = Vec::new();
-        }
-    }
-
-    /// Handles the complete frames at the start of `buf`; returns the bytes used.
-    fn handle_input(&mut self, buf: &[u8]) -> Result<usize, ConnError> {
+    /// How many bytes at the start of the read buffer are the preface and whole frames.
+    fn complete_prefix(&mut self) -> Result<usize, ConnError> {
+        let buf = &self.rbuf[..];
         let mut pos = 0;
         if !self.preface {
             let n = buf.len().min(PREFACE.len());
@@ -428,6 +423,32 @@ impl Conn {
             if n < PREFACE.len() {
                 return Ok(0);
             }
+            pos = PREFACE.len();
+        }
+        while buf.len() - pos >= 9 {
+            let len = (buf[pos] as usize) << 16 | (buf[pos + 1] as usize) << 8 | buf[pos + 2] as usize;
+            if len > MAX_FRAME {
+                return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
+            }
+            if buf.len() - pos < 9 + len {
+                break;
+            }
+            pos += 9 + len;
+        }
+        Ok(pos)
+    }
+
+    /// An idle connection keeps no read buffer.
+    fn release_rbuf(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+        }
+    }
+
+    /// Handles `buf`: whole frames (after the preface, the first time).
+    fn handle_input(&mut self, buf: &Bytes) -> Result<(), ConnError> {
+        let mut pos = 0;
+        if !self.preface && buf.len() >= PREFACE.len() {
             self.preface = true;
             pos = PREFACE.len();
         }
@@ -436,16 +457,15 @@ impl Conn {
             let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
             let (ty, flags) = (h[3], h[4]);
             let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            if len > MAX_FRAME {
-                return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
+            let range = pos + 9..pos + 9 + len;
+            if ty == DATA && self.cont.is_none() {
+                self.data(flags, id, buf.slice(range))?;
+            } else {
+                self.frame(ty, flags, id, &buf[range])?;
             }
-            if buf.len() - pos < 9 + len {
-                break;
-            }
-            self.frame(ty, flags, id, &buf[pos + 9..pos + 9 + len])?;
             pos += 9 + len;
         }
-        Ok(pos)
+        Ok(())
     }
 
     fn frame(&mut self, ty: u8, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
@@ -464,7 +484,7 @@ impl Conn {
             return Ok(());
         }
         match ty {
-            DATA => self.data(flags, id, p),
+            DATA => self.data(flags, id, Bytes::copy_from_slice(p)),
             HEADERS => {
                 if id == 0 {
                     return Err(ConnError(PROTOCOL_ERROR, "HEADERS on stream 0"));
@@ -538,7 +558,7 @@ impl Conn {
         }
     }
 
-    fn data(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
+    fn data(&mut self, flags: u8, id: u32, p: Bytes) -> Result<(), ConnError> {
         if id == 0 {
             return Err(ConnError(PROTOCOL_ERROR, "DATA on stream 0"));
         }
@@ -546,8 +566,8 @@ impl Conn {
         if self.recv_window < 0 {
             return Err(ConnError(FLOW_CONTROL_ERROR, "connection window exceeded"));
         }
-        let body = strip_padding(flags, p)?;
-        let padding = p.len() - body.len();
+        let body = strip_padding(flags, &p)?;
+        let (padding, body_len) = (p.len() - body.len(), body.len());
         let Some(i) = self.find(id).filter(|&i| !self.streams[i].recv_closed) else {
             // A stream already closed: its data only counts against the window.
             self.conn_grant += p.len();
@@ -566,8 +586,9 @@ impl Conn {
         if padding > 0 {
             s.inbox.credit(padding);
         }
-        if !body.is_empty() {
-            s.inbox.push(Bytes::copy_from_slice(body));
+        if body_len > 0 {
+            let start = if flags & PADDED != 0 { 1 } else { 0 };
+            s.inbox.push(p.slice(start..start + body_len));
         }
         if flags & END_STREAM != 0 {
             s.recv_closed = true;

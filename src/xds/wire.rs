@@ -315,7 +315,7 @@ impl Source {
 /// empties, so a large subscription does not stay allocated for the life of the stream.
 pub struct Requests<T> {
     body: Source,
-    buf: Vec<u8>,
+    buf: bytes::BytesMut,
     eof: bool,
     _t: PhantomData<fn() -> T>,
 }
@@ -324,7 +324,7 @@ impl<T: Decode> Requests<T> {
     pub fn new(body: Source) -> Requests<T> {
         Requests {
             body,
-            buf: Vec::new(),
+            buf: bytes::BytesMut::new(),
             eof: false,
             _t: PhantomData,
         }
@@ -347,23 +347,19 @@ impl<T: Decode> Requests<T> {
                         "request of {len} bytes is over the {MAX_MESSAGE} byte limit"
                     )));
                 }
-                // Grow once to the message's size, not step by step.
-                self.buf.reserve((5 + len).saturating_sub(self.buf.len()));
                 if self.buf.len() >= 5 + len {
-                    // Decoded from `Bytes` so `bytes` fields borrow instead of allocating.
-                    let msg = T::decode_from(Bytes::copy_from_slice(&self.buf[5..5 + len]))
+                    // Decoded from `Bytes` (no copy) so `bytes` fields borrow.
+                    let mut msg = self.buf.split_to(5 + len).freeze();
+                    let msg = T::decode_from(msg.split_off(5))
                         .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
-                    if self.buf.len() == 5 + len {
-                        if self.buf.capacity() > 16 * 1024 {
-                            self.buf = Vec::new();
-                        } else {
-                            self.buf.clear();
-                        }
-                    } else {
-                        self.buf.drain(..5 + len);
+                    if self.buf.is_empty() {
+                        // What is left of the allocation goes with the message.
+                        self.buf = bytes::BytesMut::new();
                     }
                     return Ok(Some(msg));
                 }
+                // Grow once to the message's size, not step by step.
+                self.buf.reserve(5 + len - self.buf.len());
             }
             if self.eof {
                 return if self.buf.is_empty() {
@@ -400,9 +396,9 @@ impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRe
 }
 
 /// A state-of-the-world request as the server reads it: the fields of `DiscoveryRequest`,
-/// but the resource names stay where they are in the received message (offsets, not one
-/// `String` or `Bytes` each). Envoy repeats every name (6,000 endpoint names here) in every
-/// ACK; allocating them was the largest CPU cost under endpoint churn.
+/// but the resource names stay where they are in the received message. Envoy repeats every
+/// name (6,000 endpoint names here) in every ACK, in one run of fields: the decoder only
+/// walks that run to find its end, and the names are read from it when asked for.
 #[derive(Debug, Default)]
 pub struct SotwRequest {
     pub version_info: String,
@@ -411,19 +407,121 @@ pub struct SotwRequest {
     pub response_nonce: String,
     pub error_detail: Option<envoy_types::pb::google::rpc::Status>,
     raw: Bytes,
-    /// (offset, length) of each resource name in `raw`.
-    names: Vec<(u32, u32)>,
     /// Where the names' fields lie in `raw` when nothing else is between them (Envoy
     /// writes fields in number order, so they do): compared as one slice.
     names_region: Option<(u32, u32)>,
+    /// (offset, length) of each name, only when they are not in one run.
+    scattered: Vec<(u32, u32)>,
+    count: usize,
 }
+
+/// `resource_names` (field 3, length-delimited) as its one-byte key.
+const NAME_KEY: u8 = 3 << 3 | 2;
+
+/// The names in a run of `resource_names` fields.
+pub struct NameRun<'a> {
+    raw: &'a [u8],
+    pos: usize,
+    left: usize,
+}
+
+impl<'a> Iterator for NameRun<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // Checked when the run was found: key, varint length, then the name.
+        let (len, n) = varint_at(self.raw, self.pos + 1)?;
+        let start = self.pos + 1 + n;
+        self.pos = start + len;
+        self.raw.get(start..start + len)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl ExactSizeIterator for NameRun<'_> {}
+
+/// A varint at `at`: its value and its length in bytes.
+fn varint_at(raw: &[u8], at: usize) -> Option<(usize, usize)> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let b = *raw.get(at + i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some((v as usize, i + 1));
+        }
+    }
+    None
+}
+
+/// The end of the run of name fields starting at `start`, and how many there are.
+fn name_run(raw: &[u8], start: usize) -> Result<(usize, usize), &'static str> {
+    let (mut pos, mut count) = (start, 0);
+    while raw.get(pos) == Some(&NAME_KEY) {
+        // Names under 128 bytes (all of Envoy's) have a one-byte length.
+        if let Some(&l) = raw.get(pos + 1).filter(|&&l| l < 0x80) {
+            pos += 2 + l as usize;
+            if pos > raw.len() {
+                return Err("resource name past the end of the request");
+            }
+            count += 1;
+            continue;
+        }
+        let (len, n) = varint_at(raw, pos + 1).ok_or("bad resource name length")?;
+        let end = (pos + 1 + n)
+            .checked_add(len)
+            .filter(|&e| e <= raw.len())
+            .ok_or("resource name past the end of the request")?;
+        pos = end;
+        count += 1;
+    }
+    Ok((pos, count))
+}
+
+pub enum Names<'a> {
+    Run(NameRun<'a>),
+    Scattered(&'a [u8], std::slice::Iter<'a, (u32, u32)>),
+}
+
+impl<'a> Iterator for Names<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Names::Run(r) => r.next(),
+            Names::Scattered(raw, it) => it
+                .next()
+                .map(|&(o, l)| &raw[o as usize..(o + l) as usize]),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Names::Run(r) => r.size_hint(),
+            Names::Scattered(_, it) => it.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Names<'_> {}
 
 impl SotwRequest {
     /// The resource names, as received.
-    pub fn name_bytes(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
-        self.names
-            .iter()
-            .map(|&(o, l)| &self.raw[o as usize..(o + l) as usize])
+    pub fn name_bytes(&self) -> Names<'_> {
+        match self.names_region {
+            Some((a, _)) => Names::Run(NameRun {
+                raw: &self.raw,
+                pos: a as usize,
+                left: self.count,
+            }),
+            None => Names::Scattered(&self.raw, self.scattered.iter()),
+        }
     }
 
     /// The encoded `resource_names` fields as one slice, when they are contiguous.
@@ -451,20 +549,9 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
     let ctx = prost::encoding::DecodeContext::default;
     let mut r = SotwRequest::default();
     let mut buf: &[u8] = &raw[..];
-    // Names region: start, end, and whether another field came after the first name.
-    let (mut start, mut end, mut broken, mut contiguous) = (0, 0, false, true);
     while buf.has_remaining() {
         let key_at = raw.len() - buf.len();
         let (tag, wt) = decode_key(&mut buf)?;
-        if tag == 3 && wt == WireType::LengthDelimited {
-            if r.names.is_empty() {
-                start = key_at;
-            } else if broken {
-                contiguous = false;
-            }
-        } else if !r.names.is_empty() {
-            broken = true;
-        }
         match tag {
             1 => string::merge(wt, &mut r.version_info, &mut buf, ctx())?,
             2 => message::merge(
@@ -474,14 +561,38 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
                 ctx(),
             )?,
             3 if wt == WireType::LengthDelimited => {
+                if r.count == 0 && r.scattered.is_empty() {
+                    // The run of names, walked without reading them.
+                    let (end, n) = name_run(&raw, key_at)?;
+                    if n > 0 {
+                        r.names_region = Some((key_at as u32, end as u32));
+                        r.count = n;
+                        buf.advance(end - (raw.len() - buf.len()));
+                        continue;
+                    }
+                }
+                // Another name after other fields: keep each name's place.
+                if let Some((a, _)) = r.names_region.take() {
+                    let run = NameRun {
+                        raw: &raw,
+                        pos: a as usize,
+                        left: r.count,
+                    };
+                    r.scattered = run
+                        .map(|n| {
+                            let off = n.as_ptr() as usize - raw.as_ptr() as usize;
+                            (off as u32, n.len() as u32)
+                        })
+                        .collect();
+                }
                 let len = decode_varint(&mut buf)? as usize;
                 if len > buf.len() {
                     return Err("resource name past the end of the request".into());
                 }
                 let off = raw.len() - buf.len();
-                r.names.push((off as u32, len as u32));
+                r.scattered.push((off as u32, len as u32));
+                r.count += 1;
                 buf.advance(len);
-                end = off + len;
             }
             4 => string::merge(wt, &mut r.type_url, &mut buf, ctx())?,
             5 => string::merge(wt, &mut r.response_nonce, &mut buf, ctx())?,
@@ -493,9 +604,6 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
             )?,
             _ => skip_field(wt, tag, &mut buf, ctx())?,
         }
-    }
-    if !r.names.is_empty() && contiguous {
-        r.names_region = Some((start as u32, end as u32));
     }
     r.raw = raw;
     Ok(r)
@@ -825,6 +933,11 @@ mod tests {
         let m = SotwRequest::decode_from(Bytes::from(mixed)).unwrap();
         assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(m.names_wire(), None);
+        // A key written in two bytes (valid protobuf, never Envoy's): read all the same.
+        let odd = [0x9a, 0x00, 1, b'x', 0x1a, 1, b'y'];
+        let o = SotwRequest::decode_from(Bytes::copy_from_slice(&odd)).unwrap();
+        assert_eq!(o.names().collect::<Vec<_>>(), ["x", "y"]);
+        assert_eq!(o.name_bytes().len(), 2);
         // A name running past the end is an error, not a panic.
         let mut bad = full.encode_to_vec();
         bad.truncate(bad.len() - 3);
