@@ -17,7 +17,7 @@
 
 use super::server::XdsServer;
 use super::wire::{open_call, Source, XdsBody};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Body;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -127,19 +127,44 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Request bytes of one stream on their way from the connection to the stream's task.
+/// Request bytes of one stream on their way from the connection to the stream's task,
+/// gathered in one buffer so a message is decoded where it landed (one copy from the
+/// socket buffer, no per-frame allocations).
 #[derive(Default)]
 pub struct Inbox(Mutex<InboxState>);
 
 #[derive(Default)]
 struct InboxState {
-    chunks: VecDeque<Bytes>,
+    buf: BytesMut,
+    /// Size of the message at the front, once its prefix arrived (0: not known).
+    want: usize,
+    /// Bytes at the end of `buf` not yet counted as consumed (held back by flow control).
+    held: usize,
     /// The client ended its side (`Some(true)`: cleanly, `Some(false)`: reset).
     end: Option<bool>,
-    /// Bytes taken by the reader and not yet granted back to the client.
+    /// Bytes counted as consumed and not yet granted back to the client.
     consumed: usize,
     reader: Option<Waker>,
     conn: Option<Waker>,
+}
+
+impl InboxState {
+    /// Counts buffered bytes as consumed while the buffer holds no more than the message
+    /// being received (or a window's worth): a client that sends more than the stream
+    /// reads is held back by its window, and one large message still flows.
+    fn settle(&mut self) {
+        let cap = self.want.max(STREAM_WINDOW as usize);
+        let over = self.buf.len().saturating_sub(cap);
+        if self.held > over {
+            self.consumed += self.held - over;
+            self.held = over;
+        }
+        if self.consumed >= GRANT_STEP {
+            if let Some(w) = self.conn.take() {
+                w.wake();
+            }
+        }
+    }
 }
 
 impl Inbox {
@@ -147,24 +172,52 @@ impl Inbox {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The stream's task: the next chunk, `None` at the clean end.
-    pub fn poll_chunk(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Status>>> {
+    /// The stream's task: the next gRPC message (without its 5-byte prefix), `None` at
+    /// the clean end of the stream.
+    pub fn poll_message(
+        &self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<Result<Option<Bytes>, Status>> {
         let mut s = self.lock();
-        if let Some(b) = s.chunks.pop_front() {
-            s.consumed += b.len();
-            if s.chunks.is_empty() && s.chunks.capacity() > 4 {
-                s.chunks = VecDeque::new();
+        if s.end == Some(false) {
+            return Poll::Ready(Err(Status::cancelled("stream reset by the client")));
+        }
+        if s.buf.len() >= 5 {
+            if s.buf[0] != 0 {
+                return Poll::Ready(Err(Status::unimplemented(
+                    "compressed xDS requests are not supported",
+                )));
             }
-            if s.consumed >= GRANT_STEP {
-                if let Some(w) = s.conn.take() {
-                    w.wake();
+            let len = u32::from_be_bytes([s.buf[1], s.buf[2], s.buf[3], s.buf[4]]) as usize;
+            if len > max {
+                return Poll::Ready(Err(Status::resource_exhausted(format!(
+                    "request of {len} bytes is over the {max} byte limit"
+                ))));
+            }
+            if s.buf.len() >= 5 + len {
+                let mut msg = s.buf.split_to(5 + len).freeze();
+                if s.buf.is_empty() {
+                    // The rest of the allocation goes with the message.
+                    s.buf = BytesMut::new();
                 }
+                s.want = 0;
+                s.settle();
+                return Poll::Ready(Ok(Some(msg.split_off(5))));
             }
-            return Poll::Ready(Some(Ok(b)));
+            if s.want != 5 + len {
+                s.want = 5 + len;
+                // Room for the whole message at once, not grown step by step.
+                let more = 5 + len - s.buf.len();
+                s.buf.reserve(more);
+                s.settle();
+            }
         }
         match s.end {
-            Some(true) => Poll::Ready(None),
-            Some(false) => Poll::Ready(Some(Err(Status::cancelled("stream reset by the client")))),
+            Some(_) if s.buf.is_empty() => Poll::Ready(Ok(None)),
+            Some(_) => Poll::Ready(Err(Status::internal(
+                "request stream ended inside a message",
+            ))),
             None => {
                 if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     s.reader = Some(cx.waker().clone());
@@ -174,9 +227,11 @@ impl Inbox {
         }
     }
 
-    fn push(&self, b: Bytes) {
+    fn push(&self, b: &[u8]) {
         let mut s = self.lock();
-        s.chunks.push_back(b);
+        s.buf.extend_from_slice(b);
+        s.held += b.len();
+        s.settle();
         if let Some(w) = s.reader.take() {
             w.wake();
         }
@@ -193,14 +248,14 @@ impl Inbox {
             s.end = Some(clean);
         }
         if !clean {
-            s.chunks = VecDeque::new();
+            s.buf = BytesMut::new();
         }
         if let Some(w) = s.reader.take() {
             w.wake();
         }
     }
 
-    /// The connection: consumed bytes to grant back once they reach a step (the reader
+    /// The connection: consumed bytes to grant back once they reach a step (the inbox
     /// wakes `waker` then).
     fn take_consumed(&self, waker: &Waker) -> usize {
         let mut s = self.lock();
@@ -214,10 +269,10 @@ impl Inbox {
         }
     }
 
-    /// Bytes received and never granted back (queued or consumed), when the stream goes.
+    /// Bytes received and never granted back, when the stream goes.
     fn outstanding(&self) -> usize {
         let s = self.lock();
-        s.consumed + s.chunks.iter().map(|b| b.len()).sum::<usize>()
+        s.consumed + s.held
     }
 }
 
@@ -397,18 +452,18 @@ impl Conn {
         }
         self.last_read = Instant::now();
         self.ping_sent = None;
-        // The complete frames are frozen and handled from shared bytes (request data is
-        // handed on as slices of them); a partial frame stays behind.
         let used = match self.complete_prefix() {
             Ok(u) => u,
             Err(e) => return Poll::Ready(Err(e)),
         };
-        let buf = self.rbuf.split_to(used).freeze();
-        if let Err(e) = self.handle_input(&buf) {
-            return Poll::Ready(Err(e));
+        let mut buf = std::mem::take(&mut self.rbuf);
+        let r = self.handle_input(&buf[..used]);
+        buf.advance(used);
+        self.rbuf = buf;
+        match r {
+            Ok(()) => Poll::Ready(Ok(true)),
+            Err(e) => Poll::Ready(Err(e)),
         }
-        self.release_rbuf();
-        Poll::Ready(Ok(true))
     }
 
     /// How many bytes at the start of the read buffer are the preface and whole frames.
@@ -426,7 +481,8 @@ impl Conn {
             pos = PREFACE.len();
         }
         while buf.len() - pos >= 9 {
-            let len = (buf[pos] as usize) << 16 | (buf[pos + 1] as usize) << 8 | buf[pos + 2] as usize;
+            let len =
+                (buf[pos] as usize) << 16 | (buf[pos + 1] as usize) << 8 | buf[pos + 2] as usize;
             if len > MAX_FRAME {
                 return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
             }
@@ -446,7 +502,7 @@ impl Conn {
     }
 
     /// Handles `buf`: whole frames (after the preface, the first time).
-    fn handle_input(&mut self, buf: &Bytes) -> Result<(), ConnError> {
+    fn handle_input(&mut self, buf: &[u8]) -> Result<(), ConnError> {
         let mut pos = 0;
         if !self.preface && buf.len() >= PREFACE.len() {
             self.preface = true;
@@ -457,12 +513,7 @@ impl Conn {
             let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
             let (ty, flags) = (h[3], h[4]);
             let id = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            let range = pos + 9..pos + 9 + len;
-            if ty == DATA && self.cont.is_none() {
-                self.data(flags, id, buf.slice(range))?;
-            } else {
-                self.frame(ty, flags, id, &buf[range])?;
-            }
+            self.frame(ty, flags, id, &buf[pos + 9..pos + 9 + len])?;
             pos += 9 + len;
         }
         Ok(())
@@ -484,7 +535,7 @@ impl Conn {
             return Ok(());
         }
         match ty {
-            DATA => self.data(flags, id, Bytes::copy_from_slice(p)),
+            DATA => self.data(flags, id, p),
             HEADERS => {
                 if id == 0 {
                     return Err(ConnError(PROTOCOL_ERROR, "HEADERS on stream 0"));
@@ -558,7 +609,7 @@ impl Conn {
         }
     }
 
-    fn data(&mut self, flags: u8, id: u32, p: Bytes) -> Result<(), ConnError> {
+    fn data(&mut self, flags: u8, id: u32, p: &[u8]) -> Result<(), ConnError> {
         if id == 0 {
             return Err(ConnError(PROTOCOL_ERROR, "DATA on stream 0"));
         }
@@ -566,8 +617,8 @@ impl Conn {
         if self.recv_window < 0 {
             return Err(ConnError(FLOW_CONTROL_ERROR, "connection window exceeded"));
         }
-        let body = strip_padding(flags, &p)?;
-        let (padding, body_len) = (p.len() - body.len(), body.len());
+        let body = strip_padding(flags, p)?;
+        let padding = p.len() - body.len();
         let Some(i) = self.find(id).filter(|&i| !self.streams[i].recv_closed) else {
             // A stream already closed: its data only counts against the window.
             self.conn_grant += p.len();
@@ -586,9 +637,8 @@ impl Conn {
         if padding > 0 {
             s.inbox.credit(padding);
         }
-        if body_len > 0 {
-            let start = if flags & PADDED != 0 { 1 } else { 0 };
-            s.inbox.push(p.slice(start..start + body_len));
+        if !body.is_empty() {
+            s.inbox.push(body);
         }
         if flags & END_STREAM != 0 {
             s.recv_closed = true;
@@ -1087,6 +1137,63 @@ mod tests {
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
+    }
+
+    #[test]
+    fn inbox_grants_a_large_message_and_holds_back_unread_ones() {
+        let inbox = Inbox::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A 3 MiB message (three stream windows): once its prefix is seen, every byte of
+        // it is counted as consumed on arrival, so the client's window keeps opening.
+        let len = 3 << 20;
+        let mut prefix = vec![0u8];
+        prefix.extend((len as u32).to_be_bytes());
+        inbox.push(&prefix);
+        assert!(inbox.poll_message(&mut cx, 64 << 20).is_pending());
+        for _ in 0..len / 16_384 {
+            inbox.push(&[7u8; 16_384]);
+        }
+        assert_eq!(inbox.lock().held, 0);
+        assert_eq!(inbox.outstanding(), 5 + len);
+        match inbox.poll_message(&mut cx, 64 << 20) {
+            Poll::Ready(Ok(Some(m))) => assert!(m.len() == len && m.iter().all(|&b| b == 7)),
+            other => panic!(
+                "expected the message, got {:?}",
+                other.map(|r| r.map(|m| m.map(|b| b.len())))
+            ),
+        }
+        assert_eq!(inbox.take_consumed(&waker), 5 + len);
+        // Small messages nobody reads: past a window's worth they are not granted.
+        let small = [0, 0, 0, 0, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+        for _ in 0..200_000 {
+            inbox.push(&small);
+        }
+        let held = inbox.lock().held;
+        assert_eq!(held, 200_000 * small.len() - STREAM_WINDOW as usize);
+        // Reading them releases the rest.
+        let mut n = 0;
+        while let Poll::Ready(Ok(Some(m))) = inbox.poll_message(&mut cx, 64 << 20) {
+            assert_eq!(&m[..], &small[5..]);
+            n += 1;
+        }
+        assert_eq!(n, 200_000);
+        assert_eq!(inbox.lock().held, 0);
+        // Over the size limit: an error, not an allocation.
+        let big = Inbox::default();
+        big.push(&[0, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            big.poll_message(&mut cx, 64 << 20),
+            Poll::Ready(Err(_))
+        ));
+        // A reset stream ends the reader with an error; a clean end inside a message too.
+        let r = Inbox::default();
+        r.end(false);
+        assert!(matches!(r.poll_message(&mut cx, 64), Poll::Ready(Err(_))));
+        let e = Inbox::default();
+        e.push(&[0, 0, 0, 0, 9, 1]);
+        e.end(true);
+        assert!(matches!(e.poll_message(&mut cx, 64), Poll::Ready(Err(_))));
     }
 
     #[test]

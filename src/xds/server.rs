@@ -364,6 +364,10 @@ trait Variant: 'static {
     const DELTA: bool;
     fn type_url(r: &mut Self::Req) -> &mut String;
     fn node(r: &Self::Req) -> Option<Node>;
+    /// Name sets the next requests will likely repeat (decoding hints).
+    fn hints(_types: &HashMap<String, Self::State>) -> Vec<Arc<super::cache::Names>> {
+        Vec::new()
+    }
     /// Handle one request; a response to send, if any.
     fn request(
         st: &mut Stream,
@@ -507,6 +511,7 @@ async fn run<V: Variant>(
                 }
             }
         }
+        inbound.hints = V::hints(&types);
         tokio::select! {
             _ = stop.changed() => return,
             msg = inbound.message() => match msg {

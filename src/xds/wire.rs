@@ -8,7 +8,7 @@
 //! chunks as HTTP/2 flow control lets it, and requests are decoded from a buffer that is
 //! released between messages. An idle stream holds no copy of its configuration.
 
-use super::cache::Res;
+use super::cache::{Names as NameSet, Res};
 use super::server::{XdsServer, MAX_MESSAGE};
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use prost::Message;
 use std::convert::Infallible;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::codegen::{BoxFuture, Service};
@@ -293,20 +294,17 @@ pub enum Source {
 }
 
 impl Source {
-    /// The next chunk of request bytes; `None` at the end of the stream.
-    async fn chunk(&mut self) -> Option<Result<Bytes, Status>> {
-        match self {
-            Source::Tonic(body) => loop {
-                match body.frame().await? {
-                    Ok(f) => {
-                        if let Ok(data) = f.into_data() {
-                            return Some(Ok(data));
-                        }
+    /// The next chunk of request bytes (tonic's body); `None` at the end of the stream.
+    async fn chunk(body: &mut tonic::body::Body) -> Option<Result<Bytes, Status>> {
+        loop {
+            match body.frame().await? {
+                Ok(f) => {
+                    if let Ok(data) = f.into_data() {
+                        return Some(Ok(data));
                     }
-                    Err(e) => return Some(Err(Status::unknown(format!("request stream: {e}")))),
                 }
-            },
-            Source::Inbox(inbox) => std::future::poll_fn(|cx| inbox.poll_chunk(cx)).await,
+                Err(e) => return Some(Err(Status::unknown(format!("request stream: {e}")))),
+            }
         }
     }
 }
@@ -314,6 +312,8 @@ impl Source {
 /// Requests of one stream, decoded from the request body. The buffer is released when it
 /// empties, so a large subscription does not stay allocated for the life of the stream.
 pub struct Requests<T> {
+    /// Name sets the next requests are likely to repeat (the stream's subscriptions).
+    pub hints: Vec<Arc<NameSet>>,
     body: Source,
     buf: bytes::BytesMut,
     eof: bool,
@@ -323,6 +323,7 @@ pub struct Requests<T> {
 impl<T: Decode> Requests<T> {
     pub fn new(body: Source) -> Requests<T> {
         Requests {
+            hints: Vec::new(),
             body,
             buf: bytes::BytesMut::new(),
             eof: false,
@@ -333,6 +334,19 @@ impl<T: Decode> Requests<T> {
     /// The next request; `None` when the client half-closed. Cancel safe: data read so far
     /// stays in the buffer.
     pub async fn message(&mut self) -> Result<Option<T>, Status> {
+        let body = match &mut self.body {
+            Source::Inbox(inbox) => {
+                let inbox = &**inbox;
+                let msg = std::future::poll_fn(|cx| inbox.poll_message(cx, MAX_MESSAGE)).await?;
+                return match msg {
+                    Some(m) => T::decode_from(m, &self.hints)
+                        .map(Some)
+                        .map_err(|e| Status::invalid_argument(format!("bad request: {e}"))),
+                    None => Ok(None),
+                };
+            }
+            Source::Tonic(body) => body,
+        };
         loop {
             if self.buf.len() >= 5 {
                 if self.buf[0] != 0 {
@@ -350,7 +364,7 @@ impl<T: Decode> Requests<T> {
                 if self.buf.len() >= 5 + len {
                     // Decoded from `Bytes` (no copy) so `bytes` fields borrow.
                     let mut msg = self.buf.split_to(5 + len).freeze();
-                    let msg = T::decode_from(msg.split_off(5))
+                    let msg = T::decode_from(msg.split_off(5), &self.hints)
                         .map_err(|e| Status::invalid_argument(format!("bad request: {e}")))?;
                     if self.buf.is_empty() {
                         // What is left of the allocation goes with the message.
@@ -368,7 +382,7 @@ impl<T: Decode> Requests<T> {
                     Err(Status::internal("request stream ended inside a message"))
                 };
             }
-            match self.body.chunk().await {
+            match Source::chunk(body).await {
                 Some(Ok(data)) => self.buf.extend_from_slice(&data),
                 Some(Err(e)) => return Err(e),
                 None => self.eof = true,
@@ -379,18 +393,19 @@ impl<T: Decode> Requests<T> {
 
 /// A message the request decoder can build from one received gRPC message.
 pub trait Decode: Sized {
-    /// The message, or what is wrong with it.
-    fn decode_from(b: Bytes) -> Result<Self, String>;
+    /// The message, or what is wrong with it. `hints`: name sets the stream expects to see
+    /// repeated (see [`SotwRequest`]).
+    fn decode_from(b: Bytes, hints: &[Arc<NameSet>]) -> Result<Self, String>;
 }
 
 impl Decode for DiscoveryRequest {
-    fn decode_from(b: Bytes) -> Result<Self, String> {
+    fn decode_from(b: Bytes, _: &[Arc<NameSet>]) -> Result<Self, String> {
         Message::decode(b).map_err(|e| e.to_string())
     }
 }
 
 impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
-    fn decode_from(b: Bytes) -> Result<Self, String> {
+    fn decode_from(b: Bytes, _: &[Arc<NameSet>]) -> Result<Self, String> {
         Message::decode(b).map_err(|e| e.to_string())
     }
 }
@@ -413,6 +428,8 @@ pub struct SotwRequest {
     /// (offset, length) of each name, only when they are not in one run.
     scattered: Vec<(u32, u32)>,
     count: usize,
+    /// The hint these names equal, byte for byte.
+    pub matched: Option<Arc<NameSet>>,
 }
 
 /// `resource_names` (field 3, length-delimited) as its one-byte key.
@@ -495,9 +512,9 @@ impl<'a> Iterator for Names<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Names::Run(r) => r.next(),
-            Names::Scattered(raw, it) => it
-                .next()
-                .map(|&(o, l)| &raw[o as usize..(o + l) as usize]),
+            Names::Scattered(raw, it) => {
+                it.next().map(|&(o, l)| &raw[o as usize..(o + l) as usize])
+            }
         }
     }
 
@@ -538,12 +555,15 @@ impl SotwRequest {
 }
 
 impl Decode for SotwRequest {
-    fn decode_from(raw: Bytes) -> Result<Self, String> {
-        decode_sotw(raw).map_err(|e| e.to_string())
+    fn decode_from(raw: Bytes, hints: &[Arc<NameSet>]) -> Result<Self, String> {
+        decode_sotw(raw, hints).map_err(|e| e.to_string())
     }
 }
 
-fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
+fn decode_sotw(
+    raw: Bytes,
+    hints: &[Arc<NameSet>],
+) -> Result<SotwRequest, Box<dyn std::error::Error>> {
     use bytes::Buf;
     use prost::encoding::{decode_key, decode_varint, message, skip_field, string};
     let ctx = prost::encoding::DecodeContext::default;
@@ -562,6 +582,19 @@ fn decode_sotw(raw: Bytes) -> Result<SotwRequest, Box<dyn std::error::Error>> {
             )?,
             3 if wt == WireType::LengthDelimited => {
                 if r.count == 0 && r.scattered.is_empty() {
+                    // The names the stream has now, byte for byte (an ACK): one comparison.
+                    let rest = &raw[key_at..];
+                    if let Some(h) = hints.iter().find(|h| {
+                        let w = h.wire();
+                        !w.is_empty() && rest.starts_with(w) && rest.get(w.len()) != Some(&NAME_KEY)
+                    }) {
+                        let end = key_at + h.wire().len();
+                        r.names_region = Some((key_at as u32, end as u32));
+                        r.count = h.set.len();
+                        r.matched = Some(h.clone());
+                        buf.advance(end - (raw.len() - buf.len()));
+                        continue;
+                    }
                     // The run of names, walked without reading them.
                     let (end, n) = name_run(&raw, key_at)?;
                     if n > 0 {
@@ -911,7 +944,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let r = SotwRequest::decode_from(Bytes::from(full.encode_to_vec())).unwrap();
+        let r = SotwRequest::decode_from(Bytes::from(full.encode_to_vec()), &[]).unwrap();
         assert_eq!(r.version_info, "v1");
         assert_eq!(r.node.as_ref().unwrap().id, full.node.as_ref().unwrap().id);
         assert_eq!(r.type_url, full.type_url);
@@ -930,17 +963,37 @@ mod tests {
         prost::encoding::string::encode(3, &"a".to_string(), &mut mixed);
         prost::encoding::string::encode(4, &"t".to_string(), &mut mixed);
         prost::encoding::string::encode(3, &"b".to_string(), &mut mixed);
-        let m = SotwRequest::decode_from(Bytes::from(mixed)).unwrap();
+        let m = SotwRequest::decode_from(Bytes::from(mixed), &[]).unwrap();
         assert_eq!(m.names().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(m.names_wire(), None);
+        // A hint equal to the names is recognised without reading them; one that is only
+        // a prefix of them is not.
+        let set = |v: &[&str]| NameSet::intern(v.iter().map(|s| s.to_string()).collect());
+        let ab = DiscoveryRequest {
+            resource_names: vec!["a".into(), "b".into()],
+            type_url: "t".into(),
+            ..Default::default()
+        };
+        let hinted = SotwRequest::decode_from(
+            Bytes::from(ab.encode_to_vec()),
+            &[set(&["x"]), set(&["a", "b"])],
+        )
+        .unwrap();
+        assert!(hinted.matched.as_ref().is_some_and(|m| m.set.len() == 2));
+        assert_eq!(hinted.names().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(hinted.type_url, "t");
+        let prefix =
+            SotwRequest::decode_from(Bytes::from(ab.encode_to_vec()), &[set(&["a"])]).unwrap();
+        assert!(prefix.matched.is_none());
+        assert_eq!(prefix.names().collect::<Vec<_>>(), ["a", "b"]);
         // A key written in two bytes (valid protobuf, never Envoy's): read all the same.
         let odd = [0x9a, 0x00, 1, b'x', 0x1a, 1, b'y'];
-        let o = SotwRequest::decode_from(Bytes::copy_from_slice(&odd)).unwrap();
+        let o = SotwRequest::decode_from(Bytes::copy_from_slice(&odd), &[]).unwrap();
         assert_eq!(o.names().collect::<Vec<_>>(), ["x", "y"]);
         assert_eq!(o.name_bytes().len(), 2);
         // A name running past the end is an error, not a panic.
         let mut bad = full.encode_to_vec();
         bad.truncate(bad.len() - 3);
-        assert!(SotwRequest::decode_from(Bytes::from(bad)).is_err());
+        assert!(SotwRequest::decode_from(Bytes::from(bad), &[]).is_err());
     }
 }

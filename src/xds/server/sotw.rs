@@ -98,12 +98,16 @@ impl Stream {
             self.ack(&type_url, &req.version_info, &mut ts.pending);
         }
         // An ACK repeats the names: compare before building (and interning) a new set.
-        let same_names = req.name_bytes().len() == ts.names.set.len()
-            && (req.names_wire() == Some(ts.names.wire())
-                || req
-                    .name_bytes()
-                    .zip(&ts.names.set)
-                    .all(|(a, b)| a == b.as_bytes()));
+        let same_names = req
+            .matched
+            .as_ref()
+            .is_some_and(|m| Arc::ptr_eq(m, &ts.names))
+            || req.name_bytes().len() == ts.names.set.len()
+                && (req.names_wire() == Some(ts.names.wire())
+                    || req
+                        .name_bytes()
+                        .zip(&ts.names.set)
+                        .all(|(a, b)| a == b.as_bytes()));
         let names = if same_names {
             ts.names.clone()
         } else {
@@ -157,6 +161,13 @@ impl Variant for Sotw {
     }
     fn node(r: &SotwRequest) -> Option<Node> {
         r.node.clone()
+    }
+    fn hints(types: &HashMap<String, SotwType>) -> Vec<Arc<Names>> {
+        types
+            .values()
+            .filter(|t| !t.names.set.is_empty())
+            .map(|t| t.names.clone())
+            .collect()
     }
     fn request(
         st: &mut Stream,
