@@ -1049,7 +1049,13 @@ async fn http2_raw_frames() {
         block.extend_from_slice(v.as_bytes());
     }
     out.extend(frame(1, 0x4 | 0x1, 1, &block));
-    s.write_all(&out).await.unwrap();
+    // Written a few bytes at a time, so the server sees the preface and frames cut at
+    // many places.
+    s.set_nodelay(true).unwrap();
+    for piece in out.chunks(3) {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let (mut settings_ack, mut pong, mut status) = (false, false, None);
     while !(settings_ack && pong && status.is_some()) {
         let (ty, flags, id, p) = read_frame(&mut s).await.expect("server stopped answering");

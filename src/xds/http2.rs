@@ -17,7 +17,7 @@
 
 use super::server::XdsServer;
 use super::wire::{open_call, Source, XdsBody};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Body;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -72,6 +72,8 @@ const MAX_STREAMS: usize = 200;
 const STREAM_WINDOW: u32 = 1 << 20;
 /// The same for the whole connection.
 const CONN_WINDOW: u32 = 16 << 20;
+/// Most a message announcement reserves up front (larger ones grow as they arrive).
+const RESERVE_MAX: usize = 4 << 20;
 /// Window is granted back in steps of this much consumed data.
 const GRANT_STEP: usize = 128 * 1024;
 /// Largest header block accepted (the request's headers, all continuation frames).
@@ -85,6 +87,16 @@ const READ_CHUNK: usize = 64 * 1024;
 /// `PING_TIMEOUT` is closed (as tonic's keepalive did on this port).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+thread_local! {
+    /// Each worker thread's read buffer, shared by the connections it polls.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A frame's payload length, from its header.
+fn frame_len(h: &[u8]) -> usize {
+    (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize
+}
 
 /// Live connections, for the shutdown drain.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
@@ -208,7 +220,7 @@ impl Inbox {
             if s.want != 5 + len {
                 s.want = 5 + len;
                 // Room for the whole message at once, not grown step by step.
-                let more = 5 + len - s.buf.len();
+                let more = (5 + len).min(RESERVE_MAX).saturating_sub(s.buf.len());
                 s.buf.reserve(more);
                 s.settle();
             }
@@ -229,6 +241,12 @@ impl Inbox {
 
     fn push(&self, b: &[u8]) {
         let mut s = self.lock();
+        if s.buf.is_empty() && b.len() >= 5 {
+            // A message starts here: room for all of it (up to a bound) in one allocation.
+            let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+            s.want = 5 + len;
+            s.buf.reserve((5 + len).min(RESERVE_MAX).max(b.len()));
+        }
         s.buf.extend_from_slice(b);
         s.held += b.len();
         s.settle();
@@ -432,43 +450,84 @@ impl Conn {
     }
 
     /// Reads once and handles every complete frame. `Ok(false)` at EOF.
+    ///
+    /// The read goes into a scratch buffer of the worker thread; frames are handled from
+    /// there, and only a frame cut by the end of the read is kept, in `rbuf`, until the
+    /// rest arrives. A connection between bursts holds no read buffer at all.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, ConnError>> {
-        loop {
-            match self.io.poll_read_ready(cx) {
-                Poll::Pending => {
-                    self.release_rbuf();
-                    return Poll::Pending;
+        SCRATCH.with(|cell| {
+            let mut own = Vec::new();
+            let mut shared = cell.try_borrow_mut();
+            let scratch: &mut Vec<u8> = match shared.as_deref_mut() {
+                Ok(v) => v,
+                Err(_) => &mut own, // never nested in practice; stay correct if it is
+            };
+            if scratch.len() < READ_CHUNK {
+                scratch.resize(READ_CHUNK, 0);
+            }
+            let n = loop {
+                match self.io.poll_read_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                    Poll::Ready(Ok(())) => {}
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
-                Poll::Ready(Ok(())) => {}
-            }
-            self.rbuf.reserve(READ_CHUNK);
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(_) => return Poll::Ready(Ok(false)),
-            }
-        }
-        self.last_read = Instant::now();
-        self.ping_sent = None;
-        let used = match self.complete_prefix() {
-            Ok(u) => u,
-            Err(e) => return Poll::Ready(Err(e)),
-        };
-        let mut buf = std::mem::take(&mut self.rbuf);
-        let r = self.handle_input(&buf[..used]);
-        buf.advance(used);
-        self.rbuf = buf;
-        match r {
-            Ok(()) => Poll::Ready(Ok(true)),
-            Err(e) => Poll::Ready(Err(e)),
-        }
+                match self.io.try_read(&mut scratch[..]) {
+                    Ok(0) => return Poll::Ready(Ok(false)),
+                    Ok(n) => break n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => return Poll::Ready(Ok(false)),
+                }
+            };
+            self.last_read = Instant::now();
+            self.ping_sent = None;
+            Poll::Ready(self.input(&scratch[..n]).map(|()| true))
+        })
     }
 
-    /// How many bytes at the start of the read buffer are the preface and whole frames.
-    fn complete_prefix(&mut self) -> Result<usize, ConnError> {
-        let buf = &self.rbuf[..];
+    /// Handles freshly read bytes: first completes the unit (preface or frame) left over
+    /// from the last read, then every whole frame, then keeps what is cut off.
+    fn input(&mut self, mut data: &[u8]) -> Result<(), ConnError> {
+        while !self.rbuf.is_empty() {
+            let have = self.rbuf.len();
+            let need = if !self.preface {
+                PREFACE.len() - have
+            } else if have < 9 {
+                9 - have
+            } else {
+                let len = frame_len(&self.rbuf);
+                if len > MAX_FRAME {
+                    return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
+                }
+                9 + len - have
+            };
+            let take = need.min(data.len());
+            self.rbuf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if take < need {
+                // Still incomplete; a cut preface is checked as far as it goes.
+                if !self.preface && !PREFACE.starts_with(&self.rbuf) {
+                    return Err(ConnError(PROTOCOL_ERROR, "not an HTTP/2 client preface"));
+                }
+                return Ok(());
+            }
+            let whole = !self.preface
+                || self.rbuf.len() >= 9 && self.rbuf.len() == 9 + frame_len(&self.rbuf);
+            if whole {
+                let unit = std::mem::take(&mut self.rbuf);
+                self.handle_input(&unit)?;
+            }
+        }
+        let used = self.complete_prefix(data)?;
+        self.handle_input(&data[..used])?;
+        if used < data.len() {
+            self.rbuf = BytesMut::with_capacity(MAX_FRAME + 9);
+            self.rbuf.extend_from_slice(&data[used..]);
+        }
+        Ok(())
+    }
+
+    /// How many bytes at the start of `buf` are the preface (if due) and whole frames.
+    fn complete_prefix(&self, buf: &[u8]) -> Result<usize, ConnError> {
         let mut pos = 0;
         if !self.preface {
             let n = buf.len().min(PREFACE.len());
@@ -481,8 +540,7 @@ impl Conn {
             pos = PREFACE.len();
         }
         while buf.len() - pos >= 9 {
-            let len =
-                (buf[pos] as usize) << 16 | (buf[pos + 1] as usize) << 8 | buf[pos + 2] as usize;
+            let len = frame_len(&buf[pos..]);
             if len > MAX_FRAME {
                 return Err(ConnError(FRAME_SIZE_ERROR, "frame larger than advertised"));
             }
@@ -494,17 +552,16 @@ impl Conn {
         Ok(pos)
     }
 
-    /// An idle connection keeps no read buffer.
-    fn release_rbuf(&mut self) {
-        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-            self.rbuf = BytesMut::new();
-        }
-    }
-
     /// Handles `buf`: whole frames (after the preface, the first time).
     fn handle_input(&mut self, buf: &[u8]) -> Result<(), ConnError> {
         let mut pos = 0;
-        if !self.preface && buf.len() >= PREFACE.len() {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if !self.preface {
+            if !buf.starts_with(PREFACE) {
+                return Err(ConnError(PROTOCOL_ERROR, "not an HTTP/2 client preface"));
+            }
             self.preface = true;
             pos = PREFACE.len();
         }
