@@ -117,7 +117,7 @@ pub async fn serve(
                     let _ = io.set_nodelay(true);
                     let local = io.local_addr().ok();
                     let conn = Conn::new(io, peer, local, srv.clone(), stopping.clone());
-                    tokio::spawn(conn.run());
+                    tokio::spawn(conn);
                 }
                 Err(e) => {
                     debug!(error = %e, "accept failed");
@@ -308,6 +308,34 @@ struct Stream {
     inbox: Arc<Inbox>,
 }
 
+/// The connection's task is the connection itself (no async fn around it, which would
+/// hold a second copy of its state).
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.drive(cx) {
+            Poll::Ready(r) => {
+                if let Err(e) = r {
+                    debug!(peer = %this.peer, error = %e, "xDS connection ended");
+                }
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        for s in self.streams.drain(..) {
+            s.inbox.end(false);
+        }
+        LIVE.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// A connection error: GOAWAY with this code, then close.
 struct ConnError(u32, &'static str);
 
@@ -391,22 +419,11 @@ impl Conn {
         }
         c.window_update(0, CONN_WINDOW - 65_535);
         c.recv_window = CONN_WINDOW as i64;
+        LIVE.fetch_add(1, Ordering::SeqCst);
         c
     }
 
-    async fn run(mut self) {
-        LIVE.fetch_add(1, Ordering::SeqCst);
-        let r = std::future::poll_fn(|cx| self.poll(cx)).await;
-        if let Err(e) = r {
-            debug!(peer = %self.peer, error = %e, "xDS connection ended");
-        }
-        for s in self.streams.drain(..) {
-            s.inbox.end(false);
-        }
-        LIVE.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         loop {
             let mut progress = false;
             // Read what is there (unless output is backed up).

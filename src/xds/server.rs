@@ -441,7 +441,7 @@ async fn run<V: Variant>(
     fixed_type: Option<&'static str>,
     identity: Option<Identity>,
 ) {
-    let fill = |mut r: V::Req| {
+    let fill = |mut r: Box<V::Req>| {
         let t = V::type_url(&mut r);
         if t.is_empty() {
             if let Some(f) = fixed_type {
@@ -468,15 +468,17 @@ async fn run<V: Variant>(
     };
     let mut current = srv.current.clone();
     current.mark_unchanged();
-    let node = V::node(&first).unwrap_or_default();
-    let mut st = match Stream::open(&srv, &node, peer, V::DELTA, published, identity) {
+    let opened = {
+        let node = V::node(&first).unwrap_or_default();
+        Stream::open(&srv, &node, peer, V::DELTA, published, identity).map(Box::new)
+    };
+    let mut st = match opened {
         Ok(s) => s,
         Err(e) => {
             let _ = tx.send(Err(e)).await;
             return;
         }
     };
-    drop(node);
     let mut types: HashMap<String, V::State> = HashMap::new();
     let mut deferred: BTreeSet<String> = BTreeSet::new();
     let mut next = Some(first);
@@ -490,7 +492,7 @@ async fn run<V: Variant>(
                     .await;
                 return;
             }
-            if let Some(resp) = V::request(&mut st, &mut types, req) {
+            if let Some(resp) = V::request(&mut st, &mut types, *req) {
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }
