@@ -519,9 +519,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(http_addr)
         .await
         .with_context(|| format!("binding {http_addr}"))?;
-    let xds_listener = tokio::net::TcpListener::bind(xds_addr)
-        .await
-        .with_context(|| format!("binding {xds_addr}"))?;
+    // Every sidecar reconnects at once after a restart: a listen queue of 4,096 (tokio's
+    // default is 1,024) keeps a storm of 2,000 connects from overflowing it.
+    let xds_listener = listen(xds_addr, 4096).with_context(|| format!("binding {xds_addr}"))?;
     info!(%xds_addr, %http_addr, dir = %a.config_dir.display(), "pilotfish serving");
     // One signal fans out: streams end, both servers drain, and a deadline bounds it all.
     let stopping = stop_tx.subscribe();
@@ -567,6 +567,18 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// A TCP listener with address reuse and a listen queue of `backlog`.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(backlog)
 }
 
 /// Proxy authentication and secret serving, with their metrics registered.
