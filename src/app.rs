@@ -38,7 +38,7 @@ pub struct ServeArgs {
     pub debounce_ms: u64,
     /// Longest a push may be delayed by a stream of changes, in milliseconds. Istio's is
     /// 10 s, which under steady endpoint churn delays every push by the full 10 s.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 400)]
     pub debounce_max_ms: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
