@@ -827,11 +827,7 @@ impl Conn {
         };
         match opened {
             Ok(rx) => {
-                // :status 200, content-type: application/grpc.
-                let mut block = vec![0x88];
-                hpack_int(&mut block, 0x00, 4, 31);
-                hpack_str(&mut block, b"application/grpc");
-                self.headers(id, 0, &block);
+                self.headers(id, 0, &response_head());
                 self.streams.push(Stream {
                     id,
                     send_window: self.peer_window,
@@ -845,9 +841,7 @@ impl Conn {
             }
             Err(status) => {
                 // Trailers-only response.
-                let mut block = vec![0x88];
-                hpack_int(&mut block, 0x00, 4, 31);
-                hpack_str(&mut block, b"application/grpc");
+                let mut block = response_head();
                 trailer_fields(&mut block, &status_trailers(&status));
                 self.headers(id, END_STREAM, &block);
                 if !end {
@@ -904,7 +898,7 @@ impl Conn {
                     if s.done {
                         break;
                     }
-                    match Pin::new(&mut s.body).poll_frame(cx) {
+                    let trailers = match Pin::new(&mut s.body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(f))) => match f.into_data() {
                             Ok(d) => {
                                 if !d.is_empty() {
@@ -912,37 +906,18 @@ impl Conn {
                                 }
                                 continue;
                             }
-                            Err(f) => {
-                                let t = f.into_trailers().unwrap_or_default();
-                                let id = s.id;
-                                s.done = true;
-                                let mut block = Vec::new();
-                                trailer_fields(&mut block, &t);
-                                self.headers(id, END_STREAM, &block);
-                                break;
-                            }
+                            Err(f) => f.into_trailers().unwrap_or_default(),
                         },
-                        Poll::Ready(Some(Err(status))) => {
-                            let id = s.id;
-                            s.done = true;
-                            let mut block = Vec::new();
-                            trailer_fields(&mut block, &status_trailers(&status));
-                            self.headers(id, END_STREAM, &block);
-                            break;
-                        }
-                        Poll::Ready(None) => {
-                            let id = s.id;
-                            s.done = true;
-                            let mut block = Vec::new();
-                            trailer_fields(
-                                &mut block,
-                                &status_trailers(&Status::new(tonic::Code::Ok, "")),
-                            );
-                            self.headers(id, END_STREAM, &block);
-                            break;
-                        }
+                        Poll::Ready(Some(Err(status))) => status_trailers(&status),
+                        Poll::Ready(None) => super::wire::trailers(None),
                         Poll::Pending => break,
-                    }
+                    };
+                    let id = s.id;
+                    s.done = true;
+                    let mut block = Vec::new();
+                    trailer_fields(&mut block, &trailers);
+                    self.headers(id, END_STREAM, &block);
+                    break;
                 }
                 let n = {
                     let p = s.pending.as_ref().map_or(0, |p| p.len());
@@ -1159,6 +1134,14 @@ fn hpack_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
+/// `:status 200` (indexed) and `content-type: application/grpc` (literal, indexed name).
+fn response_head() -> Vec<u8> {
+    let mut block = vec![0x88];
+    hpack_int(&mut block, 0x00, 4, 31);
+    hpack_str(&mut block, b"application/grpc");
+    block
+}
+
 /// Header fields as literals without indexing (the response never touches the table).
 fn trailer_fields(buf: &mut Vec<u8>, h: &http::HeaderMap) {
     for (n, v) in h {
@@ -1186,9 +1169,7 @@ mod tests {
         hpack_int(&mut b, 0, 5, 1337);
         assert_eq!(b, [31, 154, 10]);
         // Our response headers decode with a real HPACK decoder.
-        let mut block = vec![0x88];
-        hpack_int(&mut block, 0x00, 4, 31);
-        hpack_str(&mut block, b"application/grpc");
+        let mut block = response_head();
         let mut t = http::HeaderMap::new();
         t.insert("grpc-status", http::HeaderValue::from(5));
         t.insert(
