@@ -3,7 +3,7 @@
 use super::{Stream, Variant};
 use crate::xds::cache::Names;
 use crate::xds::wire::Plan;
-use crate::xds::{is_wildcard_type, short, SECRET};
+use crate::xds::{is_wildcard_type, short, ROUTE, SECRET, VHOST};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -31,6 +31,10 @@ impl Stream {
         ts: &mut DeltaType,
         forced: &BTreeSet<String>,
     ) -> Option<Plan> {
+        if type_url == VHOST && !self.routes_settled {
+            // Asked again once the route configurations in flight are answered.
+            return None;
+        }
         let started = Instant::now();
         let gen = self.published.gen.clone();
         let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
@@ -216,8 +220,20 @@ impl Stream {
         } else {
             None
         };
+        if type_url == ROUTE {
+            self.settle_routes(&ts);
+        }
         types.insert(type_url, ts);
         resp
+    }
+}
+
+impl Stream {
+    /// Route configurations are settled when none is in flight; virtual hosts are then due.
+    fn settle_routes(&mut self, ts: &DeltaType) {
+        let settled = ts.started && ts.pending.is_none();
+        self.vhds_due |= settled && self.vhds;
+        self.routes_settled = settled;
     }
 }
 
@@ -241,7 +257,11 @@ impl Variant for Delta {
         st.delta_request(types, r)
     }
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
-        st.delta_response(type_url, ts, &BTreeSet::new())
+        let resp = st.delta_response(type_url, ts, &BTreeSet::new());
+        if type_url == ROUTE {
+            st.routes_settled = ts.pending.is_none();
+        }
+        resp
     }
     fn in_flight(ts: &DeltaType) -> bool {
         ts.pending.is_some()
