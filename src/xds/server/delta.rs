@@ -39,6 +39,7 @@ impl Stream {
         let gen = self.published.gen.clone();
         let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
         let cur = self.view(type_url, filter);
+        let reconnected = ts.claims.as_ref().is_some_and(|c| !c.is_empty());
         let (mut changed, mut removed) = match ts.claims.take() {
             Some(claims) => {
                 let all = cur.resolve(&gen);
@@ -96,6 +97,13 @@ impl Stream {
         let version = cur.resolve(&gen).version.clone();
         self.held.insert(type_url.to_string(), cur);
         if changed.is_empty() && removed.is_empty() {
+            if reconnected {
+                // A reconnect whose claims are all current: it holds this version.
+                self.update_status(type_url, |t| {
+                    t.sent_version = version.clone();
+                    t.acked_version = version;
+                });
+            }
             return None;
         }
         let nonce = self.next_nonce();
