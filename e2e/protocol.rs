@@ -998,6 +998,65 @@ fn endpoint_churn_reuses_what_did_not_change() {
     ));
 }
 
+/// A VirtualService edit rebuilds only the virtual hosts of the hosts it names: every other
+/// virtual host keeps its encoding (same pointer), and both forms of the new class are
+/// exactly what translating the whole new World gives (inline: the configurations as
+/// translated; VHDS: the same virtual hosts, one resource each).
+#[test]
+fn virtual_service_edit_rebuilds_only_its_virtual_hosts() {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use prost::Message;
+    let world = |timeout: &str| {
+        valid_world(&(svc_yaml(&["a", "b", "c"]) + &vs_yaml("a", timeout) + &vs_yaml("b", "9s")))
+    };
+    let proxy = default_ns_proxy();
+    let g1 = Generation::new(world("5s"));
+    let v1 = g1.for_stream(&proxy, true);
+    let (w2, g2);
+    {
+        w2 = world("7s");
+        g2 = Generation::next(w2.clone(), Some(&g1));
+    }
+    let v2 = g2.for_stream(&proxy, true);
+    let hosts = |r: &pilotfish::xds::cache::ProxyResources| r.values(VHOST);
+    let (h1, h2) = (hosts(&v1), hosts(&v2));
+    assert_eq!(h1.len(), 4, "a, b, c and the fallback");
+    for (o, n) in h1.iter().zip(&h2) {
+        assert_eq!(o.name, n.name);
+        if o.name == "8080/a.default.svc.cluster.local:8080" {
+            assert_ne!(o.version, n.version, "a's VirtualService changed");
+        } else {
+            assert!(Arc::ptr_eq(o, n), "{}: reused as it was", o.name);
+        }
+    }
+    // The forms match a translation of the whole new World.
+    let expected = pilotfish::translate::route::outbound(&w2, &proxy);
+    let inline: Vec<RouteConfiguration> = g2
+        .for_proxy(&proxy)
+        .values(ROUTE)
+        .iter()
+        .map(|r| RouteConfiguration::decode(r.value.as_ref()).unwrap())
+        .collect();
+    assert_eq!(
+        inline, expected,
+        "inline form, spliced from the virtual hosts"
+    );
+    let mut from_vhds: Vec<VirtualHost> = h2
+        .iter()
+        .map(|r| VirtualHost::decode(r.value.as_ref()).unwrap())
+        .collect();
+    for v in &mut from_vhds {
+        v.name = v.name.strip_prefix("8080/").unwrap().to_string();
+    }
+    let mut want = expected[0].virtual_hosts.clone();
+    want.sort_by(|a, b| a.name.cmp(&b.name));
+    from_vhds.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(from_vhds, want, "VHDS form: the same virtual hosts");
+    let configs = v2.values(ROUTE);
+    let rc = RouteConfiguration::decode(configs[0].value.as_ref()).unwrap();
+    assert!(rc.vhds.is_some() && rc.virtual_hosts.is_empty());
+}
+
 #[tokio::test]
 async fn a_proxy_that_has_not_acked_gets_the_newest_state_once_it_does() {
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;

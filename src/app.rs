@@ -345,10 +345,11 @@ fn config_loop(
                 // Names and references are what the check looks at; they come from the
                 // route inputs only. When those equal the last published World's (which
                 // passed), so does the result: endpoint churn skips the full translation.
-                let same_routes = prev
-                    .as_ref()
-                    .is_some_and(|p| world.same_route_inputs(&p.world));
-                let unchecked = same_routes
+                let change = match &prev {
+                    Some(p) => world.route_change(&p.world),
+                    None => crate::model::RouteChange::All,
+                };
+                let unchecked = change == crate::model::RouteChange::None
                     && prev
                         .as_ref()
                         .is_some_and(|p| p.world.peer_authn == world.peer_authn);
@@ -364,7 +365,7 @@ fn config_loop(
                         let gen = Arc::new(Generation::next_with(
                             Arc::new(world),
                             prev.as_deref(),
-                            same_routes,
+                            change,
                         ));
                         metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
                         metrics.config_updates.inc();

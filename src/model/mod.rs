@@ -256,6 +256,15 @@ pub struct VirtualSvc {
     pub spec: networking::VirtualService,
 }
 
+/// What differs between two Worlds' route inputs (see `World::route_change`).
+#[derive(Debug, PartialEq)]
+pub enum RouteChange {
+    None,
+    /// Only the virtual hosts of these hosts can differ.
+    Hosts(std::collections::BTreeSet<String>),
+    All,
+}
+
 /// One immutable, internally consistent snapshot of everything translation needs.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct World {
@@ -287,8 +296,15 @@ impl World {
     /// (services without their endpoints, VirtualServices, DestinationRules, Sidecars, mesh
     /// settings) is equal. Endpoint churn leaves routes as they were.
     pub fn same_route_inputs(&self, o: &World) -> bool {
-        self.mesh == o.mesh
-            && self.virtual_services == o.virtual_services
+        matches!(self.route_change(o), RouteChange::None)
+    }
+
+    /// How what route generation reads differs from `o`. When only VirtualServices differ,
+    /// only the virtual hosts of the hosts they name (before or after) can differ: a host's
+    /// virtual host reads the first VirtualService naming it, plus services,
+    /// DestinationRules and the mesh settings, which are then equal.
+    pub fn route_change(&self, o: &World) -> RouteChange {
+        let rest_same = self.mesh == o.mesh
             && self.destination_rules == o.destination_rules
             && self.sidecars == o.sidecars
             && self.services.len() == o.services.len()
@@ -307,7 +323,34 @@ impl World {
                                 && a.resolution == b.resolution
                                 && a.mesh_external == b.mesh_external
                                 && a.origin == b.origin))
-                })
+                });
+        if !rest_same {
+            return RouteChange::All;
+        }
+        if self.virtual_services == o.virtual_services {
+            return RouteChange::None;
+        }
+        let by_key = |w: &'_ World| -> BTreeMap<ObjectKey, Arc<VirtualSvc>> {
+            w.virtual_services
+                .iter()
+                .map(|v| (v.key.clone(), v.clone()))
+                .collect()
+        };
+        let (mine, theirs) = (by_key(self), by_key(o));
+        let mut hosts = std::collections::BTreeSet::new();
+        for key in mine.keys().chain(theirs.keys()) {
+            let (a, b) = (mine.get(key), theirs.get(key));
+            let same = match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+                _ => false,
+            };
+            if !same {
+                for v in a.into_iter().chain(b) {
+                    hosts.extend(v.hosts.iter().cloned());
+                }
+            }
+        }
+        RouteChange::Hosts(hosts)
     }
 
     /// The label keys that can change what a proxy's routes look like: those used by

@@ -17,6 +17,32 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Route configurations for one proxy (source namespace and labels matter for matches).
 pub fn outbound(world: &World, proxy: &Proxy) -> Vec<rt::RouteConfiguration> {
+    layout(world, proxy)
+        .into_iter()
+        .map(|l| {
+            let mut rc = settings(l.port);
+            rc.virtual_hosts = l
+                .hosts
+                .iter()
+                .map(|(svc, domains)| service_vhost(world, proxy, svc, l.port, domains.clone()))
+                .chain([fallback_vhost(l.allow_any)])
+                .collect();
+            rc
+        })
+        .collect()
+}
+
+/// What a proxy's route configuration of one port is made of, before any route is built:
+/// the services in its scope with the host names each answers (a name goes to the first
+/// service that claims it), and the fallback for unknown hosts. Generation can then build
+/// (or reuse) one virtual host at a time.
+pub struct Layout<'w> {
+    pub port: u32,
+    pub allow_any: bool,
+    pub hosts: Vec<(&'w Service, Vec<String>)>,
+}
+
+pub fn layout<'w>(world: &'w World, proxy: &Proxy) -> Vec<Layout<'w>> {
     let scope = world.scope(&proxy.namespace, &proxy.labels);
     let mut by_port: BTreeMap<u32, Vec<&Service>> = BTreeMap::new();
     for svc in world
@@ -32,39 +58,62 @@ pub fn outbound(world: &World, proxy: &Proxy) -> Vec<rt::RouteConfiguration> {
     }
     by_port
         .into_iter()
-        .map(|(port, svcs)| route_config(world, proxy, scope.allow_any, port, &svcs))
+        .map(|(port, svcs)| {
+            let mut used = BTreeSet::new();
+            let hosts = svcs
+                .into_iter()
+                .filter_map(|svc| {
+                    let domains: Vec<String> =
+                        domains(svc, port, &proxy.namespace, &world.mesh.domain)
+                            .into_iter()
+                            .filter(|d| used.insert(d.clone()))
+                            .collect();
+                    (!domains.is_empty()).then_some((svc, domains))
+                })
+                .collect();
+            Layout {
+                port,
+                allow_any: scope.allow_any,
+                hosts,
+            }
+        })
         .collect()
 }
 
-fn route_config(
+/// A route configuration's own settings (its virtual hosts go in separately).
+pub fn settings(port: u32) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: port.to_string(),
+        validate_clusters: boolv(false),
+        ..Default::default()
+    }
+}
+
+/// The virtual host of one service on one port: its VirtualService's routes, or the
+/// default route to the service.
+pub fn service_vhost(
     world: &World,
     proxy: &Proxy,
-    allow_any: bool,
+    svc: &Service,
     port: u32,
-    svcs: &[&Service],
-) -> rt::RouteConfiguration {
-    let mut used = BTreeSet::new();
-    let mut vhosts = Vec::new();
-    for svc in svcs {
-        let domains: Vec<String> = domains(svc, port, &proxy.namespace, &world.mesh.domain)
-            .into_iter()
-            .filter(|d| used.insert(d.clone()))
-            .collect();
-        if domains.is_empty() {
-            continue;
-        }
-        let routes = match world.virtual_service_for(&svc.hostname) {
-            Some(vs) => vs_routes(world, proxy, &vs.spec, port),
-            None => vec![default_route(world, svc, port)],
-        };
-        vhosts.push(rt::VirtualHost {
-            name: format!("{}:{port}", svc.hostname),
-            domains,
-            routes,
-            include_request_attempt_count: true,
-            ..Default::default()
-        });
+    domains: Vec<String>,
+) -> rt::VirtualHost {
+    let routes = match world.virtual_service_for(&svc.hostname) {
+        Some(vs) => vs_routes(world, proxy, &vs.spec, port),
+        None => vec![default_route(world, svc, port)],
+    };
+    rt::VirtualHost {
+        name: format!("{}:{port}", svc.hostname),
+        domains,
+        routes,
+        include_request_attempt_count: true,
+        ..Default::default()
     }
+}
+
+/// The last virtual host: everything no service claims goes out as is (ALLOW_ANY) or gets
+/// a 502 (REGISTRY_ONLY).
+pub fn fallback_vhost(allow_any: bool) -> rt::VirtualHost {
     let fallback = if allow_any {
         route_to(PASSTHROUGH, "allow_any")
     } else {
@@ -80,7 +129,7 @@ fn route_config(
             ..Default::default()
         }
     };
-    vhosts.push(rt::VirtualHost {
+    rt::VirtualHost {
         name: if allow_any {
             "allow_any".into()
         } else {
@@ -88,12 +137,6 @@ fn route_config(
         },
         domains: vec!["*".into()],
         routes: vec![fallback],
-        ..Default::default()
-    });
-    rt::RouteConfiguration {
-        name: port.to_string(),
-        virtual_hosts: vhosts,
-        validate_clusters: boolv(false),
         ..Default::default()
     }
 }
@@ -655,27 +698,23 @@ fn http_route(
 }
 
 /// Every cluster the route configurations name (routes, weighted clusters, mirrors).
-/// The Virtual Host Discovery form of a route configuration (VHDS; Envoy accepts it on delta
-/// ADS only): the configuration keeps its own settings and names ADS as its VHDS source, and
-/// each virtual host becomes a resource of its own named `<configuration>/<virtual host>`
-/// (Envoy routes VHDS resources to a configuration by that prefix, and removes a virtual
-/// host only if its `name` equals the resource name). One VirtualService edit then changes
-/// one small resource instead of its port's whole configuration. A configuration without
-/// virtual hosts stays as it is: Envoy would wait for a first VHDS resource in vain.
-pub fn split_vhds(
-    mut rc: rt::RouteConfiguration,
-) -> (rt::RouteConfiguration, Vec<rt::VirtualHost>) {
-    if rc.virtual_hosts.is_empty() {
-        return (rc, Vec::new());
-    }
-    let mut vhosts = std::mem::take(&mut rc.virtual_hosts);
-    for v in &mut vhosts {
-        v.name = format!("{}/{}", rc.name, v.name);
-    }
+/// The Virtual Host Discovery form of a route configuration's settings (VHDS; Envoy
+/// accepts it on delta ADS only): the configuration names ADS as its VHDS source, and each
+/// of its virtual hosts travels as a resource of its own named by `vhds_name`. One
+/// VirtualService edit then changes one small resource instead of its port's whole
+/// configuration.
+pub fn vhds_settings(mut rc: rt::RouteConfiguration) -> rt::RouteConfiguration {
     rc.vhds = Some(rt::Vhds {
         config_source: ads(),
     });
-    (rc, vhosts)
+    rc
+}
+
+/// A virtual host's VHDS resource name, `<configuration>/<virtual host>`: Envoy hands a
+/// VHDS resource to the configuration its prefix names, and removes a virtual host only if
+/// its `name` equals the resource name.
+pub fn vhds_name(config: &str, vhost: &str) -> String {
+    format!("{config}/{vhost}")
 }
 
 pub fn referenced_clusters(rcs: &[rt::RouteConfiguration]) -> Vec<String> {

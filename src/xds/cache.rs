@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST};
-use crate::model::{Proxy, Scope, World};
+use crate::model::{Proxy, RouteChange, Scope, World};
 use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -398,16 +398,29 @@ type ViewDiffEntry = (Arc<Diff>, (View, View));
 
 type RouteCell = Arc<std::sync::OnceLock<Arc<RouteClass>>>;
 
-/// The route configurations of one route class: inline (state of the world, and streams
-/// without VHDS), and their VHDS form, made from the inline one on first use by a VHDS
-/// stream (see `translate::route::split_vhds`).
+/// The route configurations of one route class, kept per virtual host: each virtual host is
+/// encoded once, in its VHDS form (named `<configuration>/<virtual host>`), and both forms
+/// of the class are assembled from those bytes on first use. VHDS (delta ADS): each
+/// configuration's settings naming VHDS, plus the virtual hosts as they are. Inline (state
+/// of the world, and streams without VHDS): each configuration with its virtual hosts
+/// inside, spliced from the same bytes. A VirtualService edit rebuilds only the virtual
+/// hosts of the hosts it names; every other one keeps its encoding (see `build_routes`).
 pub struct RouteClass {
-    inline: Arc<TypeMap>,
+    parts: Arc<Vec<RoutePart>>,
+    inline: std::sync::OnceLock<Arc<TypeMap>>,
     vhds: std::sync::OnceLock<VhdsForm>,
 }
 
+/// One route configuration of a class.
+struct RoutePart {
+    /// Its own settings (no virtual hosts).
+    settings: envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
+    /// Its virtual hosts in order, VHDS-named, each with a hash of the host names it
+    /// answers (a virtual host is reused only for the same names).
+    vhosts: Vec<(u64, Res)>,
+}
+
 /// Route configurations that name VHDS, and their virtual hosts (`<config>/<vhost>`).
-#[derive(Clone)]
 struct VhdsForm {
     configs: Arc<TypeMap>,
     vhosts: Arc<TypeMap>,
@@ -417,41 +430,159 @@ impl RouteClass {
     /// Some stream still holds one of its maps (not only the memo).
     fn live(&self) -> bool {
         let held = |m: &Arc<TypeMap>| Arc::strong_count(m) > 1;
-        held(&self.inline)
+        self.inline.get().is_some_and(held)
             || self
                 .vhds
                 .get()
                 .is_some_and(|f| held(&f.configs) || held(&f.vhosts))
     }
 
-    /// The VHDS form, reusing the encodings `prev` (the same class in the previous
-    /// generation) already has: an edit of one VirtualService leaves every other virtual
-    /// host the same pointer, so diffs skip them without comparing.
-    fn vhds_form(&self, prev: Option<&VhdsForm>) -> &VhdsForm {
+    fn inline(&self) -> &Arc<TypeMap> {
+        self.inline.get_or_init(|| {
+            Arc::new(
+                self.parts
+                    .iter()
+                    .map(|p| {
+                        let r = inline_config(p);
+                        (r.name.clone(), r)
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn vhds_form(&self) -> &VhdsForm {
         self.vhds.get_or_init(|| {
-            use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
             let mut configs = TypeMap::new();
             let mut vhosts = TypeMap::new();
-            for r in self.inline.values() {
-                let rc = RouteConfiguration::decode(r.value.as_ref())
-                    .expect("decodes what this process encoded");
-                let (rc, hosts) = translate::route::split_vhds(rc);
-                if hosts.is_empty() {
-                    configs.insert(r.name.clone(), r.clone());
+            for p in self.parts.iter() {
+                if p.vhosts.is_empty() {
+                    // Envoy would wait for a first virtual host in vain.
+                    let r = inline_config(p);
+                    configs.insert(r.name.clone(), r);
                     continue;
                 }
+                let rc = translate::route::vhds_settings(p.settings.clone());
                 configs.insert(rc.name.clone(), encode(&rc.name, &rc));
-                for v in hosts {
-                    let refs = translate::route::vhost_clusters(std::iter::once(&v));
-                    vhosts.insert(v.name.clone(), encode_with(&v.name, &v, refs));
-                }
+                vhosts.extend(p.vhosts.iter().map(|(_, r)| (r.name.clone(), r.clone())));
             }
             VhdsForm {
-                configs: reuse(configs, prev.map(|p| &p.configs)),
-                vhosts: reuse(vhosts, prev.map(|p| &p.vhosts)),
+                configs: Arc::new(configs),
+                vhosts: Arc::new(vhosts),
             }
         })
     }
+}
+
+/// Builds a route class from the layout of its configurations. With `prev` (the same
+/// class in the previous generation, and the hosts whose virtual hosts may differ since),
+/// every other virtual host that answers the same names is taken as it was, encoding and
+/// all: an edit of one VirtualService translates and encodes one virtual host per port.
+fn build_routes(
+    w: &World,
+    class: &Proxy,
+    prev: Option<(&[RoutePart], &BTreeSet<String>)>,
+) -> RouteClass {
+    use translate::route::{fallback_vhost, layout, service_vhost, settings, vhds_name};
+    let old: HashMap<&str, (u64, &Res)> = prev
+        .iter()
+        .flat_map(|(parts, _)| parts.iter())
+        .flat_map(|p| p.vhosts.iter())
+        .map(|(h, r)| (r.name.as_str(), (*h, r)))
+        .collect();
+    let changed = prev.map(|(_, h)| h);
+    let parts = layout(w, class)
+        .into_iter()
+        .map(|l| {
+            let settings = settings(l.port);
+            let mut vhosts = Vec::with_capacity(l.hosts.len() + 1);
+            for (svc, domains) in l.hosts {
+                let mut h = std::hash::DefaultHasher::new();
+                domains.hash(&mut h);
+                let h = h.finish();
+                let name = vhds_name(&settings.name, &format!("{}:{}", svc.hostname, l.port));
+                let same = changed.is_some_and(|c| !c.contains(&svc.hostname));
+                match old.get(name.as_str()).filter(|(oh, _)| same && *oh == h) {
+                    Some((_, r)) => vhosts.push((h, (*r).clone())),
+                    None => {
+                        let mut v = service_vhost(w, class, svc, l.port, domains);
+                        v.name = name;
+                        vhosts.push((h, encode_vhost(&v)));
+                    }
+                }
+            }
+            let mut v = fallback_vhost(l.allow_any);
+            v.name = vhds_name(&settings.name, &v.name);
+            let r = encode_vhost(&v);
+            // Cheap to build; the old pointer keeps diffs from looking at it.
+            let r = match old.get(r.name.as_str()) {
+                Some((_, o)) if o.version == r.version => (*o).clone(),
+                _ => r,
+            };
+            vhosts.push((0, r));
+            RoutePart { settings, vhosts }
+        })
+        .collect();
+    RouteClass {
+        parts: Arc::new(parts),
+        inline: Default::default(),
+        vhds: Default::default(),
+    }
+}
+
+fn encode_vhost(v: &envoy_types::pb::envoy::config::route::v3::VirtualHost) -> Res {
+    let refs = translate::route::vhost_clusters(std::iter::once(v));
+    encode_with(&v.name, v, refs)
+}
+
+/// A configuration with its virtual hosts inside, spliced from their VHDS encodings: each
+/// starts with its name (field 1), which is swapped for the inline name; the rest of its
+/// bytes are used as they are. Then the configuration's other settings.
+fn inline_config(p: &RoutePart) -> Res {
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let name = &p.settings.name;
+    let cut = name.len() + 1;
+    let mut buf = Vec::new();
+    prost::encoding::string::encode(1, name, &mut buf);
+    let mut refs = Vec::new();
+    for (_, v) in &p.vhosts {
+        let mut head = Vec::with_capacity(v.name.len() + 4);
+        prost::encoding::string::encode(1, &v.name, &mut head);
+        let inline_name = &v.name[cut..];
+        let body = match v.value.strip_prefix(head.as_slice()) {
+            Some(rest) => std::borrow::Cow::Borrowed(rest),
+            // Not laid out as expected: take the long way.
+            None => {
+                let mut vh = VirtualHost::decode(v.value.as_ref()).expect("own encoding");
+                vh.name.clear();
+                std::borrow::Cow::Owned(vh.encode_to_vec())
+            }
+        };
+        let inner =
+            1 + encoded_len_varint(inline_name.len() as u64) + inline_name.len() + body.len();
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(inner as u64, &mut buf);
+        encode_key(1, WireType::LengthDelimited, &mut buf);
+        encode_varint(inline_name.len() as u64, &mut buf);
+        buf.extend_from_slice(inline_name.as_bytes());
+        buf.extend_from_slice(&body);
+        refs.extend(v.refs.iter().cloned());
+    }
+    RouteConfiguration {
+        name: String::new(),
+        ..p.settings.clone()
+    }
+    .encode(&mut buf)
+    .expect("a Vec grows");
+    let digest = Sha256::digest(&buf);
+    Arc::new(Encoded {
+        name: name.clone(),
+        version: hex::encode(&digest[..8]),
+        type_url: RouteConfiguration::type_url(),
+        value: buf.into(),
+        refs,
+    })
 }
 
 /// Inbound clusters and the inbound listener of one inbound class.
@@ -465,8 +596,10 @@ pub type Diff = (Vec<Res>, Vec<String>);
 struct Carry {
     inputs: EndpointInputs,
     outbound: HashMap<(Scope, bool), Arc<Outbound>>,
-    /// The previous route classes' VHDS forms, for reuse of unchanged virtual hosts.
-    vhds: HashMap<RouteKey, VhdsForm>,
+    /// The previous route classes' virtual hosts, and the hosts whose virtual hosts may
+    /// have changed since (None: any of them).
+    routes: HashMap<RouteKey, Arc<Vec<RoutePart>>>,
+    changed_hosts: Option<BTreeSet<String>>,
 }
 
 /// Everything a ClusterLoadAssignment reads from the World.
@@ -487,24 +620,29 @@ impl Generation {
     /// Builds the outbound set of the unscoped, certificate-less class eagerly (the common
     /// case); other classes are built on first use.
     pub fn new(world: Arc<World>) -> Generation {
-        Generation::next_with(world, None, false)
+        Generation::next_with(world, None, RouteChange::All)
     }
 
     /// The generation after `prev`: what did not change is carried over (see `next_with`).
     pub fn next(world: Arc<World>, prev: Option<&Generation>) -> Generation {
-        let same_routes = prev.is_some_and(|p| world.same_route_inputs(&p.world));
-        Generation::next_with(world, prev, same_routes)
+        let change = match prev {
+            Some(p) => world.route_change(&p.world),
+            None => RouteChange::All,
+        };
+        Generation::next_with(world, prev, change)
     }
 
-    /// The generation after `prev`. Route classes carry over when nothing routes read
-    /// changed (`same_routes`: endpoint churn), so they are neither rebuilt nor resent;
-    /// inbound classes still in use carry over (their key is their whole input); outbound
-    /// maps reuse the previous encoding of every resource whose bytes are unchanged, and the
-    /// endpoints of services whose inputs are unchanged are not even translated again.
+    /// The generation after `prev`, given how route inputs changed since (see
+    /// `World::route_change`). Route classes carry over when nothing routes read changed
+    /// (endpoint churn), so they are neither rebuilt nor resent; when only VirtualServices
+    /// changed, rebuilt classes take every virtual host of other hosts as it was. Inbound
+    /// classes still in use carry over (their key is their whole input); outbound maps reuse
+    /// the previous encoding of every resource whose bytes are unchanged, and the endpoints
+    /// of services whose inputs are unchanged are not even translated again.
     pub fn next_with(
         world: Arc<World>,
         prev: Option<&Generation>,
-        same_routes: bool,
+        change: RouteChange,
     ) -> Generation {
         let route_label_keys = world.route_label_keys();
         let mut g = Generation {
@@ -523,18 +661,25 @@ impl Generation {
             // Classes no stream holds any more (only the memo points at them) are dropped.
             let live = |m: &Arc<TypeMap>| Arc::strong_count(m) > 1;
             let routes = p.routes.lock().unwrap();
-            let mut prev_vhds = HashMap::new();
-            if same_routes && g.route_label_keys == p.route_label_keys {
-                *g.routes.get_mut().unwrap() = routes
-                    .iter()
-                    .filter(|(_, c)| c.get().is_some_and(|c| c.live()))
-                    .map(|(k, c)| (k.clone(), c.clone()))
-                    .collect();
-            } else {
-                prev_vhds = routes
-                    .iter()
-                    .filter_map(|(k, c)| Some((k.clone(), c.get()?.vhds.get()?.clone())))
-                    .collect();
+            let same_keys = g.route_label_keys == p.route_label_keys;
+            let mut prev_routes = HashMap::new();
+            let mut changed_hosts = None;
+            match change {
+                RouteChange::None if same_keys => {
+                    *g.routes.get_mut().unwrap() = routes
+                        .iter()
+                        .filter(|(_, c)| c.get().is_some_and(|c| c.live()))
+                        .map(|(k, c)| (k.clone(), c.clone()))
+                        .collect();
+                }
+                RouteChange::Hosts(hosts) if same_keys => {
+                    prev_routes = routes
+                        .iter()
+                        .filter_map(|(k, c)| Some((k.clone(), c.get()?.parts.clone())))
+                        .collect();
+                    changed_hosts = Some(hosts);
+                }
+                _ => {}
             }
             drop(routes);
             let inbound = p.inbound.lock().unwrap();
@@ -552,7 +697,8 @@ impl Generation {
                     mesh: pw.mesh.clone(),
                 },
                 outbound: p.outbound.lock().unwrap().clone(),
-                vhds: prev_vhds,
+                routes: prev_routes,
+                changed_hosts,
             });
         }
         // Streams look up their own instances by address; build that index here, on the
@@ -644,25 +790,25 @@ impl Generation {
                         labels,
                         ..Default::default()
                     };
-                    Arc::new(RouteClass {
-                        inline: Arc::new(route_map(translate::route::outbound(w, &class))),
-                        vhds: Default::default(),
-                    })
+                    let prev = self.carry.as_ref().and_then(|c| {
+                        Some((c.routes.get(&rkey)?.as_slice(), c.changed_hosts.as_ref()?))
+                    });
+                    Arc::new(build_routes(w, &class, prev))
                 })
                 .clone(),
         };
+        // Assembling a form is work too: left to a caller that may build.
         let (routes, vhosts) = if vhds {
-            let form = match class.vhds.get() {
-                Some(f) => f,
-                None if !build => return None,
-                None => {
-                    let prev = self.carry.as_ref().and_then(|c| c.vhds.get(&rkey));
-                    class.vhds_form(prev)
-                }
-            };
+            if class.vhds.get().is_none() && !build {
+                return None;
+            }
+            let form = class.vhds_form();
             (form.configs.clone(), Some(form.vhosts.clone()))
         } else {
-            (class.inline.clone(), None)
+            if class.inline.get().is_none() && !build {
+                return None;
+            }
+            (class.inline().clone(), None)
         };
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
@@ -826,16 +972,6 @@ pub fn encode_secret(
     s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
 ) -> Res {
     encode(&s.name, s)
-}
-
-fn route_map(items: Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>) -> TypeMap {
-    items
-        .iter()
-        .map(|r| {
-            let refs = translate::route::referenced_clusters(std::slice::from_ref(r));
-            (r.name.clone(), encode_with(&r.name, r, refs))
-        })
-        .collect()
 }
 
 fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>) -> TypeMap {
