@@ -256,15 +256,10 @@ pub fn parse_all(files: Vec<(String, String)>) -> Vec<(String, Vec<Resource>, Ve
 fn apply_changed(
     index: &mut Index,
     applied: &mut HashMap<String, u64>,
-    files: Vec<(String, String)>,
+    changed: crate::source::file::Changed,
 ) {
     use std::hash::{Hash, Hasher};
-    let now: HashSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
-    let gone: Vec<String> = applied
-        .keys()
-        .filter(|f| !now.contains(f.as_str()))
-        .cloned()
-        .collect();
+    let crate::source::file::Changed { files, gone } = changed;
     for f in gone {
         index.remove_file(&f);
         applied.remove(&f);
@@ -295,13 +290,15 @@ pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
 
 /// Check a world's translation for consistency before it is served.
 pub fn consistency(world: &World) -> Result<(), Vec<String>> {
-    translate::check(&translate::generate(
-        world,
-        &Proxy {
-            namespace: "default".into(),
-            ..Default::default()
-        },
-    ))
+    translate::check(&translate::generate(world, &check_proxy()))
+}
+
+/// The proxy whose config the consistency check looks at.
+fn check_proxy() -> Proxy {
+    Proxy {
+        namespace: "default".into(),
+        ..Default::default()
+    }
 }
 
 /// The config loop: load, publish, watch, debounce, reload. Runs on its own thread
@@ -314,13 +311,15 @@ fn config_loop(
     tx: watch::Sender<Option<Published>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<()>();
+    // The watcher's events name the paths that changed (None: read everything again).
+    let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Option<Vec<PathBuf>>>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res {
-            if !matches!(ev.kind, notify::EventKind::Access(_)) {
-                let _ = ev_tx.send(());
-            }
-        }
+        let _ = match res {
+            Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => Ok(()),
+            Ok(ev) if ev.need_rescan() || ev.paths.is_empty() => ev_tx.send(None),
+            Ok(ev) => ev_tx.send(Some(ev.paths)),
+            Err(_) => ev_tx.send(None),
+        };
     })?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
     let mut index = Index::new(mesh);
@@ -328,11 +327,31 @@ fn config_loop(
     let mut last_errors: Vec<ConfigError> = Vec::new();
     // Hash of each file's text as last applied: only changed files are parsed again.
     let mut applied: HashMap<String, u64> = HashMap::new();
+    // Paths reported since the last read (None: read the whole tree).
+    let mut dirty: Option<std::collections::BTreeSet<PathBuf>> = None;
     loop {
-        match crate::source::file::read_tree(std::slice::from_ref(&dir)) {
-            Ok(files) => {
+        let t_dir = Instant::now();
+        let partial = dirty
+            .take()
+            .and_then(|d| crate::source::file::read_changed(&dir, &d));
+        let whole = partial.is_none();
+        let read = match partial {
+            Some(changed) => Ok(changed),
+            None => crate::source::file::read_tree(std::slice::from_ref(&dir)).map(|files| {
+                let now: HashSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
+                let gone = applied
+                    .keys()
+                    .filter(|f| !now.contains(f.as_str()))
+                    .cloned()
+                    .collect();
+                crate::source::file::Changed { files, gone }
+            }),
+        };
+        match read {
+            Ok(changed) => {
+                let dir_ms = t_dir.elapsed().as_millis() as u64;
                 let t0 = Instant::now();
-                apply_changed(&mut index, &mut applied, files);
+                apply_changed(&mut index, &mut applied, changed);
                 let t_read = t0.elapsed();
                 let world = index.snapshot();
                 let t_world = t0.elapsed();
@@ -353,30 +372,53 @@ fn config_loop(
                     && prev
                         .as_ref()
                         .is_some_and(|p| p.world.peer_authn == world.peer_authn);
-                let checked = if unchecked {
-                    Ok(())
+                // When only VirtualServices changed, clusters are the checked ones: the new
+                // generation checks its own references instead of a second translation.
+                let only_vs = prev
+                    .as_ref()
+                    .is_some_and(|p| world.only_virtual_services_differ(&p.world));
+                let version = world.version;
+                let (check_time, gen_time, built);
+                if unchecked || only_vs {
+                    let t = Instant::now();
+                    let gen = Generation::next_with(Arc::new(world), prev.as_deref(), change);
+                    gen_time = t.elapsed();
+                    let t = Instant::now();
+                    let checked = if unchecked {
+                        Ok(())
+                    } else {
+                        gen.check_references(&check_proxy())
+                    };
+                    check_time = t.elapsed();
+                    built = checked.map(|()| gen);
                 } else {
-                    consistency(&world)
-                };
-                let t_check = t0.elapsed();
-                match checked {
-                    Ok(()) => {
-                        let version = world.version;
-                        let gen = Arc::new(Generation::next_with(
-                            Arc::new(world),
-                            prev.as_deref(),
-                            change,
-                        ));
+                    let t = Instant::now();
+                    let checked = consistency(&world);
+                    check_time = t.elapsed();
+                    let t = Instant::now();
+                    built = checked
+                        .map(|()| Generation::next_with(Arc::new(world), prev.as_deref(), change));
+                    gen_time = t.elapsed();
+                }
+                match built {
+                    Ok(gen) => {
                         metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
                         metrics.config_updates.inc();
-                        tx.send_replace(Some(Published { gen, changed_at }));
+                        tx.send_replace(Some(Published {
+                            gen: Arc::new(gen),
+                            changed_at,
+                        }));
                         info!(
                             version,
                             errors = last_errors.len(),
+                            dir_ms,
+                            whole_tree = whole,
                             read_ms = t_read.as_millis() as u64,
                             world_ms = (t_world - t_read).as_millis() as u64,
-                            check_ms = (t_check - t_world).as_millis() as u64,
-                            generation_ms = (t0.elapsed() - t_check).as_millis() as u64,
+                            check_ms = check_time.as_millis() as u64,
+                            generation_ms = gen_time.as_millis() as u64,
+                            only_virtual_services = only_vs,
+                            since_change_ms = changed_at.elapsed().as_millis() as u64,
                             "configuration published"
                         );
                     }
@@ -392,9 +434,16 @@ fn config_loop(
             }
         }
         // Wait for a change, then for a quiet period (bounded by debounce_max).
-        if ev_rx.recv().is_err() {
+        let Ok(ev) = ev_rx.recv() else {
             return Ok(());
-        }
+        };
+        let mut paths = std::collections::BTreeSet::new();
+        let mut full = false;
+        let mut note = |ev: Option<Vec<PathBuf>>| match ev {
+            Some(p) => paths.extend(p),
+            None => full = true,
+        };
+        note(ev);
         changed_at = Instant::now();
         loop {
             let left = debounce_max.saturating_sub(changed_at.elapsed());
@@ -402,11 +451,12 @@ fn config_loop(
                 break;
             }
             match ev_rx.recv_timeout(debounce.min(left)) {
-                Ok(()) => continue,
+                Ok(ev) => note(ev),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => break,
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
+        dirty = (!full).then_some(paths);
     }
 }
 

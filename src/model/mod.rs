@@ -353,6 +353,56 @@ impl World {
         RouteChange::Hosts(hosts)
     }
 
+    /// Whether the two Worlds differ in VirtualServices only: a World is made from its
+    /// objects and the mesh settings alone, so everything not derived from VirtualServices
+    /// (clusters, endpoints, secrets) is the same for both.
+    pub fn only_virtual_services_differ(&self, o: &World) -> bool {
+        use crate::api::Kind;
+        if self.mesh != o.mesh {
+            return false;
+        }
+        let vs = |k: &ObjectKey| k.kind == Kind::VirtualService;
+        let (mut a, mut b) = (self.objects.iter().peekable(), o.objects.iter().peekable());
+        loop {
+            match (a.peek(), b.peek()) {
+                (None, None) => return true,
+                (Some((ka, _)), None) => {
+                    if !vs(ka) {
+                        return false;
+                    }
+                    a.next();
+                }
+                (None, Some((kb, _))) => {
+                    if !vs(kb) {
+                        return false;
+                    }
+                    b.next();
+                }
+                (Some((ka, ra)), Some((kb, rb))) => match ka.cmp(kb) {
+                    std::cmp::Ordering::Less => {
+                        if !vs(ka) {
+                            return false;
+                        }
+                        a.next();
+                    }
+                    std::cmp::Ordering::Greater => {
+                        if !vs(kb) {
+                            return false;
+                        }
+                        b.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if !vs(ka) && !Arc::ptr_eq(ra, rb) && ra != rb {
+                            return false;
+                        }
+                        a.next();
+                        b.next();
+                    }
+                },
+            }
+        }
+    }
+
     /// The label keys that can change what a proxy's routes look like: those used by
     /// VirtualService `sourceLabels` and by Sidecar workload selectors. Route generation is
     /// memoized per namespace and these labels only, so pods that differ in other labels

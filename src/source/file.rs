@@ -51,3 +51,79 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// What reading the paths a watcher reported found: files to apply (path, text) and config
+/// files that are gone.
+#[derive(Debug, Default, PartialEq)]
+pub struct Changed {
+    pub files: Vec<(String, String)>,
+    pub gone: Vec<String>,
+}
+
+/// Reads only the paths a watcher reported (an edit touches one file; reading the whole
+/// tree of thousands of files again took longer than the rest of the reload). None when
+/// the whole tree must be read again: a directory was created, renamed or removed.
+pub fn read_changed(root: &Path, paths: &std::collections::BTreeSet<PathBuf>) -> Option<Changed> {
+    let mut out = Changed::default();
+    for p in paths {
+        // Hidden files are skipped, as by `read_tree`: editors' temp files. Anything else
+        // hidden (Kubernetes swaps a ConfigMap volume's `..data` link) means a full read.
+        let rel = p.strip_prefix(root).ok()?;
+        let hidden = rel
+            .components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+        if hidden {
+            let name = p.file_name()?.to_string_lossy();
+            let temp = [".tmp", ".swp", "~"].iter().any(|e| name.ends_with(e));
+            if temp || is_config_file(p) {
+                continue;
+            }
+            return None;
+        }
+        if !is_config_file(p) {
+            // Maybe a directory (new, renamed or removed): read everything.
+            return None;
+        }
+        match std::fs::metadata(p) {
+            Ok(md) if md.is_dir() => return None,
+            Ok(_) => match std::fs::read_to_string(p) {
+                Ok(text) => out.files.push((p.display().to_string(), text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    out.gone.push(p.display().to_string())
+                }
+                Err(_) => return None,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                out.gone.push(p.display().to_string())
+            }
+            Err(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn read_changed_reads_reported_files_and_falls_back_for_anything_else() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        std::fs::write(root.join("a.yaml"), "a: 1").unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        let set = |ps: &[&str]| -> BTreeSet<PathBuf> { ps.iter().map(|p| root.join(p)).collect() };
+        let show = |p: &str| root.join(p).display().to_string();
+        // An edit through an editor's temp file, and a removed file.
+        let c = read_changed(root, &set(&["a.yaml", ".a.yaml.tmp", "gone.yml"])).unwrap();
+        assert_eq!(c.files, vec![(show("a.yaml"), "a: 1".to_string())]);
+        assert_eq!(c.gone, vec![show("gone.yml")]);
+        // Directories, a ConfigMap volume's link swap, paths outside the root: whole tree.
+        assert_eq!(read_changed(root, &set(&["sub"])), None);
+        assert_eq!(read_changed(root, &set(&["..data"])), None);
+        assert_eq!(read_changed(root, &set(&["removed-dir"])), None);
+        let outside: BTreeSet<PathBuf> = [PathBuf::from("/elsewhere/x.yaml")].into();
+        assert_eq!(read_changed(root, &outside), None);
+    }
+}

@@ -361,8 +361,8 @@ struct LayerDiff {
     _old: Arc<TypeMap>,
 }
 
-/// Missing names, and the views they were computed for (kept alive: their addresses key it).
-type MissingEntry = (Arc<Vec<String>>, Vec<View>);
+/// Missing names, and the maps they were computed for (kept alive: their addresses key it).
+type MissingEntry = (Arc<Vec<String>>, Vec<Arc<TypeMap>>);
 
 /// Everything derived from one World.
 pub struct Generation {
@@ -383,8 +383,8 @@ pub struct Generation {
     resolved: Mutex<HashMap<Vec<usize>, (Arc<Resolved>, View)>>,
     /// Diffs from an older generation's map to this one's, per (old, new) map.
     diffs: Mutex<HashMap<(usize, usize), Arc<LayerDiff>>>,
-    /// Clusters that held routes/listeners name but the new cluster maps lack, per (holder
-    /// views, cluster maps): the make-before-break check, once per class step.
+    /// Clusters that a held route/listener map names but the new cluster maps lack, per
+    /// (holder map, cluster maps): the make-before-break check, once per map step.
     missing: Mutex<HashMap<Vec<usize>, MissingEntry>>,
     /// Whole-view diffs from an older view to one of this generation's, per (old, new)
     /// layers and filters: proxies of one class making the same step share one diff.
@@ -600,6 +600,9 @@ struct Carry {
     /// have changed since (None: any of them).
     routes: HashMap<RouteKey, Arc<Vec<RoutePart>>>,
     changed_hosts: Option<BTreeSet<String>>,
+    /// Only VirtualServices changed: clusters and endpoints are the previous ones (only
+    /// listeners read VirtualServices, for TCP routes).
+    only_vs: bool,
 }
 
 /// Everything a ClusterLoadAssignment reads from the World.
@@ -699,6 +702,7 @@ impl Generation {
                 outbound: p.outbound.lock().unwrap().clone(),
                 routes: prev_routes,
                 changed_hosts,
+                only_vs: g.world.only_virtual_services_differ(pw),
             });
         }
         // Streams look up their own instances by address; build that index here, on the
@@ -719,8 +723,15 @@ impl Generation {
                     .carry
                     .as_ref()
                     .and_then(|c| Some((c, c.outbound.get(key)?)));
-                let clusters = map(translate::cluster::outbound(w, scope, *mtls), |c| &c.name);
                 let listeners = listener_map(translate::listener::outbound(w, scope));
+                if let Some((_, o)) = prev.filter(|(c, _)| c.only_vs) {
+                    return Arc::new(Outbound {
+                        clusters: o.clusters.clone(),
+                        endpoints: o.endpoints.clone(),
+                        listeners: reuse(listeners, Some(&o.listeners)),
+                    });
+                }
+                let clusters = map(translate::cluster::outbound(w, scope, *mtls), |c| &c.name);
                 Arc::new(Outbound {
                     clusters: reuse(clusters, prev.map(|(_, o)| &o.clusters)),
                     endpoints: reuse(
@@ -837,6 +848,53 @@ impl Generation {
         Some(Arc::new(ProxyResources { by_type }))
     }
 
+    /// The consistency check on what this generation serves `proxy`, for a World whose
+    /// clusters and endpoints are those of a checked one (only VirtualServices changed):
+    /// every cluster a route or listener names exists, every route configuration a
+    /// listener names exists. Reads the encodings (no second translation).
+    pub fn check_references(&self, proxy: &Proxy) -> Result<(), Vec<String>> {
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        let res = self.for_proxy(proxy);
+        let names = |t: &str| -> BTreeSet<&str> {
+            res.layers(t)
+                .iter()
+                .flat_map(|m| m.keys().map(String::as_str))
+                .collect()
+        };
+        let (clusters, routes) = (names(CLUSTER), names(ROUTE));
+        let mut errs = Vec::new();
+        for r in res
+            .layers(ROUTE)
+            .iter()
+            .chain(res.layers(LISTENER))
+            .flat_map(|m| m.values())
+        {
+            for c in &r.refs {
+                if !clusters.contains(c.as_str()) {
+                    errs.push(format!("cluster {c} is referenced but not generated"));
+                }
+            }
+        }
+        let listeners: Vec<Listener> = res
+            .layers(LISTENER)
+            .iter()
+            .flat_map(|m| m.values())
+            .map(|r| Listener::decode(r.value.as_ref()).expect("own encoding"))
+            .collect();
+        for r in translate::listener::referenced_routes(&listeners) {
+            if !routes.contains(r.as_str()) {
+                errs.push(format!("route {r} is referenced but not generated"));
+            }
+        }
+        errs.sort();
+        errs.dedup();
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
     fn layer_diff(&self, old: &Arc<TypeMap>, new: &Arc<TypeMap>) -> Arc<LayerDiff> {
         let key = (ptr(old), ptr(new));
         if let Some(d) = self.diffs.lock().unwrap().get(&key) {
@@ -865,35 +923,54 @@ impl Generation {
     }
 
     /// Names the `holders` (routes and listeners a proxy holds) refer to that none of
-    /// `layers` (the clusters it is to get) has.
+    /// `layers` (the clusters it is to get) has. Worked out per holder map and shared by
+    /// every proxy holding that map: proxies of one route class differ in their inbound
+    /// listener, so a whole-view memo would be per proxy. (A holder's name filter is not
+    /// applied: keeping a cluster an unsubscribed route names is the safe side.)
     pub fn missing_refs(&self, holders: &[&View], layers: &[Arc<TypeMap>]) -> Arc<Vec<String>> {
-        let memo = holders.iter().all(|h| h.extra.is_empty());
-        let mut key = Vec::new();
-        for h in holders {
-            h.push_key(&mut key);
-        }
-        key.extend(layers.iter().map(ptr));
-        if memo {
-            if let Some((m, _)) = self.missing.lock().unwrap().get(&key) {
-                return m.clone();
-            }
-        }
-        let resolved: Vec<_> = holders.iter().map(|h| h.resolve(self)).collect();
-        let refs: BTreeSet<&str> = resolved
+        let mut parts: Vec<Arc<Vec<String>>> = holders
             .iter()
-            .flat_map(|r| r.items.iter())
-            .flat_map(|r| r.refs.iter().map(String::as_str))
+            .flat_map(|h| h.layers.iter())
+            .map(|l| self.layer_missing(l, layers))
+            .filter(|m| !m.is_empty())
             .collect();
-        let m = Arc::new(
-            refs.into_iter()
-                .filter(|n| !layers.iter().any(|l| l.contains_key(*n)))
-                .map(str::to_string)
-                .collect::<Vec<_>>(),
-        );
-        if memo {
-            let keep = holders.iter().map(|h| (*h).clone()).collect();
-            self.missing.lock().unwrap().insert(key, (m.clone(), keep));
+        let extra: Vec<String> = holders
+            .iter()
+            .flat_map(|h| h.extra.iter())
+            .flat_map(|r| r.refs.iter())
+            .filter(|n| !layers.iter().any(|l| l.contains_key(*n)))
+            .cloned()
+            .collect();
+        if extra.is_empty() && parts.len() <= 1 {
+            return parts.pop().unwrap_or_default();
         }
+        let mut all: Vec<String> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+        all.extend(extra);
+        all.sort();
+        all.dedup();
+        Arc::new(all)
+    }
+
+    fn layer_missing(&self, holder: &Arc<TypeMap>, layers: &[Arc<TypeMap>]) -> Arc<Vec<String>> {
+        let mut key = vec![ptr(holder)];
+        key.extend(layers.iter().map(ptr));
+        if let Some((m, _)) = self.missing.lock().unwrap().get(&key) {
+            return m.clone();
+        }
+        let mut m: Vec<String> = holder
+            .values()
+            .flat_map(|r| r.refs.iter())
+            .filter(|n| !layers.iter().any(|l| l.contains_key(*n)))
+            .cloned()
+            .collect();
+        m.sort();
+        m.dedup();
+        let m = Arc::new(m);
+        // The entry keeps the maps alive, so their addresses keep naming them.
+        let keep = std::iter::once(holder.clone())
+            .chain(layers.iter().cloned())
+            .collect();
+        self.missing.lock().unwrap().insert(key, (m.clone(), keep));
         m
     }
 }
