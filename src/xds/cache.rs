@@ -406,18 +406,25 @@ type RouteCell = Arc<std::sync::OnceLock<Arc<RouteClass>>>;
 /// inside, spliced from the same bytes. A VirtualService edit rebuilds only the virtual
 /// hosts of the hosts it names; every other one keeps its encoding (see `build_routes`).
 pub struct RouteClass {
-    parts: Arc<Vec<RoutePart>>,
+    parts: Arc<RouteParts>,
     inline: std::sync::OnceLock<Arc<TypeMap>>,
     vhds: std::sync::OnceLock<VhdsForm>,
 }
 
+/// The route configurations of a class, and the scope they were laid out for.
+struct RouteParts {
+    scope: Scope,
+    parts: Vec<RoutePart>,
+}
+
 /// One route configuration of a class.
 struct RoutePart {
-    /// Its own settings (no virtual hosts).
+    port: u32,
+    /// The configuration's own settings (no virtual hosts).
     settings: envoy_types::pb::envoy::config::route::v3::RouteConfiguration,
-    /// Its virtual hosts in order, VHDS-named, each with a hash of the host names it
-    /// answers (a virtual host is reused only for the same names).
-    vhosts: Vec<(u64, Res)>,
+    /// Its virtual hosts in order, VHDS-named, each with the service host it is for
+    /// (empty for the fallback).
+    vhosts: Vec<(String, Res)>,
 }
 
 /// Route configurations that name VHDS, and their virtual hosts (`<config>/<vhost>`).
@@ -441,6 +448,7 @@ impl RouteClass {
         self.inline.get_or_init(|| {
             Arc::new(
                 self.parts
+                    .parts
                     .iter()
                     .map(|p| {
                         let r = inline_config(p);
@@ -455,7 +463,7 @@ impl RouteClass {
         self.vhds.get_or_init(|| {
             let mut configs = TypeMap::new();
             let mut vhosts = TypeMap::new();
-            for p in self.parts.iter() {
+            for p in self.parts.parts.iter() {
                 if p.vhosts.is_empty() {
                     // Envoy would wait for a first virtual host in vain.
                     let r = inline_config(p);
@@ -475,56 +483,76 @@ impl RouteClass {
 }
 
 /// Builds a route class from the layout of its configurations. With `prev` (the same
-/// class in the previous generation, and the hosts whose virtual hosts may differ since),
-/// every other virtual host that answers the same names is taken as it was, encoding and
-/// all: an edit of one VirtualService translates and encodes one virtual host per port.
+/// class in the previous generation, and the hosts whose virtual hosts may differ since:
+/// only VirtualServices changed) and the same scope, the layout is the same: every other
+/// virtual host is taken as it was, encoding and all, so an edit of one VirtualService
+/// translates and encodes one virtual host per port.
 fn build_routes(
     w: &World,
     class: &Proxy,
-    prev: Option<(&[RoutePart], &BTreeSet<String>)>,
+    prev: Option<(&RouteParts, &BTreeSet<String>)>,
 ) -> RouteClass {
+    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
     use translate::route::{fallback_vhost, layout, service_vhost, settings, vhds_name};
-    let old: HashMap<&str, (u64, &Res)> = prev
-        .iter()
-        .flat_map(|(parts, _)| parts.iter())
-        .flat_map(|p| p.vhosts.iter())
-        .map(|(h, r)| (r.name.as_str(), (*h, r)))
-        .collect();
-    let changed = prev.map(|(_, h)| h);
-    let parts = layout(w, class)
-        .into_iter()
-        .map(|l| {
-            let settings = settings(l.port);
-            let mut vhosts = Vec::with_capacity(l.hosts.len() + 1);
-            for (svc, domains) in l.hosts {
-                let mut h = std::hash::DefaultHasher::new();
-                domains.hash(&mut h);
-                let h = h.finish();
-                let name = vhds_name(&settings.name, &format!("{}:{}", svc.hostname, l.port));
-                let same = changed.is_some_and(|c| !c.contains(&svc.hostname));
-                match old.get(name.as_str()).filter(|(oh, _)| same && *oh == h) {
-                    Some((_, r)) => vhosts.push((h, (*r).clone())),
-                    None => {
-                        let mut v = service_vhost(w, class, svc, l.port, domains);
-                        v.name = name;
-                        vhosts.push((h, encode_vhost(&v)));
-                    }
+    let scope = w.scope(&class.namespace, &class.labels);
+    let vhost = |port: u32, name: &str, svc: &crate::model::Service, domains: Vec<String>| {
+        let mut v = service_vhost(w, class, svc, port, domains);
+        v.name = vhds_name(name, &v.name);
+        encode_vhost(&v)
+    };
+    let parts = match prev.filter(|(p, _)| p.scope == scope) {
+        Some((p, changed)) => p
+            .parts
+            .iter()
+            .map(|part| {
+                let vhosts = part
+                    .vhosts
+                    .iter()
+                    .map(|(host, r)| {
+                        let svc = w.services.get(host).filter(|_| changed.contains(host));
+                        let Some(svc) = svc else {
+                            return (host.clone(), r.clone());
+                        };
+                        // Same services: it answers the same names as before.
+                        let domains = VirtualHost::decode(r.value.as_ref())
+                            .expect("own encoding")
+                            .domains;
+                        let name = &part.settings.name;
+                        (host.clone(), vhost(part.port, name, svc, domains))
+                    })
+                    .collect();
+                RoutePart {
+                    port: part.port,
+                    settings: part.settings.clone(),
+                    vhosts,
                 }
-            }
-            let mut v = fallback_vhost(l.allow_any);
-            v.name = vhds_name(&settings.name, &v.name);
-            let r = encode_vhost(&v);
-            // Cheap to build; the old pointer keeps diffs from looking at it.
-            let r = match old.get(r.name.as_str()) {
-                Some((_, o)) if o.version == r.version => (*o).clone(),
-                _ => r,
-            };
-            vhosts.push((0, r));
-            RoutePart { settings, vhosts }
-        })
-        .collect();
+            })
+            .collect(),
+        None => layout(w, class)
+            .into_iter()
+            .map(|l| {
+                let settings = settings(l.port);
+                let mut vhosts: Vec<(String, Res)> = l
+                    .hosts
+                    .into_iter()
+                    .map(|(svc, domains)| {
+                        let r = vhost(l.port, &settings.name, svc, domains);
+                        (svc.hostname.clone(), r)
+                    })
+                    .collect();
+                let mut v = fallback_vhost(l.allow_any);
+                v.name = vhds_name(&settings.name, &v.name);
+                vhosts.push((String::new(), encode_vhost(&v)));
+                RoutePart {
+                    port: l.port,
+                    settings,
+                    vhosts,
+                }
+            })
+            .collect(),
+    };
     RouteClass {
-        parts: Arc::new(parts),
+        parts: Arc::new(RouteParts { scope, parts }),
         inline: Default::default(),
         vhds: Default::default(),
     }
@@ -598,7 +626,7 @@ struct Carry {
     outbound: HashMap<(Scope, bool), Arc<Outbound>>,
     /// The previous route classes' virtual hosts, and the hosts whose virtual hosts may
     /// have changed since (None: any of them).
-    routes: HashMap<RouteKey, Arc<Vec<RoutePart>>>,
+    routes: HashMap<RouteKey, Arc<RouteParts>>,
     changed_hosts: Option<BTreeSet<String>>,
     /// Only VirtualServices changed: clusters and endpoints are the previous ones (only
     /// listeners read VirtualServices, for TCP routes).
@@ -801,9 +829,10 @@ impl Generation {
                         labels,
                         ..Default::default()
                     };
-                    let prev = self.carry.as_ref().and_then(|c| {
-                        Some((c.routes.get(&rkey)?.as_slice(), c.changed_hosts.as_ref()?))
-                    });
+                    let prev = self
+                        .carry
+                        .as_ref()
+                        .and_then(|c| Some((&**c.routes.get(&rkey)?, c.changed_hosts.as_ref()?)));
                     Arc::new(build_routes(w, &class, prev))
                 })
                 .clone(),
