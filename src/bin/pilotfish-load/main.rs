@@ -17,6 +17,7 @@
 mod config;
 mod decode;
 mod envoy;
+mod grpc;
 mod proxy;
 mod report;
 mod sys;
@@ -1179,7 +1180,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         }
     };
     let sh = Arc::new(Shared {
-        uri: format!("http://{}", cp.xds),
+        addr: cp.xds.clone(),
         delta: a.delta,
         nack_percent: a.nack_percent,
         cache: decode::Cache::new(a.decode == DecodeMode::Full),

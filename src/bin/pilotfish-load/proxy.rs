@@ -14,12 +14,12 @@
 
 use crate::config::ProxySpec;
 use crate::decode::{self, Cache, CDS, EDS, LDS, RDS};
+use crate::grpc;
 use crate::sys::Rng;
 use crate::track::{Seen, Slot, Tracker};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
@@ -28,9 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::watch;
 
 /// Counters over all streams.
 #[derive(Default)]
@@ -121,8 +119,8 @@ impl Stats {
 
 /// What every stream shares.
 pub struct Shared {
-    /// `http://host:port` of the control plane's xDS port.
-    pub uri: String,
+    /// `host:port` of the control plane's xDS port.
+    pub addr: String,
     pub delta: bool,
     pub nack_percent: f64,
     pub cache: Cache,
@@ -274,13 +272,13 @@ enum End {
     Err(ErrKind, String),
 }
 
-fn status_end(s: &tonic::Status) -> End {
-    let k = match s.code() {
+fn status_end(s: &grpc::Status) -> End {
+    let k = match s.code {
         tonic::Code::Unavailable => ErrKind::Unavailable,
         tonic::Code::ResourceExhausted => ErrKind::Exhausted,
         _ => ErrKind::Other,
     };
-    End::Err(k, format!("{:?}: {}", s.code(), s.message()))
+    End::Err(k, format!("{:?}: {}", s.code, s.message))
 }
 
 /// Envoy's JitteredExponentialBackOffStrategy.
@@ -299,18 +297,6 @@ impl Backoff {
     fn reset(&mut self) {
         self.next = self.base;
     }
-}
-
-async fn connect(uri: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(uri.to_string())
-        .map_err(|e| e.to_string())?
-        .initial_stream_window_size(Some(64 << 20))
-        .initial_connection_window_size(Some(64 << 20))
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {uri}: {e}"))
 }
 
 async fn run(
@@ -391,8 +377,8 @@ async fn session(
     cmd: &mut watch::Receiver<Cmd>,
     backoff: &mut Backoff,
 ) -> End {
-    let ch = tokio::select! {
-        c = connect(&sh.uri) => match c {
+    let mut conn = tokio::select! {
+        c = grpc::connect(&sh.addr) => match c {
             Ok(c) => c,
             Err(e) => return End::Err(ErrKind::Connect, e),
         },
@@ -401,13 +387,75 @@ async fn session(
     for t in &mut st.t {
         t.nonce.clear();
     }
-    if sh.delta {
-        let client = AggregatedDiscoveryServiceClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        session_delta(sh, spec, st, view, cmd, backoff, client).await
+    let path = if sh.delta {
+        grpc::DELTA_PATH
     } else {
-        session_sotw(sh, spec, st, view, cmd, backoff, ch).await
+        grpc::SOTW_PATH
+    };
+    let (mut tx, pending) = tokio::select! {
+        c = conn.call(path) => match c {
+            Ok(c) => c,
+            Err(s) => return status_end(&s),
+        },
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    // First stream: CDS. Reconnect: every subscription, with the versions held.
+    st.t[CDS].started = true;
+    let sent = if sh.delta {
+        first_delta(spec, st, &mut tx)
+    } else {
+        first_sotw(spec, st, &mut tx)
+    };
+    if let Err(s) = sent {
+        return status_end(&s);
+    }
+    let mut rx = tokio::select! {
+        r = pending.response() => match r {
+            Ok(rx) => rx,
+            Err(s) => return status_end(&s),
+        },
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    sh.stats.connects.fetch_add(1, Relaxed);
+    view.lock().unwrap().connected = true;
+    loop {
+        let m = tokio::select! {
+            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+            m = rx.message() => m,
+        };
+        let b = match m {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return End::Err(ErrKind::Ended, "stream ended by the control plane".into())
+            }
+            Err(s) => return status_end(&s),
+        };
+        backoff.reset();
+        let len = b.len();
+        let done = if sh.delta {
+            match DeltaDiscoveryResponse::decode(b) {
+                Ok(r) => on_delta(sh, spec, st, view, &mut tx, r, len),
+                Err(e) => {
+                    return End::Err(
+                        ErrKind::Other,
+                        format!("Internal: decoding a DeltaDiscoveryResponse: {e}"),
+                    )
+                }
+            }
+        } else {
+            match DiscoveryResponse::decode(b) {
+                Ok(r) => on_sotw(sh, spec, st, view, &mut tx, r, len),
+                Err(e) => {
+                    return End::Err(
+                        ErrKind::Other,
+                        format!("Internal: decoding a DiscoveryResponse: {e}"),
+                    )
+                }
+            }
+        };
+        if let Err(s) = done {
+            return status_end(&s);
+        }
     }
 }
 
@@ -522,119 +570,32 @@ fn names_wire(names: &Arc<BTreeSet<String>>) -> bytes::Bytes {
     b
 }
 
-/// The ADS codec of the SotW client: requests go out as pre-encoded bytes.
-struct AdsCodec;
-struct RawEncoder;
-struct ResponseDecoder;
-
-impl tonic::codec::Codec for AdsCodec {
-    type Encode = RawRequest;
-    type Decode = DiscoveryResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = RawRequest;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: RawRequest,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item.head);
-        dst.put_slice(&item.names);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ResponseDecoder {
-    type Item = DiscoveryResponse;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<DiscoveryResponse>, tonic::Status> {
-        DiscoveryResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("decoding a DiscoveryResponse: {e}")))
-    }
-}
-
-async fn session_sotw(
-    sh: &Shared,
-    spec: &ProxySpec,
-    st: &mut State,
-    view: &Mutex<View>,
-    cmd: &mut watch::Receiver<Cmd>,
-    backoff: &mut Backoff,
-    ch: Channel,
-) -> End {
-    let (tx, rx) = mpsc::channel(64);
-    // First stream: CDS. Reconnect: every subscription, with the versions held.
-    st.t[CDS].started = true;
+/// The initial requests of a SotW stream: every type subscribed, with the versions held.
+fn first_sotw(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(), grpc::Status> {
     let mut first = true;
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
-            let _ = tx.try_send(sotw_req(first.then_some(spec), t, &st.t[t], None));
+            let r = sotw_req(first.then_some(spec), t, &st.t[t], None);
+            tx.send(&r.head, r.names)?;
             first = false;
         }
     }
-    let resp = tokio::select! {
-        r = async {
-            let mut grpc = tonic::client::Grpc::new(ch)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
-            grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let path = http::uri::PathAndQuery::from_static(
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-            );
-            grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, AdsCodec).await
-        } => r,
-        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-    };
-    let mut inbound = match resp {
-        Ok(r) => r.into_inner(),
-        Err(s) => return status_end(&s),
-    };
-    sh.stats.connects.fetch_add(1, Relaxed);
-    view.lock().unwrap().connected = true;
-    loop {
-        tokio::select! {
-            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-            m = inbound.message() => match m {
-                Ok(Some(r)) => {
-                    backoff.reset();
-                    if on_sotw(sh, spec, st, view, &tx, r).await.is_err() {
-                        return End::Err(ErrKind::Other, "request channel closed".into());
-                    }
-                }
-                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
-                Err(s) => return status_end(&s),
-            }
-        }
-    }
+    Ok(())
 }
 
-async fn on_sotw(
+fn on_sotw(
     sh: &Shared,
     spec: &ProxySpec,
     st: &mut State,
     view: &Mutex<View>,
-    tx: &mpsc::Sender<RawRequest>,
+    tx: &mut grpc::Sender,
     r: DiscoveryResponse,
-) -> Result<(), ()> {
+    len: usize,
+) -> Result<(), grpc::Status> {
     let Some(t) = decode::type_index(&r.type_url) else {
         return Ok(());
     };
-    record_response(sh, view, r.encoded_len(), r.resources.len());
+    record_response(sh, view, len, r.resources.len());
     let xs = sh.cache.response(
         t,
         r.resources
@@ -642,7 +603,7 @@ async fn on_sotw(
             .map(|a| Some((a.type_url.as_str(), a.value.as_slice()))),
     );
     st.t[t].nonce = r.nonce.clone();
-    let send = |req: RawRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let mut send = |req: RawRequest| tx.send(&req.head, req.names);
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
@@ -652,14 +613,14 @@ async fn on_sotw(
                 message: e,
                 ..Default::default()
             };
-            send(sotw_req(None, t, &st.t[t], Some(error))).await?;
+            send(sotw_req(None, t, &st.t[t], Some(error)))?;
             after_ack(sh, st, view, spec.idx, t, &[], false);
             return Ok(());
         }
     };
     let obs = &xs.obs;
     if inject(sh, st, t) {
-        send(sotw_req(None, t, &st.t[t], Some(injected_error()))).await?;
+        send(sotw_req(None, t, &st.t[t], Some(injected_error())))?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
         after_ack(sh, st, view, spec.idx, t, obs, false);
@@ -667,7 +628,7 @@ async fn on_sotw(
     }
     st.t[t].version = r.version_info.clone();
     st.t[t].acked_once = true;
-    send(sotw_req(None, t, &st.t[t], None)).await?;
+    send(sotw_req(None, t, &st.t[t], None))?;
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
@@ -675,18 +636,18 @@ async fn on_sotw(
             if !eds.is_empty() && (eds != &st.t[EDS].names || !st.t[EDS].started) {
                 st.t[EDS].names = eds.clone();
                 st.t[EDS].started = true;
-                send(sotw_req(None, EDS, &st.t[EDS], None)).await?;
+                send(sotw_req(None, EDS, &st.t[EDS], None))?;
             } else if eds.is_empty() && !st.lds_started {
-                start_lds_sotw(st, &send).await?;
+                start_lds_sotw(st, &mut send)?;
             }
         }
-        EDS if !st.lds_started => start_lds_sotw(st, &send).await?,
+        EDS if !st.lds_started => start_lds_sotw(st, &mut send)?,
         LDS => {
             let rds = &xs.rds;
             if !rds.is_empty() && (rds != &st.t[RDS].names || !st.t[RDS].started) {
                 st.t[RDS].names = rds.clone();
                 st.t[RDS].started = true;
-                send(sotw_req(None, RDS, &st.t[RDS], None)).await?;
+                send(sotw_req(None, RDS, &st.t[RDS], None))?;
             }
         }
         _ => {}
@@ -694,14 +655,13 @@ async fn on_sotw(
     Ok(())
 }
 
-async fn start_lds_sotw<F, Fut>(st: &mut State, send: &F) -> Result<(), ()>
+fn start_lds_sotw<F>(st: &mut State, send: &mut F) -> Result<(), grpc::Status>
 where
-    F: Fn(RawRequest) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ()>>,
+    F: FnMut(RawRequest) -> Result<(), grpc::Status>,
 {
     st.lds_started = true;
     st.t[LDS].started = true;
-    send(sotw_req(None, LDS, &st.t[LDS], None)).await
+    send(sotw_req(None, LDS, &st.t[LDS], None))
 }
 
 // ------------------------------------------------------------------ delta
@@ -714,17 +674,8 @@ fn delta_base(spec: Option<&ProxySpec>, t: usize) -> DeltaDiscoveryRequest {
     }
 }
 
-async fn session_delta(
-    sh: &Shared,
-    spec: &ProxySpec,
-    st: &mut State,
-    view: &Mutex<View>,
-    cmd: &mut watch::Receiver<Cmd>,
-    backoff: &mut Backoff,
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
-) -> End {
-    let (tx, rx) = mpsc::channel(64);
-    st.t[CDS].started = true;
+/// The initial requests of a delta stream: every type subscribed, with the versions held.
+fn first_delta(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(), grpc::Status> {
     let mut first = true;
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
@@ -734,34 +685,14 @@ async fn session_delta(
                 req.resource_names_subscribe = sorted(&st.t[t].names);
             }
             req.initial_resource_versions = st.t[t].held.clone();
-            let _ = tx.try_send(req);
+            send_delta(tx, req)?;
         }
     }
-    let resp = tokio::select! {
-        r = client.delta_aggregated_resources(ReceiverStream::new(rx)) => r,
-        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-    };
-    let mut inbound = match resp {
-        Ok(r) => r.into_inner(),
-        Err(s) => return status_end(&s),
-    };
-    sh.stats.connects.fetch_add(1, Relaxed);
-    view.lock().unwrap().connected = true;
-    loop {
-        tokio::select! {
-            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-            m = inbound.message() => match m {
-                Ok(Some(r)) => {
-                    backoff.reset();
-                    if on_delta(sh, spec, st, view, &tx, r).await.is_err() {
-                        return End::Err(ErrKind::Other, "request channel closed".into());
-                    }
-                }
-                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
-                Err(s) => return status_end(&s),
-            }
-        }
-    }
+    Ok(())
+}
+
+fn send_delta(tx: &mut grpc::Sender, req: DeltaDiscoveryRequest) -> Result<(), grpc::Status> {
+    tx.send(&req.encode_to_vec(), bytes::Bytes::new())
 }
 
 /// Subscribe/unsubscribe request moving `t`'s subscription to `want` (None if unchanged).
@@ -788,18 +719,19 @@ fn delta_resubscribe(
     Some(req)
 }
 
-async fn on_delta(
+fn on_delta(
     sh: &Shared,
     spec: &ProxySpec,
     st: &mut State,
     view: &Mutex<View>,
-    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    tx: &mut grpc::Sender,
     r: DeltaDiscoveryResponse,
-) -> Result<(), ()> {
+    len: usize,
+) -> Result<(), grpc::Status> {
     let Some(t) = decode::type_index(&r.type_url) else {
         return Ok(());
     };
-    record_response(sh, view, r.encoded_len(), r.resources.len());
+    record_response(sh, view, len, r.resources.len());
     let xs = sh.cache.response(
         t,
         r.resources.iter().map(|res| {
@@ -809,7 +741,7 @@ async fn on_delta(
         }),
     );
     st.t[t].nonce = r.nonce.clone();
-    let send = |req: DeltaDiscoveryRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let mut send = |req: DeltaDiscoveryRequest| send_delta(tx, req);
     let ack = |error: Option<rpc::Status>| DeltaDiscoveryRequest {
         response_nonce: r.nonce.clone(),
         error_detail: error,
@@ -823,15 +755,14 @@ async fn on_delta(
                 code: tonic::Code::InvalidArgument as i32,
                 message: e,
                 ..Default::default()
-            })))
-            .await?;
+            })))?;
             after_ack(sh, st, view, spec.idx, t, &[], false);
             return Ok(());
         }
     };
     let obs = &xs.obs;
     if inject(sh, st, t) {
-        send(ack(Some(injected_error()))).await?;
+        send(ack(Some(injected_error())))?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
         after_ack(sh, st, view, spec.idx, t, obs, false);
@@ -848,7 +779,7 @@ async fn on_delta(
         ts.version = r.system_version_info.clone();
         ts.acked_once = true;
     }
-    send(ack(None)).await?;
+    send(ack(None))?;
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
@@ -861,17 +792,17 @@ async fn on_delta(
             let want: BTreeSet<String> = st.cluster_eds.values().flatten().cloned().collect();
             let empty = want.is_empty();
             if let Some(req) = delta_resubscribe(st, EDS, want) {
-                send(req).await?;
+                send(req)?;
             } else if empty && !st.lds_started {
                 st.lds_started = true;
                 st.t[LDS].started = true;
-                send(delta_base(None, LDS)).await?;
+                send(delta_base(None, LDS))?;
             }
         }
         EDS if !st.lds_started => {
             st.lds_started = true;
             st.t[LDS].started = true;
-            send(delta_base(None, LDS)).await?;
+            send(delta_base(None, LDS))?;
         }
         LDS => {
             for (res, x) in r.resources.iter().zip(&xs.items) {
@@ -882,7 +813,7 @@ async fn on_delta(
             }
             let want: BTreeSet<String> = st.listener_rds.values().flatten().cloned().collect();
             if let Some(req) = delta_resubscribe(st, RDS, want) {
-                send(req).await?;
+                send(req)?;
             }
         }
         _ => {}
