@@ -153,7 +153,7 @@ pub fn extract(t: usize, any_type: &str, bytes: &[u8]) -> Result<Extracted, Stri
 
 /// 128-bit content hash (two multiply-rotate lanes); a difference in one 8-byte word always
 /// changes the result, since every step is a bijection of the state.
-fn hash128(b: &[u8]) -> (u64, u64) {
+pub fn hash128(b: &[u8]) -> (u64, u64) {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
     let mut h1: u64 = 0x243F_6A88_85A3_08D3 ^ b.len() as u64;

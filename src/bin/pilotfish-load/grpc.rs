@@ -159,11 +159,12 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Sends one message given as its encoding in two parts (either may be empty): the
-    /// gRPC prefix is written before `head`, `tail` goes out as is (no copy). HTTP/2 flow
-    /// control buffers what the peer's window does not take yet, as tonic's body did.
-    pub fn send(&mut self, head: &[u8], tail: Bytes) -> Result<(), Status> {
-        let len = head.len() + tail.len();
+    /// Sends one message given as its encoding in parts: the gRPC prefix is written
+    /// before `head`, each of `tail` goes out as is (no copy; protobuf fields may come in
+    /// any order). HTTP/2 flow control buffers what the peer's window does not take yet,
+    /// as tonic's body did.
+    pub fn send(&mut self, head: &[u8], tail: &[Bytes]) -> Result<(), Status> {
+        let len = head.len() + tail.iter().map(Bytes::len).sum::<usize>();
         let mut first = Vec::with_capacity(5 + head.len());
         first.push(0);
         first.extend_from_slice(&(len as u32).to_be_bytes());
@@ -171,9 +172,9 @@ impl Sender {
         self.stream
             .send_data(Bytes::from(first), false)
             .map_err(|e| Status::from_h2(&e))?;
-        if !tail.is_empty() {
+        for t in tail.iter().filter(|t| !t.is_empty()) {
             self.stream
-                .send_data(tail, false)
+                .send_data(t.clone(), false)
                 .map_err(|e| Status::from_h2(&e))?;
         }
         Ok(())

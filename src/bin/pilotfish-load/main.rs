@@ -18,6 +18,7 @@ mod config;
 mod decode;
 mod envoy;
 mod grpc;
+mod held;
 mod proxy;
 mod report;
 mod sys;

@@ -15,6 +15,7 @@
 use crate::config::ProxySpec;
 use crate::decode::{self, Cache, CDS, EDS, LDS, RDS};
 use crate::grpc;
+use crate::held::{self, Held};
 use crate::sys::Rng;
 use crate::track::{Seen, Slot, Tracker};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -245,15 +246,12 @@ struct TypeState {
     names: Arc<BTreeSet<String>>,
     started: bool,
     acked_once: bool,
-    /// Delta: what the proxy holds, name → version.
-    held: HashMap<String, String>,
+    /// Delta: what the proxy holds (shared with the proxies holding the same).
+    held: Arc<Held>,
 }
 
 struct State {
     t: [TypeState; 4],
-    /// Delta: clusters held → EDS name; listeners held → RDS names.
-    cluster_eds: HashMap<String, Option<String>>,
-    listener_rds: HashMap<String, Vec<String>>,
     lds_started: bool,
     seen: Seen,
     rng: Rng,
@@ -308,8 +306,6 @@ async fn run(
 ) {
     let mut st = State {
         t: Default::default(),
-        cluster_eds: HashMap::new(),
-        listener_rds: HashMap::new(),
         lds_started: false,
         seen: Seen::new(sh.slots),
         rng: Rng::new(seed),
@@ -459,10 +455,6 @@ async fn session(
     }
 }
 
-fn sorted(s: &BTreeSet<String>) -> Vec<String> {
-    s.iter().cloned().collect()
-}
-
 fn record_response(sh: &Shared, view: &Mutex<View>, len: usize, n: usize) {
     sh.stats.bytes.fetch_add(len as u64, Relaxed);
     sh.stats.responses.fetch_add(1, Relaxed);
@@ -576,7 +568,7 @@ fn first_sotw(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(),
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
             let r = sotw_req(first.then_some(spec), t, &st.t[t], None);
-            tx.send(&r.head, r.names)?;
+            tx.send(&r.head, &[r.names])?;
             first = false;
         }
     }
@@ -603,7 +595,7 @@ fn on_sotw(
             .map(|a| Some((a.type_url.as_str(), a.value.as_slice()))),
     );
     st.t[t].nonce = r.nonce.clone();
-    let mut send = |req: RawRequest| tx.send(&req.head, req.names);
+    let mut send = |req: RawRequest| tx.send(&req.head, &[req.names]);
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
@@ -679,30 +671,35 @@ fn first_delta(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<()
     let mut first = true;
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
-            let mut req = delta_base(first.then_some(spec), t);
+            let head = delta_base(first.then_some(spec), t).encode_to_vec();
             first = false;
-            if t == EDS || t == RDS {
-                req.resource_names_subscribe = sorted(&st.t[t].names);
-            }
-            req.initial_resource_versions = st.t[t].held.clone();
-            send_delta(tx, req)?;
+            // Fields 1–2, then the names subscribed (3), then the versions held (5): both
+            // encoded once per shared set.
+            let names = if t == EDS || t == RDS {
+                names_wire(&st.t[t].names)
+            } else {
+                bytes::Bytes::new()
+            };
+            tx.send(&head, &[names, st.t[t].held.irv_wire()])?;
         }
     }
     Ok(())
 }
 
 fn send_delta(tx: &mut grpc::Sender, req: DeltaDiscoveryRequest) -> Result<(), grpc::Status> {
-    tx.send(&req.encode_to_vec(), bytes::Bytes::new())
+    tx.send(&req.encode_to_vec(), &[])
 }
 
 /// Subscribe/unsubscribe request moving `t`'s subscription to `want` (None if unchanged).
 fn delta_resubscribe(
     st: &mut State,
     t: usize,
-    want: BTreeSet<String>,
+    want: Arc<BTreeSet<String>>,
 ) -> Option<DeltaDiscoveryRequest> {
     let ts = &mut st.t[t];
-    if ts.started && want == *ts.names {
+    if ts.started && (Arc::ptr_eq(&want, &ts.names) || want == ts.names) {
+        // The same names: share the set the others hold.
+        ts.names = want;
         return None;
     }
     if want.is_empty() && !ts.started {
@@ -711,10 +708,13 @@ fn delta_resubscribe(
     let mut req = delta_base(None, t);
     req.resource_names_subscribe = want.difference(&ts.names).cloned().collect();
     req.resource_names_unsubscribe = ts.names.difference(&want).cloned().collect();
-    for n in &req.resource_names_unsubscribe {
-        ts.held.remove(n);
-    }
-    ts.names = Arc::new(want);
+    let gone: Vec<&str> = req
+        .resource_names_unsubscribe
+        .iter()
+        .map(String::as_str)
+        .collect();
+    held::apply(t, &mut ts.held, &[], &gone);
+    ts.names = want;
     ts.started = true;
     Some(req)
 }
@@ -770,12 +770,14 @@ fn on_delta(
     }
     {
         let ts = &mut st.t[t];
-        for res in &r.resources {
-            ts.held.insert(res.name.clone(), res.version.clone());
-        }
-        for n in &r.removed_resources {
-            ts.held.remove(n);
-        }
+        let upserts: Vec<(&str, &str, &Arc<decode::Extracted>)> = r
+            .resources
+            .iter()
+            .zip(&xs.items)
+            .map(|(res, x)| (res.name.as_str(), res.version.as_str(), x))
+            .collect();
+        let removes: Vec<&str> = r.removed_resources.iter().map(String::as_str).collect();
+        held::apply(t, &mut ts.held, &upserts, &removes);
         ts.version = r.system_version_info.clone();
         ts.acked_once = true;
     }
@@ -783,13 +785,7 @@ fn on_delta(
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
-            for (res, x) in r.resources.iter().zip(&xs.items) {
-                st.cluster_eds.insert(res.name.clone(), x.eds.clone());
-            }
-            for n in &r.removed_resources {
-                st.cluster_eds.remove(n);
-            }
-            let want: BTreeSet<String> = st.cluster_eds.values().flatten().cloned().collect();
+            let want = st.t[CDS].held.links();
             let empty = want.is_empty();
             if let Some(req) = delta_resubscribe(st, EDS, want) {
                 send(req)?;
@@ -805,13 +801,7 @@ fn on_delta(
             send(delta_base(None, LDS))?;
         }
         LDS => {
-            for (res, x) in r.resources.iter().zip(&xs.items) {
-                st.listener_rds.insert(res.name.clone(), x.rds.clone());
-            }
-            for n in &r.removed_resources {
-                st.listener_rds.remove(n);
-            }
-            let want: BTreeSet<String> = st.listener_rds.values().flatten().cloned().collect();
+            let want = st.t[LDS].held.links();
             if let Some(req) = delta_resubscribe(st, RDS, want) {
                 send(req)?;
             }
