@@ -70,6 +70,7 @@ fn entry_hash(scratch: &mut Vec<u8>, name: &str, version: &str, x: &Extracted) -
         }
         None => scratch.push(0),
     }
+    scratch.push(x.vhds as u8);
     for r in &x.rds {
         scratch.extend_from_slice(&(r.len() as u32).to_le_bytes());
         scratch.extend_from_slice(r.as_bytes());

@@ -4,7 +4,14 @@
 //! ```text
 //!  CDS wildcard ──► ACK ──► EDS for the EDS clusters received ──► ACK ──► LDS wildcard
 //!      ──► ACK ──► RDS for the route names the listeners' HTTP connection managers name
+//!      ──► ACK ──► (delta, first route configuration naming VHDS) VirtualHost wildcard
 //! ```
+//! VHDS as Envoy does it on an ADS stream: one wildcard subscription to
+//! `envoy.config.route.v3.VirtualHost` after the first route configuration with `vhds` is
+//! applied, never another one on that stream (later configurations with `vhds` do not
+//! trigger one); virtual hosts are ACKed/NACKed like any other type, and a reconnect sends
+//! the type again with the versions held. A virtual host whose `name` is not its resource
+//! name (`<route config>/<virtual host>`, which Envoy needs to remove it) is NACKed.
 //! Every resource is decoded before the ACK (see `decode`); a resource that does not decode
 //! gets a NACK; `--nack-percent` NACKs some updates on purpose. Stream errors (including
 //! `Unavailable` and `ResourceExhausted`) and server-closed streams lead to a reconnect after
@@ -13,7 +20,7 @@
 //! delta `initial_resource_versions`) and its current subscriptions.
 
 use crate::config::ProxySpec;
-use crate::decode::{self, Cache, CDS, EDS, LDS, RDS};
+use crate::decode::{self, Cache, CDS, EDS, LDS, NTYPES, RDS, VHDS};
 use crate::grpc;
 use crate::held::{self, Held};
 use crate::sys::Rng;
@@ -140,14 +147,23 @@ pub struct Shared {
 pub struct View {
     pub connected: bool,
     /// Last ACKed version per type (SotW `version_info`, delta `system_version_info`).
-    pub acked: [String; 4],
-    pub acked_once: [bool; 4],
+    pub acked: [String; NTYPES],
+    pub acked_once: [bool; NTYPES],
+    /// Subscribed to virtual hosts (VHDS).
+    pub vhds: bool,
     pub routes_seen: usize,
     pub nacks: u64,
     pub injected: u64,
     pub errors: u64,
     pub last_error: String,
     pub max_msg: u64,
+}
+
+impl View {
+    /// Every type subscribed was ACKed at least once (VHDS only if subscribed).
+    pub fn types_synced(&self) -> bool {
+        (0..NTYPES).all(|t| self.acked_once[t] || (t == VHDS && !self.vhds))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -251,7 +267,7 @@ struct TypeState {
 }
 
 struct State {
-    t: [TypeState; 4],
+    t: [TypeState; NTYPES],
     lds_started: bool,
     seen: Seen,
     rng: Rng,
@@ -584,7 +600,8 @@ fn on_sotw(
     r: DiscoveryResponse,
     len: usize,
 ) -> Result<(), grpc::Status> {
-    let Some(t) = decode::type_index(&r.type_url) else {
+    // Virtual hosts are not subscribed to over SotW.
+    let Some(t) = decode::type_index(&r.type_url).filter(|t| *t != VHDS) else {
         return Ok(());
     };
     record_response(sh, view, len, r.resources.len());
@@ -669,7 +686,7 @@ fn delta_base(spec: Option<&ProxySpec>, t: usize) -> DeltaDiscoveryRequest {
 /// The initial requests of a delta stream: every type subscribed, with the versions held.
 fn first_delta(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(), grpc::Status> {
     let mut first = true;
-    for t in [CDS, EDS, LDS, RDS] {
+    for t in [CDS, EDS, LDS, RDS, VHDS] {
         if st.t[t].started {
             let head = delta_base(first.then_some(spec), t).encode_to_vec();
             first = false;
@@ -747,6 +764,21 @@ fn on_delta(
         error_detail: error,
         ..delta_base(None, t)
     };
+    // A virtual host must be named as its resource: Envoy removes it by that name.
+    let xs = xs.and_then(|xs| {
+        match r
+            .resources
+            .iter()
+            .zip(&xs.items)
+            .find(|(res, x)| t == VHDS && res.name != x.name)
+        {
+            Some((res, x)) => Err(format!(
+                "virtual host resource {:?} has name {:?}",
+                res.name, x.name
+            )),
+            None => Ok(xs),
+        }
+    });
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
@@ -805,6 +837,12 @@ fn on_delta(
             if let Some(req) = delta_resubscribe(st, RDS, want) {
                 send(req)?;
             }
+        }
+        // Once, with a wildcard: the first route configuration applied that names VHDS.
+        RDS if xs.vhds && !st.t[VHDS].started => {
+            st.t[VHDS].started = true;
+            view.lock().unwrap().vhds = true;
+            send(delta_base(None, VHDS))?;
         }
         _ => {}
     }

@@ -134,6 +134,7 @@ pub fn dump_streams<'a>(hs: impl Iterator<Item = &'a Handle>) -> Vec<StreamDump>
             connected: v.connected,
             versions: serde_json::json!({
                 "cds": v.acked[0], "eds": v.acked[1], "lds": v.acked[2], "rds": v.acked[3],
+                "vhds": v.acked[4],
             }),
             nacks: v.nacks,
             errors: v.errors,
