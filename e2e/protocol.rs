@@ -14,7 +14,7 @@ use pilotfish::model::MeshConfig;
 use pilotfish::xds::cache::Generation;
 use pilotfish::xds::server::{Published, XdsServer};
 use pilotfish::xds::status::Connections;
-use pilotfish::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use pilotfish::xds::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,6 +70,7 @@ impl Harness {
             security: None,
             require_auth: false,
             admission: Arc::new(pilotfish::xds::server::Admission::unlimited()),
+            vhds: true,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -556,6 +557,101 @@ async fn delta_subscribe_unsubscribe_and_initial_versions() {
     assert!(dnames(&r5).contains(&a.to_string()), "{:?}", dnames(&r5));
 }
 
+fn vs_yaml(host: &str, timeout: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {host}}}\nspec:\n  hosts: [{host}]\n  http:\n  - timeout: {timeout}\n    route:\n    - destination: {{host: {host}}}\n---\n"
+    )
+}
+
+fn decode_rc(bytes: &[u8]) -> envoy_types::pb::envoy::config::route::v3::RouteConfiguration {
+    prost::Message::decode(bytes).unwrap()
+}
+
+/// Delta ADS gets route configurations in their VHDS form: the configuration names VHDS, and
+/// each virtual host is a resource `<config>/<vhost>` sent only once the proxy has ACKed the
+/// configuration (Envoy drops virtual hosts of a configuration it has not applied). A
+/// VirtualService edit then sends one virtual host and no route configuration. SotW keeps
+/// them inline.
+#[tokio::test]
+async fn delta_ads_routes_travel_as_virtual_hosts() {
+    let a = "8080/a.default.svc.cluster.local:8080";
+    let b = "8080/b.default.svc.cluster.local:8080";
+    let fallback = "8080/allow_any";
+    let h = Harness::start(Some(&(svc_yaml(&["a", "b"]) + &vs_yaml("a", "5s")))).await;
+    let (tx, mut rx) = h.delta().await;
+    tx.send(dreq(ROUTE, &["8080"], &[], "")).await.unwrap();
+    let r = next(&mut rx).await;
+    assert_eq!(dnames(&r), vec!["8080"]);
+    let rc = decode_rc(&r.resources[0].resource.as_ref().unwrap().value);
+    assert!(rc.vhds.is_some(), "the configuration names VHDS");
+    assert!(rc.virtual_hosts.is_empty());
+    let rc_version = r.resources[0].version.clone();
+    // Envoy asks for virtual hosts (a wildcard) before it ACKs the configuration: nothing
+    // is sent until the ACK.
+    tx.send(dreq(VHOST, &[], &[], "")).await.unwrap();
+    nothing(&mut rx).await;
+    tx.send(dreq(ROUTE, &[], &[], &r.nonce)).await.unwrap();
+    let v = next(&mut rx).await;
+    assert_eq!(v.type_url, VHOST);
+    assert_eq!(dnames(&v), vec![a, fallback, b]);
+    let mut versions = std::collections::HashMap::new();
+    for res in &v.resources {
+        let vh: envoy_types::pb::envoy::config::route::v3::VirtualHost =
+            prost::Message::decode(res.resource.as_ref().unwrap().value.as_slice()).unwrap();
+        assert_eq!(vh.name, res.name, "Envoy removes by VirtualHost.name");
+        versions.insert(res.name.clone(), res.version.clone());
+    }
+    tx.send(dreq(VHOST, &[], &[], &v.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    // An edit of a's VirtualService: only a's virtual host goes out.
+    h.publish(&(svc_yaml(&["a", "b"]) + &vs_yaml("a", "7s")));
+    let v2 = next(&mut rx).await;
+    assert_eq!(v2.type_url, VHOST, "no route configuration is resent");
+    assert_eq!(dnames(&v2), vec![a]);
+    tx.send(dreq(VHOST, &[], &[], &v2.nonce)).await.unwrap();
+    nothing(&mut rx).await;
+    let a_version = v2.resources[0].version.clone();
+    // b goes: its virtual host is removed.
+    h.publish(&(svc_yaml(&["a"]) + &vs_yaml("a", "7s")));
+    let v3 = next(&mut rx).await;
+    assert_eq!(v3.type_url, VHOST);
+    assert!(v3.resources.is_empty());
+    assert_eq!(v3.removed_resources, vec![b]);
+    drop(tx);
+
+    // Reconnect, virtual hosts asked first (Envoy's order varies): claims are checked once
+    // the configurations are known; only the stale claim is answered, b (gone) is removed.
+    let (tx, mut rx) = h.delta().await;
+    let mut vreq = dreq(VHOST, &[], &[], "");
+    vreq.initial_resource_versions = [
+        (a.to_string(), "stale".to_string()),
+        (b.to_string(), versions[b].clone()),
+        (fallback.to_string(), versions[fallback].clone()),
+    ]
+    .into();
+    tx.send(vreq).await.unwrap();
+    nothing(&mut rx).await;
+    let mut rreq = dreq(ROUTE, &["8080"], &[], "");
+    rreq.initial_resource_versions = [("8080".to_string(), rc_version.clone())].into();
+    tx.send(rreq).await.unwrap();
+    let v4 = next(&mut rx).await;
+    assert_eq!(
+        v4.type_url, VHOST,
+        "the configuration is current: not resent"
+    );
+    assert_eq!(dnames(&v4), vec![a]);
+    assert_eq!(v4.resources[0].version, a_version);
+    assert_eq!(v4.removed_resources, vec![b]);
+
+    // State of the world: inline virtual hosts, no VHDS.
+    let (tx, mut rx) = h.sotw().await;
+    tx.send(req(ROUTE, &["8080"], "", "")).await.unwrap();
+    let r = next(&mut rx).await;
+    let rc = decode_rc(&r.resources[0].value);
+    assert!(rc.vhds.is_none());
+    assert_eq!(rc.virtual_hosts.len(), 2);
+}
+
 #[tokio::test]
 async fn stalled_client_does_not_delay_others() {
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
@@ -669,6 +765,7 @@ async fn removed_subset_cluster_outlives_the_routes_naming_it() {
                 "v2 must go once no route names it"
             );
         } else {
+            // Delta ADS: routes travel as virtual hosts (VHDS); they hold the clusters.
             let (tx, mut rx) = h.delta().await;
             for t in [CLUSTER, ROUTE] {
                 let sub: Vec<&str> = if t == ROUTE { vec!["8080"] } else { vec![] };
@@ -676,13 +773,18 @@ async fn removed_subset_cluster_outlives_the_routes_naming_it() {
                 let r = next(&mut rx).await;
                 tx.send(dreq(t, &[], &[], &r.nonce)).await.unwrap();
             }
+            tx.send(dreq(VHOST, &[], &[], "")).await.unwrap();
+            let r = next(&mut rx).await;
+            assert_eq!(r.type_url, VHOST);
+            tx.send(dreq(VHOST, &[], &[], &r.nonce)).await.unwrap();
             h.publish(&subset_yaml(&["v1"], "v1"));
             let r = next(&mut rx).await;
             assert_eq!(
-                r.type_url, ROUTE,
+                r.type_url, VHOST,
                 "no cluster change may come before the routes move"
             );
-            tx.send(dreq(ROUTE, &[], &[], &r.nonce)).await.unwrap();
+            assert_eq!(dnames(&r), vec!["8080/a.default.svc.cluster.local:8080"]);
+            tx.send(dreq(VHOST, &[], &[], &r.nonce)).await.unwrap();
             let c = next(&mut rx).await;
             assert_eq!(c.type_url, CLUSTER);
             assert_eq!(c.removed_resources, vec![v2.to_string()]);
@@ -719,6 +821,7 @@ async fn excess_streams_get_resource_exhausted() {
         security: None,
         require_auth: false,
         admission: Arc::new(pilotfish::xds::server::Admission::new(1, 1)),
+        vhds: true,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());

@@ -548,9 +548,7 @@ fn weighted_split_80_20_across_subsets() {
 // ---------------------------------------------------------------------------------------
 // c) header match (state of the world and delta xDS)
 
-fn header_routing(delta: bool) {
-    let vs = vs_yaml(
-        "  - match:
+const JASON_TO_V2: &str = "  - match:
     - headers:
         end-user:
           exact: jason
@@ -562,9 +560,11 @@ fn header_routing(delta: bool) {
     - destination:
         host: reviews
         subset: v1
-",
-    );
-    let bed = Bed::new(
+";
+
+fn header_routing(delta: bool) {
+    let vs = vs_yaml(JASON_TO_V2);
+    let mut bed = Bed::new(
         &two_versions(),
         &[("dr.yaml", dr_yaml("")), ("vs.yaml", vs)],
         delta,
@@ -604,7 +604,100 @@ fn header_routing(delta: bool) {
             .unwrap_or_else(|| panic!("{id} not in syncz: {syncz}"));
         assert_eq!(row["delta"], Value::Bool(delta), "{row}");
     }
+    if delta {
+        vhds_applies_edits(&mut bed);
+    }
     assert_no_rejections(&bed);
+}
+
+/// Delta sidecars get their routes over VHDS: Envoy's route configuration names VHDS and
+/// holds the virtual hosts that came as resources of their own, and an edit of the
+/// VirtualService (one virtual host resent) changes where requests go.
+fn vhds_applies_edits(bed: &mut Bed) {
+    let dump: Value = serde_json::from_str(
+        &bed.client
+            .envoy_admin("/config_dump?resource=dynamic_route_configs"),
+    )
+    .unwrap();
+    let rc = dump["configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["route_config"])
+        .find(|rc| rc["name"] == "8080")
+        .unwrap_or_else(|| panic!("no route configuration 8080: {dump:#}"));
+    assert!(rc["vhds"].is_object(), "8080 uses VHDS: {rc:#}");
+    let vhosts: Vec<&str> = rc["virtual_hosts"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|h| h["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        vhosts.contains(&"8080/reviews.default.svc.cluster.local:8080"),
+        "Envoy applied the virtual hosts VHDS delivered: {vhosts:?}"
+    );
+    // Flip the rule: jason now goes to v1, everybody else to v2.
+    let flipped = vs_yaml(
+        "  - match:
+    - headers:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+  - route:
+    - destination:
+        host: reviews
+        subset: v2
+",
+    );
+    write_config(bed.config_dir(), "vs.yaml", &flipped);
+    bed.wait_all("jason -> v1", "/", 5, &[("end-user", "jason")], |n| {
+        n == "reviews-v1"
+    });
+    let rs = bed.load("/other", 20, 2, &[]);
+    assert!(
+        rs.iter().all(|r| r.status == 200 && r.name == "reviews-v2"),
+        "after the edit, no header must go to v2: {:?}",
+        tally(&rs)
+    );
+    let updates = bed
+        .client
+        .envoy_stats("vhds")
+        .into_iter()
+        .filter(|(n, _)| n.ends_with("config_reload"))
+        .map(|(_, v)| v)
+        .sum::<u64>();
+    assert!(updates >= 2, "VHDS delivered the edit ({updates} reloads)");
+    // After a control plane restart the sidecar reconnects, claims the virtual hosts it
+    // holds, and still gets the next edit (Envoy subscribes to them again on the new
+    // stream): jason back to v2.
+    bed.cp.restart();
+    let id = format!("sidecar~{}~client.default~", bed.client.ip);
+    let ok = wait_until(READY, || {
+        let rows: Vec<Value> = bed
+            .cp
+            .get("/debug/syncz")
+            .ok()
+            .and_then(|(_, b)| serde_json::from_str(&b).ok())
+            .unwrap_or_default();
+        rows.iter().any(|r| {
+            r["proxy"].as_str().is_some_and(|p| p.starts_with(&id))
+                && !r["types"]["vhds"]["acked_version"]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty()
+        })
+    });
+    assert!(
+        ok,
+        "the client's virtual hosts are current after the restart\n{}",
+        bed.diag()
+    );
+    write_config(bed.config_dir(), "vs.yaml", &vs_yaml(JASON_TO_V2));
+    bed.wait_all("jason -> v2 again", "/", 5, &[("end-user", "jason")], |n| {
+        n == "reviews-v2"
+    });
 }
 
 #[test]

@@ -99,6 +99,7 @@ async fn start_with(ttl: Duration, files: &[(&str, &str)]) -> H {
         security: Some(sec.clone()),
         require_auth: true,
         admission: Arc::new(pilotfish::xds::server::Admission::unlimited()),
+        vhds: true,
     };
     let plain = XdsServer {
         require_auth: false,

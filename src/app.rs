@@ -62,6 +62,11 @@ pub struct ServeArgs {
     /// New xDS streams admitted at once before the rate applies.
     #[arg(long, default_value_t = 500)]
     pub xds_admission_burst: u32,
+    /// Virtual Host Discovery for delta ADS streams: route configurations name VHDS and each
+    /// virtual host is a resource of its own, so a VirtualService edit sends one virtual
+    /// host instead of its port's whole route configuration. `false` serves them inline.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub vhds: bool,
     /// xDS + SDS over TLS with bearer-token authentication.
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub secure_xds_address: String,
@@ -467,6 +472,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         security: Some(security.clone()),
         require_auth: false,
         admission: Arc::new(Admission::new(a.xds_admission_rate, a.xds_admission_burst)),
+        vhds: a.vhds,
     };
     metrics.register(
         "pilotfish_xds_admission_rejected",

@@ -655,13 +655,37 @@ fn http_route(
 }
 
 /// Every cluster the route configurations name (routes, weighted clusters, mirrors).
+/// The Virtual Host Discovery form of a route configuration (VHDS; Envoy accepts it on delta
+/// ADS only): the configuration keeps its own settings and names ADS as its VHDS source, and
+/// each virtual host becomes a resource of its own named `<configuration>/<virtual host>`
+/// (Envoy routes VHDS resources to a configuration by that prefix, and removes a virtual
+/// host only if its `name` equals the resource name). One VirtualService edit then changes
+/// one small resource instead of its port's whole configuration. A configuration without
+/// virtual hosts stays as it is: Envoy would wait for a first VHDS resource in vain.
+pub fn split_vhds(
+    mut rc: rt::RouteConfiguration,
+) -> (rt::RouteConfiguration, Vec<rt::VirtualHost>) {
+    if rc.virtual_hosts.is_empty() {
+        return (rc, Vec::new());
+    }
+    let mut vhosts = std::mem::take(&mut rc.virtual_hosts);
+    for v in &mut vhosts {
+        v.name = format!("{}/{}", rc.name, v.name);
+    }
+    rc.vhds = Some(rt::Vhds {
+        config_source: ads(),
+    });
+    (rc, vhosts)
+}
+
 pub fn referenced_clusters(rcs: &[rt::RouteConfiguration]) -> Vec<String> {
+    vhost_clusters(rcs.iter().flat_map(|rc| rc.virtual_hosts.iter()))
+}
+
+/// Clusters the routes of these virtual hosts send or mirror to.
+pub fn vhost_clusters<'a>(vhosts: impl Iterator<Item = &'a rt::VirtualHost>) -> Vec<String> {
     let mut out = Vec::new();
-    for r in rcs
-        .iter()
-        .flat_map(|rc| rc.virtual_hosts.iter())
-        .flat_map(|v| v.routes.iter())
-    {
+    for r in vhosts.flat_map(|v| v.routes.iter()) {
         if let Some(rt::route::Action::Route(a)) = &r.action {
             match &a.cluster_specifier {
                 Some(rt::route_action::ClusterSpecifier::Cluster(c)) => out.push(c.clone()),

@@ -3,7 +3,7 @@
 //! inputs they depend on (source namespace + labels for routes, inbound ports for the
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
-use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST};
 use crate::model::{Proxy, Scope, World};
 use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
@@ -396,7 +396,63 @@ pub struct Generation {
 
 type ViewDiffEntry = (Arc<Diff>, (View, View));
 
-type RouteCell = Arc<std::sync::OnceLock<Arc<TypeMap>>>;
+type RouteCell = Arc<std::sync::OnceLock<Arc<RouteClass>>>;
+
+/// The route configurations of one route class: inline (state of the world, and streams
+/// without VHDS), and their VHDS form, made from the inline one on first use by a VHDS
+/// stream (see `translate::route::split_vhds`).
+pub struct RouteClass {
+    inline: Arc<TypeMap>,
+    vhds: std::sync::OnceLock<VhdsForm>,
+}
+
+/// Route configurations that name VHDS, and their virtual hosts (`<config>/<vhost>`).
+#[derive(Clone)]
+struct VhdsForm {
+    configs: Arc<TypeMap>,
+    vhosts: Arc<TypeMap>,
+}
+
+impl RouteClass {
+    /// Some stream still holds one of its maps (not only the memo).
+    fn live(&self) -> bool {
+        let held = |m: &Arc<TypeMap>| Arc::strong_count(m) > 1;
+        held(&self.inline)
+            || self
+                .vhds
+                .get()
+                .is_some_and(|f| held(&f.configs) || held(&f.vhosts))
+    }
+
+    /// The VHDS form, reusing the encodings `prev` (the same class in the previous
+    /// generation) already has: an edit of one VirtualService leaves every other virtual
+    /// host the same pointer, so diffs skip them without comparing.
+    fn vhds_form(&self, prev: Option<&VhdsForm>) -> &VhdsForm {
+        self.vhds.get_or_init(|| {
+            use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+            let mut configs = TypeMap::new();
+            let mut vhosts = TypeMap::new();
+            for r in self.inline.values() {
+                let rc = RouteConfiguration::decode(r.value.as_ref())
+                    .expect("decodes what this process encoded");
+                let (rc, hosts) = translate::route::split_vhds(rc);
+                if hosts.is_empty() {
+                    configs.insert(r.name.clone(), r.clone());
+                    continue;
+                }
+                configs.insert(rc.name.clone(), encode(&rc.name, &rc));
+                for v in hosts {
+                    let refs = translate::route::vhost_clusters(std::iter::once(&v));
+                    vhosts.insert(v.name.clone(), encode_with(&v.name, &v, refs));
+                }
+            }
+            VhdsForm {
+                configs: reuse(configs, prev.map(|p| &p.configs)),
+                vhosts: reuse(vhosts, prev.map(|p| &p.vhosts)),
+            }
+        })
+    }
+}
 
 /// Inbound clusters and the inbound listener of one inbound class.
 type InboundMaps = (Arc<TypeMap>, Arc<TypeMap>);
@@ -409,6 +465,8 @@ pub type Diff = (Vec<Res>, Vec<String>);
 struct Carry {
     inputs: EndpointInputs,
     outbound: HashMap<(Scope, bool), Arc<Outbound>>,
+    /// The previous route classes' VHDS forms, for reuse of unchanged virtual hosts.
+    vhds: HashMap<RouteKey, VhdsForm>,
 }
 
 /// Everything a ClusterLoadAssignment reads from the World.
@@ -464,14 +522,21 @@ impl Generation {
         if let Some(p) = prev {
             // Classes no stream holds any more (only the memo points at them) are dropped.
             let live = |m: &Arc<TypeMap>| Arc::strong_count(m) > 1;
+            let routes = p.routes.lock().unwrap();
+            let mut prev_vhds = HashMap::new();
             if same_routes && g.route_label_keys == p.route_label_keys {
-                let routes = p.routes.lock().unwrap();
                 *g.routes.get_mut().unwrap() = routes
                     .iter()
-                    .filter(|(_, c)| c.get().is_some_and(live))
+                    .filter(|(_, c)| c.get().is_some_and(|c| c.live()))
                     .map(|(k, c)| (k.clone(), c.clone()))
                     .collect();
+            } else {
+                prev_vhds = routes
+                    .iter()
+                    .filter_map(|(k, c)| Some((k.clone(), c.get()?.vhds.get()?.clone())))
+                    .collect();
             }
+            drop(routes);
             let inbound = p.inbound.lock().unwrap();
             *g.inbound.get_mut().unwrap() = inbound
                 .iter()
@@ -487,6 +552,7 @@ impl Generation {
                     mesh: pw.mesh.clone(),
                 },
                 outbound: p.outbound.lock().unwrap().clone(),
+                vhds: prev_vhds,
             });
         }
         // Streams look up their own instances by address; build that index here, on the
@@ -523,17 +589,24 @@ impl Generation {
 
     /// The resources for one proxy: pointers to its classes' maps (built on first use).
     /// A stream keeps the result for as long as it serves this generation.
+    /// Route configurations are inline: see `for_stream` for VHDS.
     pub fn for_proxy(&self, proxy: &Proxy) -> Arc<ProxyResources> {
-        self.lookup(proxy, true).expect("built on demand")
+        self.for_stream(proxy, false)
+    }
+
+    /// The resources for one proxy's stream; with `vhds`, route configurations in their
+    /// VHDS form and their virtual hosts as a type of their own.
+    pub fn for_stream(&self, proxy: &Proxy, vhds: bool) -> Arc<ProxyResources> {
+        self.lookup(proxy, true, vhds).expect("built on demand")
     }
 
     /// The proxy's resources if every class it belongs to is built already (a few map
-    /// lookups), else None: the caller builds with `for_proxy`, off the async workers.
-    pub fn built_for(&self, proxy: &Proxy) -> Option<Arc<ProxyResources>> {
-        self.lookup(proxy, false)
+    /// lookups), else None: the caller builds with `for_stream`, off the async workers.
+    pub fn built_for(&self, proxy: &Proxy, vhds: bool) -> Option<Arc<ProxyResources>> {
+        self.lookup(proxy, false, vhds)
     }
 
-    fn lookup(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
+    fn lookup(&self, proxy: &Proxy, build: bool, vhds: bool) -> Option<Arc<ProxyResources>> {
         let w = &*self.world;
         let okey = (w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
@@ -550,7 +623,7 @@ impl Generation {
             .filter(|(k, _)| self.route_label_keys.contains(*k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let rkey = (proxy.namespace.clone(), labels);
+        let rkey: RouteKey = (proxy.namespace.clone(), labels);
         let cell = {
             let mut memo = lock_or_skip(&self.routes, build)?;
             match memo.get(&rkey) {
@@ -559,21 +632,37 @@ impl Generation {
                 None => memo.entry(rkey.clone()).or_default().clone(),
             }
         };
-        let routes = match cell.get() {
+        let class = match cell.get() {
             Some(r) => r.clone(),
             // Another stream is building it (or nobody yet): not a lookup.
             None if !build => return None,
             None => cell
                 .get_or_init(|| {
-                    let (ns, labels) = rkey;
+                    let (ns, labels) = rkey.clone();
                     let class = Proxy {
                         namespace: ns,
                         labels,
                         ..Default::default()
                     };
-                    Arc::new(route_map(translate::route::outbound(w, &class)))
+                    Arc::new(RouteClass {
+                        inline: Arc::new(route_map(translate::route::outbound(w, &class))),
+                        vhds: Default::default(),
+                    })
                 })
                 .clone(),
+        };
+        let (routes, vhosts) = if vhds {
+            let form = match class.vhds.get() {
+                Some(f) => f,
+                None if !build => return None,
+                None => {
+                    let prev = self.carry.as_ref().and_then(|c| c.vhds.get(&rkey));
+                    class.vhds_form(prev)
+                }
+            };
+            (form.configs.clone(), Some(form.vhosts.clone()))
+        } else {
+            (class.inline.clone(), None)
         };
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
@@ -596,6 +685,9 @@ impl Generation {
         by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
         by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
         by_type.insert(ROUTE, vec![routes]);
+        if let Some(v) = vhosts {
+            by_type.insert(VHOST, vec![v]);
+        }
         Some(Arc::new(ProxyResources { by_type }))
     }
 

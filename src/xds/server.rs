@@ -17,7 +17,7 @@ use super::auth::Security;
 use super::cache::{Generation, Names, ProxyResources, View};
 use super::status::{ConnStatus, Connections};
 use super::wire::{Plan, Requests, SotwRequest};
-use super::{short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET};
+use super::{short, CLUSTER, ENDPOINT, LISTENER, ORDER, ROUTE, SECRET, VHOST};
 use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
@@ -52,6 +52,9 @@ pub struct XdsServer {
     pub require_auth: bool,
     /// Rate limit on new streams (a reconnect storm is spread out, not served all at once).
     pub admission: Arc<Admission>,
+    /// Delta ADS streams get route configurations in their VHDS form (virtual hosts as
+    /// resources of their own).
+    pub vhds: bool,
 }
 
 /// A token bucket for new streams: `rate` per second, up to `burst` at once. Excess streams
@@ -157,6 +160,14 @@ struct Stream {
     /// A route or listener update was just ACKed: clusters kept only for the old routes
     /// can go now.
     refs_acked: bool,
+    /// This stream gets route configurations in their VHDS form (delta ADS).
+    vhds: bool,
+    /// Every route configuration sent was answered (VHDS): the proxy holds, with their VHDS
+    /// subscriptions, exactly those in `held`, so their virtual hosts can be delivered.
+    /// Envoy drops virtual hosts of a configuration it has not applied yet.
+    routes_settled: bool,
+    /// Virtual hosts are due for a look (the route configurations just settled).
+    vhds_due: bool,
 }
 
 impl Stream {
@@ -192,6 +203,9 @@ impl Stream {
             class: None,
             identity,
             refs_acked: false,
+            vhds: false,
+            routes_settled: false,
+            vhds_due: false,
         })
     }
 
@@ -205,6 +219,9 @@ impl Stream {
     /// routes or listeners it holds still name. Make before break: a cluster goes only after
     /// no route the proxy has names it.
     fn view(&mut self, type_url: &str, filter: Option<Arc<Names>>) -> View {
+        if type_url == VHOST {
+            return self.vhost_view();
+        }
         if type_url == SECRET {
             let mut extra = match &self.srv.security {
                 Some(sec) => sec.secrets(
@@ -234,16 +251,13 @@ impl Stream {
             return v;
         };
         // Routes and listeners held are this generation's: they name only its clusters.
-        let current = [ROUTE, LISTENER]
+        let current = HOLDERS
             .iter()
             .all(|t| self.held.get(*t).is_none_or(|h| h.same_layers(r.layers(t))));
         if current {
             return v;
         }
-        let holders: Vec<&View> = [ROUTE, LISTENER]
-            .iter()
-            .filter_map(|t| self.held.get(*t))
-            .collect();
+        let holders: Vec<&View> = HOLDERS.iter().filter_map(|t| self.held.get(*t)).collect();
         let missing = self.published.gen.missing_refs(&holders, &v.layers);
         let mut extra: Vec<_> = missing
             .iter()
@@ -255,6 +269,40 @@ impl Stream {
         v
     }
 
+    /// The virtual hosts of the route configurations the proxy holds (all of them, unless
+    /// one is still on its way): a proxy subscribes to virtual hosts once, with a wildcard,
+    /// and expects those of every configuration it applies. Call only when the route
+    /// configurations are settled (`held` is what the proxy has).
+    fn vhost_view(&mut self) -> View {
+        let r = self.class_resources();
+        let layers = r.layers(VHOST).to_vec();
+        let Some(held) = self.held.get(ROUTE) else {
+            return View::default();
+        };
+        let configs = held.resolve(&self.published.gen);
+        let has = |rc: &str| configs.items.iter().any(|c| c.name == rc);
+        let every = r
+            .layers(ROUTE)
+            .iter()
+            .flat_map(|m| m.keys())
+            .all(|n| has(n));
+        let filter = (!every).then(|| {
+            Names::intern(
+                layers
+                    .iter()
+                    .flat_map(|m| m.keys())
+                    .filter(|n| n.split_once('/').is_some_and(|(rc, _)| has(rc)))
+                    .cloned()
+                    .collect(),
+            )
+        });
+        View {
+            layers,
+            filter,
+            extra: Vec::new(),
+        }
+    }
+
     /// This proxy's resources in the current generation, looked up once per generation.
     /// Building a new class is CPU work: on the multi-threaded runtime it runs with
     /// `block_in_place`, so the worker's other streams move elsewhere.
@@ -263,10 +311,10 @@ impl Stream {
             return c.clone();
         }
         // Usually the class is built already: then a few lookups, no hand-off of the worker.
-        let c = match self.published.gen.built_for(&self.proxy) {
+        let c = match self.published.gen.built_for(&self.proxy, self.vhds) {
             Some(c) => c,
             None => {
-                let build = || self.published.gen.for_proxy(&self.proxy);
+                let build = || self.published.gen.for_stream(&self.proxy, self.vhds);
                 match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
                     Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
                         tokio::task::block_in_place(build)
@@ -295,7 +343,7 @@ impl Stream {
     }
 
     fn ack(&mut self, type_url: &str, version: &str, pending: &mut Option<Instant>) {
-        if type_url == ROUTE || type_url == LISTENER {
+        if HOLDERS.contains(&type_url) {
             self.refs_acked = true;
         }
         if let Some(t) = pending.take() {
@@ -332,6 +380,9 @@ impl Stream {
         });
     }
 }
+
+/// Types whose resources name clusters (make-before-break holds clusters they name).
+const HOLDERS: [&str; 3] = [ROUTE, LISTENER, VHOST];
 
 impl Drop for Stream {
     fn drop(&mut self) {
@@ -479,6 +530,8 @@ async fn run<V: Variant>(
             return;
         }
     };
+    // VHDS travels on the ADS stream itself, and only a delta stream can carry it.
+    st.vhds = V::DELTA && fixed_type.is_none() && srv.vhds;
     let mut types: HashMap<String, V::State> = HashMap::new();
     let mut deferred: BTreeSet<String> = BTreeSet::new();
     let mut next = Some(first);
@@ -499,9 +552,13 @@ async fn run<V: Variant>(
             }
             // New routes/listeners were ACKed: clusters kept only for the old ones can go.
             // And types deferred while a response was in flight may go now.
+            // Virtual hosts wait for their route configurations.
             let mut again: BTreeSet<String> = std::mem::take(&mut deferred);
             if std::mem::take(&mut st.refs_acked) {
-                again.extend([CLUSTER.to_string(), ENDPOINT.to_string()]);
+                again.extend([CLUSTER, ENDPOINT, VHOST].map(String::from));
+            }
+            if std::mem::take(&mut st.vhds_due) {
+                again.insert(VHOST.to_string());
             }
             if !again.is_empty() {
                 let order = push_order(&types)

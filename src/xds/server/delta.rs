@@ -3,7 +3,7 @@
 use super::{Stream, Variant};
 use crate::xds::cache::Names;
 use crate::xds::wire::Plan;
-use crate::xds::{is_wildcard_type, short, SECRET};
+use crate::xds::{is_wildcard_type, short, ROUTE, SECRET, VHOST};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
@@ -31,10 +31,15 @@ impl Stream {
         ts: &mut DeltaType,
         forced: &BTreeSet<String>,
     ) -> Option<Plan> {
+        if type_url == VHOST && !self.routes_settled {
+            // Asked again once the route configurations in flight are answered.
+            return None;
+        }
         let started = Instant::now();
         let gen = self.published.gen.clone();
         let filter = (!ts.wildcard).then(|| ts.subscribed.clone());
         let cur = self.view(type_url, filter);
+        let reconnected = ts.claims.as_ref().is_some_and(|c| !c.is_empty());
         let (mut changed, mut removed) = match ts.claims.take() {
             Some(claims) => {
                 let all = cur.resolve(&gen);
@@ -92,6 +97,13 @@ impl Stream {
         let version = cur.resolve(&gen).version.clone();
         self.held.insert(type_url.to_string(), cur);
         if changed.is_empty() && removed.is_empty() {
+            if reconnected {
+                // A reconnect whose claims are all current: it holds this version.
+                self.update_status(type_url, |t| {
+                    t.sent_version = version.clone();
+                    t.acked_version = version;
+                });
+            }
             return None;
         }
         let nonce = self.next_nonce();
@@ -216,8 +228,20 @@ impl Stream {
         } else {
             None
         };
+        if type_url == ROUTE {
+            self.settle_routes(&ts);
+        }
         types.insert(type_url, ts);
         resp
+    }
+}
+
+impl Stream {
+    /// Route configurations are settled when none is in flight; virtual hosts are then due.
+    fn settle_routes(&mut self, ts: &DeltaType) {
+        let settled = ts.started && ts.pending.is_none();
+        self.vhds_due |= settled && self.vhds;
+        self.routes_settled = settled;
     }
 }
 
@@ -241,7 +265,11 @@ impl Variant for Delta {
         st.delta_request(types, r)
     }
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
-        st.delta_response(type_url, ts, &BTreeSet::new())
+        let resp = st.delta_response(type_url, ts, &BTreeSet::new());
+        if type_url == ROUTE {
+            st.routes_settled = ts.pending.is_none();
+        }
+        resp
     }
     fn in_flight(ts: &DeltaType) -> bool {
         ts.pending.is_some()
