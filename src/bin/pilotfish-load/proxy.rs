@@ -18,6 +18,10 @@
 //! Envoy's backoff (jittered exponential: 500 ms base, 30 s cap, reset when a response
 //! arrives). A reconnect sends what Envoy sends: the versions it holds (SotW `version_info`,
 //! delta `initial_resource_versions`) and its current subscriptions.
+//!
+//! Memory per simulated proxy stays small: the stream is the tool's own gRPC client
+//! (`grpc`: no buffer kept between messages), what a delta proxy holds is shared with the
+//! proxies holding the same (`held`), and name sets and their encodings are shared.
 
 use crate::config::ProxySpec;
 use crate::decode::{self, Cache, CDS, EDS, LDS, NTYPES, RDS, VHDS};
