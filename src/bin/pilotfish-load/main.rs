@@ -915,28 +915,34 @@ impl Load {
         let envoy_ok = match (&self.a.envoy, bin) {
             (Some(e), Some(p)) if went => {
                 let spec = self.handles[gw].as_ref().unwrap().spec.clone();
-                let res =
-                    match envoy::Envoy::start(e, &p, &spec, &self.cp.xds, &self.work.join("envoy"))
-                    {
-                        Ok(env) => {
-                            let want = [
-                                v.acked[0].as_str(),
-                                v.acked[2].as_str(),
-                                v.acked[3].as_str(),
-                            ];
-                            let res = env
-                                .converge(want, Duration::from_secs(self.a.timeout))
-                                .await;
-                            if res.is_err() {
-                                r.extra.insert(
-                                    "envoy_log".into(),
-                                    serde_json::json!(env.log.display().to_string()),
-                                );
-                            }
-                            res
+                let res = match envoy::Envoy::start(
+                    e,
+                    &p,
+                    &spec,
+                    &self.cp.xds,
+                    &self.work.join("envoy"),
+                    self.a.delta,
+                ) {
+                    Ok(env) => {
+                        let want = [
+                            v.acked[0].as_str(),
+                            v.acked[2].as_str(),
+                            v.acked[3].as_str(),
+                            v.acked[decode::VHDS].as_str(),
+                        ];
+                        let res = env
+                            .converge(want, Duration::from_secs(self.a.timeout))
+                            .await;
+                        if res.is_err() {
+                            r.extra.insert(
+                                "envoy_log".into(),
+                                serde_json::json!(env.log.display().to_string()),
+                            );
                         }
-                        Err(e) => Err(format!("{e:#}")),
-                    };
+                        res
+                    }
+                    Err(e) => Err(format!("{e:#}")),
+                };
                 match res {
                     Ok(secs) => {
                         r.extra
