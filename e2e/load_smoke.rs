@@ -135,10 +135,24 @@ fn smoke_sotw_50_proxies() {
 
 #[test]
 fn smoke_delta_50_proxies() {
-    let v = smoke(&["--delta", "--duration", "5"], "change,churn", 50, 100, 2);
+    let v = smoke(
+        &["--delta", "--duration", "5", "--dump-streams"],
+        "change,churn",
+        50,
+        100,
+        2,
+    );
     assert_correct(&v, 50, 2, false);
     assert!(u(&scenario(&v, "churn")["events"]) > 0);
     assert_eq!(v["params"]["mode"], "delta");
+    // Route configurations name VHDS on delta streams: every stream subscribed to virtual
+    // hosts and ACKed them (the markers of the edits arrive in virtual hosts).
+    let streams = v["streams"].as_array().expect("--dump-streams");
+    assert_eq!(streams.len(), 50);
+    for s in streams {
+        let vhds = s["versions"]["vhds"].as_str().unwrap_or_default();
+        assert!(!vhds.is_empty(), "no virtual hosts ACKed: {s:#}");
+    }
 }
 
 #[test]

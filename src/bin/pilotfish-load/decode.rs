@@ -1,7 +1,10 @@
 //! Decoding received resources into envoy-types messages and extracting what an Envoy
 //! would act on: a cluster's EDS name, the RDS names a listener's HTTP connection managers
-//! ask for, and the markers (route header values, churned endpoint addresses) that show
-//! which config version a resource belongs to.
+//! ask for, whether a route configuration names VHDS, and the markers (route header values
+//! in a route configuration's or a VHDS virtual host's routes, churned endpoint addresses)
+//! that show which config version a resource belongs to.
+//!
+//! The types, by index: CDS, EDS, LDS, RDS and VHDS (`VirtualHost` resources, delta only).
 //!
 //! `--decode cached` decodes each distinct resource content once per process and reuses the
 //! result for identical bytes (keyed by type, length and a 128-bit content hash): the tool
@@ -15,7 +18,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
@@ -27,22 +30,28 @@ pub const CDS: usize = 0;
 pub const EDS: usize = 1;
 pub const LDS: usize = 2;
 pub const RDS: usize = 3;
-pub const SHORT: [&str; 4] = ["cds", "eds", "lds", "rds"];
+/// Virtual hosts of route configurations that name VHDS (delta ADS only).
+pub const VHDS: usize = 4;
+/// Number of types.
+pub const NTYPES: usize = 5;
+/// Short names, as `/debug/syncz` shows them.
+pub const SHORT: [&str; NTYPES] = ["cds", "eds", "lds", "rds", "vhds"];
 
 pub fn type_url(t: usize) -> &'static str {
-    static URLS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    static URLS: std::sync::OnceLock<[String; NTYPES]> = std::sync::OnceLock::new();
     &URLS.get_or_init(|| {
         [
             Cluster::type_url(),
             ClusterLoadAssignment::type_url(),
             Listener::type_url(),
             RouteConfiguration::type_url(),
+            VirtualHost::type_url(),
         ]
-    })[t.min(3)]
+    })[t]
 }
 
 pub fn type_index(url: &str) -> Option<usize> {
-    (0..4).find(|t| type_url(*t) == url)
+    (0..NTYPES).find(|t| type_url(*t) == url)
 }
 
 /// What the tool keeps of one resource.
@@ -53,6 +62,8 @@ pub struct Extracted {
     pub eds: Option<String>,
     /// Listeners: route config names requested over RDS.
     pub rds: Vec<String>,
+    /// Route configurations: their virtual hosts come over VHDS.
+    pub vhds: bool,
     /// Markers: (slot, seq) seen in this resource.
     pub obs: Vec<(Slot, u32)>,
 }
@@ -126,34 +137,45 @@ pub fn extract(t: usize, any_type: &str, bytes: &[u8]) -> Result<Extracted, Stri
             x.rds.dedup();
             x.name = l.name;
         }
-        _ => {
+        RDS => {
             let r = RouteConfiguration::decode(bytes)
                 .map_err(|e| format!("route configuration: {e}"))?;
-            let mut min: HashMap<u32, u32> = HashMap::new();
-            for route in r.virtual_hosts.iter().flat_map(|v| v.routes.iter()) {
-                for h in route
-                    .response_headers_to_add
-                    .iter()
-                    .filter_map(|h| h.header.as_ref())
-                {
-                    if h.key == MARKER_HEADER {
-                        if let Some((k, seq)) = parse_marker(&h.value) {
-                            let e = min.entry(k).or_insert(seq);
-                            *e = (*e).min(seq);
-                        }
-                    }
-                }
-            }
-            x.obs = min.into_iter().map(|(k, s)| (Slot::Route(k), s)).collect();
+            x.obs = route_markers(&r.virtual_hosts);
+            x.vhds = r.vhds.is_some();
             x.name = r.name;
+        }
+        _ => {
+            let v = VirtualHost::decode(bytes).map_err(|e| format!("virtual host: {e}"))?;
+            x.obs = route_markers(std::slice::from_ref(&v));
+            x.name = v.name;
         }
     }
     Ok(x)
 }
 
+/// Markers of virtual hosts' routes: the lowest seq per service.
+fn route_markers(vhosts: &[VirtualHost]) -> Vec<(Slot, u32)> {
+    let mut min: HashMap<u32, u32> = HashMap::new();
+    for route in vhosts.iter().flat_map(|v| v.routes.iter()) {
+        for h in route
+            .response_headers_to_add
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+        {
+            if h.key == MARKER_HEADER {
+                if let Some((k, seq)) = parse_marker(&h.value) {
+                    let e = min.entry(k).or_insert(seq);
+                    *e = (*e).min(seq);
+                }
+            }
+        }
+    }
+    min.into_iter().map(|(k, s)| (Slot::Route(k), s)).collect()
+}
+
 /// 128-bit content hash (two multiply-rotate lanes); a difference in one 8-byte word always
 /// changes the result, since every step is a bijection of the state.
-fn hash128(b: &[u8]) -> (u64, u64) {
+pub fn hash128(b: &[u8]) -> (u64, u64) {
     const K1: u64 = 0x9E37_79B9_7F4A_7C15;
     const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
     let mut h1: u64 = 0x243F_6A88_85A3_08D3 ^ b.len() as u64;
@@ -193,6 +215,8 @@ pub struct Decoded {
     /// CDS: EDS names of the clusters; LDS: RDS names of the listeners.
     pub eds: Arc<BTreeSet<String>>,
     pub rds: Arc<BTreeSet<String>>,
+    /// RDS: some route configuration names VHDS.
+    pub vhds: bool,
 }
 
 impl Decoded {
@@ -212,6 +236,7 @@ impl Decoded {
             obs: min.into_iter().collect(),
             eds: Arc::new(items.iter().filter_map(|x| x.eds.clone()).collect()),
             rds: Arc::new(items.iter().flat_map(|x| x.rds.iter().cloned()).collect()),
+            vhds: items.iter().any(|x| x.vhds),
             items,
         })
     }

@@ -1,6 +1,7 @@
 //! One real Envoy next to the simulated proxies (`--envoy PATH`): bootstrapped with
 //! `pilotfish bootstrap` as the twin of a simulated proxy (same namespace, labels and
-//! address), so the control plane sends it the same content and SotW versions. Used by the
+//! address) and in the same mode (`--delta`: incremental xDS, route configurations in their
+//! VHDS form), so the control plane sends it the same content and versions. Used by the
 //! large scenario to show that Envoy itself accepts the > 4 MiB config.
 
 use crate::config::ProxySpec;
@@ -31,6 +32,7 @@ impl Envoy {
         spec: &ProxySpec,
         xds: &str,
         dir: &Path,
+        delta: bool,
     ) -> anyhow::Result<Envoy> {
         let admin_port = crate::sys::free_port();
         let labels: Vec<String> = spec
@@ -48,6 +50,7 @@ impl Envoy {
                 "--admin-port",
                 &admin_port.to_string(),
             ])
+            .args(delta.then_some("--delta"))
             .output()
             .with_context(|| format!("running {} bootstrap", pilotfish.display()))?;
         if !o.status.success() {
@@ -105,9 +108,10 @@ impl Envoy {
         })
     }
 
-    /// Waits until Envoy's CDS/LDS/RDS versions are `want` (cds, lds, rds) and nothing was
-    /// rejected; Ok(seconds) or Err(what Envoy has).
-    pub async fn converge(&self, want: [&str; 3], timeout: Duration) -> Result<f64, String> {
+    /// Waits until Envoy's CDS/LDS/RDS (and VHDS, when `want[3]` is not empty) versions are
+    /// `want` (cds, lds, rds, vhds) and nothing was rejected; Ok(seconds) or Err(what
+    /// Envoy has).
+    pub async fn converge(&self, want: [&str; 4], timeout: Duration) -> Result<f64, String> {
         let start = Instant::now();
         let mut last = String::from("no /stats answer");
         loop {
@@ -121,26 +125,36 @@ impl Envoy {
                 if !rejected.is_empty() {
                     return Err(format!("Envoy rejected config: {rejected:?}"));
                 }
-                let rds: Vec<&str> = s
-                    .iter()
-                    .filter(|(k, _)| k.contains(".rds.") && k.ends_with(".version_text"))
-                    .map(|(_, v)| v.as_str())
-                    .collect();
+                // `http.<prefix>.rds.<config>.version_text`, and for a configuration using
+                // VHDS `http.<prefix>.rds.vhds.<config>.version_text`.
+                let versions = |vhds: bool| -> Vec<&str> {
+                    s.iter()
+                        .filter(|(k, _)| {
+                            k.contains(".rds.")
+                                && k.ends_with(".version_text")
+                                && k.contains(".rds.vhds.") == vhds
+                        })
+                        .map(|(_, v)| v.as_str())
+                        .collect()
+                };
+                let (rds, vhds) = (versions(false), versions(true));
                 let cds = get("cluster_manager.cds.version_text");
                 let lds = get("listener_manager.lds.version_text");
                 if cds == Some(want[0])
                     && lds == Some(want[1])
                     && !rds.is_empty()
                     && rds.iter().all(|r| *r == want[2])
+                    && (want[3].is_empty()
+                        || (!vhds.is_empty() && vhds.iter().all(|v| *v == want[3])))
                 {
                     return Ok(start.elapsed().as_secs_f64());
                 }
-                last = format!("cds {cds:?} lds {lds:?} rds {rds:?}");
+                last = format!("cds {cds:?} lds {lds:?} rds {rds:?} vhds {vhds:?}");
             }
             if start.elapsed() > timeout {
                 return Err(format!(
-                    "Envoy did not reach cds {} lds {} rds {} within {timeout:?}: it has {last}",
-                    want[0], want[1], want[2]
+                    "Envoy did not reach cds {} lds {} rds {} vhds {:?} within {timeout:?}: it has {last}",
+                    want[0], want[1], want[2], want[3]
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -17,6 +17,8 @@
 mod config;
 mod decode;
 mod envoy;
+mod grpc;
+mod held;
 mod proxy;
 mod report;
 mod sys;
@@ -325,6 +327,17 @@ fn kb_to_mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
+/// The tool's own RSS, after giving back what the allocator kept of freed memory (the
+/// messages in flight during the scenario), so that it shows what the streams hold.
+fn tool_rss_mb() -> Option<f64> {
+    // SAFETY: malloc_trim is thread safe and only releases memory that is already free.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    proc_stat(std::process::id()).map(|s| kb_to_mb(s.rss_kb))
+}
+
 impl Load {
     fn slots(&self) -> usize {
         self.a.services + 1
@@ -405,7 +418,7 @@ impl Load {
                 _ => None,
             },
             tool_cpu_s: sys::self_cpu() - m.tool_cpu,
-            tool_rss_mb: proc_stat(std::process::id()).map(|s| kb_to_mb(s.rss_kb)),
+            tool_rss_mb: tool_rss_mb(),
             cp_rss_mb: rss.map(kb_to_mb),
             cp_peak_rss_mb: self
                 .sampler
@@ -444,10 +457,11 @@ impl Load {
 
     fn synced(&self, h: &Handle, routes: usize) -> bool {
         let v = h.view.lock().unwrap();
-        v.connected && v.acked_once.iter().all(|x| *x) && v.routes_seen >= routes
+        v.connected && v.types_synced() && v.routes_seen >= routes
     }
 
-    /// Waits until every stream in `idxs` has ACKed all four types and seen every marker.
+    /// Waits until every stream in `idxs` has ACKed every type it subscribed to and seen
+    /// every marker.
     async fn wait_synced(&self, idxs: &[usize], routes: usize, timeout: Duration) -> Vec<usize> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -901,28 +915,34 @@ impl Load {
         let envoy_ok = match (&self.a.envoy, bin) {
             (Some(e), Some(p)) if went => {
                 let spec = self.handles[gw].as_ref().unwrap().spec.clone();
-                let res =
-                    match envoy::Envoy::start(e, &p, &spec, &self.cp.xds, &self.work.join("envoy"))
-                    {
-                        Ok(env) => {
-                            let want = [
-                                v.acked[0].as_str(),
-                                v.acked[2].as_str(),
-                                v.acked[3].as_str(),
-                            ];
-                            let res = env
-                                .converge(want, Duration::from_secs(self.a.timeout))
-                                .await;
-                            if res.is_err() {
-                                r.extra.insert(
-                                    "envoy_log".into(),
-                                    serde_json::json!(env.log.display().to_string()),
-                                );
-                            }
-                            res
+                let res = match envoy::Envoy::start(
+                    e,
+                    &p,
+                    &spec,
+                    &self.cp.xds,
+                    &self.work.join("envoy"),
+                    self.a.delta,
+                ) {
+                    Ok(env) => {
+                        let want = [
+                            v.acked[0].as_str(),
+                            v.acked[2].as_str(),
+                            v.acked[3].as_str(),
+                            v.acked[decode::VHDS].as_str(),
+                        ];
+                        let res = env
+                            .converge(want, Duration::from_secs(self.a.timeout))
+                            .await;
+                        if res.is_err() {
+                            r.extra.insert(
+                                "envoy_log".into(),
+                                serde_json::json!(env.log.display().to_string()),
+                            );
                         }
-                        Err(e) => Err(format!("{e:#}")),
-                    };
+                        res
+                    }
+                    Err(e) => Err(format!("{e:#}")),
+                };
                 match res {
                     Ok(secs) => {
                         r.extra
@@ -1030,7 +1050,7 @@ impl Load {
                 checked += 1;
                 let v = h.view();
                 let id = &h.spec.node_id;
-                if !v.connected || !v.acked_once.iter().all(|x| *x) {
+                if !v.connected || !v.types_synced() {
                     problems.push(format!(
                         "{id}: connected {} acked {:?}",
                         v.connected, v.acked_once
@@ -1043,6 +1063,11 @@ impl Load {
                 };
                 for (t, short) in decode::SHORT.iter().enumerate() {
                     let ty = &row["types"][short];
+                    // Virtual hosts: checked when the stream subscribed or the control
+                    // plane shows the type.
+                    if t == decode::VHDS && !v.vhds && ty.is_null() {
+                        continue;
+                    }
                     let sent = ty["sent_version"].as_str().unwrap_or_default();
                     let acked = ty["acked_version"].as_str().unwrap_or_default();
                     let nacked = ty["nacked_version"].as_str().unwrap_or_default();
@@ -1179,7 +1204,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         }
     };
     let sh = Arc::new(Shared {
-        uri: format!("http://{}", cp.xds),
+        addr: cp.xds.clone(),
         delta: a.delta,
         nack_percent: a.nack_percent,
         cache: decode::Cache::new(a.decode == DecodeMode::Full),

@@ -4,22 +4,34 @@
 //! ```text
 //!  CDS wildcard ──► ACK ──► EDS for the EDS clusters received ──► ACK ──► LDS wildcard
 //!      ──► ACK ──► RDS for the route names the listeners' HTTP connection managers name
+//!      ──► ACK ──► (delta, first route configuration naming VHDS) VirtualHost wildcard
 //! ```
+//! VHDS as Envoy does it on an ADS stream: one wildcard subscription to
+//! `envoy.config.route.v3.VirtualHost` after the first route configuration with `vhds` is
+//! applied, never another one on that stream (later configurations with `vhds` do not
+//! trigger one); virtual hosts are ACKed/NACKed like any other type, and a reconnect sends
+//! the type again with the versions held. A virtual host whose `name` is not its resource
+//! name (`<route config>/<virtual host>`, which Envoy needs to remove it) is NACKed.
 //! Every resource is decoded before the ACK (see `decode`); a resource that does not decode
 //! gets a NACK; `--nack-percent` NACKs some updates on purpose. Stream errors (including
 //! `Unavailable` and `ResourceExhausted`) and server-closed streams lead to a reconnect after
 //! Envoy's backoff (jittered exponential: 500 ms base, 30 s cap, reset when a response
 //! arrives). A reconnect sends what Envoy sends: the versions it holds (SotW `version_info`,
 //! delta `initial_resource_versions`) and its current subscriptions.
+//!
+//! Memory per simulated proxy stays small: the stream is the tool's own gRPC client
+//! (`grpc`: no buffer kept between messages), what a delta proxy holds is shared with the
+//! proxies holding the same (`held`), and name sets and their encodings are shared.
 
 use crate::config::ProxySpec;
-use crate::decode::{self, Cache, CDS, EDS, LDS, RDS};
+use crate::decode::{self, Cache, CDS, EDS, LDS, NTYPES, RDS, VHDS};
+use crate::grpc;
+use crate::held::{self, Held};
 use crate::sys::Rng;
 use crate::track::{Seen, Slot, Tracker};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
-    DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use envoy_types::pb::google::rpc;
@@ -28,9 +40,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tokio::sync::watch;
 
 /// Counters over all streams.
 #[derive(Default)]
@@ -121,8 +131,8 @@ impl Stats {
 
 /// What every stream shares.
 pub struct Shared {
-    /// `http://host:port` of the control plane's xDS port.
-    pub uri: String,
+    /// `host:port` of the control plane's xDS port.
+    pub addr: String,
     pub delta: bool,
     pub nack_percent: f64,
     pub cache: Cache,
@@ -141,14 +151,23 @@ pub struct Shared {
 pub struct View {
     pub connected: bool,
     /// Last ACKed version per type (SotW `version_info`, delta `system_version_info`).
-    pub acked: [String; 4],
-    pub acked_once: [bool; 4],
+    pub acked: [String; NTYPES],
+    pub acked_once: [bool; NTYPES],
+    /// Subscribed to virtual hosts (VHDS).
+    pub vhds: bool,
     pub routes_seen: usize,
     pub nacks: u64,
     pub injected: u64,
     pub errors: u64,
     pub last_error: String,
     pub max_msg: u64,
+}
+
+impl View {
+    /// Every type subscribed was ACKed at least once (VHDS only if subscribed).
+    pub fn types_synced(&self) -> bool {
+        (0..NTYPES).all(|t| self.acked_once[t] || (t == VHDS && !self.vhds))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -247,15 +266,12 @@ struct TypeState {
     names: Arc<BTreeSet<String>>,
     started: bool,
     acked_once: bool,
-    /// Delta: what the proxy holds, name → version.
-    held: HashMap<String, String>,
+    /// Delta: what the proxy holds (shared with the proxies holding the same).
+    held: Arc<Held>,
 }
 
 struct State {
-    t: [TypeState; 4],
-    /// Delta: clusters held → EDS name; listeners held → RDS names.
-    cluster_eds: HashMap<String, Option<String>>,
-    listener_rds: HashMap<String, Vec<String>>,
+    t: [TypeState; NTYPES],
     lds_started: bool,
     seen: Seen,
     rng: Rng,
@@ -274,13 +290,13 @@ enum End {
     Err(ErrKind, String),
 }
 
-fn status_end(s: &tonic::Status) -> End {
-    let k = match s.code() {
+fn status_end(s: &grpc::Status) -> End {
+    let k = match s.code {
         tonic::Code::Unavailable => ErrKind::Unavailable,
         tonic::Code::ResourceExhausted => ErrKind::Exhausted,
         _ => ErrKind::Other,
     };
-    End::Err(k, format!("{:?}: {}", s.code(), s.message()))
+    End::Err(k, format!("{:?}: {}", s.code, s.message))
 }
 
 /// Envoy's JitteredExponentialBackOffStrategy.
@@ -301,18 +317,6 @@ impl Backoff {
     }
 }
 
-async fn connect(uri: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(uri.to_string())
-        .map_err(|e| e.to_string())?
-        .initial_stream_window_size(Some(64 << 20))
-        .initial_connection_window_size(Some(64 << 20))
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| format!("connect {uri}: {e}"))
-}
-
 async fn run(
     sh: Arc<Shared>,
     spec: Arc<ProxySpec>,
@@ -322,8 +326,6 @@ async fn run(
 ) {
     let mut st = State {
         t: Default::default(),
-        cluster_eds: HashMap::new(),
-        listener_rds: HashMap::new(),
         lds_started: false,
         seen: Seen::new(sh.slots),
         rng: Rng::new(seed),
@@ -391,8 +393,8 @@ async fn session(
     cmd: &mut watch::Receiver<Cmd>,
     backoff: &mut Backoff,
 ) -> End {
-    let ch = tokio::select! {
-        c = connect(&sh.uri) => match c {
+    let mut conn = tokio::select! {
+        c = grpc::connect(&sh.addr) => match c {
             Ok(c) => c,
             Err(e) => return End::Err(ErrKind::Connect, e),
         },
@@ -401,18 +403,76 @@ async fn session(
     for t in &mut st.t {
         t.nonce.clear();
     }
-    if sh.delta {
-        let client = AggregatedDiscoveryServiceClient::new(ch)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX);
-        session_delta(sh, spec, st, view, cmd, backoff, client).await
+    let path = if sh.delta {
+        grpc::DELTA_PATH
     } else {
-        session_sotw(sh, spec, st, view, cmd, backoff, ch).await
+        grpc::SOTW_PATH
+    };
+    let (mut tx, pending) = tokio::select! {
+        c = conn.call(path) => match c {
+            Ok(c) => c,
+            Err(s) => return status_end(&s),
+        },
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    // First stream: CDS. Reconnect: every subscription, with the versions held.
+    st.t[CDS].started = true;
+    let sent = if sh.delta {
+        first_delta(spec, st, &mut tx)
+    } else {
+        first_sotw(spec, st, &mut tx)
+    };
+    if let Err(s) = sent {
+        return status_end(&s);
     }
-}
-
-fn sorted(s: &BTreeSet<String>) -> Vec<String> {
-    s.iter().cloned().collect()
+    let mut rx = tokio::select! {
+        r = pending.response() => match r {
+            Ok(rx) => rx,
+            Err(s) => return status_end(&s),
+        },
+        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+    };
+    sh.stats.connects.fetch_add(1, Relaxed);
+    view.lock().unwrap().connected = true;
+    loop {
+        let m = tokio::select! {
+            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
+            m = rx.message() => m,
+        };
+        let b = match m {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return End::Err(ErrKind::Ended, "stream ended by the control plane".into())
+            }
+            Err(s) => return status_end(&s),
+        };
+        backoff.reset();
+        let len = b.len();
+        let done = if sh.delta {
+            match DeltaDiscoveryResponse::decode(b) {
+                Ok(r) => on_delta(sh, spec, st, view, &mut tx, r, len),
+                Err(e) => {
+                    return End::Err(
+                        ErrKind::Other,
+                        format!("Internal: decoding a DeltaDiscoveryResponse: {e}"),
+                    )
+                }
+            }
+        } else {
+            match DiscoveryResponse::decode(b) {
+                Ok(r) => on_sotw(sh, spec, st, view, &mut tx, r, len),
+                Err(e) => {
+                    return End::Err(
+                        ErrKind::Other,
+                        format!("Internal: decoding a DiscoveryResponse: {e}"),
+                    )
+                }
+            }
+        };
+        if let Err(s) = done {
+            return status_end(&s);
+        }
+    }
 }
 
 fn record_response(sh: &Shared, view: &Mutex<View>, len: usize, n: usize) {
@@ -522,119 +582,33 @@ fn names_wire(names: &Arc<BTreeSet<String>>) -> bytes::Bytes {
     b
 }
 
-/// The ADS codec of the SotW client: requests go out as pre-encoded bytes.
-struct AdsCodec;
-struct RawEncoder;
-struct ResponseDecoder;
-
-impl tonic::codec::Codec for AdsCodec {
-    type Encode = RawRequest;
-    type Decode = DiscoveryResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = RawRequest;
-    type Error = tonic::Status;
-    fn encode(
-        &mut self,
-        item: RawRequest,
-        dst: &mut tonic::codec::EncodeBuf<'_>,
-    ) -> Result<(), tonic::Status> {
-        use bytes::BufMut;
-        dst.put_slice(&item.head);
-        dst.put_slice(&item.names);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ResponseDecoder {
-    type Item = DiscoveryResponse;
-    type Error = tonic::Status;
-    fn decode(
-        &mut self,
-        src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<DiscoveryResponse>, tonic::Status> {
-        DiscoveryResponse::decode(src)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("decoding a DiscoveryResponse: {e}")))
-    }
-}
-
-async fn session_sotw(
-    sh: &Shared,
-    spec: &ProxySpec,
-    st: &mut State,
-    view: &Mutex<View>,
-    cmd: &mut watch::Receiver<Cmd>,
-    backoff: &mut Backoff,
-    ch: Channel,
-) -> End {
-    let (tx, rx) = mpsc::channel(64);
-    // First stream: CDS. Reconnect: every subscription, with the versions held.
-    st.t[CDS].started = true;
+/// The initial requests of a SotW stream: every type subscribed, with the versions held.
+fn first_sotw(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(), grpc::Status> {
     let mut first = true;
     for t in [CDS, EDS, LDS, RDS] {
         if st.t[t].started {
-            let _ = tx.try_send(sotw_req(first.then_some(spec), t, &st.t[t], None));
+            let r = sotw_req(first.then_some(spec), t, &st.t[t], None);
+            tx.send(&r.head, &[r.names])?;
             first = false;
         }
     }
-    let resp = tokio::select! {
-        r = async {
-            let mut grpc = tonic::client::Grpc::new(ch)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
-            grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let path = http::uri::PathAndQuery::from_static(
-                "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-            );
-            grpc.streaming(tonic::Request::new(ReceiverStream::new(rx)), path, AdsCodec).await
-        } => r,
-        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-    };
-    let mut inbound = match resp {
-        Ok(r) => r.into_inner(),
-        Err(s) => return status_end(&s),
-    };
-    sh.stats.connects.fetch_add(1, Relaxed);
-    view.lock().unwrap().connected = true;
-    loop {
-        tokio::select! {
-            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-            m = inbound.message() => match m {
-                Ok(Some(r)) => {
-                    backoff.reset();
-                    if on_sotw(sh, spec, st, view, &tx, r).await.is_err() {
-                        return End::Err(ErrKind::Other, "request channel closed".into());
-                    }
-                }
-                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
-                Err(s) => return status_end(&s),
-            }
-        }
-    }
+    Ok(())
 }
 
-async fn on_sotw(
+fn on_sotw(
     sh: &Shared,
     spec: &ProxySpec,
     st: &mut State,
     view: &Mutex<View>,
-    tx: &mpsc::Sender<RawRequest>,
+    tx: &mut grpc::Sender,
     r: DiscoveryResponse,
-) -> Result<(), ()> {
-    let Some(t) = decode::type_index(&r.type_url) else {
+    len: usize,
+) -> Result<(), grpc::Status> {
+    // Virtual hosts are not subscribed to over SotW.
+    let Some(t) = decode::type_index(&r.type_url).filter(|t| *t != VHDS) else {
         return Ok(());
     };
-    record_response(sh, view, r.encoded_len(), r.resources.len());
+    record_response(sh, view, len, r.resources.len());
     let xs = sh.cache.response(
         t,
         r.resources
@@ -642,7 +616,7 @@ async fn on_sotw(
             .map(|a| Some((a.type_url.as_str(), a.value.as_slice()))),
     );
     st.t[t].nonce = r.nonce.clone();
-    let send = |req: RawRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let mut send = |req: RawRequest| tx.send(&req.head, &[req.names]);
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
@@ -652,14 +626,14 @@ async fn on_sotw(
                 message: e,
                 ..Default::default()
             };
-            send(sotw_req(None, t, &st.t[t], Some(error))).await?;
+            send(sotw_req(None, t, &st.t[t], Some(error)))?;
             after_ack(sh, st, view, spec.idx, t, &[], false);
             return Ok(());
         }
     };
     let obs = &xs.obs;
     if inject(sh, st, t) {
-        send(sotw_req(None, t, &st.t[t], Some(injected_error()))).await?;
+        send(sotw_req(None, t, &st.t[t], Some(injected_error())))?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
         after_ack(sh, st, view, spec.idx, t, obs, false);
@@ -667,7 +641,7 @@ async fn on_sotw(
     }
     st.t[t].version = r.version_info.clone();
     st.t[t].acked_once = true;
-    send(sotw_req(None, t, &st.t[t], None)).await?;
+    send(sotw_req(None, t, &st.t[t], None))?;
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
@@ -675,18 +649,18 @@ async fn on_sotw(
             if !eds.is_empty() && (eds != &st.t[EDS].names || !st.t[EDS].started) {
                 st.t[EDS].names = eds.clone();
                 st.t[EDS].started = true;
-                send(sotw_req(None, EDS, &st.t[EDS], None)).await?;
+                send(sotw_req(None, EDS, &st.t[EDS], None))?;
             } else if eds.is_empty() && !st.lds_started {
-                start_lds_sotw(st, &send).await?;
+                start_lds_sotw(st, &mut send)?;
             }
         }
-        EDS if !st.lds_started => start_lds_sotw(st, &send).await?,
+        EDS if !st.lds_started => start_lds_sotw(st, &mut send)?,
         LDS => {
             let rds = &xs.rds;
             if !rds.is_empty() && (rds != &st.t[RDS].names || !st.t[RDS].started) {
                 st.t[RDS].names = rds.clone();
                 st.t[RDS].started = true;
-                send(sotw_req(None, RDS, &st.t[RDS], None)).await?;
+                send(sotw_req(None, RDS, &st.t[RDS], None))?;
             }
         }
         _ => {}
@@ -694,14 +668,13 @@ async fn on_sotw(
     Ok(())
 }
 
-async fn start_lds_sotw<F, Fut>(st: &mut State, send: &F) -> Result<(), ()>
+fn start_lds_sotw<F>(st: &mut State, send: &mut F) -> Result<(), grpc::Status>
 where
-    F: Fn(RawRequest) -> Fut,
-    Fut: std::future::Future<Output = Result<(), ()>>,
+    F: FnMut(RawRequest) -> Result<(), grpc::Status>,
 {
     st.lds_started = true;
     st.t[LDS].started = true;
-    send(sotw_req(None, LDS, &st.t[LDS], None)).await
+    send(sotw_req(None, LDS, &st.t[LDS], None))
 }
 
 // ------------------------------------------------------------------ delta
@@ -714,64 +687,40 @@ fn delta_base(spec: Option<&ProxySpec>, t: usize) -> DeltaDiscoveryRequest {
     }
 }
 
-async fn session_delta(
-    sh: &Shared,
-    spec: &ProxySpec,
-    st: &mut State,
-    view: &Mutex<View>,
-    cmd: &mut watch::Receiver<Cmd>,
-    backoff: &mut Backoff,
-    mut client: AggregatedDiscoveryServiceClient<Channel>,
-) -> End {
-    let (tx, rx) = mpsc::channel(64);
-    st.t[CDS].started = true;
+/// The initial requests of a delta stream: every type subscribed, with the versions held.
+fn first_delta(spec: &ProxySpec, st: &State, tx: &mut grpc::Sender) -> Result<(), grpc::Status> {
     let mut first = true;
-    for t in [CDS, EDS, LDS, RDS] {
+    for t in [CDS, EDS, LDS, RDS, VHDS] {
         if st.t[t].started {
-            let mut req = delta_base(first.then_some(spec), t);
+            let head = delta_base(first.then_some(spec), t).encode_to_vec();
             first = false;
-            if t == EDS || t == RDS {
-                req.resource_names_subscribe = sorted(&st.t[t].names);
-            }
-            req.initial_resource_versions = st.t[t].held.clone();
-            let _ = tx.try_send(req);
+            // Fields 1–2, then the names subscribed (3), then the versions held (5): both
+            // encoded once per shared set.
+            let names = if t == EDS || t == RDS {
+                names_wire(&st.t[t].names)
+            } else {
+                bytes::Bytes::new()
+            };
+            tx.send(&head, &[names, st.t[t].held.irv_wire()])?;
         }
     }
-    let resp = tokio::select! {
-        r = client.delta_aggregated_resources(ReceiverStream::new(rx)) => r,
-        _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-    };
-    let mut inbound = match resp {
-        Ok(r) => r.into_inner(),
-        Err(s) => return status_end(&s),
-    };
-    sh.stats.connects.fetch_add(1, Relaxed);
-    view.lock().unwrap().connected = true;
-    loop {
-        tokio::select! {
-            _ = cmd.changed() => return End::Cmd(cmd.borrow_and_update().clone()),
-            m = inbound.message() => match m {
-                Ok(Some(r)) => {
-                    backoff.reset();
-                    if on_delta(sh, spec, st, view, &tx, r).await.is_err() {
-                        return End::Err(ErrKind::Other, "request channel closed".into());
-                    }
-                }
-                Ok(None) => return End::Err(ErrKind::Ended, "stream ended by the control plane".into()),
-                Err(s) => return status_end(&s),
-            }
-        }
-    }
+    Ok(())
+}
+
+fn send_delta(tx: &mut grpc::Sender, req: DeltaDiscoveryRequest) -> Result<(), grpc::Status> {
+    tx.send(&req.encode_to_vec(), &[])
 }
 
 /// Subscribe/unsubscribe request moving `t`'s subscription to `want` (None if unchanged).
 fn delta_resubscribe(
     st: &mut State,
     t: usize,
-    want: BTreeSet<String>,
+    want: Arc<BTreeSet<String>>,
 ) -> Option<DeltaDiscoveryRequest> {
     let ts = &mut st.t[t];
-    if ts.started && want == *ts.names {
+    if ts.started && (Arc::ptr_eq(&want, &ts.names) || want == ts.names) {
+        // The same names: share the set the others hold.
+        ts.names = want;
         return None;
     }
     if want.is_empty() && !ts.started {
@@ -780,26 +729,30 @@ fn delta_resubscribe(
     let mut req = delta_base(None, t);
     req.resource_names_subscribe = want.difference(&ts.names).cloned().collect();
     req.resource_names_unsubscribe = ts.names.difference(&want).cloned().collect();
-    for n in &req.resource_names_unsubscribe {
-        ts.held.remove(n);
-    }
-    ts.names = Arc::new(want);
+    let gone: Vec<&str> = req
+        .resource_names_unsubscribe
+        .iter()
+        .map(String::as_str)
+        .collect();
+    held::apply(t, &mut ts.held, &[], &gone);
+    ts.names = want;
     ts.started = true;
     Some(req)
 }
 
-async fn on_delta(
+fn on_delta(
     sh: &Shared,
     spec: &ProxySpec,
     st: &mut State,
     view: &Mutex<View>,
-    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
+    tx: &mut grpc::Sender,
     r: DeltaDiscoveryResponse,
-) -> Result<(), ()> {
+    len: usize,
+) -> Result<(), grpc::Status> {
     let Some(t) = decode::type_index(&r.type_url) else {
         return Ok(());
     };
-    record_response(sh, view, r.encoded_len(), r.resources.len());
+    record_response(sh, view, len, r.resources.len());
     let xs = sh.cache.response(
         t,
         r.resources.iter().map(|res| {
@@ -809,12 +762,27 @@ async fn on_delta(
         }),
     );
     st.t[t].nonce = r.nonce.clone();
-    let send = |req: DeltaDiscoveryRequest| async move { tx.send(req).await.map_err(|_| ()) };
+    let mut send = |req: DeltaDiscoveryRequest| send_delta(tx, req);
     let ack = |error: Option<rpc::Status>| DeltaDiscoveryRequest {
         response_nonce: r.nonce.clone(),
         error_detail: error,
         ..delta_base(None, t)
     };
+    // A virtual host must be named as its resource: Envoy removes it by that name.
+    let xs = xs.and_then(|xs| {
+        match r
+            .resources
+            .iter()
+            .zip(&xs.items)
+            .find(|(res, x)| t == VHDS && res.name != x.name)
+        {
+            Some((res, x)) => Err(format!(
+                "virtual host resource {:?} has name {:?}",
+                res.name, x.name
+            )),
+            None => Ok(xs),
+        }
+    });
     let xs = match xs {
         Ok(xs) => xs,
         Err(e) => {
@@ -823,15 +791,14 @@ async fn on_delta(
                 code: tonic::Code::InvalidArgument as i32,
                 message: e,
                 ..Default::default()
-            })))
-            .await?;
+            })))?;
             after_ack(sh, st, view, spec.idx, t, &[], false);
             return Ok(());
         }
     };
     let obs = &xs.obs;
     if inject(sh, st, t) {
-        send(ack(Some(injected_error()))).await?;
+        send(ack(Some(injected_error())))?;
         sh.stats.injected.fetch_add(1, Relaxed);
         view.lock().unwrap().injected += 1;
         after_ack(sh, st, view, spec.idx, t, obs, false);
@@ -839,51 +806,47 @@ async fn on_delta(
     }
     {
         let ts = &mut st.t[t];
-        for res in &r.resources {
-            ts.held.insert(res.name.clone(), res.version.clone());
-        }
-        for n in &r.removed_resources {
-            ts.held.remove(n);
-        }
+        let upserts: Vec<(&str, &str, &Arc<decode::Extracted>)> = r
+            .resources
+            .iter()
+            .zip(&xs.items)
+            .map(|(res, x)| (res.name.as_str(), res.version.as_str(), x))
+            .collect();
+        let removes: Vec<&str> = r.removed_resources.iter().map(String::as_str).collect();
+        held::apply(t, &mut ts.held, &upserts, &removes);
         ts.version = r.system_version_info.clone();
         ts.acked_once = true;
     }
-    send(ack(None)).await?;
+    send(ack(None))?;
     after_ack(sh, st, view, spec.idx, t, obs, true);
     match t {
         CDS => {
-            for (res, x) in r.resources.iter().zip(&xs.items) {
-                st.cluster_eds.insert(res.name.clone(), x.eds.clone());
-            }
-            for n in &r.removed_resources {
-                st.cluster_eds.remove(n);
-            }
-            let want: BTreeSet<String> = st.cluster_eds.values().flatten().cloned().collect();
+            let want = st.t[CDS].held.links();
             let empty = want.is_empty();
             if let Some(req) = delta_resubscribe(st, EDS, want) {
-                send(req).await?;
+                send(req)?;
             } else if empty && !st.lds_started {
                 st.lds_started = true;
                 st.t[LDS].started = true;
-                send(delta_base(None, LDS)).await?;
+                send(delta_base(None, LDS))?;
             }
         }
         EDS if !st.lds_started => {
             st.lds_started = true;
             st.t[LDS].started = true;
-            send(delta_base(None, LDS)).await?;
+            send(delta_base(None, LDS))?;
         }
         LDS => {
-            for (res, x) in r.resources.iter().zip(&xs.items) {
-                st.listener_rds.insert(res.name.clone(), x.rds.clone());
-            }
-            for n in &r.removed_resources {
-                st.listener_rds.remove(n);
-            }
-            let want: BTreeSet<String> = st.listener_rds.values().flatten().cloned().collect();
+            let want = st.t[LDS].held.links();
             if let Some(req) = delta_resubscribe(st, RDS, want) {
-                send(req).await?;
+                send(req)?;
             }
+        }
+        // Once, with a wildcard: the first route configuration applied that names VHDS.
+        RDS if xs.vhds && !st.t[VHDS].started => {
+            st.t[VHDS].started = true;
+            view.lock().unwrap().vhds = true;
+            send(delta_base(None, VHDS))?;
         }
         _ => {}
     }
