@@ -270,7 +270,11 @@ impl View {
         items.sort_by(|a, b| a.name.cmp(&b.name));
         items.dedup_by(|a, b| a.name == b.name);
         let version = set_version(items.iter());
-        Resolved { items, version }
+        Resolved {
+            items,
+            version,
+            fingerprint: Default::default(),
+        }
     }
 
     /// What changed from `old` (what the proxy holds) to `self`: resources to send (new or
@@ -351,6 +355,21 @@ impl View {
 pub struct Resolved {
     pub items: Vec<Res>,
     pub version: String,
+    /// Of the (name, version) pairs, made on first use: compared with a reconnecting delta
+    /// proxy's claims (see `claims`).
+    fingerprint: std::sync::OnceLock<super::claims::Fingerprint>,
+}
+
+impl Resolved {
+    pub fn fingerprint(&self) -> super::claims::Fingerprint {
+        *self.fingerprint.get_or_init(|| {
+            super::claims::Fingerprint::of(
+                self.items
+                    .iter()
+                    .map(|r| (r.name.as_str(), r.version.as_str())),
+            )
+        })
+    }
 }
 
 /// The difference between two maps of one type.

@@ -5,6 +5,7 @@
 //! ```
 pub mod auth;
 pub mod cache;
+pub mod claims;
 pub mod http2;
 pub mod server;
 pub mod services;

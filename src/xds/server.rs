@@ -22,7 +22,6 @@ use crate::ca::Identity;
 use crate::metrics::Metrics;
 use crate::model::Proxy;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use envoy_types::pb::google::protobuf as pbw;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -651,7 +650,7 @@ impl XdsServer {
     pub fn delta(
         &self,
         head: &Request<()>,
-        body: Requests<DeltaDiscoveryRequest>,
+        body: Requests<super::claims::DeltaRequest>,
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
         self.open::<delta::Delta>(head, body, fixed)

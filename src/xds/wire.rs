@@ -409,12 +409,6 @@ impl Decode for DiscoveryRequest {
     }
 }
 
-impl Decode for envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
-    fn decode_from(b: Bytes, _: &[Arc<NameSet>]) -> Result<Self, String> {
-        Message::decode(b).map_err(|e| e.to_string())
-    }
-}
-
 /// A state-of-the-world request as the server reads it: the fields of `DiscoveryRequest`,
 /// but the resource names stay where they are in the received message. Envoy repeats every
 /// name (6,000 endpoint names here) in every ACK, in one run of fields: the decoder only

@@ -2,12 +2,11 @@
 
 use super::{Stream, Variant};
 use crate::xds::cache::Names;
+use crate::xds::claims::{Claims, DeltaRequest};
 use crate::xds::wire::Plan;
 use crate::xds::{is_wildcard_type, short, ROUTE, SECRET, VHOST};
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +17,7 @@ pub(super) struct DeltaType {
     wildcard: bool,
     /// What a reconnecting client said it holds (name → version), until the first answer.
     /// After that, what it holds is `Stream::held` (everything sent is what it has).
-    claims: Option<HashMap<String, String>>,
+    claims: Option<Claims>,
     nonce: String,
     started: bool,
     pending: Option<Instant>,
@@ -41,12 +40,16 @@ impl Stream {
         let cur = self.view(type_url, filter);
         let reconnected = ts.claims.as_ref().is_some_and(|c| !c.is_empty());
         let (mut changed, mut removed) = match ts.claims.take() {
+            // Usually every claim is current: one fingerprint comparison shows it.
+            Some(claims) if claims.fingerprint() == cur.resolve(&gen).fingerprint() => {
+                (Vec::new(), Vec::new())
+            }
             Some(claims) => {
                 let all = cur.resolve(&gen);
                 let changed = all
                     .items
                     .iter()
-                    .filter(|r| claims.get(&r.name) != Some(&r.version))
+                    .filter(|r| claims.get(&r.name) != Some(r.version.as_bytes()))
                     .cloned()
                     .collect();
                 // Claimed names we no longer have are removed. Usually every claim is
@@ -55,7 +58,7 @@ impl Stream {
                 let matched = all
                     .items
                     .iter()
-                    .filter(|r| claims.contains_key(&r.name))
+                    .filter(|r| claims.contains(&r.name))
                     .count();
                 let removed = if matched == claims.len() {
                     Vec::new()
@@ -63,9 +66,8 @@ impl Stream {
                     let have: std::collections::HashSet<&str> =
                         all.items.iter().map(|r| r.name.as_str()).collect();
                     claims
-                        .keys()
+                        .names()
                         .filter(|n| !have.contains(n.as_str()))
-                        .cloned()
                         .collect()
                 };
                 (changed, removed)
@@ -124,8 +126,12 @@ impl Stream {
     fn delta_request(
         &mut self,
         types: &mut HashMap<String, DeltaType>,
-        mut req: DeltaDiscoveryRequest,
+        req: DeltaRequest,
     ) -> Option<Plan> {
+        let DeltaRequest {
+            msg: mut req,
+            claims,
+        } = req;
         let type_url = req.type_url.clone();
         let mut ts = types.remove(&type_url).unwrap_or_default();
         let stale = !req.response_nonce.is_empty() && req.response_nonce != ts.nonce;
@@ -151,7 +157,7 @@ impl Stream {
         let mut forced = BTreeSet::new();
         if !ts.started {
             ts.started = true;
-            ts.claims = Some(std::mem::take(&mut req.initial_resource_versions));
+            ts.claims = Some(claims);
             if is_wildcard_type(&type_url) && req.resource_names_subscribe.is_empty() {
                 ts.wildcard = true;
             }
@@ -167,24 +173,30 @@ impl Stream {
             }
         }
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
-            for n in &req.resource_names_subscribe {
-                if n == "*" {
-                    ts.wildcard = true;
-                } else if !ts.claims.as_ref().is_some_and(|c| c.contains_key(n)) {
-                    // Always answered, even if we think the client has it (unless the
-                    // client said on this first request which version it holds).
-                    forced.insert(n.clone());
-                }
-            }
+            ts.wildcard |= req.resource_names_subscribe.iter().any(|n| n == "*");
             let names = std::mem::take(&mut req.resource_names_subscribe)
                 .into_iter()
                 .filter(|n| n != "*");
-            let mut set = if ts.subscribed.set.is_empty() {
+            let first = ts.subscribed.set.is_empty();
+            let new: BTreeSet<String> = names.collect();
+            // Names subscribed are always answered, even if we think the client has them,
+            // unless the client said on this first request which version it holds. A
+            // reconnect claims exactly what it subscribes: one fingerprint shows it.
+            let claims = ts.claims.as_ref().filter(|c| !c.is_empty());
+            let all_claimed = first && claims.is_some_and(|c| c.same_names(&new));
+            if !all_claimed {
+                forced.extend(
+                    new.iter()
+                        .filter(|n| !claims.is_some_and(|c| c.contains(n)))
+                        .cloned(),
+                );
+            }
+            let mut set = if first {
                 // A (re)connect subscribing thousands of names: built in one go.
-                names.collect()
+                new
             } else {
                 let mut set = ts.subscribed.set.clone();
-                set.extend(names);
+                set.extend(new);
                 set
             };
             let mut dropped = Vec::new();
@@ -199,7 +211,7 @@ impl Stream {
             // The client forgets what it unsubscribed from: no removal is due for it.
             if let Some(c) = &mut ts.claims {
                 for n in &dropped {
-                    c.remove(*n);
+                    c.remove(n);
                 }
             }
             if !dropped.is_empty() {
@@ -248,19 +260,19 @@ impl Stream {
 pub(super) struct Delta;
 
 impl Variant for Delta {
-    type Req = DeltaDiscoveryRequest;
+    type Req = DeltaRequest;
     type State = DeltaType;
     const DELTA: bool = true;
-    fn type_url(r: &mut DeltaDiscoveryRequest) -> &mut String {
-        &mut r.type_url
+    fn type_url(r: &mut DeltaRequest) -> &mut String {
+        &mut r.msg.type_url
     }
-    fn node(r: &DeltaDiscoveryRequest) -> Option<Node> {
-        r.node.clone()
+    fn node(r: &DeltaRequest) -> Option<Node> {
+        r.msg.node.clone()
     }
     fn request(
         st: &mut Stream,
         types: &mut HashMap<String, DeltaType>,
-        r: DeltaDiscoveryRequest,
+        r: DeltaRequest,
     ) -> Option<Plan> {
         st.delta_request(types, r)
     }
