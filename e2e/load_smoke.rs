@@ -202,24 +202,26 @@ fn free_port() -> u16 {
 
 /// Envoy bootstrapped by `pilotfish bootstrap` as proxy 0's twin (namespace ns0, labels
 /// app=svc0,version=v1, address 127.0.0.1, which the tool registers as an svc0 instance).
-fn start_envoy(dir: &Path, xds: &str) -> Envoy {
+fn start_envoy(dir: &Path, xds: &str, delta: bool) -> Envoy {
     let admin_port = free_port();
     let o = support::run(
-        Command::new(pilotfish_bin()).args([
-            "bootstrap",
-            "--namespace",
-            "ns0",
-            "--workload",
-            "envoy-twin",
-            "--ip",
-            "127.0.0.1",
-            "--labels",
-            "app=svc0,version=v1",
-            "--xds-address",
-            xds,
-            "--admin-port",
-            &admin_port.to_string(),
-        ]),
+        Command::new(pilotfish_bin())
+            .arg("bootstrap")
+            .args(delta.then_some("--delta"))
+            .args([
+                "--namespace",
+                "ns0",
+                "--workload",
+                "envoy-twin",
+                "--ip",
+                "127.0.0.1",
+                "--labels",
+                "app=svc0,version=v1",
+                "--xds-address",
+                xds,
+                "--admin-port",
+                &admin_port.to_string(),
+            ]),
         Duration::from_secs(30),
     );
     assert!(o.ok(), "{}", o.describe());
@@ -288,13 +290,24 @@ fn stat<'a>(s: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 #[test]
 fn real_envoy_converges_with_the_simulated_proxies() {
+    twin_converges(false);
+}
+
+/// Delta: routes come over VHDS; the real Envoy must also hold the simulated proxy's virtual
+/// hosts version for each route configuration.
+#[test]
+fn real_envoy_converges_with_the_simulated_proxies_delta_vhds() {
+    twin_converges(true);
+}
+
+fn twin_converges(delta: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("config");
     std::fs::create_dir_all(&config).unwrap();
     let cp = ControlPlane::start_local(&config, &[]);
-    let envoy = start_envoy(tmp.path(), &cp.xds_address);
+    let envoy = start_envoy(tmp.path(), &cp.xds_address, delta);
     let pid = cp.pid().unwrap().to_string();
-    let v = run_load(&[
+    let mut args = vec![
         "--xds-address",
         &cp.xds_address,
         "--http-address",
@@ -318,7 +331,11 @@ fn real_envoy_converges_with_the_simulated_proxies() {
         "--dump-streams",
         "--timeout",
         "60",
-    ]);
+    ];
+    if delta {
+        args.push("--delta");
+    }
+    let v = run_load(&args);
     assert_correct(&v, 20, 2, false);
     let streams = v["streams"].as_array().expect("--dump-streams");
     let p0 = streams
@@ -331,6 +348,12 @@ fn real_envoy_converges_with_the_simulated_proxies() {
     let want_lds = p0["versions"]["lds"].as_str().unwrap().to_string();
     let want_rds = p0["versions"]["rds"].as_str().unwrap().to_string();
     assert!(!want_cds.is_empty() && !want_lds.is_empty() && !want_rds.is_empty());
+    let want_vhds = p0["versions"]["vhds"].as_str().unwrap_or("").to_string();
+    assert_eq!(
+        !want_vhds.is_empty(),
+        delta,
+        "virtual hosts over VHDS only in delta"
+    );
     // The same class: every simulated proxy of ns0 with svc0's v1 labels ACKed the same.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
@@ -338,11 +361,14 @@ fn real_envoy_converges_with_the_simulated_proxies() {
         if let Some(s) = envoy_stats(&envoy.admin) {
             let cds = stat(&s, "cluster_manager.cds.version_text").map(str::to_string);
             let lds = stat(&s, "listener_manager.lds.version_text").map(str::to_string);
-            let rds: Vec<String> = s
-                .iter()
-                .filter(|(k, _)| k.contains(".rds.") && k.ends_with(".version_text"))
-                .map(|(_, v)| v.clone())
-                .collect();
+            let versions = |vhds: bool| -> Vec<String> {
+                s.iter()
+                    .filter(|(k, _)| k.contains(".rds.") && k.ends_with(".version_text"))
+                    .filter(|(k, _)| k.contains(".vhds.") == vhds)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            };
+            let (rds, vhds) = (versions(false), versions(true));
             let rejected: Vec<&(String, String)> = s
                 .iter()
                 .filter(|(k, v)| k.ends_with("update_rejected") && v != "0")
@@ -351,15 +377,17 @@ fn real_envoy_converges_with_the_simulated_proxies() {
             let ok = cds.as_deref() == Some(want_cds.as_str())
                 && lds.as_deref() == Some(want_lds.as_str())
                 && !rds.is_empty()
-                && rds.iter().all(|r| *r == want_rds);
+                && rds.iter().all(|r| *r == want_rds)
+                && vhds.len() == if delta { rds.len() } else { 0 }
+                && vhds.iter().all(|r| *r == want_vhds);
             if ok {
                 break;
             }
-            last = Some((cds, lds, rds));
+            last = Some((cds, lds, rds, vhds));
         }
         assert!(
             Instant::now() < deadline,
-            "Envoy did not converge to proxy 0's versions (cds {want_cds}, lds {want_lds}, rds {want_rds}); Envoy has {last:?}"
+            "Envoy did not converge to proxy 0's versions (cds {want_cds}, lds {want_lds}, rds {want_rds}, vhds {want_vhds:?}); Envoy has {last:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
