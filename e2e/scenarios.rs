@@ -548,22 +548,27 @@ fn weighted_split_80_20_across_subsets() {
 // ---------------------------------------------------------------------------------------
 // c) header match (state of the world and delta xDS)
 
-const JASON_TO_V2: &str = "  - match:
+/// VirtualService routes: `end-user: jason` to one subset, everybody else to the other.
+fn jason_to(jason: &str, others: &str) -> String {
+    format!(
+        "  - match:
     - headers:
         end-user:
           exact: jason
     route:
     - destination:
         host: reviews
-        subset: v2
+        subset: {jason}
   - route:
     - destination:
         host: reviews
-        subset: v1
-";
+        subset: {others}
+"
+    )
+}
 
 fn header_routing(delta: bool) {
-    let vs = vs_yaml(JASON_TO_V2);
+    let vs = vs_yaml(&jason_to("v2", "v1"));
     let mut bed = Bed::new(
         &two_versions(),
         &[("dr.yaml", dr_yaml("")), ("vs.yaml", vs)],
@@ -636,21 +641,7 @@ fn vhds_applies_edits(bed: &mut Bed) {
         "Envoy applied the virtual hosts VHDS delivered: {vhosts:?}"
     );
     // Flip the rule: jason now goes to v1, everybody else to v2.
-    let flipped = vs_yaml(
-        "  - match:
-    - headers:
-        end-user:
-          exact: jason
-    route:
-    - destination:
-        host: reviews
-        subset: v1
-  - route:
-    - destination:
-        host: reviews
-        subset: v2
-",
-    );
+    let flipped = vs_yaml(&jason_to("v1", "v2"));
     write_config(bed.config_dir(), "vs.yaml", &flipped);
     bed.wait_all("jason -> v1", "/", 5, &[("end-user", "jason")], |n| {
         n == "reviews-v1"
@@ -694,7 +685,7 @@ fn vhds_applies_edits(bed: &mut Bed) {
         "the client's virtual hosts are current after the restart\n{}",
         bed.diag()
     );
-    write_config(bed.config_dir(), "vs.yaml", &vs_yaml(JASON_TO_V2));
+    write_config(bed.config_dir(), "vs.yaml", &vs_yaml(&jason_to("v2", "v1")));
     bed.wait_all("jason -> v2 again", "/", 5, &[("end-user", "jason")], |n| {
         n == "reviews-v2"
     });
