@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -257,12 +257,13 @@ fn apply_changed(
     index: &mut Index,
     applied: &mut HashMap<String, u64>,
     changed: crate::source::file::Changed,
-) {
+) -> bool {
     use std::hash::{Hash, Hasher};
     let crate::source::file::Changed { files, gone } = changed;
+    let mut any = false;
     for f in gone {
         index.remove_file(&f);
-        applied.remove(&f);
+        any |= applied.remove(&f).is_some();
     }
     for (f, text) in files {
         let mut h = std::hash::DefaultHasher::new();
@@ -272,8 +273,10 @@ fn apply_changed(
             let (r, e) = crate::api::parse_file(&f, &text);
             index.apply_file(&f, r, e);
             applied.insert(f, h);
+            any = true;
         }
     }
+    any
 }
 
 /// Build a world from in-memory files (tests, benchmarks, `validate`).
@@ -351,80 +354,87 @@ fn config_loop(
             Ok(changed) => {
                 let dir_ms = t_dir.elapsed().as_millis() as u64;
                 let t0 = Instant::now();
-                apply_changed(&mut index, &mut applied, changed);
+                let any = apply_changed(&mut index, &mut applied, changed);
                 let t_read = t0.elapsed();
-                let world = index.snapshot();
-                let t_world = t0.elapsed();
-                for e in world.errors.iter().filter(|e| !last_errors.contains(e)) {
-                    warn!(file = %e.file, object = %e.object, field = %e.field, reason = %e.reason, "config error");
-                }
-                last_errors = world.errors.clone();
-                metrics.config_errors.set(world.errors.len() as i64);
-                let prev = tx.borrow().as_ref().map(|p| p.gen.clone());
-                // Names and references are what the check looks at; they come from the
-                // route inputs only. When those equal the last published World's (which
-                // passed), so does the result: endpoint churn skips the full translation.
-                let change = match &prev {
-                    Some(p) => world.route_change(&p.world),
-                    None => crate::model::RouteChange::All,
-                };
-                let unchecked = change == crate::model::RouteChange::None
-                    && prev
-                        .as_ref()
-                        .is_some_and(|p| p.world.peer_authn == world.peer_authn);
-                // When only VirtualServices changed, clusters are the checked ones: the new
-                // generation checks its own references instead of a second translation.
-                let only_vs = prev
-                    .as_ref()
-                    .is_some_and(|p| world.only_virtual_services_differ(&p.world));
-                let version = world.version;
-                let (check_time, gen_time, built);
-                if unchecked || only_vs {
-                    let t = Instant::now();
-                    let gen = Generation::next_with(Arc::new(world), prev.as_deref(), change);
-                    gen_time = t.elapsed();
-                    let t = Instant::now();
-                    let checked = if unchecked {
-                        Ok(())
-                    } else {
-                        gen.check_references(&check_proxy())
-                    };
-                    check_time = t.elapsed();
-                    built = checked.map(|()| gen);
+                if !any && tx.borrow().is_some() {
+                    // Only editors' temp files or identical content: nothing to publish
+                    // (a new snapshot would wake every stream for nothing).
+                    debug!(dir_ms, "no config file changed");
                 } else {
-                    let t = Instant::now();
-                    let checked = consistency(&world);
-                    check_time = t.elapsed();
-                    let t = Instant::now();
-                    built = checked
-                        .map(|()| Generation::next_with(Arc::new(world), prev.as_deref(), change));
-                    gen_time = t.elapsed();
-                }
-                match built {
-                    Ok(gen) => {
-                        metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
-                        metrics.config_updates.inc();
-                        tx.send_replace(Some(Published {
-                            gen: Arc::new(gen),
-                            changed_at,
-                        }));
-                        info!(
-                            version,
-                            errors = last_errors.len(),
-                            dir_ms,
-                            whole_tree = whole,
-                            read_ms = t_read.as_millis() as u64,
-                            world_ms = (t_world - t_read).as_millis() as u64,
-                            check_ms = check_time.as_millis() as u64,
-                            generation_ms = gen_time.as_millis() as u64,
-                            only_virtual_services = only_vs,
-                            since_change_ms = changed_at.elapsed().as_millis() as u64,
-                            "configuration published"
-                        );
+                    let world = index.snapshot();
+                    let t_world = t0.elapsed();
+                    for e in world.errors.iter().filter(|e| !last_errors.contains(e)) {
+                        warn!(file = %e.file, object = %e.object, field = %e.field, reason = %e.reason, "config error");
                     }
-                    Err(problems) => {
-                        for p in problems {
-                            error!(problem = %p, "generated config is inconsistent; keeping the previous version");
+                    last_errors = world.errors.clone();
+                    metrics.config_errors.set(world.errors.len() as i64);
+                    let prev = tx.borrow().as_ref().map(|p| p.gen.clone());
+                    // Names and references are what the check looks at; they come from the
+                    // route inputs only. When those equal the last published World's (which
+                    // passed), so does the result: endpoint churn skips the full translation.
+                    let change = match &prev {
+                        Some(p) => world.route_change(&p.world),
+                        None => crate::model::RouteChange::All,
+                    };
+                    let unchecked = change == crate::model::RouteChange::None
+                        && prev
+                            .as_ref()
+                            .is_some_and(|p| p.world.peer_authn == world.peer_authn);
+                    // When only VirtualServices changed, clusters are the checked ones: the new
+                    // generation checks its own references instead of a second translation.
+                    let only_vs = prev
+                        .as_ref()
+                        .is_some_and(|p| world.only_virtual_services_differ(&p.world));
+                    let version = world.version;
+                    let (check_time, gen_time, built);
+                    if unchecked || only_vs {
+                        let t = Instant::now();
+                        let gen = Generation::next_with(Arc::new(world), prev.as_deref(), change);
+                        gen_time = t.elapsed();
+                        let t = Instant::now();
+                        let checked = if unchecked {
+                            Ok(())
+                        } else {
+                            gen.check_references(&check_proxy())
+                        };
+                        check_time = t.elapsed();
+                        built = checked.map(|()| gen);
+                    } else {
+                        let t = Instant::now();
+                        let checked = consistency(&world);
+                        check_time = t.elapsed();
+                        let t = Instant::now();
+                        built = checked.map(|()| {
+                            Generation::next_with(Arc::new(world), prev.as_deref(), change)
+                        });
+                        gen_time = t.elapsed();
+                    }
+                    match built {
+                        Ok(gen) => {
+                            metrics.debounce.observe(changed_at.elapsed().as_secs_f64());
+                            metrics.config_updates.inc();
+                            tx.send_replace(Some(Published {
+                                gen: Arc::new(gen),
+                                changed_at,
+                            }));
+                            info!(
+                                version,
+                                errors = last_errors.len(),
+                                dir_ms,
+                                whole_tree = whole,
+                                read_ms = t_read.as_millis() as u64,
+                                world_ms = (t_world - t_read).as_millis() as u64,
+                                check_ms = check_time.as_millis() as u64,
+                                generation_ms = gen_time.as_millis() as u64,
+                                only_virtual_services = only_vs,
+                                since_change_ms = changed_at.elapsed().as_millis() as u64,
+                                "configuration published"
+                            );
+                        }
+                        Err(problems) => {
+                            for p in problems {
+                                error!(problem = %p, "generated config is inconsistent; keeping the previous version");
+                            }
                         }
                     }
                 }
