@@ -123,6 +123,13 @@ impl Stream {
         Some(plan)
     }
 
+    /// Route configurations are settled when none is in flight; virtual hosts are then due.
+    fn settle_routes(&mut self, ts: &DeltaType) {
+        let settled = ts.started && ts.pending.is_none();
+        self.vhds_due |= settled && self.vhds;
+        self.routes_settled = settled;
+    }
+
     fn delta_request(
         &mut self,
         types: &mut HashMap<String, DeltaType>,
@@ -245,15 +252,6 @@ impl Stream {
         }
         types.insert(type_url, ts);
         resp
-    }
-}
-
-impl Stream {
-    /// Route configurations are settled when none is in flight; virtual hosts are then due.
-    fn settle_routes(&mut self, ts: &DeltaType) {
-        let settled = ts.started && ts.pending.is_none();
-        self.vhds_due |= settled && self.vhds;
-        self.routes_settled = settled;
     }
 }
 
