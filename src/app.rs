@@ -279,6 +279,39 @@ fn apply_changed(
     any
 }
 
+/// The next generation, if it passes the consistency check, and the time each took.
+/// Names and references are what the check looks at; they come from the route inputs only.
+/// When those equal the last published World's (which passed), so does the result: endpoint
+/// churn skips the check. When only VirtualServices changed, clusters are the checked ones:
+/// the new generation checks its own references instead of a second translation.
+fn build_checked(
+    world: World,
+    prev: Option<&Generation>,
+    change: crate::model::Change,
+) -> (Result<Generation, Vec<String>>, Duration, Duration) {
+    let unchecked = change.routes == crate::model::RouteChange::None
+        && prev.is_some_and(|p| p.world.peer_authn == world.peer_authn);
+    if unchecked || change.only_virtual_services {
+        let t = Instant::now();
+        let gen = Generation::next_with(Arc::new(world), prev, change);
+        let gen_time = t.elapsed();
+        let t = Instant::now();
+        let checked = if unchecked {
+            Ok(())
+        } else {
+            gen.check_references(&check_proxy())
+        };
+        (checked.map(|()| gen), t.elapsed(), gen_time)
+    } else {
+        let t = Instant::now();
+        let checked = consistency(&world);
+        let check_time = t.elapsed();
+        let t = Instant::now();
+        let built = checked.map(|()| Generation::next_with(Arc::new(world), prev, change));
+        (built, check_time, t.elapsed())
+    }
+}
+
 /// Build a world from in-memory files (tests, benchmarks, `validate`).
 pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
     let mut index = Index::new(mesh);
@@ -369,46 +402,11 @@ fn config_loop(
                     last_errors = world.errors.clone();
                     metrics.config_errors.set(world.errors.len() as i64);
                     let prev = tx.borrow().as_ref().map(|p| p.gen.clone());
-                    // Names and references are what the check looks at; they come from the
-                    // route inputs only. When those equal the last published World's (which
-                    // passed), so does the result: endpoint churn skips the full translation.
-                    let change = match &prev {
-                        Some(p) => world.route_change(&p.world),
-                        None => crate::model::RouteChange::All,
-                    };
-                    let unchecked = change == crate::model::RouteChange::None
-                        && prev
-                            .as_ref()
-                            .is_some_and(|p| p.world.peer_authn == world.peer_authn);
-                    // When only VirtualServices changed, clusters are the checked ones: the new
-                    // generation checks its own references instead of a second translation.
-                    let only_vs = prev
-                        .as_ref()
-                        .is_some_and(|p| world.only_virtual_services_differ(&p.world));
+                    let change = world.change_since(prev.as_ref().map(|p| &*p.world));
+                    let only_vs = change.only_virtual_services;
                     let version = world.version;
-                    let (check_time, gen_time, built);
-                    if unchecked || only_vs {
-                        let t = Instant::now();
-                        let gen = Generation::next_with(Arc::new(world), prev.as_deref(), change);
-                        gen_time = t.elapsed();
-                        let t = Instant::now();
-                        let checked = if unchecked {
-                            Ok(())
-                        } else {
-                            gen.check_references(&check_proxy())
-                        };
-                        check_time = t.elapsed();
-                        built = checked.map(|()| gen);
-                    } else {
-                        let t = Instant::now();
-                        let checked = consistency(&world);
-                        check_time = t.elapsed();
-                        let t = Instant::now();
-                        built = checked.map(|()| {
-                            Generation::next_with(Arc::new(world), prev.as_deref(), change)
-                        });
-                        gen_time = t.elapsed();
-                    }
+                    let (built, check_time, gen_time) =
+                        build_checked(world, prev.as_deref(), change);
                     match built {
                         Ok(gen) => {
                             metrics.debounce.observe(changed_at.elapsed().as_secs_f64());

@@ -265,6 +265,15 @@ pub enum RouteChange {
     All,
 }
 
+/// How a World differs from the previous one: what generation and the consistency check
+/// can skip (see `World::change_since`).
+#[derive(Debug, PartialEq)]
+pub struct Change {
+    pub routes: RouteChange,
+    /// Only VirtualServices differ: everything not derived from them is the same.
+    pub only_virtual_services: bool,
+}
+
 /// One immutable, internally consistent snapshot of everything translation needs.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct World {
@@ -292,14 +301,9 @@ pub struct World {
 }
 
 impl World {
-    /// Whether route generation gives the same output for both worlds: everything it reads
-    /// (services without their endpoints, VirtualServices, DestinationRules, Sidecars, mesh
-    /// settings) is equal. Endpoint churn leaves routes as they were.
-    pub fn same_route_inputs(&self, o: &World) -> bool {
-        matches!(self.route_change(o), RouteChange::None)
-    }
-
-    /// How what route generation reads differs from `o`. When only VirtualServices differ,
+    /// How what route generation reads (services without their endpoints, VirtualServices,
+    /// DestinationRules, Sidecars, mesh settings) differs from `o`: endpoint churn changes
+    /// none of it. When only VirtualServices differ,
     /// only the virtual hosts of the hosts they name (before or after) can differ: a host's
     /// virtual host reads the first VirtualService naming it, plus services,
     /// DestinationRules and the mesh settings, which are then equal.
@@ -351,6 +355,20 @@ impl World {
             }
         }
         RouteChange::Hosts(hosts)
+    }
+
+    /// What differs from `prev` (everything, without one).
+    pub fn change_since(&self, prev: Option<&World>) -> Change {
+        match prev {
+            Some(p) => Change {
+                routes: self.route_change(p),
+                only_virtual_services: self.only_virtual_services_differ(p),
+            },
+            None => Change {
+                routes: RouteChange::All,
+                only_virtual_services: false,
+            },
+        }
     }
 
     /// Whether the two Worlds differ in VirtualServices only: a World is made from its

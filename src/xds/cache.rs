@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST};
-use crate::model::{Proxy, RouteChange, Scope, World};
+use crate::model::{Change, Proxy, RouteChange, Scope, World};
 use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -43,12 +43,16 @@ fn encode<T: Message + Name>(name: &str, m: &T) -> Res {
 }
 
 fn encode_with<T: Message + Name>(name: &str, m: &T, refs: Vec<String>) -> Res {
-    let value = m.encode_to_vec();
+    encoded(name, T::type_url(), m.encode_to_vec(), refs)
+}
+
+/// A resource from its encoding; the version is a hash of the bytes.
+fn encoded(name: &str, type_url: String, value: Vec<u8>, refs: Vec<String>) -> Res {
     let digest = Sha256::digest(&value);
     Arc::new(Encoded {
         name: name.to_string(),
         version: hex::encode(&digest[..8]),
-        type_url: T::type_url(),
+        type_url,
         value: value.into(),
         refs,
     })
@@ -622,14 +626,7 @@ fn inline_config(p: &RoutePart) -> Res {
     }
     .encode(&mut buf)
     .expect("a Vec grows");
-    let digest = Sha256::digest(&buf);
-    Arc::new(Encoded {
-        name: name.clone(),
-        version: hex::encode(&digest[..8]),
-        type_url: RouteConfiguration::type_url(),
-        value: buf.into(),
-        refs,
-    })
+    encoded(name, RouteConfiguration::type_url(), buf, refs)
 }
 
 /// Inbound clusters and the inbound listener of one inbound class.
@@ -670,30 +667,22 @@ impl Generation {
     /// Builds the outbound set of the unscoped, certificate-less class eagerly (the common
     /// case); other classes are built on first use.
     pub fn new(world: Arc<World>) -> Generation {
-        Generation::next_with(world, None, RouteChange::All)
+        Generation::next(world, None)
     }
 
     /// The generation after `prev`: what did not change is carried over (see `next_with`).
     pub fn next(world: Arc<World>, prev: Option<&Generation>) -> Generation {
-        let change = match prev {
-            Some(p) => world.route_change(&p.world),
-            None => RouteChange::All,
-        };
+        let change = world.change_since(prev.map(|p| &*p.world));
         Generation::next_with(world, prev, change)
     }
 
-    /// The generation after `prev`, given how route inputs changed since (see
-    /// `World::route_change`). Route classes carry over when nothing routes read changed
+    /// The generation after `prev`, given what changed since (see `World::change_since`). Route classes carry over when nothing routes read changed
     /// (endpoint churn), so they are neither rebuilt nor resent; when only VirtualServices
     /// changed, rebuilt classes take every virtual host of other hosts as it was. Inbound
     /// classes still in use carry over (their key is their whole input); outbound maps reuse
     /// the previous encoding of every resource whose bytes are unchanged, and the endpoints
     /// of services whose inputs are unchanged are not even translated again.
-    pub fn next_with(
-        world: Arc<World>,
-        prev: Option<&Generation>,
-        change: RouteChange,
-    ) -> Generation {
+    pub fn next_with(world: Arc<World>, prev: Option<&Generation>, change: Change) -> Generation {
         let route_label_keys = world.route_label_keys();
         let mut g = Generation {
             world,
@@ -714,7 +703,7 @@ impl Generation {
             let same_keys = g.route_label_keys == p.route_label_keys;
             let mut prev_routes = HashMap::new();
             let mut changed_hosts = None;
-            match change {
+            match change.routes {
                 RouteChange::None if same_keys => {
                     *g.routes.get_mut().unwrap() = routes
                         .iter()
@@ -749,7 +738,7 @@ impl Generation {
                 outbound: p.outbound.lock().unwrap().clone(),
                 routes: prev_routes,
                 changed_hosts,
-                only_vs: g.world.only_virtual_services_differ(pw),
+                only_vs: change.only_virtual_services,
             });
         }
         // Streams look up their own instances by address; build that index here, on the

@@ -448,25 +448,18 @@ async fn session(
         };
         backoff.reset();
         let len = b.len();
+        let bad = |what: &str, e: prost::DecodeError| {
+            End::Err(ErrKind::Other, format!("Internal: decoding a {what}: {e}"))
+        };
         let done = if sh.delta {
             match DeltaDiscoveryResponse::decode(b) {
                 Ok(r) => on_delta(sh, spec, st, view, &mut tx, r, len),
-                Err(e) => {
-                    return End::Err(
-                        ErrKind::Other,
-                        format!("Internal: decoding a DeltaDiscoveryResponse: {e}"),
-                    )
-                }
+                Err(e) => return bad("DeltaDiscoveryResponse", e),
             }
         } else {
             match DiscoveryResponse::decode(b) {
                 Ok(r) => on_sotw(sh, spec, st, view, &mut tx, r, len),
-                Err(e) => {
-                    return End::Err(
-                        ErrKind::Other,
-                        format!("Internal: decoding a DiscoveryResponse: {e}"),
-                    )
-                }
+                Err(e) => return bad("DiscoveryResponse", e),
             }
         };
         if let Err(s) = done {

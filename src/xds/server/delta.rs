@@ -277,7 +277,7 @@ impl Variant for Delta {
     fn refresh(st: &mut Stream, type_url: &str, ts: &mut DeltaType) -> Option<Plan> {
         let resp = st.delta_response(type_url, ts, &BTreeSet::new());
         if type_url == ROUTE {
-            st.routes_settled = ts.pending.is_none();
+            st.settle_routes(ts);
         }
         resp
     }
