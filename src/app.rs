@@ -481,6 +481,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         allow_any,
         trust_domain: a.ca.trust_domain.clone(),
         root_namespace: a.root_namespace.clone(),
+        ..Default::default()
     };
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());

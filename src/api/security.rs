@@ -1,5 +1,7 @@
-//! `security.istio.io` resource specs (v1, v1beta1). Parsed and validated now; enforced by
-//! the security and authorization issues.
+//! `security.istio.io` resource specs (v1, v1beta1) and their validation.
+//!
+//! Authorization fails closed: a field or value pilotfish does not enforce is a config error
+//! naming it (`not enforced yet`), never accepted and ignored.
 
 use super::networking::{spec, WorkloadSelector};
 use serde::{Deserialize, Serialize};
@@ -46,6 +48,7 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct Rule {
         #[serde(default)] pub from: Vec<RuleFrom>,
         #[serde(default)] pub to: Vec<RuleTo>,
@@ -54,18 +57,21 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct RuleFrom {
         pub source: Source,
     }
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct RuleTo {
         pub operation: Operation,
     }
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct Source {
         #[serde(default)] pub principals: Vec<String>,
         #[serde(default)] pub not_principals: Vec<String>,
@@ -83,6 +89,7 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct Operation {
         #[serde(default)] pub hosts: Vec<String>,
         #[serde(default)] pub not_hosts: Vec<String>,
@@ -96,6 +103,7 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct Condition {
         pub key: String,
         #[serde(default)] pub values: Vec<String>,
@@ -140,4 +148,323 @@ spec! {
         pub header: String,
         pub claim: String,
     }
+}
+
+/// Why a field is refused rather than ignored: pilotfish does not enforce it yet.
+const NOT_JWT: &str = "not enforced yet: JWT authentication (RequestAuthentication) is not \
+                       translated, so request principals and request.auth.* never match; the \
+                       policy is refused rather than applied without it";
+
+/// An address or CIDR block as Istio writes them (`10.0.0.1`, `10.0.0.0/16`, `::1/128`).
+pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u32), String> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        None => max,
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(format!("{s:?}: prefix length must be 0-{max}")),
+        },
+    };
+    Ok((ip, len))
+}
+
+/// Istio's string forms: `*` (anything), `*suffix`, `prefix*`, or exact. `*` elsewhere is
+/// refused (Istio would take it literally, which is never what was meant).
+pub fn check_wildcard(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("empty value".into());
+    }
+    if v == "*" {
+        return Ok(());
+    }
+    let inner = v.strip_prefix('*').unwrap_or(v);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if inner.contains('*') || (v.starts_with('*') && v.ends_with('*')) {
+        return Err(format!(
+            "{v:?}: `*` is allowed only as the whole value, or at its start or its end"
+        ));
+    }
+    Ok(())
+}
+
+/// The header name of a `request.headers[name]` key.
+pub fn header_key(key: &str) -> Option<&str> {
+    key.strip_prefix("request.headers[")?
+        .strip_suffix(']')
+        .filter(|h| !h.is_empty())
+}
+
+type Problems = Vec<(String, String)>;
+
+fn values(p: &mut Problems, f: &str, vals: &[String], check: impl Fn(&str) -> Result<(), String>) {
+    for (i, v) in vals.iter().enumerate() {
+        if let Err(e) = check(v) {
+            p.push((format!("{f}[{i}]"), e));
+        }
+    }
+}
+
+fn cidr(v: &str) -> Result<(), String> {
+    parse_cidr(v).map(|_| ())
+}
+
+fn port(v: &str) -> Result<(), String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=65535).contains(&n) => Ok(()),
+        _ => Err(format!("{v:?} is not a port number (1-65535)")),
+    }
+}
+
+fn path(v: &str) -> Result<(), String> {
+    if v.contains('{') || v.contains('}') {
+        return Err(format!(
+            "{v:?}: path templates ({{*}}, {{**}}) are not enforced yet; use `prefix*` or `*suffix`"
+        ));
+    }
+    check_wildcard(v)?;
+    if !(v.starts_with('/') || v.starts_with('*')) {
+        return Err(format!("{v:?}: a path starts with `/` (or is a `*` form)"));
+    }
+    Ok(())
+}
+
+fn service_account(v: &str) -> Result<(), String> {
+    match v.split_once('/') {
+        Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => {
+            if ns.contains('*') || sa.contains('*') {
+                Err(format!(
+                    "{v:?}: wildcards are not allowed in service accounts"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(format!("{v:?}: expected `namespace/service-account`")),
+    }
+}
+
+/// Validate an AuthorizationPolicy. Every problem names its field path under `spec`.
+pub fn validate_authorization_policy(ap: &AuthorizationPolicy) -> Problems {
+    let mut p: Problems = Vec::new();
+    let action = ap.action.as_deref().unwrap_or("ALLOW");
+    match action {
+        "ALLOW" | "DENY" | "AUDIT" => {
+            if ap.provider.is_some() {
+                p.push((
+                    "spec.provider".into(),
+                    format!("only the CUSTOM action takes a provider, not {action}"),
+                ));
+            }
+        }
+        "CUSTOM" => p.push((
+            "spec.action".into(),
+            "CUSTOM (ext_authz) is not enforced yet; the policy is refused rather than ignored"
+                .into(),
+        )),
+        other => p.push((
+            "spec.action".into(),
+            format!("unknown action {other:?} (expected ALLOW, DENY, AUDIT or CUSTOM)"),
+        )),
+    }
+    if action == "DENY" && ap.rules.is_empty() {
+        p.push((
+            "spec.rules".into(),
+            "a DENY policy needs rules (`rules: [{}]` denies everything)".into(),
+        ));
+    }
+    let refs: Vec<(String, &PolicyTargetReference)> = ap
+        .target_ref
+        .iter()
+        .map(|r| ("spec.targetRef".to_string(), r))
+        .chain(
+            ap.target_refs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.targetRefs[{i}]"), r)),
+        )
+        .collect();
+    if ap.target_ref.is_some() && !ap.target_refs.is_empty() {
+        p.push((
+            "spec.targetRef".into(),
+            "set targetRef or targetRefs, not both".into(),
+        ));
+    }
+    if ap.selector.is_some() && !refs.is_empty() {
+        p.push((
+            "spec.selector".into(),
+            "selector and targetRef(s) are mutually exclusive".into(),
+        ));
+    }
+    for (f, r) in &refs {
+        match (r.group.as_str(), r.kind.as_str()) {
+            ("" | "core", "Service") => {}
+            (g, k) => p.push((
+                format!("{f}.kind"),
+                format!(
+                    "targetRef to {k} (group {g:?}) is not enforced yet: only a Service \
+                     (group \"\") selects sidecars here"
+                ),
+            )),
+        }
+        if r.name.is_empty() {
+            p.push((format!("{f}.name"), "required".into()));
+        }
+    }
+    for (i, rule) in ap.rules.iter().enumerate() {
+        let rf = format!("spec.rules[{i}]");
+        for (j, from) in rule.from.iter().enumerate() {
+            let f = format!("{rf}.from[{j}].source");
+            let s = &from.source;
+            if *s == Source::default() {
+                p.push((f.clone(), "must not be empty".into()));
+            }
+            for (name, vals) in [
+                ("principals", &s.principals),
+                ("notPrincipals", &s.not_principals),
+                ("namespaces", &s.namespaces),
+                ("notNamespaces", &s.not_namespaces),
+            ] {
+                values(&mut p, &format!("{f}.{name}"), vals, check_wildcard);
+            }
+            for (name, vals) in [
+                ("serviceAccounts", &s.service_accounts),
+                ("notServiceAccounts", &s.not_service_accounts),
+            ] {
+                values(&mut p, &format!("{f}.{name}"), vals, service_account);
+            }
+            if !(s.service_accounts.is_empty() && s.not_service_accounts.is_empty())
+                && !(s.principals.is_empty()
+                    && s.not_principals.is_empty()
+                    && s.namespaces.is_empty()
+                    && s.not_namespaces.is_empty())
+            {
+                p.push((
+                    format!("{f}.serviceAccounts"),
+                    "cannot be set together with principals or namespaces".into(),
+                ));
+            }
+            for (name, vals) in [
+                ("ipBlocks", &s.ip_blocks),
+                ("notIpBlocks", &s.not_ip_blocks),
+                ("remoteIpBlocks", &s.remote_ip_blocks),
+                ("notRemoteIpBlocks", &s.not_remote_ip_blocks),
+            ] {
+                values(&mut p, &format!("{f}.{name}"), vals, cidr);
+            }
+            for (name, vals) in [
+                ("requestPrincipals", &s.request_principals),
+                ("notRequestPrincipals", &s.not_request_principals),
+            ] {
+                if !vals.is_empty() {
+                    p.push((format!("{f}.{name}"), NOT_JWT.into()));
+                }
+            }
+        }
+        for (j, to) in rule.to.iter().enumerate() {
+            let f = format!("{rf}.to[{j}].operation");
+            let o = &to.operation;
+            if *o == Operation::default() {
+                p.push((f.clone(), "must not be empty".into()));
+            }
+            for (name, vals) in [("hosts", &o.hosts), ("notHosts", &o.not_hosts)] {
+                values(&mut p, &format!("{f}.{name}"), vals, check_wildcard);
+            }
+            for (name, vals) in [("ports", &o.ports), ("notPorts", &o.not_ports)] {
+                values(&mut p, &format!("{f}.{name}"), vals, port);
+            }
+            for (name, vals) in [("methods", &o.methods), ("notMethods", &o.not_methods)] {
+                values(&mut p, &format!("{f}.{name}"), vals, |v| {
+                    if v.is_empty() || v.contains('*') {
+                        Err(format!("{v:?}: a method is a plain name such as GET"))
+                    } else {
+                        Ok(())
+                    }
+                });
+            }
+            for (name, vals) in [("paths", &o.paths), ("notPaths", &o.not_paths)] {
+                values(&mut p, &format!("{f}.{name}"), vals, path);
+            }
+        }
+        for (j, c) in rule.when.iter().enumerate() {
+            let f = format!("{rf}.when[{j}]");
+            if c.values.is_empty() && c.not_values.is_empty() {
+                p.push((f.clone(), "needs values or notValues".into()));
+            }
+            let all = c.values.iter().chain(&c.not_values);
+            let check: fn(&str) -> Result<(), String> = match c.key.as_str() {
+                "source.ip" | "remote.ip" | "destination.ip" => cidr,
+                "destination.port" => port,
+                "source.namespace" | "source.principal" | "connection.sni" => check_wildcard,
+                k if header_key(k).is_some() => check_wildcard,
+                k if k.starts_with("request.auth.") => {
+                    p.push((format!("{f}.key"), NOT_JWT.into()));
+                    continue;
+                }
+                k if k.starts_with("request.headers") => {
+                    p.push((
+                        format!("{f}.key"),
+                        format!("{k:?}: expected request.headers[<name>]"),
+                    ));
+                    continue;
+                }
+                k if k.starts_with("experimental.") => {
+                    p.push((
+                        format!("{f}.key"),
+                        format!("{k:?}: experimental keys are not enforced"),
+                    ));
+                    continue;
+                }
+                k => {
+                    p.push((
+                        format!("{f}.key"),
+                        format!(
+                            "unknown key {k:?} (supported: request.headers[...], source.ip, \
+                             remote.ip, source.namespace, source.principal, destination.ip, \
+                             destination.port, connection.sni)"
+                        ),
+                    ));
+                    continue;
+                }
+            };
+            for (k, v) in all.enumerate() {
+                if let Err(e) = check(v) {
+                    let (name, i) = if k < c.values.len() {
+                        ("values", k)
+                    } else {
+                        ("notValues", k - c.values.len())
+                    };
+                    p.push((format!("{f}.{name}[{i}]"), e));
+                }
+            }
+        }
+    }
+    p
+}
+
+/// Validate a RequestAuthentication: JWT rules are not translated yet, so any rule is a
+/// config error (an invalid token would otherwise pass unchecked).
+pub fn validate_request_authentication(ra: &RequestAuthentication) -> Problems {
+    let mut p = Problems::new();
+    if !ra.jwt_rules.is_empty() {
+        p.push((
+            "spec.jwtRules".into(),
+            "not enforced yet: JWT validation (Envoy jwt_authn) is not translated; the policy \
+             is refused rather than letting invalid tokens through"
+                .into(),
+        ));
+    }
+    if ra.selector.is_some() && (ra.target_ref.is_some() || !ra.target_refs.is_empty()) {
+        p.push((
+            "spec.selector".into(),
+            "selector and targetRef(s) are mutually exclusive".into(),
+        ));
+    }
+    p
 }

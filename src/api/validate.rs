@@ -208,6 +208,12 @@ pub fn validate(r: &Resource) -> Problems {
                 );
             }
         }
+        Spec::AuthorizationPolicy(ap) => {
+            v.p.extend(super::security::validate_authorization_policy(ap))
+        }
+        Spec::RequestAuthentication(ra) => {
+            v.p.extend(super::security::validate_request_authentication(ra))
+        }
         Spec::Secret(sec) => {
             for (k, val) in &sec.data {
                 if base64::Engine::decode(&base64::engine::general_purpose::STANDARD, val.trim())

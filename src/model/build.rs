@@ -167,6 +167,8 @@ pub fn build_world(
         }));
     }
 
+    let authz = authorization_policies(&mut cx, &services);
+
     let mut virtual_services = Vec::new();
     let mut claimed: BTreeMap<String, ObjectKey> = BTreeMap::new();
     let vss: Vec<_> = cx.of_kind(Kind::VirtualService).cloned().collect();
@@ -185,11 +187,85 @@ pub fn build_world(
         destination_rules,
         peer_authn,
         sidecars,
+        authz,
         objects: objects.clone(),
         errors: bad.iter().map(|(_, e)| e.clone()).collect(),
         by_address: Default::default(),
     };
     (world, bad)
+}
+
+/// AuthorizationPolicies (validated already): a targetRef must name an existing Service
+/// of the policy's namespace.
+fn authorization_policies(
+    cx: &mut Ctx<'_>,
+    services: &BTreeMap<String, Arc<Service>>,
+) -> Vec<Arc<AuthzPolicy>> {
+    let mut out = Vec::new();
+    let aps: Vec<_> = cx.of_kind(Kind::AuthorizationPolicy).cloned().collect();
+    for r in aps {
+        let Spec::AuthorizationPolicy(ap) = &r.spec else {
+            continue;
+        };
+        let Some(action) = AuthzAction::parse(ap.action.as_deref()) else {
+            continue;
+        };
+        let ns = &r.key.namespace;
+        let refs: Vec<(String, &crate::api::security::PolicyTargetReference)> = ap
+            .target_ref
+            .iter()
+            .map(|t| ("spec.targetRef".to_string(), t))
+            .chain(
+                ap.target_refs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("spec.targetRefs[{i}]"), t)),
+            )
+            .collect();
+        let target = if !refs.is_empty() {
+            let mut hosts = Vec::new();
+            let mut ok = true;
+            for (f, t) in refs {
+                if !t.namespace.is_empty() && t.namespace != *ns {
+                    cx.err(
+                        &r,
+                        format!("{f}.namespace"),
+                        "must be the policy's own namespace",
+                    );
+                    ok = false;
+                    continue;
+                }
+                let host = format!("{}.{ns}.svc.{}", t.name, cx.domain);
+                if !services.contains_key(&host) {
+                    cx.err(
+                        &r,
+                        format!("{f}.name"),
+                        format!("no Service {ns}/{}", t.name),
+                    );
+                    ok = false;
+                    continue;
+                }
+                hosts.push(host);
+            }
+            if !ok {
+                continue;
+            }
+            AuthzTarget::Services(hosts)
+        } else {
+            match ap.selector.as_ref().map(|s| &s.match_labels) {
+                Some(sel) if !sel.is_empty() => AuthzTarget::Selector(sel.clone()),
+                _ => AuthzTarget::Namespace,
+            }
+        };
+        out.push(Arc::new(AuthzPolicy {
+            key: r.key.clone(),
+            namespace: ns.clone(),
+            target,
+            action,
+            rules: ap.rules.clone(),
+        }));
+    }
+    out
 }
 
 fn ports_of(r: &Resource) -> BTreeMap<String, u32> {

@@ -6,8 +6,11 @@
 //!     └─ build() ──► World { services, virtual_services, destination_rules, errors, version }
 //! ```
 
+mod authz;
 mod build;
 mod index;
+
+pub use authz::{AuthzAction, AuthzPolicy, AuthzTarget, PortPolicies};
 
 pub use build::build_world;
 pub use index::Index;
@@ -28,6 +31,37 @@ pub struct MeshConfig {
     pub trust_domain: String,
     /// Where mesh-wide policy lives (Istio: `istio-system`).
     pub root_namespace: String,
+    /// How sidecars normalize request paths before authorization.
+    pub path_normalization: PathNormalization,
+}
+
+/// Istio's `meshConfig.pathNormalization.normalization`, applied by every inbound connection
+/// manager before authorization policies look at the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+pub enum PathNormalization {
+    /// Paths as received (Istio `NONE`): authorization can be bypassed; not recommended.
+    None,
+    /// RFC 3986 normalization: dot segments, `\` to `/`, percent-decoding of unreserved
+    /// characters (Istio `BASE`, its `DEFAULT`).
+    Base,
+    /// BASE, and `//` merged to `/`.
+    MergeSlashes,
+    /// MERGE_SLASHES, and `%2F`/`%5C` decoded to `/` and `\` first. pilotfish's default:
+    /// stricter than Istio's, so `/public%2F..%2Fadmin` cannot pass a `DENY /admin*`.
+    #[default]
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    pub fn parse(s: &str) -> Option<PathNormalization> {
+        Some(match s {
+            "NONE" => PathNormalization::None,
+            "BASE" | "DEFAULT" => PathNormalization::Base,
+            "MERGE_SLASHES" => PathNormalization::MergeSlashes,
+            "DECODE_AND_MERGE_SLASHES" => PathNormalization::DecodeAndMergeSlashes,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for MeshConfig {
@@ -37,6 +71,7 @@ impl Default for MeshConfig {
             allow_any: true,
             trust_domain: "cluster.local".into(),
             root_namespace: "istio-system".into(),
+            path_normalization: PathNormalization::default(),
         }
     }
 }
@@ -290,6 +325,8 @@ pub struct World {
     pub peer_authn: Vec<Arc<PeerAuthn>>,
     /// Sidecars, in (namespace, name) order.
     pub sidecars: Vec<Arc<SidecarCfg>>,
+    /// AuthorizationPolicies, in (namespace, name) order.
+    pub authz: Vec<Arc<AuthzPolicy>>,
     /// Every accepted object (for /debug/configz).
     #[serde(skip)]
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,

@@ -3,7 +3,7 @@
 //! inbound listener on 15006 with a filter chain per port of the proxy's own workload.
 
 use super::*;
-use crate::model::{MtlsMode, Protocol};
+use crate::model::{MtlsMode, PathNormalization, PortPolicies, Protocol};
 use envoy_types::pb::envoy::config::listener::v3::{
     self as ls, Filter, FilterChain, FilterChainMatch, ListenerFilter,
 };
@@ -25,14 +25,14 @@ pub const VIRTUAL_INBOUND: &str = "virtualInbound";
 const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 const TCP_NAME: &str = "envoy.filters.network.tcp_proxy";
 
-fn filter<T: Message + Name>(name: &str, m: T) -> Filter {
+pub(crate) fn filter<T: Message + Name>(name: &str, m: T) -> Filter {
     Filter {
         name: name.into(),
         config_type: Some(ls::filter::ConfigType::TypedConfig(any(m))),
     }
 }
 
-fn http_filter<T: Message + Name>(name: &str, m: T) -> hcm::HttpFilter {
+pub(crate) fn http_filter<T: Message + Name>(name: &str, m: T) -> hcm::HttpFilter {
     hcm::HttpFilter {
         name: name.into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any(m))),
@@ -126,7 +126,25 @@ pub enum RouteSource {
 }
 
 pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: bool) -> Filter {
-    let mut http_filters = Vec::new();
+    hcm_with(
+        stat_prefix,
+        route,
+        outbound,
+        Vec::new(),
+        PathNormalization::MergeSlashes,
+    )
+}
+
+/// The connection manager with `authz` HTTP filters before the router, normalizing paths
+/// as `norm` says (see `PathNormalization`).
+pub fn hcm_with(
+    stat_prefix: &str,
+    route: RouteSource,
+    outbound: bool,
+    authz: Vec<hcm::HttpFilter>,
+    norm: PathNormalization,
+) -> Filter {
+    let mut http_filters = authz;
     if outbound {
         http_filters.push(http_filter(
             "envoy.filters.http.fault",
@@ -155,10 +173,16 @@ pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: 
             codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
             http_filters,
             route_specifier: Some(route_specifier),
-            normalize_path: boolv(true),
-            merge_slashes: true,
+            normalize_path: boolv(norm != PathNormalization::None),
+            merge_slashes: matches!(
+                norm,
+                PathNormalization::MergeSlashes | PathNormalization::DecodeAndMergeSlashes
+            ),
             path_with_escaped_slashes_action: if outbound {
                 0
+            } else if norm == PathNormalization::DecodeAndMergeSlashes {
+                hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndForward
+                    as i32
             } else {
                 hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32
             },
@@ -329,11 +353,25 @@ pub struct InboundKey {
     pub default_mode: MtlsMode,
     /// The proxy has certificates (see `Proxy::mtls`).
     pub mtls: bool,
+    /// AuthorizationPolicies per served port (same order as `ports`), and for traffic to
+    /// any other port (the passthrough chain).
+    pub authz: Vec<PortPolicies>,
+    pub default_authz: PortPolicies,
+    /// How inbound connection managers normalize paths before authorization.
+    pub path_normalization: PathNormalization,
 }
 
 pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
+    let ports = inbound_ports(world, proxy);
+    let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
     InboundKey {
-        ports: inbound_ports(world, proxy)
+        authz: ports
+            .iter()
+            .map(|(port, _)| world.authz_for_port(proxy, &workload, *port))
+            .collect(),
+        default_authz: workload,
+        path_normalization: world.mesh.path_normalization,
+        ports: ports
             .into_iter()
             .map(|(port, proto)| {
                 (
@@ -353,13 +391,27 @@ pub fn inbound(world: &World, proxy: &Proxy) -> ls::Listener {
     inbound_from(&inbound_key(world, proxy))
 }
 
-fn inbound_route(port: u32, cluster: &str) -> rt::RouteConfiguration {
+/// Route configurations of the inbound HTTP ports (`inbound|<port>||`, over RDS), each
+/// carrying its port's authorization as per-route RBAC: a policy change is a route update,
+/// which applies to the next request, kept-alive connections included (a listener update
+/// reaches only new connections while old ones drain).
+pub fn inbound_routes(key: &InboundKey) -> Vec<rt::RouteConfiguration> {
+    key.ports
+        .iter()
+        .zip(&key.authz)
+        .filter(|((_, proto, _), _)| proto.is_http() || *proto == Protocol::Unknown)
+        .map(|(&(port, _, _), policies)| inbound_route(port, &inbound_name(port), policies))
+        .collect()
+}
+
+fn inbound_route(port: u32, cluster: &str, policies: &PortPolicies) -> rt::RouteConfiguration {
     rt::RouteConfiguration {
         name: cluster.to_string(),
         validate_clusters: boolv(false),
         virtual_hosts: vec![rt::VirtualHost {
             name: format!("inbound|http|{port}"),
             domains: vec!["*".into()],
+            typed_per_filter_config: super::authz::http_per_route(policies),
             routes: vec![rt::Route {
                 name: "default".into(),
                 r#match: Some(rt::RouteMatch {
@@ -385,7 +437,13 @@ fn inbound_route(port: u32, cluster: &str) -> rt::RouteConfiguration {
 /// refused; mutual TLS (`tls`, client certificate required) unless DISABLE.
 pub fn inbound_from(key: &InboundKey) -> ls::Listener {
     let mut chains = Vec::new();
-    for &(port, proto, mode) in &key.ports {
+    for (i, &(port, proto, mode)) in key.ports.iter().enumerate() {
+        let policies = &key.authz[i];
+        let tcp = |stat: &str, cluster: &str| {
+            let mut f = super::authz::network_filters(policies);
+            f.push(tcp_proxy(stat, cluster));
+            f
+        };
         let cluster = inbound_name(port);
         let stat = format!("inbound_0.0.0.0_{port}");
         let http = proto.is_http() || proto == Protocol::Unknown;
@@ -402,10 +460,12 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
             })
         };
         let hcm = || {
-            http_connection_manager(
+            hcm_with(
                 &stat,
-                RouteSource::Inline(inbound_route(port, &cluster)),
+                RouteSource::Rds(cluster.clone()),
                 false,
+                super::authz::http_filters(),
+                key.path_normalization,
             )
         };
         if mode == MtlsMode::Strict {
@@ -428,7 +488,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
                 chains.push(FilterChain {
                     name: format!("{cluster}tcp"),
                     filter_chain_match: m("raw_buffer", false),
-                    filters: vec![tcp_proxy(&stat, &cluster)],
+                    filters: tcp(&stat, &cluster),
                     ..Default::default()
                 });
             }
@@ -438,7 +498,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
             let filters = if http {
                 vec![hcm()]
             } else {
-                vec![tcp_proxy(&stat, &cluster)]
+                tcp(&stat, &cluster)
             };
             chains.push(FilterChain {
                 name: format!("{cluster}mtls"),
@@ -456,9 +516,12 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
             ..Default::default()
         }
     } else {
+        // Ports no service declares: policies still apply, in their TCP form.
+        let mut filters = super::authz::network_filters(&key.default_authz);
+        filters.push(tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH));
         FilterChain {
             name: "InboundPassthroughFilterChain".into(),
-            filters: vec![tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH)],
+            filters,
             ..Default::default()
         }
     };

@@ -9,6 +9,7 @@
 //!         └─ listener/cluster::inbound (per workload instances) LDS, CDS
 //! ```
 
+pub mod authz;
 pub mod cluster;
 pub mod endpoint;
 pub mod listener;
@@ -55,13 +56,17 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     clusters.extend(cluster::inbound(world, proxy));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let mut listeners = listener::outbound(world, &scope);
-    listeners.push(listener::inbound(world, proxy));
+    let key = listener::inbound_key(world, proxy);
+    listeners.push(listener::inbound_from(&key));
     listeners.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut routes = route::outbound(world, proxy);
+    routes.extend(listener::inbound_routes(&key));
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
     ProxyConfig {
         clusters,
         endpoints: endpoint::all(world, &scope),
         listeners,
-        routes: route::outbound(world, proxy),
+        routes,
     }
 }
 

@@ -630,7 +630,8 @@ fn inline_config(p: &RoutePart) -> Res {
 }
 
 /// Inbound clusters and the inbound listener of one inbound class.
-type InboundMaps = (Arc<TypeMap>, Arc<TypeMap>);
+/// Inbound clusters, listener and route configurations of one inbound class.
+type InboundMaps = (Arc<TypeMap>, Arc<TypeMap>, Arc<TypeMap>);
 
 /// Resources to send (new, or another version) and names no longer present.
 pub type Diff = (Vec<Res>, Vec<String>);
@@ -724,7 +725,7 @@ impl Generation {
             let inbound = p.inbound.lock().unwrap();
             *g.inbound.get_mut().unwrap() = inbound
                 .iter()
-                .filter(|(_, (c, l))| live(c) || live(l))
+                .filter(|(_, (c, l, r))| live(c) || live(l) || live(r))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
             let pw = &p.world;
@@ -860,7 +861,7 @@ impl Generation {
         };
         // The key is the whole input of the inbound resources (no implicit inputs).
         let key = translate::listener::inbound_key(w, proxy);
-        let (in_clusters, in_listeners) = {
+        let (in_clusters, in_listeners, in_routes) = {
             let mut memo = lock_or_skip(&self.inbound, build)?;
             if !build && !memo.contains_key(&key) {
                 return None;
@@ -870,6 +871,7 @@ impl Generation {
                     (
                         Arc::new(map(translate::cluster::inbound_from(&key), |c| &c.name)),
                         Arc::new(listener_map(vec![translate::listener::inbound_from(&key)])),
+                        Arc::new(route_map(translate::listener::inbound_routes(&key))),
                     )
                 })
                 .clone()
@@ -878,7 +880,7 @@ impl Generation {
         by_type.insert(CLUSTER, vec![out.clusters.clone(), in_clusters]);
         by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
         by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
-        by_type.insert(ROUTE, vec![routes]);
+        by_type.insert(ROUTE, vec![routes, in_routes]);
         if let Some(v) = vhosts {
             by_type.insert(VHOST, vec![v]);
         }
@@ -1086,6 +1088,16 @@ pub fn encode_secret(
     s: &envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret,
 ) -> Res {
     encode(&s.name, s)
+}
+
+fn route_map(items: Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>) -> TypeMap {
+    items
+        .iter()
+        .map(|r| {
+            let refs = translate::route::referenced_clusters(std::slice::from_ref(r));
+            (r.name.clone(), encode_with(&r.name, r, refs))
+        })
+        .collect()
 }
 
 fn listener_map(items: Vec<envoy_types::pb::envoy::config::listener::v3::Listener>) -> TypeMap {

@@ -1,0 +1,265 @@
+//! Bad security policies are config errors naming the file, the object and the field;
+//! what is not enforced is refused (never accepted and ignored); the last good version of
+//! a policy keeps being enforced when an edit breaks it.
+
+use pilotfish::api::{parse_file, ConfigError};
+use pilotfish::model::{Index, MeshConfig};
+
+fn ap(spec: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: default}}\nspec:\n{spec}\n"
+    )
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse_file("policies.yaml", text).1
+}
+
+fn dump(errs: &[ConfigError]) -> String {
+    errs.iter().map(|e| format!("  {e}\n")).collect()
+}
+
+/// (spec, field the one error must name, a word its reason must contain)
+const CASES: &[(&str, &str, &str)] = &[
+    ("  action: MAYBE", "spec.action", "unknown action"),
+    ("  action: DENY", "spec.rules", "needs rules"),
+    ("  actoin: DENY", "spec.actoin", "unknown field"),
+    (
+        "  rules: [{from: [{source: {principalz: [a]}}]}]",
+        "spec.rules[0].from[0].source.principalz",
+        "unknown field",
+    ),
+    (
+        "  rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/33\"]}}]}]",
+        "spec.rules[0].from[0].source.ipBlocks[0]",
+        "prefix length",
+    ),
+    (
+        "  rules: [{from: [{source: {notIpBlocks: [\"not-an-ip\"]}}]}]",
+        "spec.rules[0].from[0].source.notIpBlocks[0]",
+        "not an IP",
+    ),
+    (
+        "  rules: [{from: [{source: {remoteIpBlocks: [\"\"]}}]}]",
+        "spec.rules[0].from[0].source.remoteIpBlocks[0]",
+        "not an IP",
+    ),
+    (
+        "  rules: [{from: [{source: {}}]}]",
+        "spec.rules[0].from[0].source",
+        "must not be empty",
+    ),
+    (
+        "  rules: [{to: [{operation: {}}]}]",
+        "spec.rules[0].to[0].operation",
+        "must not be empty",
+    ),
+    (
+        "  rules: [{from: [{source: {principals: [\"a*b\"]}}]}]",
+        "spec.rules[0].from[0].source.principals[0]",
+        "only as the whole value",
+    ),
+    (
+        "  rules: [{from: [{source: {serviceAccounts: [\"a\"]}}]}]",
+        "spec.rules[0].from[0].source.serviceAccounts[0]",
+        "namespace/service-account",
+    ),
+    (
+        "  rules: [{from: [{source: {serviceAccounts: [\"ns/a\"], principals: [x]}}]}]",
+        "spec.rules[0].from[0].source.serviceAccounts",
+        "together",
+    ),
+    (
+        "  rules: [{to: [{operation: {ports: [\"http\"]}}]}]",
+        "spec.rules[0].to[0].operation.ports[0]",
+        "not a port",
+    ),
+    (
+        "  rules: [{to: [{operation: {notPorts: [\"70000\"]}}]}]",
+        "spec.rules[0].to[0].operation.notPorts[0]",
+        "not a port",
+    ),
+    (
+        "  rules: [{to: [{operation: {paths: [\"admin\"]}}]}]",
+        "spec.rules[0].to[0].operation.paths[0]",
+        "starts with `/`",
+    ),
+    (
+        "  rules: [{to: [{operation: {paths: [\"/a/{*}/b\"]}}]}]",
+        "spec.rules[0].to[0].operation.paths[0]",
+        "not enforced yet",
+    ),
+    (
+        "  rules: [{to: [{operation: {methods: [\"*\"]}}]}]",
+        "spec.rules[0].to[0].operation.methods[0]",
+        "plain name",
+    ),
+    (
+        "  rules: [{when: [{key: \"request.headers[x]\"}]}]",
+        "spec.rules[0].when[0]",
+        "needs values",
+    ),
+    (
+        "  rules: [{when: [{key: source.ip, values: [\"300.1.1.1\"]}]}]",
+        "spec.rules[0].when[0].values[0]",
+        "not an IP",
+    ),
+    (
+        "  rules: [{when: [{key: destination.port, notValues: [\"x\"]}]}]",
+        "spec.rules[0].when[0].notValues[0]",
+        "not a port",
+    ),
+    (
+        "  rules: [{when: [{key: destination.labels, values: [a]}]}]",
+        "spec.rules[0].when[0].key",
+        "unknown key",
+    ),
+    (
+        "  rules: [{when: [{key: \"request.headers[]\", values: [a]}]}]",
+        "spec.rules[0].when[0].key",
+        "request.headers[<name>]",
+    ),
+    (
+        "  rules: [{when: [{key: \"experimental.envoy.filters.a[b]\", values: [a]}]}]",
+        "spec.rules[0].when[0].key",
+        "not enforced",
+    ),
+    (
+        "  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]",
+        "spec.rules[0].from[0].source.requestPrincipals",
+        "not enforced yet",
+    ),
+    (
+        "  rules: [{when: [{key: \"request.auth.claims[groups]\", values: [a]}]}]",
+        "spec.rules[0].when[0].key",
+        "not enforced yet",
+    ),
+    (
+        "  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]",
+        "spec.action",
+        "not enforced yet",
+    ),
+    (
+        "  action: DENY\n  provider: {name: opa}\n  rules: [{}]",
+        "spec.provider",
+        "only the CUSTOM",
+    ),
+    (
+        "  selector: {matchLabels: {app: a}}\n  targetRef: {kind: Service, name: a}",
+        "spec.selector",
+        "mutually exclusive",
+    ),
+    (
+        "  targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: a}",
+        "spec.targetRef.kind",
+        "not enforced yet",
+    ),
+    (
+        "  targetRef: {kind: Service, name: a}\n  targetRefs: [{kind: Service, name: b}]",
+        "spec.targetRef",
+        "not both",
+    ),
+    (
+        "  rules: [{from: [{source: {principals: 7}}]}]",
+        "spec.rules[0].from[0].source.principals",
+        "invalid type",
+    ),
+];
+
+#[test]
+fn every_bad_policy_names_its_field() {
+    let mut failures = Vec::new();
+    for (spec, field, word) in CASES {
+        let errs = errors(&ap(spec));
+        let ok = errs.len() == 1
+            && errs[0].field == *field
+            && errs[0].object == "AuthorizationPolicy default/p"
+            && errs[0].file == "policies.yaml"
+            && errs[0].reason.contains(word);
+        if !ok {
+            failures.push(format!("{spec}\n  want {field} ({word})\n{}", dump(&errs)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn good_policies_validate() {
+    for spec in [
+        "  {}",
+        "  action: DENY\n  rules: [{}]",
+        "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/x*\", \"*.y\", \"*\"]}}]}]",
+        "  selector: {matchLabels: {app: a}}\n  rules:\n  - from: [{source: {principals: [\"*\"], notNamespaces: [\"x-*\"]}}, {source: {ipBlocks: [\"10.0.0.0/8\", \"::1\"]}}]\n    to: [{operation: {hosts: [\"*.example.com\"], notMethods: [DELETE], ports: [\"80\"]}}]\n    when:\n    - {key: \"request.headers[x-a]\", values: [\"*\"]}\n    - {key: connection.sni, notValues: [\"evil.*\"]}\n    - {key: destination.ip, values: [\"10.1.0.0/16\"]}",
+    ] {
+        let errs = errors(&ap(spec));
+        assert!(errs.is_empty(), "{spec}\n{}", dump(&errs));
+    }
+}
+
+#[test]
+fn request_authentication_is_refused_until_enforced() {
+    let text = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]\n";
+    let errs = errors(text);
+    assert_eq!(errs.len(), 1, "{}", dump(&errs));
+    assert_eq!(errs[0].field, "spec.jwtRules");
+    assert!(errs[0].reason.contains("not enforced yet"), "{}", errs[0]);
+}
+
+#[test]
+fn target_ref_to_a_missing_service_is_an_error() {
+    let (res, errs) = parse_file(
+        "p.yaml",
+        &ap("  targetRefs: [{kind: Service, group: \"\", name: nosuch}]\n  action: DENY\n  rules: [{}]"),
+    );
+    assert!(errs.is_empty(), "{}", dump(&errs));
+    let mut ix = Index::new(MeshConfig::default());
+    ix.apply_file("p.yaml", res, errs);
+    let w = ix.snapshot();
+    assert_eq!(w.errors.len(), 1, "{}", dump(&w.errors));
+    assert_eq!(w.errors[0].field, "spec.targetRefs[0].name");
+    assert!(
+        w.authz.is_empty(),
+        "a policy with a broken target is not served"
+    );
+}
+
+#[test]
+fn broken_edit_keeps_enforcing_the_previous_version() {
+    let good = ap("  action: DENY\n  rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/8\"]}}]}]");
+    let bad = ap("  action: DENY\n  rules: [{from: [{source: {ipBlocks: [\"10.0.0.0/80\"]}}]}]");
+    let mut ix = Index::new(MeshConfig::default());
+    let (res, errs) = parse_file("p.yaml", &good);
+    ix.apply_file("p.yaml", res, errs);
+    let w1 = ix.snapshot();
+    assert_eq!(w1.authz.len(), 1);
+    let (res, errs) = parse_file("p.yaml", &bad);
+    assert_eq!(errs.len(), 1, "{}", dump(&errs));
+    assert_eq!(errs[0].field, "spec.rules[0].from[0].source.ipBlocks[0]");
+    ix.apply_file("p.yaml", res, errs);
+    let w2 = ix.snapshot();
+    assert_eq!(w2.errors.len(), 1, "{}", dump(&w2.errors));
+    assert_eq!(w2.authz.len(), 1, "the previous version is still enforced");
+    assert_eq!(w2.authz[0], w1.authz[0]);
+}
+
+#[test]
+fn validate_command_fails_on_a_bad_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.yaml");
+    std::fs::write(
+        &f,
+        ap("  action: CUSTOM\n  provider: {name: x}\n  rules: [{}]"),
+    )
+    .unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .arg("validate")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("AuthorizationPolicy default/p: spec.action:"),
+        "{out}"
+    );
+}

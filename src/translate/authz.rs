@@ -1,0 +1,589 @@
+//! AuthorizationPolicy → Envoy RBAC, enforced inside the sidecar on the inbound side.
+//!
+//! ```text
+//!  HTTP chain:  rbac(AUDIT, shadow) → rbac(DENY) → rbac(ALLOW) → router
+//!               (rules per route: route configuration `inbound|<port>||` over RDS)
+//!  TCP chain:   rbac(AUDIT, shadow) → rbac(DENY) → rbac(ALLOW) → tcp_proxy
+//! ```
+//! A rule is `from` AND `to` AND `when`; list entries are ORed, a field's values are ORed,
+//! `not*` fields negate the OR of their values. Principals are the verified mTLS peer's
+//! SPIFFE URI (`authenticated`), so plaintext callers never match one.
+//!
+//! Case, the safe way round: hosts are compared ignoring case (DNS names are); a DENY (or
+//! AUDIT) policy matches paths ignoring case and excludes (`notPaths`) case-sensitively, an
+//! ALLOW policy the other way, so `/ADMIN` cannot slip past `DENY /admin*` to an app that
+//! ignores case. Hosts match with and without a port (`Host: b:8080` is host `b`).
+//!
+//! On TCP chains the HTTP-only fields (hosts, methods, paths, `request.headers`) cannot be
+//! checked: as in Istio, an ALLOW rule using one matches nothing (allows less) and a DENY
+//! rule drops them (denies more).
+
+use super::*;
+use crate::api::security::{header_key, parse_cidr, Condition, Operation, Rule, Source};
+use crate::model::{AuthzAction, AuthzPolicy};
+use envoy_types::pb::envoy::config::rbac::v3 as rbac;
+use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
+use envoy_types::pb::envoy::r#type::matcher::v3::{
+    path_matcher, string_matcher::MatchPattern, PathMatcher, StringMatcher,
+};
+use rbac::permission::Rule as P;
+use rbac::principal::Identifier as I;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The inbound HTTP RBAC filters' names (per-route configs are keyed by them).
+pub const AUDIT_FILTER: &str = "pilotfish.authz.audit";
+pub const DENY_FILTER: &str = "pilotfish.authz.deny";
+pub const ALLOW_FILTER: &str = "pilotfish.authz.allow";
+pub const NETWORK_RBAC: &str = "envoy.filters.network.rbac";
+/// Stat prefix of the AUDIT filter's shadow rules (`..rbac.istio_audit_shadow_denied`
+/// counts requests an AUDIT rule matched).
+pub const AUDIT_STAT_PREFIX: &str = "istio_audit_";
+
+/// Which side of an Envoy RBAC filter a generated rule is for.
+#[derive(Clone, Copy, PartialEq)]
+enum Form {
+    Http,
+    Tcp,
+}
+
+/// What the generation of one rule needs to know.
+#[derive(Clone, Copy)]
+struct Ctx {
+    form: Form,
+    action: AuthzAction,
+}
+
+impl Ctx {
+    /// Positive matches ignore case when matching more is the safe side (DENY, AUDIT).
+    fn broad(self) -> bool {
+        self.action != AuthzAction::Allow
+    }
+}
+
+/// Istio's policy name in Envoy: `ns[NS]-policy[NAME]-rule[I]`.
+pub fn policy_name(p: &AuthzPolicy, i: usize) -> String {
+    format!("ns[{}]-policy[{}]-rule[{i}]", p.namespace, p.key.name)
+}
+
+/// The Envoy RBAC config of each action present, in evaluation order (AUDIT, DENY, ALLOW);
+/// `shadow` is set for AUDIT.
+pub struct Rbacs {
+    pub audit: Option<rbac::Rbac>,
+    pub deny: Option<rbac::Rbac>,
+    pub allow: Option<rbac::Rbac>,
+}
+
+fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form) -> Rbacs {
+    let mut out = Rbacs {
+        audit: None,
+        deny: None,
+        allow: None,
+    };
+    for p in policies {
+        let (slot, action) = match p.action {
+            AuthzAction::Allow => (&mut out.allow, rbac::rbac::Action::Allow),
+            AuthzAction::Deny => (&mut out.deny, rbac::rbac::Action::Deny),
+            // Shadow rules with DENY: a match counts as `shadow_denied`, nothing is refused.
+            AuthzAction::Audit => (&mut out.audit, rbac::rbac::Action::Deny),
+        };
+        // An ALLOW policy with no rules still creates the filter: nothing is allowed.
+        let r = slot.get_or_insert_with(|| rbac::Rbac {
+            action: action as i32,
+            policies: HashMap::new(),
+            ..Default::default()
+        });
+        let cx = Ctx {
+            form,
+            action: p.action,
+        };
+        for (i, rule) in p.rules.iter().enumerate() {
+            if let Some(policy) = rule_policy(rule, cx) {
+                r.policies.insert(policy_name(p, i), policy);
+            }
+        }
+    }
+    if out.audit.as_ref().is_some_and(|a| a.policies.is_empty()) {
+        out.audit = None;
+    }
+    if out.deny.as_ref().is_some_and(|a| a.policies.is_empty()) {
+        out.deny = None;
+    }
+    out
+}
+
+/// The inbound connection manager's RBAC filters (before the router), in evaluation order.
+/// Their own config enforces nothing: each inbound route carries its port's rules
+/// (`http_per_route`), so a policy change never touches the listener.
+pub fn http_filters() -> Vec<hcm::HttpFilter> {
+    // The stats of a filter keep its own config's prefixes (`..rbac.istio_deny_denied`).
+    let prefixed = |shadow: &str, rules: &str| http_rbac::Rbac {
+        shadow_rules_stat_prefix: shadow.into(),
+        rules_stat_prefix: rules.into(),
+        ..Default::default()
+    };
+    vec![
+        listener::http_filter(AUDIT_FILTER, prefixed(AUDIT_STAT_PREFIX, "")),
+        listener::http_filter(DENY_FILTER, prefixed("", "istio_deny_")),
+        listener::http_filter(ALLOW_FILTER, prefixed("", "istio_allow_")),
+    ]
+}
+
+/// Per-route configs of the three RBAC filters for a port's policies (absent: no policy of
+/// that action applies).
+pub fn http_per_route(policies: &[Arc<AuthzPolicy>]) -> HashMap<String, pbw::Any> {
+    let r = rbacs(policies, Form::Http);
+    let mut out = HashMap::new();
+    let mut put = |name: &str, rbac: http_rbac::Rbac| {
+        out.insert(
+            name.to_string(),
+            any(http_rbac::RbacPerRoute { rbac: Some(rbac) }),
+        );
+    };
+    if let Some(a) = r.audit {
+        put(
+            AUDIT_FILTER,
+            http_rbac::Rbac {
+                shadow_rules: Some(a),
+                shadow_rules_stat_prefix: AUDIT_STAT_PREFIX.into(),
+                ..Default::default()
+            },
+        );
+    }
+    if let Some(d) = r.deny {
+        put(
+            DENY_FILTER,
+            http_rbac::Rbac {
+                rules: Some(d),
+                ..Default::default()
+            },
+        );
+    }
+    if let Some(a) = r.allow {
+        put(
+            ALLOW_FILTER,
+            http_rbac::Rbac {
+                rules: Some(a),
+                ..Default::default()
+            },
+        );
+    }
+    out
+}
+
+/// Network RBAC filters for an inbound TCP chain (before tcp_proxy).
+pub fn network_filters(policies: &[Arc<AuthzPolicy>]) -> Vec<ls::Filter> {
+    let r = rbacs(policies, Form::Tcp);
+    let mut out = Vec::new();
+    if let Some(a) = r.audit {
+        out.push(listener::filter(
+            NETWORK_RBAC,
+            net_rbac::Rbac {
+                shadow_rules: Some(a),
+                shadow_rules_stat_prefix: AUDIT_STAT_PREFIX.into(),
+                stat_prefix: "tcp.".into(),
+                ..Default::default()
+            },
+        ));
+    }
+    for rules in [r.deny, r.allow].into_iter().flatten() {
+        out.push(listener::filter(
+            NETWORK_RBAC,
+            net_rbac::Rbac {
+                rules: Some(rules),
+                stat_prefix: "tcp.".into(),
+                ..Default::default()
+            },
+        ));
+    }
+    out
+}
+
+use envoy_types::pb::envoy::config::listener::v3 as ls;
+
+/// One rule: (OR of `to`) AND `when` permissions; (OR of `from`) AND `when` principals.
+/// None: the rule can never match here (an ALLOW rule using HTTP-only fields on TCP).
+fn rule_policy(rule: &Rule, cx: Ctx) -> Option<rbac::Policy> {
+    let mut perms: Vec<rbac::Permission> = Vec::new();
+    let mut ids: Vec<rbac::Principal> = Vec::new();
+    if !rule.to.is_empty() {
+        let ops: Vec<rbac::Permission> = rule
+            .to
+            .iter()
+            .filter_map(|t| operation(&t.operation, cx))
+            .collect();
+        if ops.is_empty() {
+            return None;
+        }
+        perms.push(perm_or(ops));
+    }
+    if !rule.from.is_empty() {
+        ids.push(id_or(rule.from.iter().map(|f| source(&f.source)).collect()));
+    }
+    for c in &rule.when {
+        match condition(c, cx)? {
+            Cond::Perm(p) => perms.push(p),
+            Cond::Id(i) => ids.push(i),
+            Cond::Skip => {}
+        }
+    }
+    Some(rbac::Policy {
+        permissions: vec![perm_and(perms)],
+        principals: vec![id_and(ids)],
+        ..Default::default()
+    })
+}
+
+fn perm(r: P) -> rbac::Permission {
+    rbac::Permission { rule: Some(r) }
+}
+fn id(i: I) -> rbac::Principal {
+    rbac::Principal {
+        identifier: Some(i),
+    }
+}
+fn perm_and(mut v: Vec<rbac::Permission>) -> rbac::Permission {
+    match v.len() {
+        0 => perm(P::Any(true)),
+        1 => v.pop().unwrap(),
+        _ => perm(P::AndRules(rbac::permission::Set { rules: v })),
+    }
+}
+fn perm_or(mut v: Vec<rbac::Permission>) -> rbac::Permission {
+    match v.len() {
+        1 => v.pop().unwrap(),
+        _ => perm(P::OrRules(rbac::permission::Set { rules: v })),
+    }
+}
+fn perm_not(p: rbac::Permission) -> rbac::Permission {
+    perm(P::NotRule(Box::new(p)))
+}
+fn id_and(mut v: Vec<rbac::Principal>) -> rbac::Principal {
+    match v.len() {
+        0 => id(I::Any(true)),
+        1 => v.pop().unwrap(),
+        _ => id(I::AndIds(rbac::principal::Set { ids: v })),
+    }
+}
+fn id_or(mut v: Vec<rbac::Principal>) -> rbac::Principal {
+    match v.len() {
+        1 => v.pop().unwrap(),
+        _ => id(I::OrIds(rbac::principal::Set { ids: v })),
+    }
+}
+fn id_not(p: rbac::Principal) -> rbac::Principal {
+    id(I::NotId(Box::new(p)))
+}
+
+/// `values` ORed, and NOT(`not_values` ORed), ANDed onto `acc`.
+fn push_perm(
+    acc: &mut Vec<rbac::Permission>,
+    values: &[String],
+    not_values: &[String],
+    f: impl Fn(&str, bool) -> rbac::Permission,
+) {
+    if !values.is_empty() {
+        acc.push(perm_or(values.iter().map(|v| f(v, false)).collect()));
+    }
+    if !not_values.is_empty() {
+        acc.push(perm_not(perm_or(
+            not_values.iter().map(|v| f(v, true)).collect(),
+        )));
+    }
+}
+fn push_id(
+    acc: &mut Vec<rbac::Principal>,
+    values: &[String],
+    not_values: &[String],
+    f: impl Fn(&str) -> rbac::Principal,
+) {
+    if !values.is_empty() {
+        acc.push(id_or(values.iter().map(|v| f(v)).collect()));
+    }
+    if !not_values.is_empty() {
+        acc.push(id_not(id_or(not_values.iter().map(|v| f(v)).collect())));
+    }
+}
+
+fn sm(p: MatchPattern, ignore_case: bool) -> StringMatcher {
+    StringMatcher {
+        match_pattern: Some(p),
+        ignore_case,
+    }
+}
+
+/// Istio's `*` forms as a string matcher (`*` alone is handled by callers as presence).
+fn wildcard(v: &str, ignore_case: bool) -> StringMatcher {
+    if v == "*" {
+        return sm(MatchPattern::Prefix(String::new()), false);
+    }
+    if let Some(s) = v.strip_prefix('*') {
+        sm(MatchPattern::Suffix(s.into()), ignore_case)
+    } else if let Some(p) = v.strip_suffix('*') {
+        sm(MatchPattern::Prefix(p.into()), ignore_case)
+    } else {
+        sm(MatchPattern::Exact(v.into()), ignore_case)
+    }
+}
+
+fn header(name: &str, m: StringMatcher) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::StringMatch(m)),
+        ..Default::default()
+    }
+}
+
+fn present(name: &str) -> HeaderMatcher {
+    HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true)),
+        ..Default::default()
+    }
+}
+
+fn cidr(v: &str) -> core::CidrRange {
+    let (ip, len) = parse_cidr(v).expect("validated");
+    core::CidrRange {
+        address_prefix: ip.to_string(),
+        prefix_len: u32v(len),
+    }
+}
+
+/// The verified peer's SPIFFE URI, from an Istio principal (`td/ns/x/sa/y`, `*` forms).
+fn principal(v: &str) -> rbac::Principal {
+    let m = if v == "*" {
+        sm(MatchPattern::Prefix("spiffe://".into()), false)
+    } else if let Some(s) = v.strip_prefix('*') {
+        sm(MatchPattern::Suffix(s.into()), false)
+    } else if let Some(p) = v.strip_suffix('*') {
+        sm(MatchPattern::Prefix(format!("spiffe://{p}")), false)
+    } else {
+        sm(MatchPattern::Exact(format!("spiffe://{v}")), false)
+    };
+    authenticated(m)
+}
+
+fn authenticated(m: StringMatcher) -> rbac::Principal {
+    id(I::Authenticated(rbac::principal::Authenticated {
+        principal_name: Some(m),
+    }))
+}
+
+fn regex(re: String) -> StringMatcher {
+    use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatcher;
+    sm(
+        MatchPattern::SafeRegex(RegexMatcher {
+            regex: re,
+            ..Default::default()
+        }),
+        false,
+    )
+}
+
+/// The namespace of the verified peer's SPIFFE URI (`spiffe://<td>/ns/<ns>/sa/<sa>`).
+fn namespace(v: &str) -> rbac::Principal {
+    let seg = |s: &str| regex_syntax::escape(s);
+    let ns = if v == "*" {
+        "[^/]+".to_string()
+    } else if let Some(s) = v.strip_prefix('*') {
+        format!("[^/]*{}", seg(s))
+    } else if let Some(p) = v.strip_suffix('*') {
+        format!("{}[^/]*", seg(p))
+    } else {
+        seg(v)
+    };
+    authenticated(regex(format!("^spiffe://[^/]+/ns/{ns}/sa/[^/]+$")))
+}
+
+fn service_account(v: &str) -> rbac::Principal {
+    let (ns, sa) = v.split_once('/').expect("validated");
+    authenticated(regex(format!(
+        "^spiffe://[^/]+/ns/{}/sa/{}$",
+        regex_syntax::escape(ns),
+        regex_syntax::escape(sa)
+    )))
+}
+
+fn source(s: &Source) -> rbac::Principal {
+    let mut acc = Vec::new();
+    push_id(&mut acc, &s.principals, &s.not_principals, principal);
+    push_id(&mut acc, &s.namespaces, &s.not_namespaces, namespace);
+    push_id(
+        &mut acc,
+        &s.service_accounts,
+        &s.not_service_accounts,
+        service_account,
+    );
+    push_id(&mut acc, &s.ip_blocks, &s.not_ip_blocks, |v| {
+        id(I::DirectRemoteIp(cidr(v)))
+    });
+    push_id(
+        &mut acc,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        |v| id(I::RemoteIp(cidr(v))),
+    );
+    id_and(acc)
+}
+
+/// `:authority` equal to the host, with or without a port (`Host: a.com:8080`) and with or
+/// without the root's trailing dot (`a.com.`, the same name).
+fn host(v: &str, ignore_case: bool) -> rbac::Permission {
+    if v == "*" {
+        return perm(P::Header(present(":authority")));
+    }
+    let auth = |m: MatchPattern| perm(P::Header(header(":authority", sm(m, ignore_case))));
+    let forms = if let Some(s) = v.strip_prefix('*') {
+        vec![
+            MatchPattern::Suffix(s.into()),
+            MatchPattern::Suffix(format!("{s}.")),
+            MatchPattern::Contains(format!("{s}:")),
+            MatchPattern::Contains(format!("{s}.:")),
+        ]
+    } else if let Some(p) = v.strip_suffix('*') {
+        vec![MatchPattern::Prefix(p.into())]
+    } else {
+        vec![
+            MatchPattern::Exact(v.into()),
+            MatchPattern::Exact(format!("{v}.")),
+            MatchPattern::Prefix(format!("{v}:")),
+            MatchPattern::Prefix(format!("{v}.:")),
+        ]
+    };
+    perm_or(forms.into_iter().map(auth).collect())
+}
+
+fn path(v: &str, ignore_case: bool) -> rbac::Permission {
+    perm(P::UrlPath(PathMatcher {
+        rule: Some(path_matcher::Rule::Path(wildcard(v, ignore_case))),
+    }))
+}
+
+/// One `to.operation`; None when it can never match on this form.
+fn operation(o: &Operation, cx: Ctx) -> Option<rbac::Permission> {
+    let mut acc = Vec::new();
+    let http_only = !(o.hosts.is_empty()
+        && o.not_hosts.is_empty()
+        && o.methods.is_empty()
+        && o.not_methods.is_empty()
+        && o.paths.is_empty()
+        && o.not_paths.is_empty());
+    if cx.form == Form::Tcp && http_only && cx.action == AuthzAction::Allow {
+        return None;
+    }
+    if cx.form == Form::Http {
+        // A positive match ignores case when matching more is safe; an exclusion when
+        // excluding more is.
+        let broad = cx.broad();
+        // Host names are case-insensitive (DNS): matched so either way, as Istio does.
+        push_perm(&mut acc, &o.hosts, &o.not_hosts, |v, _| host(v, true));
+        push_perm(&mut acc, &o.methods, &o.not_methods, |v, _| {
+            perm(P::Header(header(
+                ":method",
+                sm(MatchPattern::Exact(v.into()), false),
+            )))
+        });
+        push_perm(&mut acc, &o.paths, &o.not_paths, |v, neg| {
+            path(v, broad != neg)
+        });
+    }
+    push_perm(&mut acc, &o.ports, &o.not_ports, |v, _| {
+        perm(P::DestinationPort(v.parse().expect("validated")))
+    });
+    Some(perm_and(acc))
+}
+
+enum Cond {
+    Perm(rbac::Permission),
+    Id(rbac::Principal),
+    /// An HTTP-only condition dropped from a DENY rule on TCP.
+    Skip,
+}
+
+/// One `when` condition; None when the rule can never match on this form.
+fn condition(c: &Condition, cx: Ctx) -> Option<Cond> {
+    let mut ids = Vec::new();
+    let mut perms = Vec::new();
+    match c.key.as_str() {
+        "source.ip" => push_id(&mut ids, &c.values, &c.not_values, |v| {
+            id(I::DirectRemoteIp(cidr(v)))
+        }),
+        "remote.ip" => push_id(&mut ids, &c.values, &c.not_values, |v| {
+            id(I::RemoteIp(cidr(v)))
+        }),
+        "source.namespace" => push_id(&mut ids, &c.values, &c.not_values, namespace),
+        "source.principal" => push_id(&mut ids, &c.values, &c.not_values, principal),
+        "destination.ip" => push_perm(&mut perms, &c.values, &c.not_values, |v, _| {
+            perm(P::DestinationIp(cidr(v)))
+        }),
+        "destination.port" => push_perm(&mut perms, &c.values, &c.not_values, |v, _| {
+            perm(P::DestinationPort(v.parse().expect("validated")))
+        }),
+        "connection.sni" => push_perm(&mut perms, &c.values, &c.not_values, |v, _| {
+            perm(P::RequestedServerName(wildcard(v, false)))
+        }),
+        k => {
+            let h = header_key(k).expect("validated");
+            if cx.form == Form::Tcp {
+                return match cx.action {
+                    AuthzAction::Allow => None,
+                    _ => Some(Cond::Skip),
+                };
+            }
+            push_id(&mut ids, &c.values, &c.not_values, |v| {
+                if v == "*" {
+                    id(I::Header(present(h)))
+                } else {
+                    id(I::Header(header(h, wildcard(v, false))))
+                }
+            });
+        }
+    }
+    Some(if !ids.is_empty() {
+        Cond::Id(id_and(ids))
+    } else {
+        Cond::Perm(perm_and(perms))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{MeshConfig, Proxy};
+
+    const REGISTRY: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  clusterIP: 10.1.1.1\n  selector: {app: b}\n  ports: [{name: http, port: 8080}]\n---\n\
+        apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b-1}\nspec:\n  address: 10.2.2.2\n  serviceAccount: b\n  labels: {app: b, security.istio.io/tlsMode: istio}\n---\n";
+
+    fn inbound_json(policies: &str) -> String {
+        let text = format!("{REGISTRY}{policies}");
+        let w = crate::app::world_from_files(&[("t.yaml", text.as_str())], MeshConfig::default());
+        assert!(w.errors.is_empty(), "{:?}", w.errors);
+        let proxy = Proxy {
+            namespace: "default".into(),
+            ips: vec!["10.2.2.2".into()],
+            labels: [("app".to_string(), "b".to_string())].into(),
+            mtls: true,
+            ..Default::default()
+        };
+        let key = crate::translate::listener::inbound_key(&w, &proxy);
+        let routes = crate::translate::listener::inbound_routes(&key);
+        serde_json::to_string(
+            &routes
+                .iter()
+                .map(crate::envoy_json::to_json)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn policies_reach_the_inbound_chains() {
+        let j = inbound_json(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: marker-0}\nspec:\n  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/__marker\"]}}]}]\n",
+        );
+        assert!(j.contains("policy[marker-0]"), "{j}");
+    }
+}
