@@ -13,6 +13,11 @@ Every response is JSON: {"name", "method", "path", "headers", "body"} and carrie
                            (counter per process and per KEY)
 
 `--fail-all` (or env APP_FAIL_ALL=1) makes every request answer 503 (outlier detection).
+
+`--ext-authz` makes it an HTTP ext_authz server instead (Envoy's `http_service`): a request
+with `x-ext-authz: allow` gets 200 and `x-ext-authz-check-result: allowed`; any other gets
+403, `x-ext-authz-check-result: denied` and a JSON body naming the app. Each check is
+counted; GET /__count (with `x-ext-authz: count`) answers the count.
 Nothing is logged per request.
 """
 import argparse
@@ -29,7 +34,10 @@ FLAKY = {}
 FLAKY_LOCK = threading.Lock()
 
 
-def make_handler(name, fail_all):
+EXT_AUTHZ_COUNT = [0]
+
+
+def make_handler(name, fail_all, ext_authz=False):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "pilotfish-test-app"
@@ -75,6 +83,26 @@ def make_handler(name, fail_all):
                     status = 503
             if fail_all:
                 status = 503
+            if ext_authz:
+                verdict = self.headers.get("x-ext-authz", "")
+                if verdict == "count":
+                    out = (json.dumps({"name": name, "count": EXT_AUTHZ_COUNT[0]}) + "\n").encode()
+                    self.send_response(200)
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                with FLAKY_LOCK:
+                    EXT_AUTHZ_COUNT[0] += 1
+                allowed = verdict == "allow"
+                out = b"" if allowed else (json.dumps({"denied_by": name}) + "\n").encode()
+                self.send_response(200 if allowed else 403)
+                self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                if out and self.command != "HEAD":
+                    self.wfile.write(out)
+                return
 
             doc = {
                 "name": name,
@@ -103,6 +131,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--listen", default="0.0.0.0")
     p.add_argument("--fail-all", action="store_true")
+    p.add_argument("--ext-authz", action="store_true")
     a = p.parse_args()
     fail_all = a.fail_all or os.environ.get("APP_FAIL_ALL", "") not in ("", "0")
 
@@ -116,7 +145,7 @@ def main():
             socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = self.server_address[:2]
 
-    srv = Server((a.listen, a.port), make_handler(a.name, fail_all))
+    srv = Server((a.listen, a.port), make_handler(a.name, fail_all, a.ext_authz))
     print(f"app {a.name} listening on {a.listen}:{a.port}", file=sys.stderr, flush=True)
     try:
         srv.serve_forever()

@@ -134,11 +134,10 @@ const CASES: &[(&str, &str, &str)] = &[
         "spec.rules[0].when[0].key",
         "not enforced yet",
     ),
-    (
-        "  action: CUSTOM\n  provider: {name: opa}\n  rules: [{}]",
-        "spec.action",
-        "not enforced yet",
-    ),
+    ("  action: CUSTOM\n  rules: [{}]", "spec.provider.name", "names its ext_authz provider"),
+    ("  action: CUSTOM\n  provider: {name: opa}", "spec.rules", "needs rules"),
+    ("  action: CUSTOM\n  provider: {name: opa}\n  rules: [{from: [{source: {principals: [a]}}]}]", "spec.rules[0].from[0].source.principals", "not supported by the CUSTOM action"),
+    ("  action: CUSTOM\n  provider: {name: opa}\n  rules: [{when: [{key: source.principal, values: [a]}]}]", "spec.rules[0].when[0].key", "not supported by the CUSTOM action"),
     (
         "  action: DENY\n  provider: {name: opa}\n  rules: [{}]",
         "spec.provider",
@@ -242,6 +241,73 @@ fn broken_edit_keeps_enforcing_the_previous_version() {
     assert_eq!(w2.authz[0], w1.authz[0]);
 }
 
+fn world_with_mesh(mesh_yaml: &str, files: &str) -> pilotfish::model::World {
+    let (m, _) = pilotfish::api::mesh::parse_mesh(mesh_yaml).expect("mesh config");
+    let mut mesh = MeshConfig::default();
+    mesh.apply_file(m);
+    let (res, errs) = parse_file("p.yaml", files);
+    assert!(errs.is_empty(), "{}", dump(&errs));
+    let mut ix = Index::new(mesh);
+    ix.apply_file("p.yaml", res, errs);
+    ix.snapshot()
+}
+
+#[test]
+fn custom_providers_must_exist_and_be_ext_authz() {
+    let mesh = "extensionProviders:\n- name: opa\n  envoyExtAuthzGrpc: {service: opa.default.svc.cluster.local, port: 9191}\n- name: zipkin\n  zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}\n";
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: opa}\nspec:\n  ports: [{name: grpc, port: 9191}]\n---\n";
+    let custom = |p: &str| {
+        ap(&format!(
+            "  action: CUSTOM\n  provider: {{name: {p}}}\n  rules: [{{}}]"
+        ))
+    };
+    let w = world_with_mesh(mesh, &format!("{svc}{}", custom("opa")));
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    assert_eq!(w.authz.len(), 1);
+    for (p, files, why) in [
+        (
+            "nosuch",
+            format!("{svc}{}", custom("nosuch")),
+            "no extension provider",
+        ),
+        (
+            "zipkin",
+            format!("{svc}{}", custom("zipkin")),
+            "not an ext_authz provider",
+        ),
+        ("opa", custom("opa"), "not in the registry"),
+        ("pilotfish", custom("pilotfish"), "not enforced yet"),
+    ] {
+        let w = world_with_mesh(mesh, &files);
+        assert_eq!(w.errors.len(), 1, "{p}: {}", dump(&w.errors));
+        assert_eq!(w.errors[0].field, "spec.provider.name", "{p}");
+        assert!(w.errors[0].reason.contains(why), "{p}: {}", w.errors[0]);
+        assert!(w.authz.is_empty(), "{p}: the policy must not be served");
+    }
+}
+
+#[test]
+fn mesh_config_errors_name_the_field() {
+    use pilotfish::api::mesh::parse_mesh;
+    for (yaml, want) in [
+        ("rootNamespce: x", "rootNamespce: unknown"),
+        ("extensionProviders: [{name: a, envoyExtAuthzGrpc: {service: s, port: 0}}]", "extensionProviders[0].envoyExtAuthzGrpc.port"),
+        ("extensionProviders: [{name: a, envoyExtAuthzGrpc: {service: s, port: 1, failOpn: true}}]", "failOpn"),
+        ("extensionProviders: [{name: a, envoyExtAuthzHttp: {service: s, port: 1, timeout: soon}}]", "extensionProviders[0].envoyExtAuthzHttp.timeout"),
+        ("extensionProviders: [{name: a, envoyExtAuthzHttp: {service: s, port: 1, statusOnError: \"99\"}}]", "statusOnError"),
+        ("extensionProviders: [{name: a}]", "exactly one provider kind"),
+        ("extensionProviders: [{name: pilotfish, envoyExtAuthzGrpc: {service: s, port: 1}}]", "built-in"),
+        ("extensionProviders: [{name: a, envoyExtAuthzGrpc: {service: s, port: 1}}, {name: a, envoyExtAuthzGrpc: {service: s, port: 1}}]", "duplicate provider"),
+        ("pathNormalization: {normalization: SOMETIMES}", "pathNormalization.normalization"),
+        ("outboundTrafficPolicy: {mode: MAYBE}", "outboundTrafficPolicy.mode"),
+    ] {
+        let errs = parse_mesh(yaml).expect_err(yaml);
+        assert!(errs.iter().any(|e| e.contains(want)), "{yaml}: {errs:?}");
+    }
+    let (_, warnings) = parse_mesh("accessLogFile: /dev/stdout\nenableAutoMtls: true\n").unwrap();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+}
+
 #[test]
 fn validate_command_fails_on_a_bad_policy() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +325,9 @@ fn validate_command_fails_on_a_bad_policy() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("AuthorizationPolicy default/p: spec.action:"),
+        out.contains(
+            "AuthorizationPolicy default/p: spec.provider.name: no extension provider \"x\""
+        ),
         "{out}"
     );
 }

@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// Namespace whose unselected policies apply mesh-wide (Istio's root namespace).
     #[arg(long, default_value = "istio-system")]
     pub root_namespace: String,
+    /// Istio MeshConfig YAML (the `mesh` key of Istio's ConfigMap): extensionProviders,
+    /// pathNormalization, rootNamespace, outboundTrafficPolicy. What it sets wins over flags.
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
     /// Serve plaintext xDS on a non-loopback address (development only: no authentication).
     #[arg(long)]
     pub allow_plaintext_xds: bool,
@@ -215,6 +219,40 @@ pub struct ValidateArgs {
     /// Files or directories to check.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Istio MeshConfig YAML the config is checked against (ext_authz providers, ...).
+    #[arg(long)]
+    pub mesh_config: Option<PathBuf>,
+}
+
+/// Read `--mesh-config` over `mesh`: its settings win; unused Istio fields are warnings,
+/// anything else an error naming the file and field.
+pub fn load_mesh_config(path: &std::path::Path, mesh: &mut MeshConfig) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading mesh config {}", path.display()))?;
+    let (file, warnings) = crate::api::mesh::parse_mesh(&text).map_err(|errs| {
+        anyhow::anyhow!(
+            "{}",
+            errs.iter()
+                .map(|e| format!("{}: MeshConfig: {e}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    for w in warnings {
+        warn!("{}: MeshConfig: {w}", path.display());
+    }
+    if let Some(td) = &file.trust_domain {
+        if *td != mesh.trust_domain {
+            anyhow::bail!(
+                "{}: MeshConfig: trustDomain: {td:?} differs from --trust-domain {:?} (the CA \
+                 signs with the flag's; set both the same)",
+                path.display(),
+                mesh.trust_domain
+            );
+        }
+    }
+    mesh.apply_file(file);
+    Ok(())
 }
 
 pub fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -476,13 +514,16 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             "--outbound-traffic-policy must be ALLOW_ANY or REGISTRY_ONLY, not {other:?}"
         ),
     };
-    let mesh = MeshConfig {
+    let mut mesh = MeshConfig {
         domain: a.domain.clone(),
         allow_any,
         trust_domain: a.ca.trust_domain.clone(),
         root_namespace: a.root_namespace.clone(),
         ..Default::default()
     };
+    if let Some(path) = &a.mesh_config {
+        load_mesh_config(path, &mut mesh)?;
+    }
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
@@ -695,7 +736,11 @@ async fn shutdown_signal() {
 
 pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     // The same pipeline as `serve`: parse, validate, then cross-reference checks.
-    let mut index = Index::new(MeshConfig::default());
+    let mut mesh = MeshConfig::default();
+    if let Some(path) = &a.mesh_config {
+        load_mesh_config(path, &mut mesh)?;
+    }
+    let mut index = Index::new(mesh);
     index.reset(parse_all(crate::source::file::read_tree(&a.paths)?));
     let world = index.snapshot();
     for e in &world.errors {

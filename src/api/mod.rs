@@ -8,6 +8,7 @@
 //! same file still load.
 
 pub mod k8s;
+pub mod mesh;
 pub mod networking;
 pub mod security;
 mod validate;

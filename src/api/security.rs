@@ -263,11 +263,52 @@ pub fn validate_authorization_policy(ap: &AuthorizationPolicy) -> Problems {
                 ));
             }
         }
-        "CUSTOM" => p.push((
-            "spec.action".into(),
-            "CUSTOM (ext_authz) is not enforced yet; the policy is refused rather than ignored"
-                .into(),
-        )),
+        "CUSTOM" => {
+            if ap.provider.as_ref().is_none_or(|p| p.name.is_empty()) {
+                p.push((
+                    "spec.provider.name".into(),
+                    "a CUSTOM policy names its ext_authz provider".into(),
+                ));
+            }
+            if ap.rules.is_empty() {
+                p.push((
+                    "spec.rules".into(),
+                    "a CUSTOM policy needs rules (which requests its provider checks)".into(),
+                ));
+            }
+            // As Istio: the provider sees the request, not the peer identity.
+            for (i, rule) in ap.rules.iter().enumerate() {
+                for (j, from) in rule.from.iter().enumerate() {
+                    let s = &from.source;
+                    for (name, set) in [
+                        ("principals", !s.principals.is_empty()),
+                        ("notPrincipals", !s.not_principals.is_empty()),
+                        ("namespaces", !s.namespaces.is_empty()),
+                        ("notNamespaces", !s.not_namespaces.is_empty()),
+                        ("serviceAccounts", !s.service_accounts.is_empty()),
+                        ("notServiceAccounts", !s.not_service_accounts.is_empty()),
+                    ] {
+                        if set {
+                            p.push((
+                                format!("spec.rules[{i}].from[{j}].source.{name}"),
+                                "not supported by the CUSTOM action (as in Istio)".into(),
+                            ));
+                        }
+                    }
+                }
+                for (j, c) in rule.when.iter().enumerate() {
+                    if matches!(c.key.as_str(), "source.namespace" | "source.principal") {
+                        p.push((
+                            format!("spec.rules[{i}].when[{j}].key"),
+                            format!(
+                                "{} is not supported by the CUSTOM action (as in Istio)",
+                                c.key
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         other => p.push((
             "spec.action".into(),
             format!("unknown action {other:?} (expected ALLOW, DENY, AUDIT or CUSTOM)"),

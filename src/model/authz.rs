@@ -12,6 +12,8 @@ pub enum AuthzAction {
     Deny,
     /// Logged and counted; never changes the decision.
     Audit,
+    /// Asks an ext_authz provider (`AuthzPolicy::provider`) first.
+    Custom,
 }
 
 impl AuthzAction {
@@ -20,6 +22,7 @@ impl AuthzAction {
             "ALLOW" => Some(AuthzAction::Allow),
             "DENY" => Some(AuthzAction::Deny),
             "AUDIT" => Some(AuthzAction::Audit),
+            "CUSTOM" => Some(AuthzAction::Custom),
             _ => None,
         }
     }
@@ -28,6 +31,7 @@ impl AuthzAction {
             AuthzAction::Allow => "ALLOW",
             AuthzAction::Deny => "DENY",
             AuthzAction::Audit => "AUDIT",
+            AuthzAction::Custom => "CUSTOM",
         }
     }
 }
@@ -50,6 +54,8 @@ pub struct AuthzPolicy {
     pub namespace: String,
     pub target: AuthzTarget,
     pub action: AuthzAction,
+    /// CUSTOM: the ext_authz provider's name.
+    pub provider: Option<String>,
     pub rules: Vec<Rule>,
 }
 

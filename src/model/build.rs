@@ -11,6 +11,7 @@ type Objects = BTreeMap<ObjectKey, Arc<Resource>>;
 struct Ctx<'a> {
     objects: &'a Objects,
     domain: &'a str,
+    mesh: &'a MeshConfig,
     /// Cross-reference problems: the object to blame and its error.
     bad: Vec<(ObjectKey, ConfigError)>,
     /// Workloads by (namespace, label key, label value): WorkloadEntries in key order, then
@@ -84,6 +85,7 @@ pub fn build_world(
     let mut cx = Ctx {
         objects,
         domain: &mesh.domain,
+        mesh,
         bad: Vec::new(),
         by_label: label_index(objects),
     };
@@ -257,11 +259,46 @@ fn authorization_policies(
                 _ => AuthzTarget::Namespace,
             }
         };
+        let provider = ap.provider.as_ref().map(|p| p.name.clone());
+        if action == AuthzAction::Custom {
+            let name = provider.as_deref().unwrap_or("");
+            let mesh = cx.mesh;
+            let reason = if name == crate::api::mesh::BUILTIN_PROVIDER {
+                Some(format!(
+                    "the built-in provider {name:?} is not enforced yet; the policy is refused \
+                     rather than ignored"
+                ))
+            } else if let Some(p) = mesh.ext_authz.iter().find(|p| p.name == name) {
+                let host = &p.service;
+                match services.get(host) {
+                    Some(s) if s.port(p.port).is_some() => None,
+                    Some(_) => Some(format!(
+                        "provider {name:?}: service {host} has no port {}",
+                        p.port
+                    )),
+                    None => Some(format!(
+                        "provider {name:?}: service {host} is not in the registry"
+                    )),
+                }
+            } else if mesh.other_providers.iter().any(|p| p == name) {
+                Some(format!("provider {name:?} is not an ext_authz provider"))
+            } else {
+                Some(format!(
+                    "no extension provider {name:?} in the mesh config (nor the built-in {:?})",
+                    crate::api::mesh::BUILTIN_PROVIDER
+                ))
+            };
+            if let Some(reason) = reason {
+                cx.err(&r, "spec.provider.name", reason);
+                continue;
+            }
+        }
         out.push(Arc::new(AuthzPolicy {
             key: r.key.clone(),
             namespace: ns.clone(),
             target,
             action,
+            provider,
             rules: ap.rules.clone(),
         }));
     }

@@ -33,6 +33,114 @@ pub struct MeshConfig {
     pub root_namespace: String,
     /// How sidecars normalize request paths before authorization.
     pub path_normalization: PathNormalization,
+    /// ext_authz servers CUSTOM policies may name (MeshConfig `extensionProviders`).
+    pub ext_authz: Vec<ExtAuthzProvider>,
+    /// Names of other extension providers (tracing, logging): not usable by CUSTOM.
+    pub other_providers: Vec<String>,
+}
+
+/// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct ExtAuthzProvider {
+    pub name: String,
+    /// `envoyExtAuthzHttp`; else gRPC.
+    pub http: bool,
+    /// Host name of the service (registry FQDN), and its port.
+    pub service: String,
+    pub port: u32,
+    pub timeout_ms: u64,
+    pub fail_open: bool,
+    pub status_on_error: u32,
+    pub path_prefix: String,
+    pub include_request_headers: Vec<String>,
+    pub additional_headers: BTreeMap<String, String>,
+    pub upstream_on_allow: Vec<String>,
+    pub downstream_on_deny: Vec<String>,
+    pub downstream_on_allow: Vec<String>,
+    /// includeRequestBodyInCheck: (maxRequestBytes, allowPartialMessage, packAsBytes).
+    pub body: Option<(u32, bool, bool)>,
+}
+
+impl MeshConfig {
+    /// Apply a parsed MeshConfig file (already checked by `api::mesh::parse_mesh`) over
+    /// these settings: what the file sets wins.
+    pub fn apply_file(&mut self, m: crate::api::mesh::MeshFile) {
+        if let Some(r) = m.root_namespace {
+            self.root_namespace = r;
+        }
+        if let Some(t) = m.trust_domain {
+            self.trust_domain = t;
+        }
+        if let Some(mode) = m.outbound_traffic_policy.and_then(|o| o.mode) {
+            self.allow_any = mode != "REGISTRY_ONLY";
+        }
+        if let Some(n) = m.path_normalization.and_then(|p| p.normalization) {
+            if let Some(n) = PathNormalization::parse(&n) {
+                self.path_normalization = n;
+            }
+        }
+        let ms = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| crate::api::parse_duration(t).ok())
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(600_000)
+        };
+        let status = |s: &Option<String>| s.as_deref().and_then(|s| s.parse().ok()).unwrap_or(403);
+        let host = |s: &str| s.rsplit('/').next().unwrap_or(s).to_string();
+        let body = |b: &Option<crate::api::mesh::BodyCfg>| {
+            b.as_ref().map(|b| {
+                (
+                    b.max_request_bytes.unwrap_or(8192),
+                    b.allow_partial_message,
+                    b.pack_as_bytes,
+                )
+            })
+        };
+        for p in m.extension_providers {
+            if let Some(g) = &p.envoy_ext_authz_grpc {
+                self.ext_authz.push(ExtAuthzProvider {
+                    name: p.name.clone(),
+                    http: false,
+                    service: host(&g.service),
+                    port: g.port,
+                    timeout_ms: ms(&g.timeout),
+                    fail_open: g.fail_open,
+                    status_on_error: status(&g.status_on_error),
+                    path_prefix: String::new(),
+                    include_request_headers: vec![],
+                    additional_headers: BTreeMap::new(),
+                    upstream_on_allow: vec![],
+                    downstream_on_deny: vec![],
+                    downstream_on_allow: vec![],
+                    body: body(&g.include_request_body_in_check),
+                });
+            } else if let Some(h) = &p.envoy_ext_authz_http {
+                self.ext_authz.push(ExtAuthzProvider {
+                    name: p.name.clone(),
+                    http: true,
+                    service: host(&h.service),
+                    port: h.port,
+                    timeout_ms: ms(&h.timeout),
+                    fail_open: h.fail_open,
+                    status_on_error: status(&h.status_on_error),
+                    path_prefix: h.path_prefix.clone(),
+                    include_request_headers: h.include_request_headers_in_check.clone(),
+                    additional_headers: h.include_additional_headers_in_check.clone(),
+                    upstream_on_allow: h.headers_to_upstream_on_allow.clone(),
+                    downstream_on_deny: h.headers_to_downstream_on_deny.clone(),
+                    downstream_on_allow: h.headers_to_downstream_on_allow.clone(),
+                    body: body(&h.include_request_body_in_check),
+                });
+            } else {
+                self.other_providers.push(p.name.clone());
+            }
+        }
+    }
+
+    /// The index of an ext_authz provider by name.
+    pub fn ext_authz_index(&self, name: &str) -> Option<usize> {
+        self.ext_authz.iter().position(|p| p.name == name)
+    }
 }
 
 /// Istio's `meshConfig.pathNormalization.normalization`, applied by every inbound connection
@@ -72,6 +180,8 @@ impl Default for MeshConfig {
             trust_domain: "cluster.local".into(),
             root_namespace: "istio-system".into(),
             path_normalization: PathNormalization::default(),
+            ext_authz: Vec::new(),
+            other_providers: Vec::new(),
         }
     }
 }

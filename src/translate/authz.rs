@@ -20,17 +20,24 @@
 
 use super::*;
 use crate::api::security::{header_key, parse_cidr, Condition, Operation, Rule, Source};
-use crate::model::{AuthzAction, AuthzPolicy};
+use crate::model::{AuthzAction, AuthzPolicy, ExtAuthzProvider};
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
+use envoy_types::pb::envoy::extensions::filters::http::ext_authz::v3 as ext_authz;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
+use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3 as net_ext_authz;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
+    metadata_matcher, value_matcher, ListStringMatcher, MetadataMatcher, ValueMatcher,
+};
+use envoy_types::pb::envoy::r#type::matcher::v3::{
     path_matcher, string_matcher::MatchPattern, PathMatcher, StringMatcher,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use rbac::permission::Rule as P;
 use rbac::principal::Identifier as I;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -75,13 +82,25 @@ pub struct Rbacs {
     pub audit: Option<rbac::Rbac>,
     pub deny: Option<rbac::Rbac>,
     pub allow: Option<rbac::Rbac>,
+    /// CUSTOM rules per provider (index in `Providers`): which requests its ext_authz
+    /// filter checks.
+    pub custom: BTreeMap<usize, rbac::Rbac>,
 }
 
-fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form) -> Rbacs {
+/// The ext_authz providers a proxy can use, in filter order (the mesh config's, then the
+/// built-in one).
+pub type Providers = [ExtAuthzProvider];
+
+fn provider_index(providers: &Providers, name: &str) -> Option<usize> {
+    providers.iter().position(|p| p.name == name)
+}
+
+fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form, providers: &Providers) -> Rbacs {
     let mut out = Rbacs {
         audit: None,
         deny: None,
         allow: None,
+        custom: BTreeMap::new(),
     };
     for p in policies {
         let (slot, action) = match p.action {
@@ -89,6 +108,31 @@ fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form) -> Rbacs {
             AuthzAction::Deny => (&mut out.deny, rbac::rbac::Action::Deny),
             // Shadow rules with DENY: a match counts as `shadow_denied`, nothing is refused.
             AuthzAction::Audit => (&mut out.audit, rbac::rbac::Action::Deny),
+            AuthzAction::Custom => {
+                // Validated against the mesh config: a missing provider is a config error.
+                let Some(i) = p
+                    .provider
+                    .as_deref()
+                    .and_then(|n| provider_index(providers, n))
+                else {
+                    continue;
+                };
+                let slot = out.custom.entry(i).or_insert_with(|| rbac::Rbac {
+                    action: rbac::rbac::Action::Deny as i32,
+                    ..Default::default()
+                });
+                let cx = Ctx {
+                    form,
+                    // CUSTOM widens like DENY on TCP (more is checked).
+                    action: AuthzAction::Custom,
+                };
+                for (i, rule) in p.rules.iter().enumerate() {
+                    if let Some(policy) = rule_policy(rule, cx) {
+                        slot.policies.insert(policy_name(p, i), policy);
+                    }
+                }
+                continue;
+            }
         };
         // An ALLOW policy with no rules still creates the filter: nothing is allowed.
         let r = slot.get_or_insert_with(|| rbac::Rbac {
@@ -118,25 +162,157 @@ fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form) -> Rbacs {
 /// The inbound connection manager's RBAC filters (before the router), in evaluation order.
 /// Their own config enforces nothing: each inbound route carries its port's rules
 /// (`http_per_route`), so a policy change never touches the listener.
-pub fn http_filters() -> Vec<hcm::HttpFilter> {
+pub fn http_filters(providers: &Providers) -> Vec<hcm::HttpFilter> {
     // The stats of a filter keep its own config's prefixes (`..rbac.istio_deny_denied`).
     let prefixed = |shadow: &str, rules: &str| http_rbac::Rbac {
         shadow_rules_stat_prefix: shadow.into(),
         rules_stat_prefix: rules.into(),
         ..Default::default()
     };
-    vec![
+    let mut out = Vec::new();
+    // CUSTOM first: per provider, a shadow RBAC marks the requests its policies select
+    // (per route), and the provider's ext_authz filter checks only those.
+    for (i, p) in providers.iter().enumerate() {
+        out.push(listener::http_filter(
+            &custom_filter(i),
+            prefixed(&custom_prefix(i), ""),
+        ));
+        out.push(listener::http_filter(
+            &format!("pilotfish.ext_authz.{}", p.name),
+            ext_authz_http(p, i),
+        ));
+    }
+    out.extend([
         listener::http_filter(AUDIT_FILTER, prefixed(AUDIT_STAT_PREFIX, "")),
         listener::http_filter(DENY_FILTER, prefixed("", "istio_deny_")),
         listener::http_filter(ALLOW_FILTER, prefixed("", "istio_allow_")),
-    ]
+    ]);
+    out
+}
+
+fn custom_filter(i: usize) -> String {
+    format!("pilotfish.authz.custom.{i}")
+}
+
+/// Stat prefix of provider `i`'s shadow rules; their dynamic metadata key is
+/// `<prefix>shadow_effective_policy_id`.
+fn custom_prefix(i: usize) -> String {
+    format!("istio_ext_authz_{i}_")
+}
+
+fn enabled_by(namespace: &str, i: usize) -> MetadataMatcher {
+    MetadataMatcher {
+        filter: namespace.into(),
+        path: vec![metadata_matcher::PathSegment {
+            segment: Some(metadata_matcher::path_segment::Segment::Key(format!(
+                "{}shadow_effective_policy_id",
+                custom_prefix(i)
+            ))),
+        }],
+        value: Some(ValueMatcher {
+            match_pattern: Some(value_matcher::MatchPattern::PresentMatch(true)),
+        }),
+        invert: false,
+    }
+}
+
+fn list(names: &[String]) -> Option<ListStringMatcher> {
+    (!names.is_empty()).then(|| ListStringMatcher {
+        patterns: names.iter().map(|n| wildcard(n, true)).collect(),
+    })
+}
+
+fn grpc_service(p: &ExtAuthzProvider) -> core::GrpcService {
+    core::GrpcService {
+        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+            core::grpc_service::EnvoyGrpc {
+                cluster_name: outbound_name(p.port, "", &p.service),
+                authority: p.service.clone(),
+                ..Default::default()
+            },
+        )),
+        timeout: Some(dur(std::time::Duration::from_millis(p.timeout_ms))),
+        ..Default::default()
+    }
+}
+
+/// The HTTP ext_authz filter of provider `i`, enabled by its CUSTOM rules' metadata.
+fn ext_authz_http(p: &ExtAuthzProvider, i: usize) -> ext_authz::ExtAuthz {
+    use ext_authz::ext_authz::Services;
+    let services = if p.http {
+        Services::HttpService(ext_authz::HttpService {
+            server_uri: Some(core::HttpUri {
+                uri: format!("http://{}:{}", p.service, p.port),
+                http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(outbound_name(
+                    p.port, "", &p.service,
+                ))),
+                timeout: Some(dur(std::time::Duration::from_millis(p.timeout_ms))),
+            }),
+            path_prefix: p.path_prefix.clone(),
+            authorization_request: Some(ext_authz::AuthorizationRequest {
+                headers_to_add: p
+                    .additional_headers
+                    .iter()
+                    .map(|(k, v)| core::HeaderValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            authorization_response: Some(ext_authz::AuthorizationResponse {
+                allowed_upstream_headers: list(&p.upstream_on_allow),
+                allowed_client_headers: list(&p.downstream_on_deny),
+                allowed_client_headers_on_success: list(&p.downstream_on_allow),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    } else {
+        Services::GrpcService(grpc_service(p))
+    };
+    ext_authz::ExtAuthz {
+        services: Some(services),
+        transport_api_version: core::ApiVersion::V3 as i32,
+        failure_mode_allow: p.fail_open,
+        status_on_error: Some(HttpStatus {
+            code: p.status_on_error as i32,
+        }),
+        with_request_body: p
+            .body
+            .map(|(max, partial, bytes)| ext_authz::BufferSettings {
+                max_request_bytes: max,
+                allow_partial_message: partial,
+                pack_as_bytes: bytes,
+            }),
+        allowed_headers: list(&p.include_request_headers),
+        filter_enabled_metadata: Some(enabled_by("envoy.filters.http.rbac", i)),
+        stat_prefix: format!("ext_authz_{i}"),
+        ..Default::default()
+    }
 }
 
 /// Per-route configs of the three RBAC filters for a port's policies (absent: no policy of
 /// that action applies).
-pub fn http_per_route(policies: &[Arc<AuthzPolicy>]) -> HashMap<String, pbw::Any> {
-    let r = rbacs(policies, Form::Http);
+pub fn http_per_route(
+    policies: &[Arc<AuthzPolicy>],
+    providers: &Providers,
+) -> HashMap<String, pbw::Any> {
+    let r = rbacs(policies, Form::Http, providers);
     let mut out = HashMap::new();
+    for (i, rules) in r.custom {
+        out.insert(
+            custom_filter(i),
+            any(http_rbac::RbacPerRoute {
+                rbac: Some(http_rbac::Rbac {
+                    shadow_rules: Some(rules),
+                    shadow_rules_stat_prefix: custom_prefix(i),
+                    ..Default::default()
+                }),
+            }),
+        );
+    }
     let mut put = |name: &str, rbac: http_rbac::Rbac| {
         out.insert(
             name.to_string(),
@@ -175,9 +351,45 @@ pub fn http_per_route(policies: &[Arc<AuthzPolicy>]) -> HashMap<String, pbw::Any
 }
 
 /// Network RBAC filters for an inbound TCP chain (before tcp_proxy).
-pub fn network_filters(policies: &[Arc<AuthzPolicy>]) -> Vec<ls::Filter> {
-    let r = rbacs(policies, Form::Tcp);
+pub fn network_filters(policies: &[Arc<AuthzPolicy>], providers: &Providers) -> Vec<ls::Filter> {
+    let r = rbacs(policies, Form::Tcp, providers);
     let mut out = Vec::new();
+    for (i, rules) in r.custom {
+        let p = &providers[i];
+        if p.http {
+            // An HTTP provider cannot check a TCP connection: what its policies select is
+            // refused (fail closed).
+            out.push(listener::filter(
+                NETWORK_RBAC,
+                net_rbac::Rbac {
+                    rules: Some(rules),
+                    stat_prefix: format!("tcp.ext_authz_{i}_unavailable."),
+                    ..Default::default()
+                },
+            ));
+            continue;
+        }
+        out.push(listener::filter(
+            NETWORK_RBAC,
+            net_rbac::Rbac {
+                shadow_rules: Some(rules),
+                shadow_rules_stat_prefix: custom_prefix(i),
+                stat_prefix: "tcp.".into(),
+                ..Default::default()
+            },
+        ));
+        out.push(listener::filter(
+            "envoy.filters.network.ext_authz",
+            net_ext_authz::ExtAuthz {
+                stat_prefix: format!("ext_authz_{i}"),
+                grpc_service: Some(grpc_service(p)),
+                failure_mode_allow: p.fail_open,
+                transport_api_version: core::ApiVersion::V3 as i32,
+                filter_enabled_metadata: Some(enabled_by("envoy.filters.network.rbac", i)),
+                ..Default::default()
+            },
+        ));
+    }
     if let Some(a) = r.audit {
         out.push(listener::filter(
             NETWORK_RBAC,

@@ -359,6 +359,8 @@ pub struct InboundKey {
     pub default_authz: PortPolicies,
     /// How inbound connection managers normalize paths before authorization.
     pub path_normalization: PathNormalization,
+    /// The ext_authz providers CUSTOM policies can name (mesh config order).
+    pub providers: Vec<crate::model::ExtAuthzProvider>,
 }
 
 pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
@@ -371,6 +373,7 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
             .collect(),
         default_authz: workload,
         path_normalization: world.mesh.path_normalization,
+        providers: world.mesh.ext_authz.clone(),
         ports: ports
             .into_iter()
             .map(|(port, proto)| {
@@ -400,18 +403,25 @@ pub fn inbound_routes(key: &InboundKey) -> Vec<rt::RouteConfiguration> {
         .iter()
         .zip(&key.authz)
         .filter(|((_, proto, _), _)| proto.is_http() || *proto == Protocol::Unknown)
-        .map(|(&(port, _, _), policies)| inbound_route(port, &inbound_name(port), policies))
+        .map(|(&(port, _, _), policies)| {
+            inbound_route(port, &inbound_name(port), policies, &key.providers)
+        })
         .collect()
 }
 
-fn inbound_route(port: u32, cluster: &str, policies: &PortPolicies) -> rt::RouteConfiguration {
+fn inbound_route(
+    port: u32,
+    cluster: &str,
+    policies: &PortPolicies,
+    providers: &[crate::model::ExtAuthzProvider],
+) -> rt::RouteConfiguration {
     rt::RouteConfiguration {
         name: cluster.to_string(),
         validate_clusters: boolv(false),
         virtual_hosts: vec![rt::VirtualHost {
             name: format!("inbound|http|{port}"),
             domains: vec!["*".into()],
-            typed_per_filter_config: super::authz::http_per_route(policies),
+            typed_per_filter_config: super::authz::http_per_route(policies, providers),
             routes: vec![rt::Route {
                 name: "default".into(),
                 r#match: Some(rt::RouteMatch {
@@ -440,7 +450,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
     for (i, &(port, proto, mode)) in key.ports.iter().enumerate() {
         let policies = &key.authz[i];
         let tcp = |stat: &str, cluster: &str| {
-            let mut f = super::authz::network_filters(policies);
+            let mut f = super::authz::network_filters(policies, &key.providers);
             f.push(tcp_proxy(stat, cluster));
             f
         };
@@ -464,7 +474,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
                 &stat,
                 RouteSource::Rds(cluster.clone()),
                 false,
-                super::authz::http_filters(),
+                super::authz::http_filters(&key.providers),
                 key.path_normalization,
             )
         };
@@ -517,7 +527,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
         }
     } else {
         // Ports no service declares: policies still apply, in their TCP form.
-        let mut filters = super::authz::network_filters(&key.default_authz);
+        let mut filters = super::authz::network_filters(&key.default_authz, &key.providers);
         filters.push(tcp_proxy(INBOUND_PASSTHROUGH, INBOUND_PASSTHROUGH));
         FilterChain {
             name: "InboundPassthroughFilterChain".into(),

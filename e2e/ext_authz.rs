@@ -1,0 +1,281 @@
+//! CUSTOM authorization end to end: MeshConfig `extensionProviders` name ext_authz servers,
+//! CUSTOM AuthorizationPolicies send the requests they select (and only those) to them, and
+//! the sidecar enforces the answer. Real Envoy sidecars, an HTTP provider (the test app in
+//! `--ext-authz` mode, in a pod) and a gRPC provider (Envoy's `Authorization` service on
+//! tonic, in this test process, reached across the bridge).
+#[path = "support/mod.rs"]
+mod support;
+
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    check_response::HttpResponse, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+
+const READY: Duration = Duration::from_secs(40);
+const HOST_B: &str = "b.default.svc.cluster.local";
+const GRPC_PORT: u16 = 19191;
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// The gRPC provider: `x-ext-authz: allow` → OK, adding `x-ext-authz-grpc: allowed` and
+/// removing `x-remove-me`; `quota` → 429; anything else → 418 with a body. Counts checks.
+#[derive(Default)]
+struct Provider {
+    checks: AtomicU64,
+}
+
+struct Server(Arc<Provider>);
+
+#[tonic::async_trait]
+impl Authorization for Server {
+    async fn check(
+        &self,
+        req: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        self.0.checks.fetch_add(1, Ordering::SeqCst);
+        let headers = req
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .map(|h| h.headers)
+            .unwrap_or_default();
+        let verdict = headers.get("x-ext-authz").cloned().unwrap_or_default();
+        let header = |k: &str, v: &str| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let resp = match verdict.as_str() {
+            "allow" => CheckResponse {
+                status: Some(RpcStatus {
+                    code: 0,
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                    headers: vec![header("x-ext-authz-grpc", "allowed")],
+                    headers_to_remove: vec!["x-remove-me".into()],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+            other => CheckResponse {
+                status: Some(RpcStatus {
+                    code: 7, // PERMISSION_DENIED
+                    ..Default::default()
+                }),
+                http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+                    status: Some(HttpStatus {
+                        code: if other == "quota" { 429 } else { 418 },
+                    }),
+                    headers: vec![header("x-ext-authz-grpc", "denied")],
+                    body: "denied by the grpc provider".into(),
+                })),
+                ..Default::default()
+            },
+        };
+        Ok(tonic::Response::new(resp))
+    }
+}
+
+/// The gRPC provider serving on `addr` until the returned sender is dropped.
+fn start_grpc(addr: std::net::SocketAddr, p: Arc<Provider>) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = loop {
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => break l,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            tonic::transport::Server::builder()
+                .add_service(AuthorizationServer::new(Server(p)))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = rx.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+    });
+    tx
+}
+
+fn mesh_config() -> String {
+    format!(
+        "extensionProviders:\n\
+         - name: ext-http\n  envoyExtAuthzHttp:\n    service: ext-http.default.svc.cluster.local\n    port: 8000\n    includeRequestHeadersInCheck: [x-ext-authz]\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result]\n\
+         - name: ext-grpc\n  envoyExtAuthzGrpc:\n    service: ext-grpc.test\n    port: {GRPC_PORT}\n    timeout: 2s\n\
+         accessLogFile: /dev/stdout\n"
+    )
+}
+
+fn registry(mesh: &Mesh) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: ext-http}}\nspec:\n  clusterIP: {vh}\n  selector: {{app: ext-http}}\n  ports: [{{name: http, port: 8000}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ext-http-1}}\nspec:\n  address: {h}\n  labels: {{app: ext-http}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext-grpc}}\nspec:\n  hosts: [ext-grpc.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{name: grpc, number: {GRPC_PORT}, protocol: GRPC}}]\n  endpoints: [{{address: {gw}}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-http}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-http}}\n  rules: [{{to: [{{operation: {{paths: [\"/http/*\"]}}}}]}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-grpc}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-grpc}}\n  rules: [{{to: [{{operation: {{paths: [\"/grpc/*\"]}}}}]}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-grpc-admin}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/grpc/admin\"]}}}}]}}]\n",
+        vb = mesh.vip(0),
+        vh = mesh.vip(1),
+        b = mesh.addr(11),
+        h = mesh.addr(12),
+        gw = mesh.gateway(),
+    )
+}
+
+/// (status, body, response headers) of a GET from `a` to b through both sidecars.
+fn get(a: &Pod, path: &str, headers: &[&str]) -> (u16, String) {
+    let mut args = vec!["-m", "5", "-D", "/dev/stderr"];
+    for h in headers {
+        args.push("-H");
+        args.push(h);
+    }
+    a.curl(&format!("http://{HOST_B}:8080{path}"), &args)
+}
+
+fn upstream_header(body: &str, name: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["headers"][name].as_str().map(str::to_string)
+}
+
+#[test]
+fn custom_policies_ask_external_providers() {
+    if !need_root("ext_authz providers") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::create_dir(&cfg).unwrap();
+    write(&cfg, "registry.yaml", &registry(&mesh));
+    let mesh_file = dir.path().join("mesh.yaml");
+    std::fs::write(&mesh_file, mesh_config()).unwrap();
+    let provider = Arc::new(Provider::default());
+    let grpc_addr: std::net::SocketAddr =
+        format!("{}:{GRPC_PORT}", mesh.gateway()).parse().unwrap();
+    let mut grpc = Some(start_grpc(grpc_addr, provider.clone()));
+    let cp = ControlPlane::start_with(
+        &mesh,
+        &cfg,
+        &[
+            "--debounce-ms",
+            "50",
+            "--mesh-config",
+            mesh_file.to_str().unwrap(),
+        ],
+    );
+    let (_, configz) = cp.get("/debug/configz").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
+    assert_eq!(v["errors"], serde_json::json!([]), "config errors");
+    let b = mesh.start_pod(
+        PodSpec::new("b")
+            .host(11)
+            .port(8080)
+            .service_account("b")
+            .label("app", "b")
+            .secure(&cp),
+    );
+    let _ext = mesh.start_pod(
+        PodSpec::new("ext-http")
+            .host(12)
+            .port(8000)
+            .sidecar(false)
+            .app_arg("--ext-authz"),
+    );
+    let a = mesh.start_pod(PodSpec::new("a").host(20).service_account("a").secure(&cp));
+    a.hosts(&[(HOST_B, &mesh.vip(0).to_string())]);
+    assert!(
+        wait_until(READY, || get(&a, "/other", &[]).0 == 200),
+        "a never reached b: {:?}\n{}",
+        get(&a, "/other", &[]),
+        cp.log_tail(20)
+    );
+
+    // Only requests a CUSTOM rule selects are checked.
+    let before = provider.checks.load(Ordering::SeqCst);
+    assert_eq!(get(&a, "/other", &["x-ext-authz: deny"]).0, 200);
+    assert_eq!(
+        provider.checks.load(Ordering::SeqCst),
+        before,
+        "/other was sent to the provider"
+    );
+
+    // HTTP provider: allow adds its header upstream; deny answers with its status and body.
+    let (code, body) = get(&a, "/http/x", &["x-ext-authz: allow"]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        upstream_header(&body, "x-ext-authz-check-result").as_deref(),
+        Some("allowed"),
+        "{body}"
+    );
+    let (code, body) = get(&a, "/http/x", &["x-ext-authz: deny"]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("\"denied_by\": \"ext-http\""), "{body}");
+    let (code, _) = get(&a, "/http/x", &[]);
+    assert_eq!(code, 403, "no verdict header: denied");
+
+    // gRPC provider: header mutation on allow, status and body on deny, 429.
+    let (code, body) = get(&a, "/grpc/x", &["x-ext-authz: allow", "x-remove-me: 1"]);
+    assert_eq!(
+        code,
+        200,
+        "{body}\n{}",
+        b.exec_as_proxy(&format!("curl -sv --http2-prior-knowledge -m 3 -X POST -H 'content-type: application/grpc' http://{grpc_addr}/envoy.service.auth.v3.Authorization/Check 2>&1")).describe()
+    );
+    assert_eq!(
+        upstream_header(&body, "x-ext-authz-grpc").as_deref(),
+        Some("allowed"),
+        "{body}"
+    );
+    assert_eq!(upstream_header(&body, "x-remove-me"), None, "{body}");
+    let (code, body) = get(&a, "/grpc/x", &["x-ext-authz: no"]);
+    assert_eq!((code, body.trim()), (418, "denied by the grpc provider"));
+    assert_eq!(get(&a, "/grpc/x", &["x-ext-authz: quota"]).0, 429);
+    // CUSTOM is asked first, then DENY: an allowed request can still be denied.
+    assert_eq!(get(&a, "/grpc/admin", &["x-ext-authz: allow"]).0, 403);
+
+    // Provider down: fail closed (statusOnError 403); back up: passes again.
+    drop(grpc.take());
+    assert!(
+        wait_until(READY, || get(&a, "/grpc/x", &["x-ext-authz: allow"]).0
+            == 403),
+        "with the provider down the request must be denied: {:?}",
+        get(&a, "/grpc/x", &["x-ext-authz: allow"])
+    );
+    let _grpc = start_grpc(grpc_addr, provider.clone());
+    assert!(
+        wait_until(READY, || get(&a, "/grpc/x", &["x-ext-authz: allow"]).0
+            == 200),
+        "provider back up: {:?}",
+        get(&a, "/grpc/x", &["x-ext-authz: allow"])
+    );
+}
