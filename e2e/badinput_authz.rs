@@ -125,14 +125,24 @@ const CASES: &[(&str, &str, &str)] = &[
         "not enforced",
     ),
     (
-        "  rules: [{from: [{source: {requestPrincipals: [\"*\"]}}]}]",
-        "spec.rules[0].from[0].source.requestPrincipals",
-        "not enforced yet",
+        "  rules: [{from: [{source: {requestPrincipals: [\"iss*\"]}}]}]",
+        "spec.rules[0].from[0].source.requestPrincipals[0]",
+        "expected `<issuer>/<subject>`",
     ),
     (
-        "  rules: [{when: [{key: \"request.auth.claims[groups]\", values: [a]}]}]",
+        "  rules: [{from: [{source: {notRequestPrincipals: [\"a/b*\"]}}]}]",
+        "spec.rules[0].from[0].source.notRequestPrincipals[0]",
+        "supported forms",
+    ),
+    (
+        "  rules: [{when: [{key: \"request.auth.claims[]\", values: [a]}]}]",
         "spec.rules[0].when[0].key",
-        "not enforced yet",
+        ".claims[name]",
+    ),
+    (
+        "  rules: [{when: [{key: \"request.auth.issuer\", values: [a]}]}]",
+        "spec.rules[0].when[0].key",
+        "request.auth.principal",
     ),
     ("  action: CUSTOM\n  rules: [{}]", "spec.provider.name", "names its ext_authz provider"),
     ("  action: CUSTOM\n  provider: {name: opa}", "spec.rules", "needs rules"),
@@ -195,13 +205,34 @@ fn good_policies_validate() {
     }
 }
 
+fn ra(rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n{rules}\n"
+    )
+}
+
 #[test]
-fn request_authentication_is_refused_until_enforced() {
-    let text = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: jwt}\nspec:\n  jwtRules: [{issuer: https://issuer.example, jwksUri: https://issuer.example/jwks}]\n";
-    let errs = errors(text);
-    assert_eq!(errs.len(), 1, "{}", dump(&errs));
-    assert_eq!(errs[0].field, "spec.jwtRules");
-    assert!(errs[0].reason.contains("not enforced yet"), "{}", errs[0]);
+fn bad_jwt_rules_name_their_field() {
+    for (rules, field, word) in [
+        ("  jwtRules: [{issuer: a}]", "spec.jwtRules[0].jwksUri", "OpenID discovery"),
+        ("  jwtRules: [{issuer: a, jwksUri: ftp://x}]", "spec.jwtRules[0].jwksUri", "not an http(s) URL"),
+        ("  jwtRules: [{issuer: a, jwks: \"{}\"}]", "spec.jwtRules[0].jwks", "no `keys` array"),
+        ("  jwtRules: [{issuer: a, jwks: \"{\\\"keys\\\": []}\"}]", "spec.jwtRules[0].jwks", "no keys"),
+        ("  jwtRules: [{issuer: a, jwks: \"nope\"}]", "spec.jwtRules[0].jwks", "not a JSON Web Key Set"),
+        ("  jwtRules: [{issuer: \"\", jwksUri: \"https://x/j\"}]", "spec.jwtRules[0].issuer", "required"),
+        ("  jwtRules: [{issuer: a, jwksUri: \"https://x/j\"}, {issuer: a, jwksUri: \"https://y/j\"}]", "spec.jwtRules[1].issuer", "twice"),
+        ("  jwtRules: [{issuer: a, jwksUri: \"https://x/j\", timeout: later}]", "spec.jwtRules[0].timeout", "invalid duration"),
+        ("  jwtRules: [{issuer: a, jwksUri: \"https://x/j\", fromHeaders: [{prefix: x}]}]", "spec.jwtRules[0].fromHeaders[0]", "missing field `name`"),
+        ("  jwtRules: [{issuer: a, jwksUri: \"https://x/j\", isuer: b}]", "spec.jwtRules[0].isuer", "unknown field"),
+        ("  targetRef: {kind: Service, name: b}\n  jwtRules: [{issuer: a, jwksUri: \"https://x/j\"}]", "spec.targetRef", "not enforced yet"),
+    ] {
+        let errs = errors(&ra(rules));
+        let ok = errs.len() == 1 && errs[0].field.starts_with(field) && errs[0].reason.contains(word);
+        assert!(ok, "{rules}\n  want {field} ({word})\n{}", dump(&errs));
+    }
+    let good = ra("  selector: {matchLabels: {app: b}}\n  jwtRules:\n  - issuer: https://issuer.example\n    jwksUri: https://issuer.example/jwks\n    audiences: [a]\n    fromHeaders: [{name: x-jwt, prefix: \"Bearer \"}]\n    fromParams: [token]\n    outputPayloadToHeader: x-payload\n    forwardOriginalToken: true\n    outputClaimToHeaders: [{header: x-sub, claim: sub}]");
+    let errs = errors(&good);
+    assert!(errs.is_empty(), "{}", dump(&errs));
 }
 
 #[test]

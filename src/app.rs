@@ -387,6 +387,7 @@ fn config_loop(
 ) -> anyhow::Result<()> {
     // The watcher's events name the paths that changed (None: read everything again).
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Option<Vec<PathBuf>>>();
+    let jwks_tx = ev_tx.clone();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let _ = match res {
             Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => Ok(()),
@@ -396,6 +397,16 @@ fn config_loop(
         };
     })?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    // The JWKS source: fetched key sets come back through the same wake-up (an empty
+    // change event) and enter the index before the next snapshot.
+    let jwks_wanted: crate::source::jwks::Wanted = Default::default();
+    let jwks_fetched: crate::source::jwks::Fetched = Default::default();
+    {
+        let (w, f, tx) = (jwks_wanted.clone(), jwks_fetched.clone(), jwks_tx);
+        std::thread::Builder::new()
+            .name("jwks".into())
+            .spawn(move || crate::source::jwks::run(w, f, move || tx.send(Some(vec![])).is_ok()))?;
+    }
     let mut index = Index::new(mesh);
     let mut changed_at = Instant::now();
     let mut last_errors: Vec<ConfigError> = Vec::new();
@@ -425,7 +436,8 @@ fn config_loop(
             Ok(changed) => {
                 let dir_ms = t_dir.elapsed().as_millis() as u64;
                 let t0 = Instant::now();
-                let any = apply_changed(&mut index, &mut applied, changed);
+                let mut any = apply_changed(&mut index, &mut applied, changed);
+                any |= index.set_jwks(jwks_fetched.lock().unwrap().clone());
                 let t_read = t0.elapsed();
                 if !any && tx.borrow().is_some() {
                     // Only editors' temp files or identical content: nothing to publish
@@ -433,6 +445,7 @@ fn config_loop(
                     debug!(dir_ms, "no config file changed");
                 } else {
                     let world = index.snapshot();
+                    *jwks_wanted.lock().unwrap() = world.jwks_wanted();
                     let t_world = t0.elapsed();
                     for e in world.errors.iter().filter(|e| !last_errors.contains(e)) {
                         warn!(file = %e.file, object = %e.object, field = %e.field, reason = %e.reason, "config error");

@@ -121,6 +121,7 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct JwtRule {
         pub issuer: String,
         #[serde(default)] pub audiences: Vec<String>,
@@ -137,6 +138,7 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct JwtHeader {
         pub name: String,
         #[serde(default)] pub prefix: String,
@@ -144,16 +146,47 @@ spec! {
 }
 
 spec! {
+    #[derive(Eq, Hash)]
     pub struct ClaimToHeader {
         pub header: String,
         pub claim: String,
     }
 }
 
-/// Why a field is refused rather than ignored: pilotfish does not enforce it yet.
-const NOT_JWT: &str = "not enforced yet: JWT authentication (RequestAuthentication) is not \
-                       translated, so request principals and request.auth.* never match; the \
-                       policy is refused rather than applied without it";
+/// The claim names of a `request.auth.claims[a][b]...` key (nested claims).
+pub fn claim_path(key: &str) -> Option<Vec<&str>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        out.push(name);
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A request principal `<iss>/<sub>`: `*`, `iss/sub`, `iss/*` or `*/sub`.
+fn request_principal(v: &str) -> Result<(), String> {
+    if v == "*" {
+        return Ok(());
+    }
+    let Some((iss, sub)) = v.rsplit_once('/') else {
+        return Err(format!("{v:?}: expected `<issuer>/<subject>` or `*`"));
+    };
+    let ok = |s: &str, wild: bool| !s.is_empty() && (!s.contains('*') || (wild && s == "*"));
+    if ok(iss, true) && ok(sub, true) && !(iss == "*" && sub == "*") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{v:?}: supported forms are `*`, `<issuer>/<subject>`, `<issuer>/*` and `*/<subject>`"
+        ))
+    }
+}
 
 /// An address or CIDR block as Istio writes them (`10.0.0.1`, `10.0.0.0/16`, `::1/128`).
 pub fn parse_cidr(s: &str) -> Result<(std::net::IpAddr, u32), String> {
@@ -403,9 +436,7 @@ pub fn validate_authorization_policy(ap: &AuthorizationPolicy) -> Problems {
                 ("requestPrincipals", &s.request_principals),
                 ("notRequestPrincipals", &s.not_request_principals),
             ] {
-                if !vals.is_empty() {
-                    p.push((format!("{f}.{name}"), NOT_JWT.into()));
-                }
+                values(&mut p, &format!("{f}.{name}"), vals, request_principal);
             }
         }
         for (j, to) in rule.to.iter().enumerate() {
@@ -444,8 +475,17 @@ pub fn validate_authorization_policy(ap: &AuthorizationPolicy) -> Problems {
                 "destination.port" => port,
                 "source.namespace" | "source.principal" | "connection.sni" => check_wildcard,
                 k if header_key(k).is_some() => check_wildcard,
+                "request.auth.principal" => request_principal,
+                "request.auth.audiences" | "request.auth.presenter" => check_wildcard,
+                k if claim_path(k).is_some() => check_wildcard,
                 k if k.starts_with("request.auth.") => {
-                    p.push((format!("{f}.key"), NOT_JWT.into()));
+                    p.push((
+                        format!("{f}.key"),
+                        format!(
+                            "{k:?}: expected request.auth.principal, .audiences, .presenter or \
+                             .claims[name] (nested: .claims[a][b])"
+                        ),
+                    ));
                     continue;
                 }
                 k if k.starts_with("request.headers") => {
@@ -489,23 +529,92 @@ pub fn validate_authorization_policy(ap: &AuthorizationPolicy) -> Problems {
     p
 }
 
-/// Validate a RequestAuthentication: JWT rules are not translated yet, so any rule is a
-/// config error (an invalid token would otherwise pass unchecked).
+/// Validate a RequestAuthentication: each rule names its issuer and where its keys come
+/// from (inline `jwks` or `jwksUri`; OIDC discovery is not done).
 pub fn validate_request_authentication(ra: &RequestAuthentication) -> Problems {
     let mut p = Problems::new();
-    if !ra.jwt_rules.is_empty() {
-        p.push((
-            "spec.jwtRules".into(),
-            "not enforced yet: JWT validation (Envoy jwt_authn) is not translated; the policy \
-             is refused rather than letting invalid tokens through"
-                .into(),
-        ));
-    }
     if ra.selector.is_some() && (ra.target_ref.is_some() || !ra.target_refs.is_empty()) {
         p.push((
             "spec.selector".into(),
             "selector and targetRef(s) are mutually exclusive".into(),
         ));
     }
+    if ra.target_ref.is_some() || !ra.target_refs.is_empty() {
+        let f = if ra.target_ref.is_some() {
+            "spec.targetRef"
+        } else {
+            "spec.targetRefs"
+        };
+        p.push((
+            f.into(),
+            "not enforced yet for RequestAuthentication: use a selector".into(),
+        ));
+    }
+    let mut issuers = std::collections::BTreeSet::new();
+    for (i, r) in ra.jwt_rules.iter().enumerate() {
+        let f = format!("spec.jwtRules[{i}]");
+        if r.issuer.is_empty() {
+            p.push((format!("{f}.issuer"), "required".into()));
+        } else if !issuers.insert(r.issuer.clone()) {
+            p.push((
+                format!("{f}.issuer"),
+                format!("issuer {:?} appears twice", r.issuer),
+            ));
+        }
+        match (&r.jwks, &r.jwks_uri) {
+            (Some(_), Some(_)) => p.push((f.clone(), "set jwks or jwksUri, not both".into())),
+            (None, None) => p.push((
+                format!("{f}.jwksUri"),
+                "required (or inline jwks): OpenID discovery from the issuer is not done".into(),
+            )),
+            (Some(j), None) => {
+                if let Err(e) = check_jwks(j) {
+                    p.push((format!("{f}.jwks"), e));
+                }
+            }
+            (None, Some(u)) => {
+                if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() > 2048 {
+                    p.push((
+                        format!("{f}.jwksUri"),
+                        format!("{u:?} is not an http(s) URL"),
+                    ));
+                }
+            }
+        }
+        for (j, h) in r.from_headers.iter().enumerate() {
+            if h.name.is_empty() {
+                p.push((format!("{f}.fromHeaders[{j}].name"), "required".into()));
+            }
+        }
+        for (j, c) in r.output_claim_to_headers.iter().enumerate() {
+            if c.header.is_empty() || c.claim.is_empty() {
+                p.push((
+                    format!("{f}.outputClaimToHeaders[{j}]"),
+                    "header and claim are required".into(),
+                ));
+            }
+        }
+        if let Some(t) = &r.timeout {
+            if let Err(e) = super::parse_duration(t) {
+                p.push((format!("{f}.timeout"), e));
+            }
+        }
+    }
     p
+}
+
+/// A JSON Web Key Set: an object with a non-empty `keys` array of objects with `kty`.
+pub fn check_jwks(text: &str) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON Web Key Set: {e}"))?;
+    let keys = v["keys"]
+        .as_array()
+        .ok_or("not a JSON Web Key Set: no `keys` array")?;
+    if keys.is_empty() {
+        return Err("the key set has no keys".into());
+    }
+    if keys.iter().any(|k| k["kty"].as_str().is_none()) {
+        return Err("every key needs `kty`".into());
+    }
+    Ok(())
 }

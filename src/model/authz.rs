@@ -59,6 +59,25 @@ pub struct AuthzPolicy {
     pub rules: Vec<Rule>,
 }
 
+/// One RequestAuthentication, resolved (its target is never `Services`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct RequestAuthn {
+    pub key: ObjectKey,
+    pub namespace: String,
+    pub target: AuthzTarget,
+    pub rules: Vec<crate::api::security::JwtRule>,
+}
+
+/// A JWT rule with the keys it verifies with: inline, fetched, or `Err` (not fetched yet or
+/// the fetch failed: tokens of this issuer are refused).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct JwtProviderCfg {
+    /// `<namespace>/<name>/<rule index>`.
+    pub name: String,
+    pub rule: crate::api::security::JwtRule,
+    pub jwks: Result<String, String>,
+}
+
 /// The policies that apply to one workload port, in (namespace, name) order.
 pub type PortPolicies = Vec<Arc<AuthzPolicy>>;
 
@@ -78,6 +97,62 @@ impl World {
                 AuthzTarget::Services(_) => false,
             })
             .cloned()
+            .collect()
+    }
+
+    /// The JWT rules of the RequestAuthentications applying to a workload (mesh, namespace,
+    /// selector), each with its keys.
+    pub fn jwt_for_workload(
+        &self,
+        ns: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Vec<JwtProviderCfg> {
+        let root = &self.mesh.root_namespace;
+        let mut out = Vec::new();
+        for ra in &self.request_authn {
+            let applies = (ra.namespace == ns || ra.namespace == *root)
+                && match &ra.target {
+                    AuthzTarget::Namespace => true,
+                    AuthzTarget::Selector(sel) => selects(sel, labels),
+                    AuthzTarget::Services(_) => false,
+                };
+            if !applies {
+                continue;
+            }
+            for (i, rule) in ra.rules.iter().enumerate() {
+                let jwks = match (&rule.jwks, &rule.jwks_uri) {
+                    (Some(j), _) => Ok(j.clone()),
+                    (None, Some(u)) => self
+                        .jwks
+                        .get(u)
+                        .cloned()
+                        .unwrap_or_else(|| Err(format!("{u} not fetched yet"))),
+                    (None, None) => Err("no keys".into()),
+                };
+                out.push(JwtProviderCfg {
+                    name: format!("{}/{}/{i}", ra.namespace, ra.key.name),
+                    rule: rule.clone(),
+                    jwks,
+                });
+            }
+        }
+        out
+    }
+
+    /// Every JWKS URI a RequestAuthentication names, with its fetch timeout (the rule's
+    /// `timeout`, else 5 s): what the fetcher keeps current.
+    pub fn jwks_wanted(&self) -> BTreeMap<String, std::time::Duration> {
+        self.request_authn
+            .iter()
+            .flat_map(|r| r.rules.iter())
+            .filter_map(|j| {
+                let t = j
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| crate::api::parse_duration(t).ok())
+                    .unwrap_or(std::time::Duration::from_secs(5));
+                Some((j.jwks_uri.clone()?, t))
+            })
             .collect()
     }
 

@@ -170,6 +170,21 @@ pub fn build_world(
     }
 
     let authz = authorization_policies(&mut cx, &services);
+    let mut request_authn = Vec::new();
+    for r in cx.of_kind(Kind::RequestAuthentication) {
+        let Spec::RequestAuthentication(ra) = &r.spec else {
+            continue;
+        };
+        request_authn.push(Arc::new(RequestAuthn {
+            key: r.key.clone(),
+            namespace: r.key.namespace.clone(),
+            target: match ra.selector.as_ref().map(|s| &s.match_labels) {
+                Some(sel) if !sel.is_empty() => AuthzTarget::Selector(sel.clone()),
+                _ => AuthzTarget::Namespace,
+            },
+            rules: ra.jwt_rules.clone(),
+        }));
+    }
 
     let mut virtual_services = Vec::new();
     let mut claimed: BTreeMap<String, ObjectKey> = BTreeMap::new();
@@ -190,6 +205,8 @@ pub fn build_world(
         peer_authn,
         sidecars,
         authz,
+        request_authn,
+        jwks: Default::default(),
         objects: objects.clone(),
         errors: bad.iter().map(|(_, e)| e.clone()).collect(),
         by_address: Default::default(),

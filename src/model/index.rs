@@ -25,6 +25,8 @@ pub struct Index {
     /// The file each served object comes from (the one that defined it first).
     owners: HashMap<ObjectKey, String>,
     version: u64,
+    /// JSON Web Key Sets fetched for RequestAuthentication `jwksUri`s.
+    jwks: BTreeMap<String, Result<String, String>>,
 }
 
 impl Index {
@@ -33,6 +35,13 @@ impl Index {
             mesh,
             ..Default::default()
         }
+    }
+
+    /// Replace the fetched key sets; true when they differ from the current ones.
+    pub fn set_jwks(&mut self, jwks: BTreeMap<String, Result<String, String>>) -> bool {
+        let changed = jwks != self.jwks;
+        self.jwks = jwks;
+        changed
     }
 
     /// Replace what `file` contributes with its newly parsed content.
@@ -183,6 +192,7 @@ impl Index {
             w2
         };
         self.accepted = world.objects.clone();
+        world.jwks = self.jwks.clone();
         let mut errors: Vec<ConfigError> = self
             .files
             .values()

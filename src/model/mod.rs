@@ -10,7 +10,9 @@ mod authz;
 mod build;
 mod index;
 
-pub use authz::{AuthzAction, AuthzPolicy, AuthzTarget, PortPolicies};
+pub use authz::{
+    AuthzAction, AuthzPolicy, AuthzTarget, JwtProviderCfg, PortPolicies, RequestAuthn,
+};
 
 pub use build::build_world;
 pub use index::Index;
@@ -437,6 +439,10 @@ pub struct World {
     pub sidecars: Vec<Arc<SidecarCfg>>,
     /// AuthorizationPolicies, in (namespace, name) order.
     pub authz: Vec<Arc<AuthzPolicy>>,
+    /// RequestAuthentications, in (namespace, name) order.
+    pub request_authn: Vec<Arc<RequestAuthn>>,
+    /// Fetched JSON Web Key Sets by URI (`Err`: the last fetch failed, with why).
+    pub jwks: BTreeMap<String, Result<String, String>>,
     /// Every accepted object (for /debug/configz).
     #[serde(skip)]
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,

@@ -1,2 +1,3 @@
 //! Config sources. Each turns the outside world into model events.
 pub mod file;
+pub mod jwks;

@@ -19,7 +19,9 @@
 //! rule drops them (denies more).
 
 use super::*;
-use crate::api::security::{header_key, parse_cidr, Condition, Operation, Rule, Source};
+use crate::api::security::{
+    claim_path, header_key, parse_cidr, Condition, Operation, Rule, Source,
+};
 use crate::model::{AuthzAction, AuthzPolicy, ExtAuthzProvider};
 use envoy_types::pb::envoy::config::rbac::v3 as rbac;
 use envoy_types::pb::envoy::config::route::v3::{header_matcher, HeaderMatcher};
@@ -29,7 +31,8 @@ use envoy_types::pb::envoy::extensions::filters::network::ext_authz::v3 as net_e
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    metadata_matcher, value_matcher, ListStringMatcher, MetadataMatcher, ValueMatcher,
+    list_matcher, metadata_matcher, value_matcher, ListMatcher, ListStringMatcher, MetadataMatcher,
+    ValueMatcher,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     path_matcher, string_matcher::MatchPattern, PathMatcher, StringMatcher,
@@ -433,7 +436,15 @@ fn rule_policy(rule: &Rule, cx: Ctx) -> Option<rbac::Policy> {
         perms.push(perm_or(ops));
     }
     if !rule.from.is_empty() {
-        ids.push(id_or(rule.from.iter().map(|f| source(&f.source)).collect()));
+        let sources: Vec<rbac::Principal> = rule
+            .from
+            .iter()
+            .filter_map(|f| source(&f.source, cx))
+            .collect();
+        if sources.is_empty() {
+            return None;
+        }
+        ids.push(id_or(sources));
     }
     for c in &rule.when {
         match condition(c, cx)? {
@@ -620,8 +631,23 @@ fn service_account(v: &str) -> rbac::Principal {
     )))
 }
 
-fn source(s: &Source) -> rbac::Principal {
+/// One `from.source`; None when it can never match on this form (request principals are
+/// HTTP-only: on TCP an ALLOW source using them matches nothing, a DENY drops them).
+fn source(s: &Source, cx: Ctx) -> Option<rbac::Principal> {
     let mut acc = Vec::new();
+    let jwt = !(s.request_principals.is_empty() && s.not_request_principals.is_empty());
+    if jwt && cx.form == Form::Tcp {
+        if cx.action == AuthzAction::Allow {
+            return None;
+        }
+    } else {
+        push_id(
+            &mut acc,
+            &s.request_principals,
+            &s.not_request_principals,
+            request_principal,
+        );
+    }
     push_id(&mut acc, &s.principals, &s.not_principals, principal);
     push_id(&mut acc, &s.namespaces, &s.not_namespaces, namespace);
     push_id(
@@ -639,7 +665,59 @@ fn source(s: &Source) -> rbac::Principal {
         &s.not_remote_ip_blocks,
         |v| id(I::RemoteIp(cidr(v))),
     );
-    id_and(acc)
+    Some(id_and(acc))
+}
+
+/// Where jwt_authn puts a verified token's payload (dynamic metadata of
+/// `envoy.filters.http.jwt_authn`, under this key).
+pub const JWT_PAYLOAD: &str = "payload";
+
+/// A claim of the verified token's payload (`path` below the payload) matched as a string,
+/// or as one element of a list (`aud`, `groups`).
+fn claim(path: &[&str], v: &str) -> rbac::Principal {
+    let meta = |value: ValueMatcher| {
+        id(I::SourcedMetadata(rbac::SourcedMetadata {
+            metadata_matcher: Some(MetadataMatcher {
+                filter: "envoy.filters.http.jwt_authn".into(),
+                path: std::iter::once(JWT_PAYLOAD)
+                    .chain(path.iter().copied())
+                    .map(|k| metadata_matcher::PathSegment {
+                        segment: Some(metadata_matcher::path_segment::Segment::Key(k.into())),
+                    })
+                    .collect(),
+                value: Some(value),
+                invert: false,
+            }),
+            metadata_source: 0,
+        }))
+    };
+    if v == "*" {
+        return meta(ValueMatcher {
+            match_pattern: Some(value_matcher::MatchPattern::PresentMatch(true)),
+        });
+    }
+    let string = ValueMatcher {
+        match_pattern: Some(value_matcher::MatchPattern::StringMatch(wildcard(v, false))),
+    };
+    id_or(vec![
+        meta(string.clone()),
+        meta(ValueMatcher {
+            match_pattern: Some(value_matcher::MatchPattern::ListMatch(Box::new(
+                ListMatcher {
+                    match_pattern: Some(list_matcher::MatchPattern::OneOf(Box::new(string))),
+                },
+            ))),
+        }),
+    ])
+}
+
+/// A request principal `<iss>/<sub>` (forms: `*`, `iss/sub`, `iss/*`, `*/sub`).
+fn request_principal(v: &str) -> rbac::Principal {
+    if v == "*" {
+        return claim(&["iss"], "*");
+    }
+    let (iss, sub) = v.rsplit_once('/').expect("validated");
+    id_and(vec![claim(&["iss"], iss), claim(&["sub"], sub)])
 }
 
 /// `:authority` equal to the host, with or without a port (`Host: a.com:8080`) and with or
@@ -738,6 +816,29 @@ fn condition(c: &Condition, cx: Ctx) -> Option<Cond> {
         "connection.sni" => push_perm(&mut perms, &c.values, &c.not_values, |v, _| {
             perm(P::RequestedServerName(wildcard(v, false)))
         }),
+        k if k.starts_with("request.auth.") => {
+            if cx.form == Form::Tcp {
+                return match cx.action {
+                    AuthzAction::Allow => None,
+                    _ => Some(Cond::Skip),
+                };
+            }
+            match k {
+                "request.auth.principal" => {
+                    push_id(&mut ids, &c.values, &c.not_values, request_principal)
+                }
+                "request.auth.audiences" => {
+                    push_id(&mut ids, &c.values, &c.not_values, |v| claim(&["aud"], v))
+                }
+                "request.auth.presenter" => {
+                    push_id(&mut ids, &c.values, &c.not_values, |v| claim(&["azp"], v))
+                }
+                k => {
+                    let path = claim_path(k).expect("validated");
+                    push_id(&mut ids, &c.values, &c.not_values, |v| claim(&path, v))
+                }
+            }
+        }
         k => {
             let h = header_key(k).expect("validated");
             if cx.form == Form::Tcp {

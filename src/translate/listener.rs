@@ -361,6 +361,8 @@ pub struct InboundKey {
     pub path_normalization: PathNormalization,
     /// The ext_authz providers CUSTOM policies can name (mesh config order).
     pub providers: Vec<crate::model::ExtAuthzProvider>,
+    /// JWT rules (RequestAuthentications) applying to the workload, with their keys.
+    pub jwt: Vec<crate::model::JwtProviderCfg>,
 }
 
 pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
@@ -374,6 +376,7 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
         default_authz: workload,
         path_normalization: world.mesh.path_normalization,
         providers: world.mesh.ext_authz.clone(),
+        jwt: world.jwt_for_workload(&proxy.namespace, &proxy.labels),
         ports: ports
             .into_iter()
             .map(|(port, proto)| {
@@ -474,7 +477,10 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
                 &stat,
                 RouteSource::Rds(cluster.clone()),
                 false,
-                super::authz::http_filters(&key.providers),
+                super::jwt::filter(&key.jwt)
+                    .into_iter()
+                    .chain(super::authz::http_filters(&key.providers))
+                    .collect(),
                 key.path_normalization,
             )
         };

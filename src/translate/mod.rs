@@ -12,6 +12,7 @@
 pub mod authz;
 pub mod cluster;
 pub mod endpoint;
+pub mod jwt;
 pub mod listener;
 pub mod route;
 pub mod secret;

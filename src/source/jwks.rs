@@ -1,0 +1,90 @@
+//! The JWKS source: fetches the JSON Web Key Sets that RequestAuthentication `jwksUri`s
+//! name, so translation can inline them (Envoy never fetches keys itself).
+//!
+//! ```text
+//!  config loop ──wanted URIs──► fetcher thread ──GET (timeout, size limit)──► fetched map
+//!       ▲                                                                      │
+//!       └──────────── wake (empty change event) + Index::set_jwks ◄────────────┘
+//! ```
+//! A set is refreshed every `REFRESH`; a failed fetch replaces the set with an error (the
+//! issuer's tokens are refused until a fetch succeeds: never an old or fallback key) and is
+//! retried every `RETRY`.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a fetched key set is fetched again.
+pub const REFRESH: Duration = Duration::from_secs(20 * 60);
+/// How soon a failed fetch is tried again.
+pub const RETRY: Duration = Duration::from_secs(5);
+/// The largest key set accepted.
+pub const MAX_BYTES: u64 = 512 * 1024;
+
+pub type Fetched = Arc<Mutex<BTreeMap<String, Result<String, String>>>>;
+/// URI → fetch timeout.
+pub type Wanted = Arc<Mutex<BTreeMap<String, Duration>>>;
+
+/// GET `uri` with a timeout and a size limit; the body must be a JSON Web Key Set.
+pub fn fetch(uri: &str, timeout: Duration) -> Result<String, String> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(timeout)
+        .redirects(0)
+        .build();
+    let resp = agent.get(uri).call().map_err(|e| match e {
+        ureq::Error::Status(code, _) => format!("GET {uri}: HTTP {code}"),
+        other => format!("GET {uri}: {other}"),
+    })?;
+    let mut body = String::new();
+    resp.into_reader()
+        .take(MAX_BYTES + 1)
+        .read_to_string(&mut body)
+        .map_err(|e| format!("GET {uri}: reading the body: {e}"))?;
+    if body.len() as u64 > MAX_BYTES {
+        return Err(format!("GET {uri}: key set over {MAX_BYTES} bytes"));
+    }
+    crate::api::security::check_jwks(&body).map_err(|e| format!("GET {uri}: {e}"))?;
+    Ok(body)
+}
+
+/// Run the fetcher until `wake` is closed: keeps `fetched` to the URIs in `wanted`, and
+/// calls `wake` after a change.
+pub fn run(wanted: Wanted, fetched: Fetched, wake: impl Fn() -> bool) {
+    let mut last: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let want = wanted.lock().unwrap().clone();
+        let mut changed = false;
+        {
+            let mut f = fetched.lock().unwrap();
+            let before = f.len();
+            f.retain(|u, _| want.contains_key(u));
+            last.retain(|u, _| want.contains_key(u));
+            changed |= f.len() != before;
+        }
+        for (uri, timeout) in &want {
+            let ok = matches!(fetched.lock().unwrap().get(uri), Some(Ok(_)));
+            let due = match last.get(uri) {
+                None => true,
+                Some(t) => t.elapsed() >= if ok { REFRESH } else { RETRY },
+            };
+            if !due {
+                continue;
+            }
+            let result = fetch(uri, *timeout);
+            if let Err(e) = &result {
+                tracing::warn!(uri = %uri, error = %e, "JWKS fetch failed: tokens of this issuer are refused");
+            }
+            last.insert(uri.clone(), Instant::now());
+            let mut f = fetched.lock().unwrap();
+            if f.get(uri) != Some(&result) {
+                f.insert(uri.clone(), result);
+                changed = true;
+            }
+        }
+        if changed && !wake() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
