@@ -381,6 +381,59 @@ fn groups(mesh: &Mesh) -> Vec<Group> {
     ]
 }
 
+/// What `authz::decide` (the pure decision `pilotfish check` and the built-in provider use)
+/// says of a row: true for allow.
+fn central_decision(bed: &Bed, world: &pilotfish::model::World, r: &Row) -> bool {
+    use pilotfish::authz::decide::{decide, HttpAttrs, Request, Verdict};
+    let (server, port) = match r.req.target {
+        Target::B => (&bed.b, 8080),
+        Target::T => (&bed.t, 9000),
+    };
+    let proxy = pilotfish::model::Proxy {
+        namespace: "default".into(),
+        ips: vec![server.ip.to_string()],
+        labels: server.labels.clone(),
+        ..Default::default()
+    };
+    let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
+    let policies = world.authz_for_port(&proxy, &workload, port);
+    let (principal, ip) = match r.from {
+        "a" => (Some("spiffe://cluster.local/ns/default/sa/a"), bed.a.ip),
+        "c" => (Some("spiffe://cluster.local/ns/default/sa/c"), bed.c.ip),
+        "x" => (Some("spiffe://cluster.local/ns/other/sa/x"), bed.x.ip),
+        _ => (None, bed.p.ip),
+    };
+    let headers: Vec<(String, String)> = r
+        .req
+        .headers
+        .iter()
+        .filter_map(|h| h.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let header = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let default_host = if principal.is_some() {
+        format!("{HOST_B}:8080")
+    } else {
+        server.addr()
+    };
+    let host = header("host").unwrap_or(default_host);
+    let req = Request {
+        source_principal: principal,
+        source_ip: Some(ip.into()),
+        remote_ip: header("x-forwarded-for").and_then(|x| x.parse().ok()),
+        destination_ip: Some(server.ip.into()),
+        destination_port: port,
+        http: (r.req.target == Target::B).then_some(HttpAttrs {
+            method: r.req.method,
+            path: r.req.path,
+            host: &host,
+            headers: &headers,
+        }),
+        ..Default::default()
+    };
+    decide(&policies, &req).verdict == Verdict::Allow
+}
+
 /// Marker AUDIT policy: when both servers' listeners carry it, the group is applied.
 fn marker(i: usize) -> String {
     ap(
@@ -426,6 +479,15 @@ fn conformance_table() {
         let (_, configz) = bed.cp.get("/debug/configz").unwrap();
         let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
         assert_eq!(v["errors"], serde_json::json!([]), "group {:?}", g.name);
+        // The same config, for the pure decision function (`pilotfish check`, the
+        // built-in provider): it must agree with what the sidecars did.
+        let world = pilotfish::app::world_from_files(
+            &[
+                ("registry.yaml", registry(&bed.mesh).as_str()),
+                ("policies.yaml", g.policies.as_str()),
+            ],
+            Default::default(),
+        );
         for r in &g.rows {
             let from = match r.from {
                 "a" => &bed.a,
@@ -435,10 +497,11 @@ fn conformance_table() {
                 other => panic!("no caller {other}"),
             };
             let (got, body) = send(&bed, from, &r.req);
-            let pass = got == r.want;
+            let central = central_decision(&bed, &world, r);
+            let pass = got == r.want && central == (got == 200);
             failed += usize::from(!pass);
             table.push(format!(
-                "{:<4} {:<26} {:<52} {:<2} {:<7} {:>4} {:>4}{}",
+                "{:<4} {:<26} {:<52} {:<2} {:<7} {:>4} {:>4} {:<5}{}",
                 if pass { "ok" } else { "FAIL" },
                 g.name,
                 r.what,
@@ -446,6 +509,7 @@ fn conformance_table() {
                 r.req.method,
                 r.want,
                 got,
+                if central { "allow" } else { "deny" },
                 if pass {
                     String::new()
                 } else {
@@ -455,8 +519,8 @@ fn conformance_table() {
         }
     }
     println!(
-        "\n{:<4} {:<26} {:<52} {:<2} {:<7} {:>4} {:>4}",
-        "", "group", "row", "by", "method", "want", "got"
+        "\n{:<4} {:<26} {:<52} {:<2} {:<7} {:>4} {:>4} {:<5}",
+        "", "group", "row", "by", "method", "want", "got", "check"
     );
     println!("{}", table.join("\n"));
     println!("{} rows, {failed} failed", table.len());

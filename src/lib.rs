@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod authz;
 pub mod bootstrap;
 pub mod ca;
 pub mod debug;

@@ -618,3 +618,165 @@ pub fn check_jwks(text: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Annotation prefix of the built-in provider's settings on a CUSTOM policy.
+pub const BUILTIN_ANNOTATION: &str = "authz.pilotfish.io/";
+
+/// What a CUSTOM policy with `provider: {name: pilotfish}` asks of the built-in provider,
+/// beyond the mesh's own ALLOW/DENY decision (which in-proxy RBAC cannot do):
+///
+/// | annotation (`authz.pilotfish.io/…`) | meaning |
+/// |---|---|
+/// | `deny-status` | status of a denial (default 403) |
+/// | `deny-body` | body of a denial |
+/// | `request-headers-to-add` | `name=value` pairs, comma separated, set on allowed requests |
+/// | `request-headers-to-remove` | header names, comma separated, removed from allowed requests |
+/// | `rate-limit` | `N/s`, `N/m` or `N/h`: a token bucket per quota key (429 when empty) |
+/// | `rate-limit-burst` | bucket size (default N) |
+/// | `rate-limit-by` | quota key: any of `source`, `destination`, `path` (default `source,destination`) |
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct BuiltinSettings {
+    pub deny_status: u32,
+    pub deny_body: String,
+    pub add_headers: Vec<(String, String)>,
+    pub remove_headers: Vec<String>,
+    pub rate: Option<RateLimit>,
+}
+
+/// A token bucket: `tokens` per `per_ms`, holding at most `burst`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct RateLimit {
+    pub tokens: u32,
+    pub per_ms: u64,
+    pub burst: u32,
+    pub by_source: bool,
+    pub by_destination: bool,
+    pub by_path: bool,
+}
+
+fn header_name_ok(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Parse the built-in provider's annotations; problems name `metadata.annotations.<key>`.
+pub fn builtin_settings(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<BuiltinSettings>, Problems> {
+    let mut p = Problems::new();
+    let mut s = BuiltinSettings {
+        deny_status: 403,
+        ..Default::default()
+    };
+    let mut any = false;
+    let mut rate: Option<(u32, u64)> = None;
+    let mut burst: Option<u32> = None;
+    let mut by: Option<(bool, bool, bool)> = None;
+    for (k, v) in annotations {
+        let Some(name) = k.strip_prefix(BUILTIN_ANNOTATION) else {
+            continue;
+        };
+        any = true;
+        let f = format!("metadata.annotations.{k}");
+        match name {
+            "deny-status" => match v.trim().parse::<u32>() {
+                Ok(c) if (200..600).contains(&c) => s.deny_status = c,
+                _ => p.push((f, format!("{v:?} is not an HTTP status"))),
+            },
+            "deny-body" => {
+                if v.len() > 4096 {
+                    p.push((f, "longer than 4096 bytes".into()));
+                }
+                s.deny_body = v.clone();
+            }
+            "request-headers-to-add" => {
+                for pair in v.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                    match pair.split_once('=') {
+                        Some((n, val)) if header_name_ok(n.trim()) => {
+                            s.add_headers.push((n.trim().into(), val.trim().into()))
+                        }
+                        _ => p.push((
+                            f.clone(),
+                            format!(
+                                "{pair:?}: expected `name=value` with a lower-case header name"
+                            ),
+                        )),
+                    }
+                }
+            }
+            "request-headers-to-remove" => {
+                for n in v.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                    if header_name_ok(n) {
+                        s.remove_headers.push(n.into());
+                    } else {
+                        p.push((f.clone(), format!("{n:?} is not a lower-case header name")));
+                    }
+                }
+            }
+            "rate-limit" => {
+                let parsed = v.trim().split_once('/').and_then(|(n, unit)| {
+                    let n: u32 = n.trim().parse().ok().filter(|n| *n > 0)?;
+                    let ms = match unit.trim() {
+                        "s" => 1_000,
+                        "m" => 60_000,
+                        "h" => 3_600_000,
+                        _ => return None,
+                    };
+                    Some((n, ms))
+                });
+                match parsed {
+                    Some(r) => rate = Some(r),
+                    None => p.push((f, format!("{v:?}: expected N/s, N/m or N/h with N > 0"))),
+                }
+            }
+            "rate-limit-burst" => match v.trim().parse::<u32>() {
+                Ok(b) if b > 0 => burst = Some(b),
+                _ => p.push((f, format!("{v:?} is not a positive number"))),
+            },
+            "rate-limit-by" => {
+                let mut d = (false, false, false);
+                for part in v.split(',').map(str::trim) {
+                    match part {
+                        "source" => d.0 = true,
+                        "destination" => d.1 = true,
+                        "path" => d.2 = true,
+                        other => p.push((
+                            f.clone(),
+                            format!("{other:?}: expected source, destination or path"),
+                        )),
+                    }
+                }
+                by = Some(d);
+            }
+            other => p.push((
+                f,
+                format!(
+                    "unknown annotation {other:?} (deny-status, deny-body, request-headers-to-add, \
+                     request-headers-to-remove, rate-limit, rate-limit-burst, rate-limit-by)"
+                ),
+            )),
+        }
+    }
+    if rate.is_none() && (burst.is_some() || by.is_some()) {
+        p.push((
+            format!("metadata.annotations.{BUILTIN_ANNOTATION}rate-limit"),
+            "required by rate-limit-burst / rate-limit-by".into(),
+        ));
+    }
+    if let Some((tokens, per_ms)) = rate {
+        let (src, dst, path) = by.unwrap_or((true, true, false));
+        s.rate = Some(RateLimit {
+            tokens,
+            per_ms,
+            burst: burst.unwrap_or(tokens),
+            by_source: src,
+            by_destination: dst,
+            by_path: path,
+        });
+    }
+    if !p.is_empty() {
+        return Err(p);
+    }
+    Ok(any.then_some(s))
+}

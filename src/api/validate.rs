@@ -209,7 +209,26 @@ pub fn validate(r: &Resource) -> Problems {
             }
         }
         Spec::AuthorizationPolicy(ap) => {
-            v.p.extend(super::security::validate_authorization_policy(ap))
+            v.p.extend(super::security::validate_authorization_policy(ap));
+            match super::security::builtin_settings(&r.meta.annotations) {
+                Err(problems) => v.p.extend(problems),
+                Ok(Some(_)) => {
+                    let builtin = ap.action.as_deref() == Some("CUSTOM")
+                        && ap.provider.as_ref().map(|p| p.name.as_str())
+                            == Some(super::mesh::BUILTIN_PROVIDER);
+                    if !builtin {
+                        v.bad(
+                            "metadata.annotations",
+                            format!(
+                                "{}* annotations apply to CUSTOM policies with provider {:?} only",
+                                super::security::BUILTIN_ANNOTATION,
+                                super::mesh::BUILTIN_PROVIDER
+                            ),
+                        );
+                    }
+                }
+                Ok(None) => {}
+            }
         }
         Spec::RequestAuthentication(ra) => {
             v.p.extend(super::security::validate_request_authentication(ra))

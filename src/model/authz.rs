@@ -57,6 +57,8 @@ pub struct AuthzPolicy {
     /// CUSTOM: the ext_authz provider's name.
     pub provider: Option<String>,
     pub rules: Vec<Rule>,
+    /// CUSTOM with the built-in provider: its annotations' settings.
+    pub builtin: Option<crate::api::security::BuiltinSettings>,
 }
 
 /// One RequestAuthentication, resolved (its target is never `Services`).

@@ -317,6 +317,9 @@ fn authorization_policies(
             action,
             provider,
             rules: ap.rules.clone(),
+            builtin: crate::api::security::builtin_settings(&r.meta.annotations)
+                .ok()
+                .flatten(),
         }));
     }
     out

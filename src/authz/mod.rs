@@ -1,0 +1,3 @@
+//! ext_authz and the central decision: the decision logic is pure, the gRPC part is thin.
+
+pub mod decide;
