@@ -307,7 +307,7 @@ fn custom_providers_must_exist_and_be_ext_authz() {
             "not an ext_authz provider",
         ),
         ("opa", custom("opa"), "not in the registry"),
-        ("pilotfish", custom("pilotfish"), "not enforced yet"),
+        ("pilotfish", custom("pilotfish"), "--authz-advertise-address"),
     ] {
         let w = world_with_mesh(mesh, &files);
         assert_eq!(w.errors.len(), 1, "{p}: {}", dump(&w.errors));

@@ -279,3 +279,121 @@ fn custom_policies_ask_external_providers() {
         get(&a, "/grpc/x", &["x-ext-authz: allow"])
     );
 }
+
+const BUILTIN_POLICIES: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: central\n  annotations:\n    authz.pilotfish.io/deny-status: \"418\"\n    authz.pilotfish.io/deny-body: teapot says no\n    authz.pilotfish.io/request-headers-to-add: x-checked-by=pilotfish\n    authz.pilotfish.io/request-headers-to-remove: x-remove-me\n    authz.pilotfish.io/rate-limit: 3/m\n    authz.pilotfish.io/rate-limit-by: source,path\nspec:\n  selector: {matchLabels: {app: b}}\n  action: CUSTOM\n  provider: {name: pilotfish}\n  rules: [{to: [{operation: {paths: [\"/api/*\"]}}]}]\n---\n\
+    apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-c-admin}\nspec:\n  selector: {matchLabels: {app: b}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/c]}}], to: [{operation: {paths: [\"/api/admin\"]}}]}]\n";
+
+fn metric(cp: &ControlPlane, line_start: &str) -> u64 {
+    let (_, m) = cp.get("/metrics").unwrap();
+    m.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[test]
+fn builtin_provider_decides_centrally() {
+    if !need_root("built-in ext_authz provider") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n---\n{BUILTIN_POLICIES}",
+        vb = mesh.vip(0),
+        b = mesh.addr(11)
+    );
+    write(dir.path(), "config.yaml", &reg);
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let (_, configz) = cp.get("/debug/configz").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
+    assert_eq!(v["errors"], serde_json::json!([]), "config errors");
+    let _b = mesh.start_pod(
+        PodSpec::new("b")
+            .host(11)
+            .port(8080)
+            .service_account("b")
+            .label("app", "b")
+            .secure(&cp),
+    );
+    let a = mesh.start_pod(PodSpec::new("a").host(20).service_account("a").secure(&cp));
+    let c = mesh.start_pod(PodSpec::new("c").host(21).service_account("c").secure(&cp));
+    for p in [&a, &c] {
+        p.hosts(&[(HOST_B, &mesh.vip(0).to_string())]);
+    }
+    assert!(
+        wait_until(READY, || get(&a, "/other", &[]).0 == 200),
+        "a never reached b: {:?}\n{}",
+        get(&a, "/other", &[]),
+        cp.log_tail(20)
+    );
+    let checks = || {
+        ["allow", "deny", "quota"]
+            .iter()
+            .map(|r| {
+                metric(
+                    &cp,
+                    &format!("pilotfish_authz_checks_total{{result=\"{r}\"}}"),
+                )
+            })
+            .sum::<u64>()
+    };
+    let before = checks();
+    assert_eq!(get(&a, "/other", &[]).0, 200);
+    assert_eq!(
+        checks(),
+        before,
+        "/other is not selected by the CUSTOM rule"
+    );
+
+    // Allowed centrally: the headers are changed on the way to the app.
+    let (code, body) = get(&a, "/api/x", &["x-remove-me: 1"]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        upstream_header(&body, "x-checked-by").as_deref(),
+        Some("pilotfish"),
+        "{body}"
+    );
+    assert_eq!(upstream_header(&body, "x-remove-me"), None, "{body}");
+    // Denied centrally (the mesh's DENY policy) with the policy's status and body.
+    let (code, body) = get(&c, "/api/admin", &[]);
+    assert_eq!((code, body.trim()), (418, "teapot says no"));
+    // The rate quota: 3 per minute per source and path; a spent one above.
+    let codes: Vec<u16> = (0..4).map(|_| get(&a, "/api/x", &[]).0).collect();
+    assert_eq!(codes, vec![200, 200, 429, 429], "quota per source and path");
+    assert_eq!(
+        get(&a, "/api/y", &[]).0,
+        200,
+        "another path has its own bucket"
+    );
+    assert_eq!(
+        get(&c, "/api/x", &[]).0,
+        200,
+        "another source has its own bucket"
+    );
+    assert!(metric(&cp, "pilotfish_authz_checks_total{result=\"quota\"}") >= 2);
+    assert!(metric(&cp, "pilotfish_authz_checks_total{result=\"deny\"}") >= 1);
+    assert!(metric(&cp, "pilotfish_authz_check_duration_seconds_count") >= 7);
+
+    // The TLS port answers Check only to a caller with a mesh certificate.
+    let root = std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
+    let secure = cp.secure_address.clone();
+    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root))
+            .domain_name("pilotfish");
+        let ch = tonic::transport::Channel::from_shared(format!("https://{secure}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(ch);
+        client.check(CheckRequest::default()).await.unwrap_err()
+    });
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+}

@@ -71,9 +71,17 @@ pub struct ServeArgs {
     /// host instead of its port's whole route configuration. `false` serves them inline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub vhds: bool,
-    /// xDS + SDS over TLS with bearer-token authentication.
+    /// xDS + SDS over TLS with bearer-token authentication; also pilotfish's ext_authz
+    /// service for sidecars (mutual TLS).
     #[arg(long, default_value = "127.0.0.1:15012")]
     pub secure_xds_address: String,
+    /// Plaintext ext_authz service (the built-in provider) for local callers; empty: off.
+    #[arg(long, default_value = "127.0.0.1:15011")]
+    pub authz_address: String,
+    /// Where sidecars reach the TLS port for the built-in provider (`host:port`). Default:
+    /// --secure-xds-address when it names an address (not 0.0.0.0).
+    #[arg(long)]
+    pub authz_advertise_address: Option<String>,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -537,6 +545,10 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &a.mesh_config {
         load_mesh_config(path, &mut mesh)?;
     }
+    mesh.builtin_authz = a.authz_advertise_address.clone().or_else(|| {
+        let addr: SocketAddr = a.secure_xds_address.parse().ok()?;
+        (!addr.ip().is_unspecified()).then(|| addr.to_string())
+    });
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
@@ -598,8 +610,8 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         ..xds.clone()
     };
     let debug = crate::debug::router(DebugState {
-        current: rx,
-        metrics,
+        current: rx.clone(),
+        metrics: metrics.clone(),
         conns,
         ca: Some(ca.clone()),
     });
@@ -630,9 +642,56 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let server_cert = ca.server_cert(&a.ca.dns_names(), Duration::from_secs(365 * 86400))?;
-    let tls = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(&server_cert.cert_chain_pem, &server_cert.key_pem),
-    );
+    // Client certificates are optional (xDS streams authenticate with tokens); the
+    // ext_authz service requires one of the mesh's.
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            &server_cert.cert_chain_pem,
+            &server_cert.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(ca.bundle_pem()))
+        .client_auth_optional(true);
+    let authz = crate::authz::server::AuthzService {
+        current: rx.clone(),
+        quotas: Arc::new(std::sync::Mutex::new(crate::authz::builtin::Quotas::new(
+            crate::authz::server::MAX_BUCKETS,
+        ))),
+        metrics: metrics.clone(),
+        require_peer: true,
+    };
+    if !a.authz_address.is_empty() {
+        let addr: SocketAddr = a
+            .authz_address
+            .parse()
+            .with_context(|| format!("--authz-address {}", a.authz_address))?;
+        if !addr.ip().is_loopback() && !a.allow_plaintext_xds {
+            anyhow::bail!(
+                "--authz-address {addr} is not loopback: plaintext ext_authz has no \
+                 authentication; sidecars use the TLS port (or pass --allow-plaintext-xds)"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let plain = crate::authz::server::AuthzService {
+            require_peer: false,
+            ..authz.clone()
+        };
+        let mut stop = stop_rx_authz(&stop_tx);
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(plain),
+                )
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                ),
+        );
+        info!(%addr, "ext_authz (plaintext, built-in provider) serving");
+    }
     let secure_listener = tokio::net::TcpListener::bind(secure_addr)
         .await
         .with_context(|| format!("binding {secure_addr}"))?;
@@ -672,6 +731,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .add_service(XdsService::<Rds>::new(secure.clone()))
             .add_service(XdsService::<Sds>::new(secure.clone()))
             .add_service(XdsService::<Ads>::new(secure))
+            .add_service(
+                envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
+            )
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(secure_listener),
                 async move {
@@ -687,6 +749,10 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+fn stop_rx_authz(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
+    tx.subscribe()
 }
 
 /// A TCP listener with address reuse and a listen queue of `backlog`.
@@ -749,7 +815,11 @@ async fn shutdown_signal() {
 
 pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
     // The same pipeline as `serve`: parse, validate, then cross-reference checks.
-    let mut mesh = MeshConfig::default();
+    let mut mesh = MeshConfig {
+        // `serve` turns the built-in provider on by default: check policies as it would.
+        builtin_authz: Some("pilotfish:15012".into()),
+        ..Default::default()
+    };
     if let Some(path) = &a.mesh_config {
         load_mesh_config(path, &mut mesh)?;
     }

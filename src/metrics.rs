@@ -19,8 +19,16 @@ pub struct ErrorLabel {
     pub file: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// Built-in ext_authz checks by result (allow, deny, quota, error, unauthenticated).
+    pub authz_checks: Family<ResultLabel, Counter>,
+    pub authz_check_time: Histogram,
     /// Connected proxies (`pilot_xds`).
     pub connected: Gauge,
     pub pushes: Family<TypeLabel, Counter>,
@@ -43,6 +51,8 @@ impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
+            authz_checks: Family::default(),
+            authz_check_time: Histogram::new(exponential_buckets(0.000_01, 2.0, 18)),
             connected: Gauge::default(),
             pushes: Family::default(),
             push_time: Family::new_with_constructor(hist as fn() -> Histogram),
@@ -58,6 +68,16 @@ impl Metrics {
         {
             let mut r = m.registry.lock().unwrap();
             r.register("pilot_xds", "Connected xDS clients", m.connected.clone());
+            r.register(
+                "pilotfish_authz_checks",
+                "Built-in ext_authz checks, by result",
+                m.authz_checks.clone(),
+            );
+            r.register(
+                "pilotfish_authz_check_duration_seconds",
+                "Time to answer a built-in ext_authz check (s)",
+                m.authz_check_time.clone(),
+            );
             r.register(
                 "pilot_xds_pushes",
                 "xDS responses sent, by type",
@@ -113,6 +133,16 @@ impl Metrics {
     }
 
     /// Register a metric owned elsewhere (the CA's counters, the auth counters).
+    /// Count one built-in ext_authz check.
+    pub fn authz_check(&self, result: &str, took: std::time::Duration) {
+        self.authz_checks
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        self.authz_check_time.observe(took.as_secs_f64());
+    }
+
     pub fn register(
         &self,
         name: &str,

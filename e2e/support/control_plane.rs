@@ -20,6 +20,8 @@ pub struct ControlPlane {
     pub config_dir: PathBuf,
     /// xDS over TLS (same IP as `xds_address`, another free port).
     pub secure_address: String,
+    /// The plaintext ext_authz port (loopback).
+    pub authz_address: String,
     extra_args: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -94,8 +96,13 @@ impl ControlPlane {
             .and_then(|(h, _)| h.parse().ok())
             .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let secure_address = format!("{ip}:{}", super::mesh::free_port(ip));
+        let authz_address = format!(
+            "127.0.0.1:{}",
+            super::mesh::free_port(std::net::Ipv4Addr::LOCALHOST)
+        );
         ControlPlane {
             secure_address,
+            authz_address,
             xds_address: xds.to_string(),
             http_address: http.to_string(),
             config_dir: config_dir.to_path_buf(),
@@ -175,6 +182,7 @@ impl ControlPlane {
             .args(["--xds-address", &self.xds_address])
             .args(["--http-address", &self.http_address])
             .args(["--secure-xds-address", &self.secure_address])
+            .args(["--authz-address", &self.authz_address])
             .arg("--state-dir")
             .arg(self.state_dir())
             // Pods reach the plaintext port across the test bridge.

@@ -158,6 +158,20 @@ impl World {
             .collect()
     }
 
+    /// The ext_authz providers the sidecars' filters name: the mesh config's, and the
+    /// built-in one when a CUSTOM policy uses it.
+    pub fn authz_providers(&self) -> Vec<crate::model::ExtAuthzProvider> {
+        let mut out = self.mesh.ext_authz.clone();
+        let builtin = self.authz.iter().any(|p| {
+            p.action == AuthzAction::Custom
+                && p.provider.as_deref() == Some(crate::api::mesh::BUILTIN_PROVIDER)
+        });
+        if builtin {
+            out.extend(self.mesh.builtin_provider());
+        }
+        out
+    }
+
     /// Every policy that applies to workload port `port` of the proxy: the workload's own
     /// plus those targeting a service that has this proxy as an endpoint on that port.
     pub fn authz_for_port(

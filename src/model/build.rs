@@ -281,10 +281,12 @@ fn authorization_policies(
             let name = provider.as_deref().unwrap_or("");
             let mesh = cx.mesh;
             let reason = if name == crate::api::mesh::BUILTIN_PROVIDER {
-                Some(format!(
-                    "the built-in provider {name:?} is not enforced yet; the policy is refused \
-                     rather than ignored"
-                ))
+                mesh.builtin_authz.is_none().then(|| {
+                    format!(
+                        "the built-in provider {name:?} is off: pilotfish serve \
+                         --authz-advertise-address (where sidecars reach its TLS port) enables it"
+                    )
+                })
             } else if let Some(p) = mesh.ext_authz.iter().find(|p| p.name == name) {
                 let host = &p.service;
                 match services.get(host) {

@@ -39,6 +39,9 @@ pub struct MeshConfig {
     pub ext_authz: Vec<ExtAuthzProvider>,
     /// Names of other extension providers (tracing, logging): not usable by CUSTOM.
     pub other_providers: Vec<String>,
+    /// Where sidecars reach pilotfish's own ext_authz service (`host:port`, the TLS port):
+    /// None disables the built-in provider.
+    pub builtin_authz: Option<String>,
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
@@ -61,6 +64,8 @@ pub struct ExtAuthzProvider {
     pub downstream_on_allow: Vec<String>,
     /// includeRequestBodyInCheck: (maxRequestBytes, allowPartialMessage, packAsBytes).
     pub body: Option<(u32, bool, bool)>,
+    /// pilotfish itself (`service` is the address sidecars dial).
+    pub builtin: bool,
 }
 
 impl MeshConfig {
@@ -115,6 +120,7 @@ impl MeshConfig {
                     downstream_on_deny: vec![],
                     downstream_on_allow: vec![],
                     body: body(&g.include_request_body_in_check),
+                    builtin: false,
                 });
             } else if let Some(h) = &p.envoy_ext_authz_http {
                 self.ext_authz.push(ExtAuthzProvider {
@@ -132,11 +138,33 @@ impl MeshConfig {
                     downstream_on_deny: h.headers_to_downstream_on_deny.clone(),
                     downstream_on_allow: h.headers_to_downstream_on_allow.clone(),
                     body: body(&h.include_request_body_in_check),
+                    builtin: false,
                 });
             } else {
                 self.other_providers.push(p.name.clone());
             }
         }
+    }
+
+    /// The built-in provider as an ext_authz provider entry (gRPC to pilotfish).
+    pub fn builtin_provider(&self) -> Option<ExtAuthzProvider> {
+        Some(ExtAuthzProvider {
+            name: crate::api::mesh::BUILTIN_PROVIDER.into(),
+            http: false,
+            service: self.builtin_authz.clone()?,
+            port: 0,
+            timeout_ms: 2_000,
+            fail_open: false,
+            status_on_error: 403,
+            path_prefix: String::new(),
+            include_request_headers: vec![],
+            additional_headers: BTreeMap::new(),
+            upstream_on_allow: vec![],
+            downstream_on_deny: vec![],
+            downstream_on_allow: vec![],
+            body: None,
+            builtin: true,
+        })
     }
 
     /// The index of an ext_authz provider by name.
@@ -184,6 +212,7 @@ impl Default for MeshConfig {
             path_normalization: PathNormalization::default(),
             ext_authz: Vec::new(),
             other_providers: Vec::new(),
+            builtin_authz: None,
         }
     }
 }

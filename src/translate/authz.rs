@@ -193,6 +193,63 @@ pub fn http_filters(providers: &Providers) -> Vec<hcm::HttpFilter> {
     out
 }
 
+/// The cluster sidecars reach pilotfish's ext_authz service by: its TLS port, with the
+/// sidecar's own certificate (mutual TLS) when it has one, checking pilotfish's DNS name.
+pub fn builtin_cluster(
+    address: &str,
+    mtls: bool,
+) -> envoy_types::pb::envoy::config::cluster::v3::Cluster {
+    use envoy_types::pb::envoy::config::cluster::v3 as cl;
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3 as uphttp;
+    let (host, port) = address.rsplit_once(':').unwrap_or((address, "15012"));
+    let port: u32 = port.parse().unwrap_or(15012);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = host.parse::<std::net::IpAddr>().is_ok();
+    let opts = uphttp::HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            uphttp::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                uphttp::http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        uphttp::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                            Default::default(),
+                        ),
+                    ),
+                },
+            ),
+        ),
+        ..Default::default()
+    };
+    cl::Cluster {
+        name: BUILTIN_CLUSTER.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(if ip {
+            cl::cluster::DiscoveryType::Static as i32
+        } else {
+            cl::cluster::DiscoveryType::StrictDns as i32
+        })),
+        connect_timeout: Some(secs(5)),
+        load_assignment: Some(
+            envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+                cluster_name: BUILTIN_CLUSTER.into(),
+                endpoints: vec![
+                    envoy_types::pb::envoy::config::endpoint::v3::LocalityLbEndpoints {
+                        lb_endpoints: vec![super::endpoint::lb_endpoint(host, port, 1)],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        ),
+        typed_extension_protocol_options: [(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            any(opts),
+        )]
+        .into(),
+        transport_socket: mtls
+            .then(|| super::tls::istio_upstream("pilotfish", &["pilotfish".into()])),
+        ..Default::default()
+    }
+}
+
 fn custom_filter(i: usize) -> String {
     format!("pilotfish.authz.custom.{i}")
 }
@@ -225,12 +282,20 @@ fn list(names: &[String]) -> Option<ListStringMatcher> {
     })
 }
 
+/// The cluster of pilotfish's own ext_authz service (see `builtin_cluster`).
+pub const BUILTIN_CLUSTER: &str = "pilotfish-authz";
+
 fn grpc_service(p: &ExtAuthzProvider) -> core::GrpcService {
+    let (cluster, authority) = if p.builtin {
+        (BUILTIN_CLUSTER.to_string(), "pilotfish".to_string())
+    } else {
+        (outbound_name(p.port, "", &p.service), p.service.clone())
+    };
     core::GrpcService {
         target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
             core::grpc_service::EnvoyGrpc {
-                cluster_name: outbound_name(p.port, "", &p.service),
-                authority: p.service.clone(),
+                cluster_name: cluster,
+                authority,
                 ..Default::default()
             },
         )),
@@ -290,6 +355,16 @@ fn ext_authz_http(p: &ExtAuthzProvider, i: usize) -> ext_authz::ExtAuthz {
                 pack_as_bytes: bytes,
             }),
         allowed_headers: list(&p.include_request_headers),
+        // The built-in provider reads which CUSTOM rule selected the request and the
+        // verified JWT payload.
+        metadata_context_namespaces: if p.builtin {
+            vec![
+                "envoy.filters.http.rbac".into(),
+                "envoy.filters.http.jwt_authn".into(),
+            ]
+        } else {
+            vec![]
+        },
         filter_enabled_metadata: Some(enabled_by("envoy.filters.http.rbac", i)),
         stat_prefix: format!("ext_authz_{i}"),
         ..Default::default()

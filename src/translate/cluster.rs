@@ -431,5 +431,8 @@ pub fn inbound_from(key: &listener::InboundKey) -> Vec<Cluster> {
         apply_pool(&mut c, None, proto);
         out.push(c);
     }
+    if let Some(p) = key.providers.iter().find(|p| p.builtin) {
+        out.push(super::authz::builtin_cluster(&p.service, key.mtls));
+    }
     out
 }

@@ -375,7 +375,7 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
             .collect(),
         default_authz: workload,
         path_normalization: world.mesh.path_normalization,
-        providers: world.mesh.ext_authz.clone(),
+        providers: world.authz_providers(),
         jwt: world.jwt_for_workload(&proxy.namespace, &proxy.labels),
         ports: ports
             .into_iter()

@@ -233,6 +233,17 @@ impl ControlPlane {
                 format!("127.0.0.1:{}", sys::free_port()),
             ]);
         }
+        if help.contains("--authz-address")
+            && !a
+                .pilotfish_args
+                .iter()
+                .any(|x| x.starts_with("--authz-address"))
+        {
+            extra.extend([
+                "--authz-address".to_string(),
+                format!("127.0.0.1:{}", sys::free_port()),
+            ]);
+        }
         let f =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let setpriv = std::path::Path::new("/usr/bin/setpriv").exists();
