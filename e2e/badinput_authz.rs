@@ -307,7 +307,11 @@ fn custom_providers_must_exist_and_be_ext_authz() {
             "not an ext_authz provider",
         ),
         ("opa", custom("opa"), "not in the registry"),
-        ("pilotfish", custom("pilotfish"), "--authz-advertise-address"),
+        (
+            "pilotfish",
+            custom("pilotfish"),
+            "--authz-advertise-address",
+        ),
     ] {
         let w = world_with_mesh(mesh, &files);
         assert_eq!(w.errors.len(), 1, "{p}: {}", dump(&w.errors));
@@ -361,4 +365,63 @@ fn validate_command_fails_on_a_bad_policy() {
         ),
         "{out}"
     );
+}
+
+#[test]
+fn check_command_names_the_deciding_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  selector: {app: b}\n  ports: [{name: http, port: 8080}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b-1}\nspec:\n  address: 10.2.2.2\n  labels: {app: b}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-a}\nspec:\n  selector: {matchLabels: {app: b}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/a]}}]}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
+    )
+    .unwrap();
+    let check = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+            .arg("check")
+            .arg(&f)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&[
+        "--to",
+        "default/b-1",
+        "--port",
+        "8080",
+        "--from",
+        "default/a",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ALLOW: allowed by AuthorizationPolicy default/allow-a rule[0]"),
+        "{out}"
+    );
+    let (code, out) = check(&[
+        "--to",
+        "10.2.2.2",
+        "--port",
+        "8080",
+        "--from",
+        "default/a",
+        "--path",
+        "/ADMIN/x",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("DENY: denied by AuthorizationPolicy default/deny-admin rule[0]"),
+        "{out}"
+    );
+    let (code, out) = check(&["--to", "default/b-1", "--port", "8080"]);
+    assert_eq!(code, Some(1), "plaintext caller: {out}");
+    assert!(out.contains("no ALLOW rule matched"), "{out}");
+    let (code, _) = check(&["--to", "default/nosuch", "--port", "8080"]);
+    assert_eq!(code, Some(2));
 }

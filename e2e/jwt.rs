@@ -209,8 +209,38 @@ fn jwt_tokens_are_verified_and_authorize() {
         v["headers"]["authorization"].is_null(),
         "the token was forwarded: {body}"
     );
+    // /debug/authorizationz: which rules apply to b, and the key sets' state (no keys).
+    let (code, page) = cp.get("/debug/authorizationz?proxyID=b.default").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&page).unwrap();
+    let b = &v["proxies"][0];
+    let jwt = b["request_authentication"].as_array().unwrap();
+    assert_eq!(jwt.len(), 2, "{page}");
+    assert_eq!(jwt[0]["jwks"], "fetched", "{page}");
+    assert!(
+        jwt[1]["jwks"].as_str().unwrap().starts_with("unavailable"),
+        "{page}"
+    );
+    let policies = b["ports"][0]["policies"].to_string();
+    assert!(
+        policies.contains("AuthorizationPolicy default/allow")
+            && policies.contains("default/deny-role"),
+        "{page}"
+    );
+    assert!(
+        b["ports"][0]["http_rbac_per_route"]["pilotfish.authz.allow"].is_object(),
+        "{page}"
+    );
+    assert!(
+        !page.contains("\"x\":"),
+        "a key's coordinates are shown: {page}"
+    );
     // Debug pages never show a token.
-    for p in ["/debug/configz", "/debug/config_dump?proxyID=b"] {
+    for p in [
+        "/debug/configz",
+        "/debug/config_dump?proxyID=b",
+        "/debug/authorizationz",
+    ] {
         let (_, page) = cp.get(p).unwrap();
         assert!(!page.contains(&alice), "{p} shows a token");
     }

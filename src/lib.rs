@@ -11,6 +11,7 @@ pub mod app;
 pub mod authz;
 pub mod bootstrap;
 pub mod ca;
+pub mod check;
 pub mod debug;
 pub mod envoy_json;
 pub mod iptables;

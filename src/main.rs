@@ -25,6 +25,8 @@ enum Cmd {
     Token(pilotfish::app::TokenArgs),
     /// Start a root CA rotation (file mode; a running pilotfish completes it without downtime).
     RotateRoot(pilotfish::app::CaArgs),
+    /// Would a request pass? Decide offline from config files with the mesh's policies.
+    Check(pilotfish::check::CheckArgs),
     /// Print an Envoy bootstrap for a sidecar.
     Bootstrap(pilotfish::bootstrap::BootstrapArgs),
     /// Apply (or print) Istio's sidecar interception iptables rules.
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
         Cmd::Validate(a) => pilotfish::app::validate(a),
         Cmd::Token(a) => pilotfish::app::token(a),
         Cmd::RotateRoot(a) => pilotfish::app::rotate_root(a),
+        Cmd::Check(a) => pilotfish::check::run(a),
         Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
         Cmd::Iptables(a) => pilotfish::iptables::run(a),
     };

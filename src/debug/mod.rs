@@ -38,7 +38,84 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/push_status", get(push_status))
         .route("/debug/certz", get(certz))
+        .route("/debug/authorizationz", get(authorizationz))
         .with_state(state)
+}
+
+/// Per connected proxy (or the one `proxyID` names): which AuthorizationPolicies and
+/// RequestAuthentications apply to each of its ports, and the Envoy RBAC that results
+/// (the per-route HTTP rules and the network filters). JWKS appear as a status, never keys.
+async fn authorizationz(
+    State(s): State<DebugState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let w = &p.gen.world;
+    let want = q.get("proxyID").filter(|v| !v.is_empty());
+    let mut out = Vec::new();
+    for c in s.conns.snapshot() {
+        if want.is_some_and(|id| !c.proxy.id.contains(id.as_str())) {
+            continue;
+        }
+        let proxy = &c.proxy;
+        let key = crate::translate::listener::inbound_key(w, proxy);
+        let names = |ps: &crate::model::PortPolicies| -> Vec<serde_json::Value> {
+            ps.iter()
+                .map(|p| json!({"policy": p.key.to_string(), "action": p.action.name(), "provider": p.provider}))
+                .collect()
+        };
+        let rbac_json = |m: HashMap<String, envoy_types::pb::google::protobuf::Any>| {
+            m.into_iter()
+                .map(|(k, v)| (k, any_to_json(&v)))
+                .collect::<serde_json::Map<_, _>>()
+        };
+        let filters_json = |fs: Vec<envoy_types::pb::envoy::config::listener::v3::Filter>| {
+            fs.iter()
+                .map(|f| crate::envoy_json::to_json(f))
+                .collect::<Vec<_>>()
+        };
+        let ports: Vec<serde_json::Value> = key
+            .ports
+            .iter()
+            .zip(&key.authz)
+            .map(|((port, proto, mode), ps)| {
+                let http = proto.is_http() || *proto == crate::model::Protocol::Unknown;
+                json!({
+                    "port": port,
+                    "protocol": format!("{proto:?}"),
+                    "mtls": format!("{mode:?}"),
+                    "policies": names(ps),
+                    "http_rbac_per_route": if http { json!(rbac_json(crate::translate::authz::http_per_route(ps, &key.providers))) } else { json!(null) },
+                    "network_filters": filters_json(crate::translate::authz::network_filters(ps, &key.providers)),
+                })
+            })
+            .collect();
+        let jwt: Vec<serde_json::Value> = key
+            .jwt
+            .iter()
+            .map(|j| {
+                let jwks = match (&j.rule.jwks, &j.jwks) {
+                    (Some(_), _) => "inline".to_string(),
+                    (None, Ok(_)) => "fetched".to_string(),
+                    (None, Err(e)) => format!("unavailable (tokens refused): {e}"),
+                };
+                json!({"provider": j.name, "issuer": j.rule.issuer, "jwks_uri": j.rule.jwks_uri, "jwks": jwks})
+            })
+            .collect();
+        out.push(json!({
+            "proxy": proxy.id,
+            "namespace": proxy.namespace,
+            "labels": proxy.labels,
+            "ports": ports,
+            "other_ports": {"policies": names(&key.default_authz), "network_filters": filters_json(crate::translate::authz::network_filters(&key.default_authz, &key.providers))},
+            "request_authentication": jwt,
+            "ext_authz_providers": key.providers.iter().map(|p| json!({"name": p.name, "service": p.service, "port": p.port, "fail_open": p.fail_open})).collect::<Vec<_>>(),
+        }));
+    }
+    Json(json!({"version": w.version, "proxies": out})).into_response()
 }
 
 /// Issued workload certificates: identity, serial, expiry, holders. Never a key.
@@ -52,7 +129,8 @@ async fn certz(State(s): State<DebugState>) -> Json<serde_json::Value> {
 async fn index() -> Json<serde_json::Value> {
     Json(json!({"endpoints": [
         "/ready", "/metrics", "/debug/syncz", "/debug/adsz", "/debug/configz", "/debug/registryz",
-        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status", "/debug/certz"
+        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status", "/debug/certz",
+        "/debug/authorizationz?proxyID="
     ]}))
 }
 
