@@ -425,3 +425,53 @@ fn check_command_names_the_deciding_policy() {
     let (code, _) = check(&["--to", "default/nosuch", "--port", "8080"]);
     assert_eq!(code, Some(2));
 }
+
+#[test]
+fn equal_policies_encode_to_equal_versions() {
+    use pilotfish::xds::cache::Generation;
+    use pilotfish::xds::{LISTENER, ROUTE};
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  selector: {app: b}\n  ports: [{name: http, port: 8080}, {name: tcp, port: 9000}]\n---\n\
+        apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b-1}\nspec:\n  address: 10.2.2.2\n  labels: {app: b}\n---\n\
+        apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  jwtRules:\n  - {issuer: a, jwks: '{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"}]}'}\n  - {issuer: b, jwks: '{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"}]}'}\n  - {issuer: c, jwks: '{\"keys\":[{\"kty\":\"oct\",\"k\":\"AA\"}]}'}\n---\n";
+    let mut policies = String::new();
+    for i in 0..30 {
+        policies.push_str(&format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p{i}}}\nspec:\n  action: {}\n  rules: [{{to: [{{operation: {{paths: [\"/p{i}*\"]}}}}]}}, {{from: [{{source: {{ipBlocks: [\"10.{i}.0.0/16\"]}}}}]}}]\n---\n",
+            ["ALLOW", "DENY", "AUDIT"][i % 3]
+        ));
+    }
+    let versions = || {
+        let w = pilotfish::app::world_from_files(
+            &[("a.yaml", text), ("p.yaml", policies.as_str())],
+            MeshConfig::default(),
+        );
+        assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+        let g = Generation::new(std::sync::Arc::new(w));
+        let proxy = pilotfish::model::Proxy {
+            namespace: "default".into(),
+            ips: vec!["10.2.2.2".into()],
+            labels: [("app".to_string(), "b".to_string())].into(),
+            ..Default::default()
+        };
+        let r = g.for_proxy(&proxy);
+        let mut v: Vec<(String, String)> = [LISTENER, ROUTE]
+            .iter()
+            .flat_map(|t| r.values(t))
+            .map(|x| (x.name.clone(), x.version.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = versions();
+    assert!(
+        first.iter().any(|(n, _)| n == "inbound|8080||"),
+        "{first:?}"
+    );
+    for _ in 0..5 {
+        assert_eq!(
+            versions(),
+            first,
+            "the same policies must give the same bytes"
+        );
+    }
+}

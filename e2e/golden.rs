@@ -148,6 +148,10 @@ const CASES: &[Case] = &[
         ..case("tls_credential")
     },
     case("sidecar_scope"),
+    Case {
+        proxies: &[RATINGS],
+        ..case("authz")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -345,6 +349,7 @@ golden!(
     mtls_policies,
     tls_credential,
     sidecar_scope,
+    authz,
 );
 
 #[test]

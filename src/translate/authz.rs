@@ -250,6 +250,11 @@ pub fn builtin_cluster(
     }
 }
 
+/// An `RBACPerRoute`, encoded deterministically (see `canon`).
+fn per_route(r: &http_rbac::Rbac) -> pbw::Any {
+    super::canon::any_of::<http_rbac::RbacPerRoute>(super::canon::http_rbac_per_route(r))
+}
+
 fn custom_filter(i: usize) -> String {
     format!("pilotfish.authz.custom.{i}")
 }
@@ -382,20 +387,15 @@ pub fn http_per_route(
     for (i, rules) in r.custom {
         out.insert(
             custom_filter(i),
-            any(http_rbac::RbacPerRoute {
-                rbac: Some(http_rbac::Rbac {
-                    shadow_rules: Some(rules),
-                    shadow_rules_stat_prefix: custom_prefix(i),
-                    ..Default::default()
-                }),
+            per_route(&http_rbac::Rbac {
+                shadow_rules: Some(rules),
+                shadow_rules_stat_prefix: custom_prefix(i),
+                ..Default::default()
             }),
         );
     }
     let mut put = |name: &str, rbac: http_rbac::Rbac| {
-        out.insert(
-            name.to_string(),
-            any(http_rbac::RbacPerRoute { rbac: Some(rbac) }),
-        );
+        out.insert(name.to_string(), per_route(&rbac));
     };
     if let Some(a) = r.audit {
         put(
@@ -437,25 +437,19 @@ pub fn network_filters(policies: &[Arc<AuthzPolicy>], providers: &Providers) -> 
         if p.http {
             // An HTTP provider cannot check a TCP connection: what its policies select is
             // refused (fail closed).
-            out.push(listener::filter(
-                NETWORK_RBAC,
-                net_rbac::Rbac {
-                    rules: Some(rules),
-                    stat_prefix: format!("tcp.ext_authz_{i}_unavailable."),
-                    ..Default::default()
-                },
-            ));
+            out.push(net_filter(net_rbac::Rbac {
+                rules: Some(rules),
+                stat_prefix: format!("tcp.ext_authz_{i}_unavailable."),
+                ..Default::default()
+            }));
             continue;
         }
-        out.push(listener::filter(
-            NETWORK_RBAC,
-            net_rbac::Rbac {
-                shadow_rules: Some(rules),
-                shadow_rules_stat_prefix: custom_prefix(i),
-                stat_prefix: "tcp.".into(),
-                ..Default::default()
-            },
-        ));
+        out.push(net_filter(net_rbac::Rbac {
+            shadow_rules: Some(rules),
+            shadow_rules_stat_prefix: custom_prefix(i),
+            stat_prefix: "tcp.".into(),
+            ..Default::default()
+        }));
         out.push(listener::filter(
             "envoy.filters.network.ext_authz",
             net_ext_authz::ExtAuthz {
@@ -469,30 +463,36 @@ pub fn network_filters(policies: &[Arc<AuthzPolicy>], providers: &Providers) -> 
         ));
     }
     if let Some(a) = r.audit {
-        out.push(listener::filter(
-            NETWORK_RBAC,
-            net_rbac::Rbac {
-                shadow_rules: Some(a),
-                shadow_rules_stat_prefix: AUDIT_STAT_PREFIX.into(),
-                stat_prefix: "tcp.".into(),
-                ..Default::default()
-            },
-        ));
+        out.push(net_filter(net_rbac::Rbac {
+            shadow_rules: Some(a),
+            shadow_rules_stat_prefix: AUDIT_STAT_PREFIX.into(),
+            stat_prefix: "tcp.".into(),
+            ..Default::default()
+        }));
     }
     for rules in [r.deny, r.allow].into_iter().flatten() {
-        out.push(listener::filter(
-            NETWORK_RBAC,
-            net_rbac::Rbac {
-                rules: Some(rules),
-                stat_prefix: "tcp.".into(),
-                ..Default::default()
-            },
-        ));
+        out.push(net_filter(net_rbac::Rbac {
+            rules: Some(rules),
+            stat_prefix: "tcp.".into(),
+            ..Default::default()
+        }));
     }
     out
 }
 
 use envoy_types::pb::envoy::config::listener::v3 as ls;
+
+/// A network RBAC filter, encoded deterministically (see `canon`).
+fn net_filter(r: net_rbac::Rbac) -> ls::Filter {
+    ls::Filter {
+        name: NETWORK_RBAC.into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(super::canon::any_of::<
+            net_rbac::Rbac,
+        >(
+            super::canon::net_rbac(&r),
+        ))),
+    }
+}
 
 /// One rule: (OR of `to`) AND `when` permissions; (OR of `from`) AND `when` principals.
 /// None: the rule can never match here (an ALLOW rule using HTTP-only fields on TCP).

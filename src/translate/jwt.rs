@@ -103,5 +103,11 @@ pub fn filter(providers: &[JwtProviderCfg]) -> Option<hcm::HttpFilter> {
         }],
         ..Default::default()
     };
-    Some(listener::http_filter(JWT_FILTER, config))
+    Some(hcm::HttpFilter {
+        name: JWT_FILTER.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+            super::canon::any_of::<jwt::JwtAuthentication>(super::canon::jwt_authn(&config)),
+        )),
+        ..Default::default()
+    })
 }

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod authz;
+pub mod canon;
 pub mod cluster;
 pub mod endpoint;
 pub mod jwt;

@@ -630,6 +630,8 @@ fn inline_config(p: &RoutePart) -> Res {
 }
 
 /// Inbound clusters and the inbound listener of one inbound class.
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
 /// Inbound clusters, listener and route configurations of one inbound class.
 type InboundMaps = (Arc<TypeMap>, Arc<TypeMap>, Arc<TypeMap>);
 
@@ -1090,12 +1092,18 @@ pub fn encode_secret(
     encode(&s.name, s)
 }
 
-fn route_map(items: Vec<envoy_types::pb::envoy::config::route::v3::RouteConfiguration>) -> TypeMap {
+fn route_map(items: Vec<RouteConfiguration>) -> TypeMap {
+    use prost::Name;
     items
         .iter()
         .map(|r| {
             let refs = translate::route::referenced_clusters(std::slice::from_ref(r));
-            (r.name.clone(), encode_with(&r.name, r, refs))
+            // Per-route filter configs are a map: encoded sorted, so equal is equal.
+            let bytes = translate::canon::route_configuration(r);
+            (
+                r.name.clone(),
+                encoded(&r.name, RouteConfiguration::type_url(), bytes, refs),
+            )
         })
         .collect()
 }
