@@ -243,7 +243,18 @@ fn custom_policies_ask_external_providers() {
     let (code, _) = get(&a, "/http/x", &[]);
     assert_eq!(code, 403, "no verdict header: denied");
 
-    // gRPC provider: header mutation on allow, status and body on deny, 429.
+    // gRPC provider: header mutation on allow, status and body on deny, 429. Its first
+    // call may find b's connection pool to the provider still cold (seen once as a
+    // timeout on a loaded machine): wait for one answer before checking the details.
+    assert!(
+        wait_until(READY, || get(&a, "/grpc/x", &["x-ext-authz: allow"]).0
+            == 200),
+        "the gRPC provider never answered: {}",
+        b.envoy_stats("ext_authz_1")
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect::<String>()
+    );
     let (code, body) = get(&a, "/grpc/x", &["x-ext-authz: allow", "x-remove-me: 1"]);
     assert_eq!(
         code,

@@ -33,7 +33,13 @@ fn pure_layers_do_no_io() {
     ];
     let mut bad = Vec::new();
     // The authorization decision is pure too (its gRPC server is `authz/server.rs`).
-    for layer in ["api", "model", "translate", "authz/decide.rs", "authz/builtin.rs"] {
+    for layer in [
+        "api",
+        "model",
+        "translate",
+        "authz/decide.rs",
+        "authz/builtin.rs",
+    ] {
         let mut fs = Vec::new();
         let path = root.join(layer);
         if path.is_file() {

@@ -3,7 +3,7 @@
 //! policy and rule that decided.
 
 use crate::authz::decide::{decide, HttpAttrs, Request, Verdict};
-use crate::model::{AuthzAction, MeshConfig, Proxy};
+use crate::model::{AuthzAction, MeshConfig};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,18 +88,9 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--to {}: no WorkloadEntry or Pod of that name", a.to))?
         }
     };
-    let (_, ep) = world
-        .instances_of(&ip)
-        .next()
+    let (ep, policies) = world
+        .authz_at(&ip, a.port)
         .with_context(|| format!("{ip} is no workload of the registry"))?;
-    let proxy = Proxy {
-        namespace: ep.namespace.clone(),
-        labels: ep.labels.clone(),
-        ips: vec![ip.clone()],
-        ..Default::default()
-    };
-    let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
-    let policies = world.authz_for_port(&proxy, &workload, a.port);
     let principal = a.from.as_ref().map(|f| {
         let (ns, sa) = f.split_once('/').unwrap_or(("default", f));
         format!("spiffe://{}/ns/{ns}/sa/{sa}", a.trust_domain)
@@ -132,7 +123,7 @@ pub fn run(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let d = decide(&policies, &req);
     println!(
         "workload {}/{} ({ip}), port {}: {} polic{} apply",
-        proxy.namespace,
+        ep.namespace,
         ep.origin.rsplit('/').next().unwrap_or(""),
         a.port,
         policies.len(),

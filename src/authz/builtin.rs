@@ -11,7 +11,7 @@
 use super::decide::{decide, HttpAttrs, Request, Verdict};
 use crate::api::security::{BuiltinSettings, RateLimit};
 use crate::api::ObjectKey;
-use crate::model::{AuthzAction, AuthzPolicy, Proxy, World};
+use crate::model::{AuthzAction, AuthzPolicy, World};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -76,7 +76,7 @@ pub fn check(world: &World, input: &CheckInput) -> Outcome {
         return denied(403, "", "no destination address".into(), None);
     };
     let dest_s = dest.to_string();
-    let Some((_, ep)) = world.instances_of(&dest_s).next() else {
+    let Some((_, policies)) = world.authz_at(&dest_s, input.destination_port) else {
         return denied(
             403,
             "",
@@ -84,14 +84,6 @@ pub fn check(world: &World, input: &CheckInput) -> Outcome {
             None,
         );
     };
-    let proxy = Proxy {
-        namespace: ep.namespace.clone(),
-        labels: ep.labels.clone(),
-        ips: vec![dest_s.clone()],
-        ..Default::default()
-    };
-    let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
-    let policies = world.authz_for_port(&proxy, &workload, input.destination_port);
     let builtin = |p: &&Arc<AuthzPolicy>| {
         p.action == AuthzAction::Custom
             && p.provider.as_deref() == Some(crate::api::mesh::BUILTIN_PROVIDER)

@@ -158,6 +158,20 @@ impl World {
             .collect()
     }
 
+    /// The workload listening at `ip` (its registry endpoint) and the policies applying to
+    /// its `port`, as its sidecar has them.
+    pub fn authz_at<'a>(&'a self, ip: &'a str, port: u32) -> Option<(&'a Endpoint, PortPolicies)> {
+        let (_, ep) = self.instances_of(ip).next()?;
+        let proxy = Proxy {
+            namespace: ep.namespace.clone(),
+            labels: ep.labels.clone(),
+            ips: vec![ip.to_string()],
+            ..Default::default()
+        };
+        let workload = self.authz_for_workload(&proxy.namespace, &proxy.labels);
+        Some((ep, self.authz_for_port(&proxy, &workload, port)))
+    }
+
     /// The ext_authz providers the sidecars' filters name: the mesh config's, and the
     /// built-in one when a CUSTOM policy uses it.
     pub fn authz_providers(&self) -> Vec<crate::model::ExtAuthzProvider> {

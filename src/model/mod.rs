@@ -104,45 +104,56 @@ impl MeshConfig {
             })
         };
         for p in m.extension_providers {
-            if let Some(g) = &p.envoy_ext_authz_grpc {
-                self.ext_authz.push(ExtAuthzProvider {
-                    name: p.name.clone(),
-                    http: false,
-                    service: host(&g.service),
-                    port: g.port,
-                    timeout_ms: ms(&g.timeout),
-                    fail_open: g.fail_open,
-                    status_on_error: status(&g.status_on_error),
-                    path_prefix: String::new(),
-                    include_request_headers: vec![],
-                    additional_headers: BTreeMap::new(),
-                    upstream_on_allow: vec![],
-                    downstream_on_deny: vec![],
-                    downstream_on_allow: vec![],
-                    body: body(&g.include_request_body_in_check),
-                    builtin: false,
-                });
-            } else if let Some(h) = &p.envoy_ext_authz_http {
-                self.ext_authz.push(ExtAuthzProvider {
-                    name: p.name.clone(),
-                    http: true,
-                    service: host(&h.service),
-                    port: h.port,
-                    timeout_ms: ms(&h.timeout),
-                    fail_open: h.fail_open,
-                    status_on_error: status(&h.status_on_error),
-                    path_prefix: h.path_prefix.clone(),
-                    include_request_headers: h.include_request_headers_in_check.clone(),
-                    additional_headers: h.include_additional_headers_in_check.clone(),
-                    upstream_on_allow: h.headers_to_upstream_on_allow.clone(),
-                    downstream_on_deny: h.headers_to_downstream_on_deny.clone(),
-                    downstream_on_allow: h.headers_to_downstream_on_allow.clone(),
-                    body: body(&h.include_request_body_in_check),
-                    builtin: false,
-                });
-            } else {
-                self.other_providers.push(p.name.clone());
+            let (service, port, timeout, fail_open, status_on_error, body_cfg) =
+                match (&p.envoy_ext_authz_grpc, &p.envoy_ext_authz_http) {
+                    (Some(g), _) => (
+                        &g.service,
+                        g.port,
+                        &g.timeout,
+                        g.fail_open,
+                        &g.status_on_error,
+                        &g.include_request_body_in_check,
+                    ),
+                    (None, Some(h)) => (
+                        &h.service,
+                        h.port,
+                        &h.timeout,
+                        h.fail_open,
+                        &h.status_on_error,
+                        &h.include_request_body_in_check,
+                    ),
+                    (None, None) => {
+                        self.other_providers.push(p.name.clone());
+                        continue;
+                    }
+                };
+            let mut e = ExtAuthzProvider {
+                name: p.name.clone(),
+                http: false,
+                service: host(service),
+                port,
+                timeout_ms: ms(timeout),
+                fail_open,
+                status_on_error: status(status_on_error),
+                path_prefix: String::new(),
+                include_request_headers: vec![],
+                additional_headers: BTreeMap::new(),
+                upstream_on_allow: vec![],
+                downstream_on_deny: vec![],
+                downstream_on_allow: vec![],
+                body: body(body_cfg),
+                builtin: false,
+            };
+            if let Some(h) = &p.envoy_ext_authz_http {
+                e.http = true;
+                e.path_prefix = h.path_prefix.clone();
+                e.include_request_headers = h.include_request_headers_in_check.clone();
+                e.additional_headers = h.include_additional_headers_in_check.clone();
+                e.upstream_on_allow = h.headers_to_upstream_on_allow.clone();
+                e.downstream_on_deny = h.headers_to_downstream_on_deny.clone();
+                e.downstream_on_allow = h.headers_to_downstream_on_allow.clone();
             }
+            self.ext_authz.push(e);
         }
     }
 

@@ -54,17 +54,22 @@ pub fn rbac(r: &rbac::Rbac) -> Vec<u8> {
     b
 }
 
+/// `base` (a message encoded without its RBAC fields) with `rules` as field 1 and
+/// `shadow_rules` as field 2, as both RBAC filters number them.
+fn with_rules(mut base: Vec<u8>, rules: Option<rbac::Rbac>, shadow: Option<rbac::Rbac>) -> Vec<u8> {
+    if let Some(x) = rules {
+        field(1, &rbac(&x), &mut base);
+    }
+    if let Some(x) = shadow {
+        field(2, &rbac(&x), &mut base);
+    }
+    base
+}
+
 pub fn http_rbac(r: &http_rbac::Rbac) -> Vec<u8> {
     let mut c = r.clone();
     let (rules, shadow) = (c.rules.take(), c.shadow_rules.take());
-    let mut b = c.encode_to_vec();
-    if let Some(x) = rules {
-        field(1, &rbac(&x), &mut b);
-    }
-    if let Some(x) = shadow {
-        field(2, &rbac(&x), &mut b);
-    }
-    b
+    with_rules(c.encode_to_vec(), rules, shadow)
 }
 
 pub fn http_rbac_per_route(r: &http_rbac::Rbac) -> Vec<u8> {
@@ -76,14 +81,7 @@ pub fn http_rbac_per_route(r: &http_rbac::Rbac) -> Vec<u8> {
 pub fn net_rbac(r: &net_rbac::Rbac) -> Vec<u8> {
     let mut c = r.clone();
     let (rules, shadow) = (c.rules.take(), c.shadow_rules.take());
-    let mut b = c.encode_to_vec();
-    if let Some(x) = rules {
-        field(1, &rbac(&x), &mut b);
-    }
-    if let Some(x) = shadow {
-        field(2, &rbac(&x), &mut b);
-    }
-    b
+    with_rules(c.encode_to_vec(), rules, shadow)
 }
 
 pub fn jwt_authn(j: &jwt::JwtAuthentication) -> Vec<u8> {
