@@ -360,6 +360,15 @@ fn groups(mesh: &Mesh) -> Vec<Group> {
             row("targetRef Service b: c denied", "c", Req::get(B, "/"), 403),
             row("targetRef Service b: t untouched", "c", Req::get(T, "/"), 200),
         ]),
+        g("custom asked first", ap("allow-all-b", "default",
+            "  selector: {matchLabels: {app: b}}\n  rules: [{}]")
+            + &ap("deny-c-custom", "default", &format!(
+            "  selector: {{matchLabels: {{app: b}}}}\n  action: DENY\n  rules: [{{from: [{{source: {{principals: [\"{SA_C}\"]}}}}], to: [{{operation: {{paths: [\"/custom*\"]}}}}]}}]"))
+            + "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: central\n  namespace: default\n  annotations: {authz.pilotfish.io/deny-status: \"418\"}\nspec:\n  selector: {matchLabels: {app: b}}\n  action: CUSTOM\n  provider: {name: pilotfish}\n  rules: [{to: [{operation: {paths: [\"/custom*\"]}}]}]\n---\n", vec![
+            row("CUSTOM answers before DENY (its own status)", "c", Req::get(B, "/custom/x"), 418),
+            row("CUSTOM allows, nothing denies", "a", Req::get(B, "/custom/x"), 200),
+            row("CUSTOM rules select: other paths not asked", "c", Req::get(B, "/other"), 200),
+        ]),
         g("tcp allow principal", ap("allow-a-tcp", "default", &format!(
             "  selector: {{matchLabels: {{app: t}}}}\n  rules: [{{from: [{{source: {{principals: [\"{SA_A}\"]}}}}], to: [{{operation: {{ports: [\"9000\"]}}}}]}}]")), vec![
             row("TCP ALLOW principal + port: a passes", "a", Req::get(T, "/"), 200),

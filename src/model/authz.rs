@@ -173,16 +173,12 @@ impl World {
     }
 
     /// The ext_authz providers the sidecars' filters name: the mesh config's, and the
-    /// built-in one when a CUSTOM policy uses it.
+    /// built-in one when it is on. All of them are always in the filter chain (a CUSTOM
+    /// policy only enables one per route), so a new CUSTOM policy never changes a listener
+    /// and reaches kept-alive connections too.
     pub fn authz_providers(&self) -> Vec<crate::model::ExtAuthzProvider> {
         let mut out = self.mesh.ext_authz.clone();
-        let builtin = self.authz.iter().any(|p| {
-            p.action == AuthzAction::Custom
-                && p.provider.as_deref() == Some(crate::api::mesh::BUILTIN_PROVIDER)
-        });
-        if builtin {
-            out.extend(self.mesh.builtin_provider());
-        }
+        out.extend(self.mesh.builtin_provider());
         out
     }
 
