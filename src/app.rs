@@ -680,9 +680,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         let mut stop = stop_rx_authz(&stop_tx);
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(
+                .add_routes(with_fallback(tonic::service::Routes::new(
                     envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(plain),
-                )
+                )))
                 .serve_with_incoming_shutdown(
                     nodelay(listener),
                     async move {
@@ -725,15 +725,17 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .tls_config(tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(XdsService::<Cds>::new(secure.clone()))
-            .add_service(XdsService::<Eds>::new(secure.clone()))
-            .add_service(XdsService::<Lds>::new(secure.clone()))
-            .add_service(XdsService::<Rds>::new(secure.clone()))
-            .add_service(XdsService::<Sds>::new(secure.clone()))
-            .add_service(XdsService::<Ads>::new(secure))
-            .add_service(
-                envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
-            )
+            .add_routes(with_fallback(
+                tonic::service::Routes::new(XdsService::<Cds>::new(secure.clone()))
+                    .add_service(XdsService::<Eds>::new(secure.clone()))
+                    .add_service(XdsService::<Lds>::new(secure.clone()))
+                    .add_service(XdsService::<Rds>::new(secure.clone()))
+                    .add_service(XdsService::<Sds>::new(secure.clone()))
+                    .add_service(XdsService::<Ads>::new(secure))
+                    .add_service(
+                        envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
+                    ),
+            ))
             .serve_with_incoming_shutdown(
                 nodelay(secure_listener),
                 async move {
@@ -751,18 +753,119 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// gRPC routes, answering anything else as an HTTP server would: a gRPC call to a method
+/// pilotfish does not serve gets `UNIMPLEMENTED`, any other request a 404 with a body (an
+/// HTTP/2 client expects a response body; h2spec checks frames against it).
+fn with_fallback(routes: tonic::service::Routes) -> tonic::service::Routes {
+    async fn fallback(req: axum::extract::Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
+        let path = req.uri().path().to_string();
+        // The whole request first (bounded in size and time), so a malformed one is
+        // answered with the stream or connection error it deserves, not a 404 that races it.
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            axum::body::to_bytes(req.into_body(), 64 * 1024),
+        )
+        .await;
+        if !matches!(body, Ok(Ok(_))) {
+            return http::StatusCode::BAD_REQUEST.into_response();
+        }
+        if grpc {
+            tonic::Status::unimplemented(format!("no method {path}"))
+                .into_http::<axum::body::Body>()
+        } else {
+            (
+                http::StatusCode::NOT_FOUND,
+                "pilotfish: not a gRPC method of this port\n",
+            )
+                .into_response()
+        }
+    }
+    tonic::service::Routes::from(routes.into_axum_router().fallback(fallback))
+}
+
 /// Accepted connections with Nagle's algorithm off (tonic leaves a stream it is handed as
 /// it is): a small response (a Check answer, an xDS ACK-driven push) must not wait for the
 /// peer's delayed ACK (41–45 ms stalls under load in `cargo bench --bench authz`).
-fn nodelay(
-    l: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+fn nodelay(l: tokio::net::TcpListener) -> impl futures::Stream<Item = std::io::Result<Conn>> {
     use futures::StreamExt;
     tokio_stream::wrappers::TcpListenerStream::new(l).map(|r| {
-        r.inspect(|s| {
+        r.map(|s| {
             let _ = s.set_nodelay(true);
+            Conn(s)
         })
     })
+}
+
+/// An accepted connection that reads what the peer already sent before it closes: a socket
+/// closed with unread input is reset (RST) by the kernel, and a peer that sent something
+/// invalid (a bad HTTP/2 preface) should see the connection closed, not reset.
+pub struct Conn(tokio::net::TcpStream);
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let mut buf = [0u8; 4096];
+        for _ in 0..16 {
+            match self.0.try_read(&mut buf) {
+                Ok(n) if n > 0 => continue,
+                _ => break,
+            }
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Conn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Conn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
 }
 
 fn stop_rx_authz(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {

@@ -290,3 +290,56 @@ pub fn trace(msg: &str) {
         eprintln!("[e2e {:>7.2}s] {msg}", start.elapsed().as_secs_f64());
     }
 }
+
+/// The h2spec version the conformance test runs (Go module `github.com/summerwind/h2spec`).
+pub const H2SPEC_VERSION: &str = "v2.2.1+incompatible";
+
+/// Where outside tools built from source are kept across checkouts: `$PILOTFISH_TOOLS_CACHE`,
+/// else `~/.cache/pilotfish-tools` (never inside the checkout, so a clean clone reuses them).
+pub fn tools_cache() -> PathBuf {
+    if let Some(d) = std::env::var_os("PILOTFISH_TOOLS_CACHE") {
+        return PathBuf::from(d);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("pilotfish-tools")
+}
+
+/// The h2spec binary: built once from its Go module into `tools_cache()`, reused after.
+pub fn h2spec_bin() -> PathBuf {
+    static H2SPEC: OnceLock<PathBuf> = OnceLock::new();
+    H2SPEC
+        .get_or_init(|| {
+            let dir = tools_cache().join(format!("h2spec-{}", H2SPEC_VERSION.replace('+', "_")));
+            let bin = dir.join("bin").join("h2spec");
+            let works = |b: &Path| b.is_file() && tool_works(b.to_str().unwrap_or(""), "--version");
+            if works(&bin) {
+                return bin;
+            }
+            with_file_lock(&dir.join("install.lock"), || {
+                if works(&bin) {
+                    return;
+                }
+                eprintln!(
+                    "e2e: building h2spec {H2SPEC_VERSION} into {}",
+                    dir.display()
+                );
+                let o = run(
+                    Command::new("go")
+                        .args(["install"])
+                        .arg(format!(
+                            "github.com/summerwind/h2spec/cmd/h2spec@{H2SPEC_VERSION}"
+                        ))
+                        .env("GOBIN", dir.join("bin"))
+                        .env("GOPATH", dir.join("gopath"))
+                        .env("GOFLAGS", "-modcacherw"),
+                    Duration::from_secs(900),
+                );
+                assert!(o.ok(), "building h2spec failed: {}", o.describe());
+            });
+            assert!(works(&bin), "h2spec not usable at {}", bin.display());
+            bin
+        })
+        .clone()
+}
