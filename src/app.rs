@@ -302,11 +302,14 @@ pub fn parse_all(files: Vec<(String, String)>) -> Vec<(String, Vec<Resource>, Ve
         .collect()
 }
 
-/// Apply to the index what changed since the last read: files gone, new or edited.
+/// Apply to the index what changed since the last read: files gone, new or edited. Files
+/// that parse cleanly are remembered in `last_good`; a file first seen broken (at start)
+/// gets back, from its last good text, every object its broken text no longer yields.
 fn apply_changed(
     index: &mut Index,
     applied: &mut HashMap<String, u64>,
     changed: crate::source::file::Changed,
+    last_good: Option<&crate::source::last_good::LastGood>,
 ) -> bool {
     use std::hash::{Hash, Hasher};
     let crate::source::file::Changed { files, gone } = changed;
@@ -314,17 +317,46 @@ fn apply_changed(
     for f in gone {
         index.remove_file(&f);
         any |= applied.remove(&f).is_some();
+        if let Some(lg) = last_good {
+            lg.forget(&f);
+        }
     }
     for (f, text) in files {
         let mut h = std::hash::DefaultHasher::new();
         text.hash(&mut h);
         let h = h.finish();
-        if applied.get(&f) != Some(&h) {
-            let (r, e) = crate::api::parse_file(&f, &text);
-            index.apply_file(&f, r, e);
-            applied.insert(f, h);
-            any = true;
+        if applied.get(&f) == Some(&h) {
+            continue;
         }
+        let first = !applied.contains_key(&f);
+        let (mut r, mut e) = crate::api::parse_file(&f, &text);
+        if let Some(lg) = last_good {
+            if e.is_empty() {
+                if let Err(err) = lg.save(&f, &text) {
+                    warn!(file = %f, error = %err, "cannot keep the last good copy of a config file");
+                }
+            } else if first {
+                if let Some(old) = lg.load(&f) {
+                    let (old_r, _) = crate::api::parse_file(&f, &old);
+                    let have: std::collections::HashSet<_> =
+                        r.iter().map(|x| x.key.clone()).collect();
+                    let back: Vec<Resource> = old_r
+                        .into_iter()
+                        .filter(|x| !have.contains(&x.key))
+                        .collect();
+                    if !back.is_empty() {
+                        warn!(file = %f, objects = back.len(), "file is broken at start: serving its last good objects from the state directory");
+                        for err in &mut e {
+                            err.reason.push_str(" (the file's last good objects are served from the state directory)");
+                        }
+                        r.extend(back);
+                    }
+                }
+            }
+        }
+        index.apply_file(&f, r, e);
+        applied.insert(f, h);
+        any = true;
     }
     any
 }
@@ -391,6 +423,7 @@ fn check_proxy() -> Proxy {
 /// (file IO and parsing are blocking work).
 fn config_loop(
     dir: PathBuf,
+    state_dir: Option<PathBuf>,
     mesh: MeshConfig,
     debounce: Duration,
     debounce_max: Duration,
@@ -419,6 +452,13 @@ fn config_loop(
             .name("jwks".into())
             .spawn(move || crate::source::jwks::run(w, f, move || tx.send(Some(vec![])).is_ok()))?;
     }
+    let last_good = state_dir.and_then(|d| match crate::source::last_good::LastGood::new(&d) {
+        Ok(lg) => Some(lg),
+        Err(e) => {
+            warn!(error = %e, "cannot keep last good config copies in the state directory");
+            None
+        }
+    });
     let mut index = Index::new(mesh);
     let mut changed_at = Instant::now();
     let mut last_errors: Vec<ConfigError> = Vec::new();
@@ -448,7 +488,7 @@ fn config_loop(
             Ok(changed) => {
                 let dir_ms = t_dir.elapsed().as_millis() as u64;
                 let t0 = Instant::now();
-                let mut any = apply_changed(&mut index, &mut applied, changed);
+                let mut any = apply_changed(&mut index, &mut applied, changed, last_good.as_ref());
                 any |= index.set_jwks(jwks_fetched.lock().unwrap().clone());
                 let t_read = t0.elapsed();
                 if !any && tx.borrow().is_some() {
@@ -568,7 +608,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let conns = Arc::new(Connections::default());
     {
-        let (dir, m) = (a.config_dir.clone(), metrics.clone());
+        let (dir, m, state) = (
+            a.config_dir.clone(),
+            metrics.clone(),
+            a.ca.state_dir.clone(),
+        );
         let (d, dm) = (
             Duration::from_millis(a.debounce_ms),
             Duration::from_millis(a.debounce_max_ms),
@@ -576,7 +620,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("config".into())
             .spawn(move || {
-                if let Err(e) = config_loop(dir, mesh, d, dm, tx, m) {
+                if let Err(e) = config_loop(dir, Some(state), mesh, d, dm, tx, m) {
                     error!(error = %format!("{e:#}"), "config loop stopped");
                 }
             })?;

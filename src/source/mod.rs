@@ -1,3 +1,4 @@
 //! Config sources. Each turns the outside world into model events.
 pub mod file;
 pub mod jwks;
+pub mod last_good;

@@ -1,0 +1,129 @@
+//! Faults: the control plane killed (SIGKILL) and restarted while real sidecars keep
+//! serving, and a config file left half-written at the moment of the restart.
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+
+const READY: Duration = Duration::from_secs(40);
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// A VirtualService that answers `/teapot` with 418 itself (a fault abort) and routes the
+/// rest to b: 418 on `/teapot` shows the VirtualService is served.
+const ROUTES: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [b]\n  http:\n  - match: [{uri: {prefix: /teapot}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: b}}]\n  - route: [{destination: {host: b}}]\n---\n\
+    apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: b}\nspec:\n  host: b\n  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n";
+
+fn call(a: &Pod, path: &str) -> u16 {
+    a.curl(&format!("http://b:8080{path}"), &["-m", "5"]).0
+}
+
+#[test]
+fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
+    if !need_root("faults") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "registry.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  labels: {{app: b}}\n",
+            vip = mesh.vip(0),
+            b = mesh.addr(11)
+        ),
+    );
+    write(dir.path(), "routes.yaml", ROUTES);
+    let mut cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let _b = mesh.start_pod(PodSpec::new("b").host(11).port(8080).control_plane(&cp));
+    let a = mesh.start_pod(PodSpec::new("a").host(20).control_plane(&cp));
+    a.hosts(&[("b", &mesh.vip(0).to_string())]);
+    assert!(
+        wait_until(READY, || call(&a, "/") == 200 && call(&a, "/teapot") == 418),
+        "routing never converged\n{}",
+        cp.log_tail(20)
+    );
+
+    // SIGKILL: the sidecars keep their last config; no request fails during the outage.
+    cp.kill();
+    let outage: Vec<u16> = (0..40)
+        .map(|i| call(&a, if i % 2 == 0 { "/" } else { "/teapot" }))
+        .collect();
+    let bad = outage
+        .iter()
+        .enumerate()
+        .filter(|(i, c)| **c != if i % 2 == 0 { 200 } else { 418 })
+        .count();
+    println!(
+        "outage: {} requests, {bad} answered otherwise than before",
+        outage.len()
+    );
+    assert_eq!(
+        bad, 0,
+        "requests failed while the control plane was down: {outage:?}"
+    );
+
+    // The routes file is half-written when pilotfish comes back: its last good objects are
+    // served from the state directory (not an empty set), and the error names the file.
+    let cut = ROUTES.len() * 2 / 5;
+    std::fs::write(dir.path().join("routes.yaml"), &ROUTES[..cut]).unwrap();
+    cp.restart();
+    assert!(
+        wait_until(READY, || a.envoy_stat("control_plane.connected_state")
+            == Some(1)),
+        "a never reconnected"
+    );
+    let (_, configz) = cp.get("/debug/configz").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
+    let errors = v["errors"].to_string();
+    assert!(
+        errors.contains("routes.yaml"),
+        "the broken file is reported: {errors}"
+    );
+    let served: Vec<String> = v["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o["kind"].as_str().unwrap_or(""),
+                o["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert!(
+        served.contains(&"VirtualService b".to_string())
+            && served.contains(&"DestinationRule b".to_string()),
+        "the last good objects of routes.yaml are served: {served:?}"
+    );
+    // Give a's sidecar a push to apply, then the VirtualService must still route.
+    std::thread::sleep(Duration::from_millis(500));
+    let after: Vec<u16> = (0..10).map(|_| call(&a, "/teapot")).collect();
+    assert!(
+        after.iter().all(|c| *c == 418),
+        "the VirtualService was lost: {after:?}"
+    );
+    let nacks = a.envoy_stats("update_rejected");
+    assert!(nacks.iter().all(|(_, v)| *v == 0), "NACKs: {nacks:?}");
+
+    // Fixed again: the new text is taken (a route to /teapot now passes).
+    write(
+        dir.path(),
+        "routes.yaml",
+        &ROUTES.replace("/teapot", "/kettle"),
+    );
+    assert!(
+        wait_until(READY, || call(&a, "/teapot") == 200
+            && call(&a, "/kettle") == 418),
+        "the fixed file was not taken"
+    );
+}
