@@ -127,3 +127,48 @@ fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
         "the fixed file was not taken"
     );
 }
+
+/// A FIFO named like a config file used to block the reader forever, and one file that is
+/// not UTF-8 failed the whole read: each is now an error of that file alone.
+#[test]
+fn unreadable_files_are_errors_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  ports: [{name: http, port: 80}]\n";
+    std::fs::write(dir.path().join("good.yaml"), good).unwrap();
+    std::fs::write(
+        dir.path().join("binary.yaml"),
+        b"\xff\xfe\x00kind: Service\n",
+    )
+    .unwrap();
+    let fifo = dir.path().join("pipe.yaml");
+    let o = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(o.success(), "mkfifo");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .arg("validate")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !finished {
+        let _ = child.kill();
+        panic!("pilotfish validate hangs on a FIFO");
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("binary.yaml: file: not UTF-8 text"), "{text}");
+    assert!(
+        text.contains("pipe.yaml: file: not a regular file"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 object(s) accepted"),
+        "the good file still loads: {text}"
+    );
+}

@@ -291,15 +291,30 @@ fn init_tracing(format: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parse every file of a set into an index-ready list.
-pub fn parse_all(files: Vec<(String, String)>) -> Vec<(String, Vec<Resource>, Vec<ConfigError>)> {
+/// Parse every file of a set into an index-ready list (an unreadable file is an error of
+/// that file).
+pub fn parse_all(
+    files: Vec<crate::source::file::FileRead>,
+) -> Vec<(String, Vec<Resource>, Vec<ConfigError>)> {
     files
         .into_iter()
         .map(|(f, text)| {
-            let (r, e) = crate::api::parse_file(&f, &text);
+            let (r, e) = match text {
+                Ok(text) => crate::api::parse_file(&f, &text),
+                Err(why) => (vec![], vec![unreadable(&f, why)]),
+            };
             (f, r, e)
         })
         .collect()
+}
+
+fn unreadable(file: &str, why: String) -> ConfigError {
+    ConfigError {
+        file: file.into(),
+        object: "file".into(),
+        field: String::new(),
+        reason: format!("{why} (what it held before is kept)"),
+    }
 }
 
 /// Apply to the index what changed since the last read: files gone, new or edited. Files
@@ -322,6 +337,16 @@ fn apply_changed(
         }
     }
     for (f, text) in files {
+        let text = match text {
+            Ok(t) => t,
+            Err(why) => {
+                // Its objects stay (an error keeps what a file served); read again next time.
+                index.apply_file(&f, vec![], vec![unreadable(&f, why)]);
+                applied.insert(f, 0);
+                any = true;
+                continue;
+            }
+        };
         let mut h = std::hash::DefaultHasher::new();
         text.hash(&mut h);
         let h = h.finish();
@@ -400,7 +425,7 @@ pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
     index.reset(parse_all(
         files
             .iter()
-            .map(|(f, t)| (f.to_string(), t.to_string()))
+            .map(|(f, t)| (f.to_string(), Ok(t.to_string())))
             .collect(),
     ));
     index.snapshot()

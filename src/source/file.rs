@@ -10,8 +10,34 @@ pub fn is_config_file(p: &Path) -> bool {
     )
 }
 
+/// A config file's path and its text, or why it could not be read (the file then reports
+/// that error and keeps serving what it held).
+pub type FileRead = (String, Result<String, String>);
+
+/// Read one config file: a regular file (a FIFO would block the reader forever), at most
+/// `api::MAX_FILE_BYTES` (+1, so the parser reports an oversized one), UTF-8 text.
+pub fn read_config(p: &Path) -> std::io::Result<Result<String, String>> {
+    use std::io::Read;
+    let md = std::fs::metadata(p)?;
+    if !md.is_file() {
+        return Ok(Err("not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(p)?
+        .take(crate::api::MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    }))
+}
+
 /// Read every config file under the given paths (files or directories), sorted by path.
-pub fn read_tree(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+/// A file that cannot be read as text comes back with the reason, not as a failure of the
+/// whole read.
+pub fn read_tree(paths: &[PathBuf]) -> anyhow::Result<Vec<FileRead>> {
     let mut files = Vec::new();
     for p in paths {
         collect(p, &mut files).with_context(|| format!("reading {}", p.display()))?;
@@ -20,8 +46,10 @@ pub fn read_tree(paths: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
     files.dedup();
     let mut out = Vec::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let text = match read_config(&f) {
+            Ok(t) => t,
+            Err(e) => Err(format!("cannot read: {e}")),
+        };
         out.push((f.display().to_string(), text));
     }
     Ok(out)
@@ -56,7 +84,7 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// files that are gone.
 #[derive(Debug, Default, PartialEq)]
 pub struct Changed {
-    pub files: Vec<(String, String)>,
+    pub files: Vec<FileRead>,
     pub gone: Vec<String>,
 }
 
@@ -86,7 +114,7 @@ pub fn read_changed(root: &Path, paths: &std::collections::BTreeSet<PathBuf>) ->
         }
         match std::fs::metadata(p) {
             Ok(md) if md.is_dir() => return None,
-            Ok(_) => match std::fs::read_to_string(p) {
+            Ok(_) => match read_config(p) {
                 Ok(text) => out.files.push((p.display().to_string(), text)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     out.gone.push(p.display().to_string())
@@ -117,7 +145,7 @@ mod tests {
         let show = |p: &str| root.join(p).display().to_string();
         // An edit through an editor's temp file, and a removed file.
         let c = read_changed(root, &set(&["a.yaml", ".a.yaml.tmp", "gone.yml"])).unwrap();
-        assert_eq!(c.files, vec![(show("a.yaml"), "a: 1".to_string())]);
+        assert_eq!(c.files, vec![(show("a.yaml"), Ok("a: 1".to_string()))]);
         assert_eq!(c.gone, vec![show("gone.yml")]);
         // Directories, a ConfigMap volume's link swap, paths outside the root: whole tree.
         assert_eq!(read_changed(root, &set(&["sub"])), None);
