@@ -172,3 +172,70 @@ fn unreadable_files_are_errors_of_their_own() {
         "the good file still loads: {text}"
     );
 }
+
+/// A full state directory: pilotfish says it cannot keep the last good copies and goes on
+/// serving (no crash, every object served).
+#[test]
+fn a_full_state_directory_is_an_error_not_a_crash() {
+    if !need_root("faults: tmpfs") {
+        return;
+    }
+    use support::control_plane::http_get;
+    use support::mesh::free_port;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48k", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(state.clone());
+    // ~120 kB of valid Services: its last good copy cannot fit in 48 kB.
+    let mut big = String::new();
+    for i in 0..600 {
+        big.push_str(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc{i}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n"
+        ));
+    }
+    std::fs::write(cfg.join("big.yaml"), &big).unwrap();
+    let port = |_| format!("127.0.0.1:{}", free_port(std::net::Ipv4Addr::LOCALHOST));
+    let (xds, http, secure, authz) = (port(0), port(1), port(2), port(3));
+    let log = dir.path().join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["serve", "--config-dir"])
+        .arg(&cfg)
+        .args(["--xds-address", &xds, "--http-address", &http])
+        .args(["--secure-xds-address", &secure, "--authz-address", &authz])
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.path().join("serve.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = wait_until(Duration::from_secs(30), || {
+        http_get(&http, "/ready", Duration::from_secs(2)).is_ok_and(|(c, _)| c == 200)
+    });
+    let running = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default()
+        + &std::fs::read_to_string(dir.path().join("serve.err")).unwrap_or_default();
+    assert!(
+        ready && running,
+        "pilotfish did not serve with a full state directory:\n{text}"
+    );
+    assert!(
+        text.contains("cannot keep the last good copy"),
+        "the full disk is reported:\n{text}"
+    );
+}

@@ -2,8 +2,8 @@
 //! its Go module into a cache outside the checkout) against the TLS port (xDS, SDS and the
 //! built-in ext_authz provider) and the plaintext ext_authz port, zero failures.
 //!
-//! The plaintext xDS port (15010, pilotfish's own `xds::http2`) is not run here yet: it
-//! fails 44 of 145 h2spec tests (issue 12).
+//! The plaintext xDS port (15010, pilotfish's own `xds::http2`) fails 4 of 145 (was 44):
+//! the test holds it to exactly those (a ratchet, issue 12), named in `KNOWN_OWN`.
 #[path = "support/mod.rs"]
 mod support;
 
@@ -35,6 +35,47 @@ fn h2spec(host_port: &str, tls: bool) -> ((u32, u32, u32), String) {
             .unwrap_or(0)
     };
     ((num("passed"), num("skipped"), num("failed")), text)
+}
+
+/// The h2spec failures the own server still has: h2spec's generic tests expect a response
+/// body where a gRPC server answers trailers-only, and a stream that ends at once never
+/// exceeds the concurrency limit nor outlives the window updates sent to it.
+const KNOWN_OWN: &[&str] = &[
+    "Sends a WINDOW_UPDATE frame on half-closed (remote) stream",
+    "Sends a PRIORITY frame on half-closed (remote) stream",
+    "causes their advertised concurrent stream limit to be exceeded",
+    "increasing the flow control window to above 2^31-1 on a stream",
+];
+
+#[test]
+fn own_xds_server_fails_no_more_than_the_known_h2spec_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{name: http, port: 80}]\n",
+    )
+    .unwrap();
+    let cp = ControlPlane::start_local(dir.path(), &[]);
+    let ((passed, skipped, failed), text) = h2spec(&cp.xds_address, false);
+    println!(
+        "h2spec own xDS server {}: {passed} passed, {skipped} skipped, {failed} failed",
+        cp.xds_address
+    );
+    let summary = text.split("Failures:").nth(1).unwrap_or("");
+    let unknown: Vec<&str> = summary
+        .lines()
+        .filter(|l| l.contains('×'))
+        .filter(|l| !KNOWN_OWN.iter().any(|k| l.contains(k)))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "new h2spec failures:\n{}",
+        unknown.join("\n")
+    );
+    assert!(
+        failed as usize <= KNOWN_OWN.len(),
+        "{failed} failures:\n{summary}"
+    );
 }
 
 #[test]

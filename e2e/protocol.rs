@@ -1157,44 +1157,61 @@ async fn http2_small_client_windows_and_a_request_larger_than_the_window() {
     }
 }
 
+/// An HTTP/2 frame.
+fn frame(ty: u8, flags: u8, id: u32, p: &[u8]) -> Vec<u8> {
+    let mut f = vec![
+        (p.len() >> 16) as u8,
+        (p.len() >> 8) as u8,
+        p.len() as u8,
+        ty,
+        flags,
+    ];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(p);
+    f
+}
+
+/// The next frame (type, flags, stream, payload); `None` once closed or silent.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 9];
+    tokio::time::timeout(WAIT, s.read_exact(&mut h))
+        .await
+        .ok()?
+        .ok()?;
+    let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+    let mut p = vec![0; len];
+    s.read_exact(&mut p).await.ok()?;
+    Some((h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p))
+}
+
+/// A header block of literals without indexing (new names, no Huffman coding).
+fn literal_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (n, v) in fields {
+        block.push(0);
+        block.push(n.len() as u8);
+        block.extend_from_slice(n.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    block
+}
+
 /// Raw HTTP/2 against pilotfish's transport: settings are acknowledged, pings answered,
 /// an unknown method gets a trailers-only UNIMPLEMENTED, and a non-HTTP/2 client is
 /// closed with GOAWAY.
 #[tokio::test]
 async fn http2_raw_frames() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
     let addr = h.addr.trim_start_matches("http://").to_string();
-    fn frame(ty: u8, flags: u8, id: u32, p: &[u8]) -> Vec<u8> {
-        let mut f = vec![
-            (p.len() >> 16) as u8,
-            (p.len() >> 8) as u8,
-            p.len() as u8,
-            ty,
-            flags,
-        ];
-        f.extend_from_slice(&id.to_be_bytes());
-        f.extend_from_slice(p);
-        f
-    }
-    async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
-        let mut h = [0u8; 9];
-        tokio::time::timeout(WAIT, s.read_exact(&mut h))
-            .await
-            .ok()?
-            .ok()?;
-        let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
-        let mut p = vec![0; len];
-        s.read_exact(&mut p).await.ok()?;
-        Some((h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p))
-    }
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(4, 0, 0, &[]));
     out.extend(frame(6, 0, 0, b"12345678"));
     // HEADERS (literals without indexing, new names) for a method that does not exist.
-    let mut block = Vec::new();
-    for (n, v) in [
+    let block = literal_block(&[
         (":method", "POST"),
         (":scheme", "http"),
         (
@@ -1203,13 +1220,7 @@ async fn http2_raw_frames() {
         ),
         (":authority", "x"),
         ("content-type", "application/grpc"),
-    ] {
-        block.push(0);
-        block.push(n.len() as u8);
-        block.extend_from_slice(n.as_bytes());
-        block.push(v.len() as u8);
-        block.extend_from_slice(v.as_bytes());
-    }
+    ]);
     out.extend(frame(1, 0x4 | 0x1, 1, &block));
     // Written a few bytes at a time, so the server sees the preface and frames cut at
     // many places.
@@ -1258,4 +1269,182 @@ async fn http2_raw_frames() {
         }
     }
     assert!(saw_goaway);
+}
+
+/// Malformed frames and requests on pilotfish's transport (RFC 9113): connection errors
+/// end the connection with GOAWAY and the right code, stream errors reset only the
+/// stream, and frames a client sent before seeing our reset are ignored.
+#[tokio::test]
+async fn http2_protocol_errors() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
+    let addr = h.addr.trim_start_matches("http://").to_string();
+    const ADS: &str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+    let req = |path: &'static str, extra: &[(&'static str, &'static str)]| {
+        let mut f = vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "x"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ];
+        f.extend_from_slice(extra);
+        literal_block(&f)
+    };
+    async fn connect(addr: &str, frames: &[Vec<u8>]) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(4, 0, 0, &[]));
+        for f in frames {
+            out.extend_from_slice(f);
+        }
+        s.write_all(&out).await.unwrap();
+        s
+    }
+    // Connection errors: (what is sent, GOAWAY code).
+    let mut size_update = vec![0x3f, 0xe2, 0x1f]; // dynamic table size 4097
+    size_update.extend(req(ADS, &[]));
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        ("PING on a stream", frame(6, 0, 3, b"12345678"), 1),
+        ("PING of 7 bytes", frame(6, 0, 0, b"1234567"), 6),
+        (
+            "SETTINGS ACK with a payload",
+            frame(4, 1, 0, &[0, 4, 0, 0, 0, 1]),
+            6,
+        ),
+        ("ENABLE_PUSH 2", frame(4, 0, 0, &[0, 2, 0, 0, 0, 2]), 1),
+        (
+            "RST_STREAM on an idle stream",
+            frame(3, 0, 1, &[0, 0, 0, 8]),
+            1,
+        ),
+        ("RST_STREAM on stream 0", frame(3, 0, 0, &[0, 0, 0, 8]), 1),
+        ("RST_STREAM of 3 bytes", frame(3, 0, 1, &[0, 0, 8]), 6),
+        (
+            "WINDOW_UPDATE on an idle stream",
+            frame(8, 0, 1, &[0, 0, 0, 1]),
+            1,
+        ),
+        (
+            "WINDOW_UPDATE of 0 on stream 0",
+            frame(8, 0, 0, &[0, 0, 0, 0]),
+            1,
+        ),
+        ("PRIORITY on stream 0", frame(2, 0, 0, &[0, 0, 0, 1, 9]), 1),
+        ("DATA on an idle stream", frame(0, 1, 1, b"x"), 1),
+        (
+            "table size over the setting",
+            frame(1, 5, 1, &size_update),
+            9,
+        ),
+        (
+            "a second HEADERS on a closed stream",
+            [
+                frame(1, 5, 1, &req("/x.Y/Z", &[])),
+                frame(1, 5, 1, &req("/x.Y/Z", &[])),
+            ]
+            .concat(),
+            5,
+        ),
+        (
+            "stream ids going backwards",
+            [
+                frame(1, 5, 5, &req("/x.Y/Z", &[])),
+                frame(1, 5, 3, &req("/x.Y/Z", &[])),
+            ]
+            .concat(),
+            1,
+        ),
+    ];
+    for (what, frames, code) in cases {
+        let mut s = connect(&addr, &[frames]).await;
+        let mut goaway = None;
+        while let Some((ty, _, _, p)) = read_frame(&mut s).await {
+            if ty == 7 {
+                goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+        }
+        assert_eq!(goaway, Some(code), "{what}: GOAWAY code, then close");
+    }
+
+    // Stream errors: the stream is reset, the connection lives on.
+    let mut self_dep = vec![0, 0, 0, 23, 16];
+    self_dep.extend(req(ADS, &[]));
+    let frames = vec![
+        frame(1, 5, 1, &req(ADS, &[("X-Upper", "a")])),
+        frame(
+            1,
+            5,
+            3,
+            &literal_block(&[(":method", "POST"), (":scheme", "http")]),
+        ),
+        frame(1, 5, 5, &req(ADS, &[("connection", "keep-alive")])),
+        frame(1, 5, 7, &req(ADS, &[("te", "trailers, deflate")])),
+        frame(1, 5, 9, &req(ADS, &[(":status", "200")])),
+        frame(2, 0, 11, &[0, 0, 0, 11, 16]), // PRIORITY on itself (idle)
+        frame(2, 0, 11, &[0, 0, 0, 1]),      // PRIORITY of 4 bytes
+        frame(1, 0x25, 23, &self_dep),       // HEADERS depending on itself
+        frame(1, 5, 25, &req("/x.Y/Z", &[])), // closed at once (trailers-only)
+        frame(0, 1, 25, b"late"),            // DATA on it: STREAM_CLOSED
+        frame(1, 4, 27, &req(ADS, &[("content-length", "3")])),
+        frame(0, 0, 27, b"four"), // more than content-length
+        frame(1, 4, 29, &req(ADS, &[])),
+        frame(8, 0, 29, &[0, 0, 0, 0]), // WINDOW_UPDATE of 0
+        frame(1, 4, 31, &req(ADS, &[])),
+        frame(8, 0, 31, &[0x7f, 0xff, 0xff, 0xff]), // window over 2^31-1
+        frame(1, 4, 33, &req(ADS, &[])),
+        frame(1, 4, 33, &literal_block(&[("x-t", "1")])), // trailers without END_STREAM
+        frame(1, 4, 35, &req(ADS, &[])),
+        frame(1, 5, 35, &literal_block(&[(":path", "/")])), // pseudo-header in trailers
+        // Reset by the server (trailers-only, then RST_STREAM NO_ERROR): the data the
+        // client sent before seeing that is ignored.
+        frame(1, 4, 37, &req("/x.Y/Z", &[])),
+        frame(0, 0, 37, b"in flight"),
+        frame(0, 1, 37, b"last"),
+        frame(6, 0, 0, b"barrier!"),
+    ];
+    let mut s = connect(&addr, &frames).await;
+    let mut resets = std::collections::BTreeMap::new();
+    loop {
+        let (ty, flags, id, p) = read_frame(&mut s).await.expect("connection closed");
+        match ty {
+            3 => {
+                let code = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                resets.entry(id).or_insert_with(Vec::new).push(code);
+            }
+            6 if flags & 1 != 0 && p == b"barrier!" => break,
+            7 => panic!("GOAWAY {p:?}"),
+            _ => {}
+        }
+    }
+    let want: std::collections::BTreeMap<u32, Vec<u32>> = [
+        (1, vec![1]),
+        (3, vec![1]),
+        (5, vec![1]),
+        (7, vec![1]),
+        (9, vec![1]),
+        (11, vec![1, 6]),
+        (23, vec![1]),
+        (25, vec![5]),
+        (27, vec![1]),
+        (29, vec![1]),
+        (31, vec![3]),
+        (33, vec![1]),
+        (35, vec![1]),
+        (37, vec![0]),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(resets, want, "RST_STREAM codes by stream");
+    // Still serving: a valid request on the same connection gets its response headers.
+    s.write_all(&frame(1, 4, 39, &req(ADS, &[]))).await.unwrap();
+    loop {
+        let (ty, _, id, _) = read_frame(&mut s).await.expect("no response");
+        assert_ne!(ty, 3, "stream {id} reset");
+        if ty == 1 && id == 39 {
+            break;
+        }
+    }
 }

@@ -40,6 +40,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 // Frame types.
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
+const PRIORITY_FRAME: u8 = 2;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PUSH_PROMISE: u8 = 5;
@@ -54,11 +55,15 @@ const ACK: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
+/// Not a wire flag: marks a header block whose HEADERS frame made the stream depend on
+/// itself (set on HEADERS flags after the undefined bits were cleared).
+const SELF_DEPENDENT: u8 = 0x80;
 
 // Error codes.
 const NO_ERROR: u32 = 0;
 const PROTOCOL_ERROR: u32 = 1;
 const FLOW_CONTROL_ERROR: u32 = 3;
+const STREAM_CLOSED: u32 = 5;
 const FRAME_SIZE_ERROR: u32 = 6;
 const REFUSED_STREAM: u32 = 7;
 const COMPRESSION_ERROR: u32 = 9;
@@ -67,7 +72,14 @@ const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// Largest frame payload accepted (the protocol's default; we never raise it).
 const MAX_FRAME: usize = 16_384;
 /// Streams a connection may have open at once (Envoy opens one, or one per type).
-const MAX_STREAMS: usize = 200;
+const MAX_STREAMS: usize = 100;
+/// Streams we reset whose late frames are still ignored (older ones are forgotten).
+const MAX_RESETS: usize = 16;
+/// `content-length` not given.
+const NO_LENGTH: u64 = u64::MAX;
+/// The HPACK dynamic table size the client's encoder may use (the default; we never
+/// advertise SETTINGS_HEADER_TABLE_SIZE).
+const HEADER_TABLE: usize = 4096;
 /// Request bytes a stream may have in flight before its task consumed them.
 const STREAM_WINDOW: u32 = 1 << 20;
 /// The same for the whole connection.
@@ -305,6 +317,8 @@ struct Stream {
     done: bool,
     /// The client ended its side.
     recv_closed: bool,
+    /// Request bytes the client's `content-length` still announces (`NO_LENGTH`: none).
+    content_left: u64,
     inbox: Arc<Inbox>,
 }
 
@@ -354,6 +368,10 @@ struct Conn {
     cont: Option<(u32, u8, Vec<u8>)>,
     streams: Vec<Stream>,
     last_stream: u32,
+    /// Streams we ended with RST_STREAM that the client has not ended: frames it sent
+    /// before seeing the reset are ignored, not errors (RFC 9113 section 5.1, "closed").
+    /// With each, the `content-length` bytes still due. Empty (unallocated) when idle.
+    resets: Vec<(u32, u64)>,
     /// Small frames being assembled; sealed into `out` before writing.
     wb: BytesMut,
     out: VecDeque<Bytes>,
@@ -393,6 +411,7 @@ impl Conn {
             cont: None,
             streams: Vec::new(),
             last_stream: 0,
+            resets: Vec::new(),
             wb: BytesMut::new(),
             out: VecDeque::new(),
             out_len: 0,
@@ -418,6 +437,7 @@ impl Conn {
             c.wb.put_u32(v);
         }
         c.window_update(0, CONN_WINDOW - 65_535);
+        c.hpack.set_max_allowed_table_size(HEADER_TABLE);
         c.recv_window = CONN_WINDOW as i64;
         LIVE.fetch_add(1, Ordering::SeqCst);
         c
@@ -615,9 +635,13 @@ impl Conn {
                     return Err(ConnError(PROTOCOL_ERROR, "HEADERS on stream 0"));
                 }
                 let mut p = strip_padding(flags, p)?;
+                let mut flags = flags & (END_STREAM | END_HEADERS | PADDED | PRIORITY);
                 if flags & PRIORITY != 0 {
                     if p.len() < 5 {
                         return Err(ConnError(FRAME_SIZE_ERROR, "short HEADERS priority"));
+                    }
+                    if u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff == id {
+                        flags |= SELF_DEPENDENT;
                     }
                     p = &p[5..];
                 }
@@ -628,17 +652,43 @@ impl Conn {
                     Ok(())
                 }
             }
+            PRIORITY_FRAME => {
+                if id == 0 {
+                    return Err(ConnError(PROTOCOL_ERROR, "PRIORITY on stream 0"));
+                }
+                // Priorities are otherwise ignored, and allowed in every stream state.
+                if p.len() != 5 {
+                    self.stream_error(id, FRAME_SIZE_ERROR);
+                } else if u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff == id {
+                    self.stream_error(id, PROTOCOL_ERROR);
+                }
+                Ok(())
+            }
             RST_STREAM => {
+                if p.len() != 4 {
+                    return Err(ConnError(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size"));
+                }
+                if id == 0 {
+                    return Err(ConnError(PROTOCOL_ERROR, "RST_STREAM on stream 0"));
+                }
+                if id > self.last_stream {
+                    return Err(ConnError(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
+                }
                 if let Some(i) = self.find(id) {
                     let s = self.streams.swap_remove(i);
                     self.conn_grant += s.inbox.outstanding();
                     s.inbox.end(false);
                 }
+                // Both sides ended it: any later frame on it is the client's error.
+                self.forget_reset(id);
                 Ok(())
             }
             SETTINGS => self.settings(flags, id, p),
             PUSH_PROMISE => Err(ConnError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")),
             PING => {
+                if id != 0 {
+                    return Err(ConnError(PROTOCOL_ERROR, "PING on a stream"));
+                }
                 if p.len() != 8 {
                     return Err(ConnError(FRAME_SIZE_ERROR, "PING of the wrong size"));
                 }
@@ -668,18 +718,23 @@ impl Conn {
                     if self.send_window > i32::MAX as i64 {
                         return Err(ConnError(FLOW_CONTROL_ERROR, "connection window overflow"));
                     }
+                } else if id > self.last_stream {
+                    return Err(ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream"));
+                } else if inc == 0 {
+                    self.stream_error(id, PROTOCOL_ERROR);
                 } else if let Some(i) = self.find(id) {
                     let s = &mut self.streams[i];
                     s.send_window += inc;
-                    if inc == 0 || s.send_window > i32::MAX as i64 {
+                    if s.send_window > i32::MAX as i64 {
                         let s = self.streams.swap_remove(i);
-                        self.reset(s, PROTOCOL_ERROR);
+                        self.reset(s, FLOW_CONTROL_ERROR);
                     }
                 }
+                // (On a closed stream it may be late, and is ignored.)
                 Ok(())
             }
             CONTINUATION => Err(ConnError(PROTOCOL_ERROR, "CONTINUATION without HEADERS")),
-            _ => Ok(()), // PRIORITY and unknown types are ignored
+            _ => Ok(()), // unknown types are ignored
         }
     }
 
@@ -693,20 +748,53 @@ impl Conn {
         }
         let body = strip_padding(flags, p)?;
         let padding = p.len() - body.len();
-        let Some(i) = self.find(id).filter(|&i| !self.streams[i].recv_closed) else {
-            // A stream already closed: its data only counts against the window.
+        let end = flags & END_STREAM != 0;
+        let Some(i) = self.find(id) else {
+            // Not open: its data only counts against the connection window.
             self.conn_grant += p.len();
             if id > self.last_stream {
                 return Err(ConnError(PROTOCOL_ERROR, "DATA on an idle stream"));
             }
+            match self.resets.iter().position(|r| r.0 == id) {
+                // Sent before the client saw our reset: ignored, though a body that
+                // contradicts its content-length is still an error.
+                Some(r) => {
+                    let left = self.resets[r].1;
+                    if !content_fits(left, body.len(), end) {
+                        self.rst(id, PROTOCOL_ERROR);
+                    } else if end {
+                        self.resets.swap_remove(r);
+                    } else if left != NO_LENGTH {
+                        self.resets[r].1 = left - body.len() as u64;
+                    }
+                }
+                None => self.rst(id, STREAM_CLOSED),
+            }
             return Ok(());
         };
         let s = &mut self.streams[i];
+        if s.recv_closed {
+            // Half-closed (remote): the client already ended its side.
+            let s = self.streams.swap_remove(i);
+            self.conn_grant += p.len();
+            self.reset(s, STREAM_CLOSED);
+            return Ok(());
+        }
         s.recv_window -= p.len() as i64;
         if s.recv_window < 0 {
             let s = self.streams.swap_remove(i);
+            self.conn_grant += p.len();
             self.reset(s, FLOW_CONTROL_ERROR);
             return Ok(());
+        }
+        if !content_fits(s.content_left, body.len(), end) {
+            let s = self.streams.swap_remove(i);
+            self.conn_grant += p.len();
+            self.reset(s, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if s.content_left != NO_LENGTH {
+            s.content_left -= body.len() as u64;
         }
         if padding > 0 {
             s.inbox.credit(padding);
@@ -714,7 +802,7 @@ impl Conn {
         if !body.is_empty() {
             s.inbox.push(body);
         }
-        if flags & END_STREAM != 0 {
+        if end {
             s.recv_closed = true;
             s.inbox.end(true);
         }
@@ -726,6 +814,9 @@ impl Conn {
             return Err(ConnError(PROTOCOL_ERROR, "SETTINGS on a stream"));
         }
         if flags & ACK != 0 {
+            if !p.is_empty() {
+                return Err(ConnError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"));
+            }
             return Ok(());
         }
         if p.len() % 6 != 0 {
@@ -734,6 +825,9 @@ impl Conn {
         for e in p.chunks(6) {
             let v = u32::from_be_bytes([e[2], e[3], e[4], e[5]]);
             match u16::from_be_bytes([e[0], e[1]]) {
+                2 if v > 1 => {
+                    return Err(ConnError(PROTOCOL_ERROR, "ENABLE_PUSH other than 0 or 1"));
+                }
                 4 => {
                     if v > i32::MAX as u32 {
                         return Err(ConnError(FLOW_CONTROL_ERROR, "initial window too large"));
@@ -742,6 +836,9 @@ impl Conn {
                     self.peer_window = v as i64;
                     for s in &mut self.streams {
                         s.send_window += delta;
+                        if s.send_window > i32::MAX as i64 {
+                            return Err(ConnError(FLOW_CONTROL_ERROR, "stream window overflow"));
+                        }
                     }
                 }
                 5 => {
@@ -759,31 +856,35 @@ impl Conn {
 
     fn header_block(&mut self, id: u32, flags: u8, block: &[u8]) -> Result<(), ConnError> {
         // Decoded even when ignored: the HPACK table must follow every block.
-        let mut path = None;
-        let mut method_post = false;
-        let mut headers = http::HeaderMap::new();
+        let mut head = Head::default();
         self.hpack
-            .decode_with_cb(block, |n, v| match &n[..] {
-                b":path" => path = Some(String::from_utf8_lossy(&v).into_owned()),
-                b":method" => method_post = &v[..] == b"POST",
-                n if n.starts_with(b":") => {}
-                n => {
-                    if let (Ok(n), Ok(v)) = (
-                        http::HeaderName::from_bytes(n),
-                        http::HeaderValue::from_bytes(&v),
-                    ) {
-                        headers.append(n, v);
-                    }
-                }
-            })
+            .decode_with_cb(block, |n, v| head.field(&n, &v))
             .map_err(|_| ConnError(COMPRESSION_ERROR, "bad header block"))?;
         let end = flags & END_STREAM != 0;
+        let self_dependent = flags & SELF_DEPENDENT != 0;
         if let Some(i) = self.find(id) {
-            // Trailers of a request: only their END_STREAM matters.
-            if end {
-                let s = &mut self.streams[i];
-                s.recv_closed = true;
-                s.inbox.end(true);
+            // A second header block: the request's trailers.
+            let s = &self.streams[i];
+            let code = if s.recv_closed {
+                Some(STREAM_CLOSED) // half-closed (remote)
+            } else if self_dependent
+                || head.trailer_error(end).is_some()
+                || s.content_left > 0 && s.content_left != NO_LENGTH
+            {
+                Some(PROTOCOL_ERROR)
+            } else {
+                None
+            };
+            match code {
+                Some(code) => {
+                    let s = self.streams.swap_remove(i);
+                    self.reset(s, code);
+                }
+                None => {
+                    let s = &mut self.streams[i];
+                    s.recv_closed = true;
+                    s.inbox.end(true);
+                }
             }
             return Ok(());
         }
@@ -794,9 +895,44 @@ impl Conn {
             ));
         }
         if id <= self.last_stream {
-            return Ok(()); // a stream we already closed
+            let Some(r) = self.resets.iter().position(|r| r.0 == id) else {
+                // Closed, or skipped over (ids only go up).
+                return Err(if id == self.last_stream {
+                    ConnError(STREAM_CLOSED, "HEADERS on a closed stream")
+                } else {
+                    ConnError(PROTOCOL_ERROR, "stream id lower than a previous one")
+                });
+            };
+            // Trailers sent before the client saw our reset: ignored unless malformed.
+            let left = self.resets[r].1;
+            if self_dependent || head.trailer_error(end).is_some() || left > 0 && left != NO_LENGTH
+            {
+                self.rst(id, PROTOCOL_ERROR);
+            } else {
+                self.resets.swap_remove(r);
+            }
+            return Ok(());
         }
         self.last_stream = id;
+        if self_dependent || head.request_error().is_some() {
+            // Malformed: a stream error (RFC 9113 section 8.1.1).
+            self.rst(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        if end && head.content_length.is_some_and(|n| n > 0) {
+            self.rst(id, PROTOCOL_ERROR);
+            return Ok(());
+        }
+        let Head {
+            path,
+            method,
+            headers,
+            content_length,
+            ..
+        } = head;
+        let path = path.map(|p| String::from_utf8_lossy(&p).into_owned());
+        let method_post = method.as_deref() == Some(b"POST");
+        let content_left = content_length.unwrap_or(NO_LENGTH);
         if self.closing || self.streams.len() >= MAX_STREAMS {
             self.rst(id, REFUSED_STREAM);
             return Ok(());
@@ -836,6 +972,7 @@ impl Conn {
                     pending: None,
                     done: false,
                     recv_closed: end,
+                    content_left,
                     inbox,
                 });
             }
@@ -845,7 +982,7 @@ impl Conn {
                 trailer_fields(&mut block, &status_trailers(&status));
                 self.headers(id, END_STREAM, &block);
                 if !end {
-                    self.rst(id, NO_ERROR);
+                    self.rst_left(id, NO_ERROR, content_left);
                 }
                 inbox.end(false);
             }
@@ -862,7 +999,29 @@ impl Conn {
     fn reset(&mut self, s: Stream, code: u32) {
         self.conn_grant += s.inbox.outstanding();
         s.inbox.end(false);
-        self.rst(s.id, code);
+        let left = if s.recv_closed { 0 } else { s.content_left };
+        self.rst_left(s.id, code, left);
+        if s.recv_closed {
+            self.forget_reset(s.id); // the client ended it: nothing more may come
+        }
+    }
+
+    /// A stream error on `id` in any state: the stream is reset if open.
+    fn stream_error(&mut self, id: u32, code: u32) {
+        match self.find(id) {
+            Some(i) => {
+                let s = self.streams.swap_remove(i);
+                self.reset(s, code);
+            }
+            None => self.rst(id, code),
+        }
+    }
+
+    fn forget_reset(&mut self, id: u32) {
+        self.resets.retain(|r| r.0 != id);
+        if self.resets.is_empty() {
+            self.resets = Vec::new();
+        }
     }
 
     /// Grants window for request bytes the streams' tasks consumed.
@@ -1019,6 +1178,8 @@ impl Conn {
                 }
                 self.timer.as_mut().reset(sent + PING_TIMEOUT);
             } else if now >= self.last_read + KEEPALIVE {
+                // Silent this long: nothing sent before our resets is still on its way.
+                self.resets = Vec::new();
                 self.frame_head(8, PING, 0, 0);
                 self.wb.put_u64(0x7069_6c6f_7466_6973); // "pilotfis"
                 self.ping_sent = Some(now);
@@ -1059,8 +1220,22 @@ impl Conn {
     }
 
     fn rst(&mut self, id: u32, code: u32) {
+        self.rst_left(id, code, NO_LENGTH);
+    }
+
+    /// RST_STREAM, remembering the stream (with the `content-length` bytes still due) so
+    /// that frames the client sent before seeing it are not taken for errors.
+    fn rst_left(&mut self, id: u32, code: u32, content_left: u64) {
         self.frame_head(4, RST_STREAM, 0, id);
         self.wb.put_u32(code);
+        if id > self.last_stream {
+            return; // an idle stream (a bad PRIORITY frame): nothing can follow
+        }
+        self.resets.retain(|r| r.0 != id);
+        if self.resets.len() >= MAX_RESETS {
+            self.resets.remove(0);
+        }
+        self.resets.push((id, content_left));
     }
 
     fn goaway(&mut self, code: u32) {
@@ -1091,6 +1266,129 @@ impl Conn {
                 id,
             );
             self.wb.put_slice(c);
+        }
+    }
+}
+
+/// Whether `n` more request bytes agree with a `content-length` that still announces
+/// `left` (`NO_LENGTH`: none), `end` meaning they are the last.
+fn content_fits(left: u64, n: usize, end: bool) -> bool {
+    left == NO_LENGTH || (n as u64 <= left && (!end || n as u64 == left))
+}
+
+/// A decoded header block, checked as it is decoded (RFC 9113 section 8.2 and 8.3).
+#[derive(Default)]
+struct Head {
+    method: Option<Vec<u8>>,
+    scheme: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    authority: Option<Vec<u8>>,
+    /// A pseudo-header field was seen.
+    pseudo: bool,
+    /// A regular field was seen.
+    regular: bool,
+    content_length: Option<u64>,
+    headers: http::HeaderMap,
+    /// The first reason the block is malformed, wherever it is used.
+    bad: Option<&'static str>,
+}
+
+impl Head {
+    fn field(&mut self, n: &[u8], v: &[u8]) {
+        if self.bad.is_none() {
+            if let Err(e) = self.check(n, v) {
+                self.bad = Some(e);
+            }
+        }
+    }
+
+    fn check(&mut self, n: &[u8], v: &[u8]) -> Result<(), &'static str> {
+        if v.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
+            return Err("NUL, CR or LF in a field value");
+        }
+        if let Some(p) = n.strip_prefix(b":") {
+            self.pseudo = true;
+            if self.regular {
+                return Err("pseudo-header field after a regular field");
+            }
+            let slot = match p {
+                b"method" => &mut self.method,
+                b"scheme" => &mut self.scheme,
+                b"path" => &mut self.path,
+                b"authority" => &mut self.authority,
+                _ => return Err("unknown or response pseudo-header field"),
+            };
+            if slot.is_some() {
+                return Err("duplicate pseudo-header field");
+            }
+            *slot = Some(v.to_vec());
+            return Ok(());
+        }
+        self.regular = true;
+        if n.is_empty()
+            || n.iter()
+                .any(|&b| b <= 0x20 || b >= 0x7f || b.is_ascii_uppercase())
+        {
+            return Err("invalid field name");
+        }
+        match n {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding"
+            | b"upgrade" => return Err("connection-specific field"),
+            b"te" if v != b"trailers" => return Err("te other than \"trailers\""),
+            b"content-length" => {
+                let len = std::str::from_utf8(v)
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|&l| l != NO_LENGTH)
+                    .ok_or("invalid content-length")?;
+                if self.content_length.is_some_and(|l| l != len) {
+                    return Err("conflicting content-length");
+                }
+                self.content_length = Some(len);
+            }
+            _ => {}
+        }
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(n),
+            http::HeaderValue::from_bytes(v),
+        ) {
+            self.headers.append(n, v);
+        }
+        Ok(())
+    }
+
+    /// Why the block is not a well-formed request head, if it is not.
+    fn request_error(&self) -> Option<&'static str> {
+        if self.bad.is_some() {
+            return self.bad;
+        }
+        if self.method.as_deref() == Some(b"CONNECT") {
+            // RFC 9113 section 8.5: only :method and :authority.
+            if self.authority.is_none() || self.scheme.is_some() || self.path.is_some() {
+                return Some("malformed CONNECT request");
+            }
+            return None;
+        }
+        if self.method.as_deref().is_none_or(<[u8]>::is_empty)
+            || self.scheme.as_deref().is_none_or(<[u8]>::is_empty)
+            || self.path.as_deref().is_none_or(<[u8]>::is_empty)
+        {
+            return Some("missing or empty :method, :scheme or :path");
+        }
+        None
+    }
+
+    /// Why the block is not well-formed trailers (`end`: it ended the stream), if it is not.
+    fn trailer_error(&self, end: bool) -> Option<&'static str> {
+        if self.bad.is_some() {
+            self.bad
+        } else if self.pseudo {
+            Some("pseudo-header field in trailers")
+        } else if !end {
+            Some("trailers without END_STREAM")
+        } else {
+            None
         }
     }
 }
@@ -1249,6 +1547,102 @@ mod tests {
         e.push(&[0, 0, 0, 0, 9, 1]);
         e.end(true);
         assert!(matches!(e.poll_message(&mut cx, 64), Poll::Ready(Err(_))));
+    }
+
+    fn head(fields: &[(&str, &str)]) -> Head {
+        let mut h = Head::default();
+        for (n, v) in fields {
+            h.field(n.as_bytes(), v.as_bytes());
+        }
+        h
+    }
+
+    const GRPC: [(&str, &str); 5] = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/a.B/C"),
+        (":authority", "x"),
+        ("te", "trailers"),
+    ];
+
+    #[test]
+    fn request_heads_are_checked() {
+        let ok = head(&GRPC);
+        assert_eq!(ok.request_error(), None);
+        assert_eq!(ok.headers.get("te").unwrap(), "trailers");
+        let with = |extra: (&'static str, &'static str)| {
+            let mut f = GRPC.to_vec();
+            f.push(extra);
+            head(&f).request_error()
+        };
+        let without = |name: &str| {
+            let f: Vec<_> = GRPC.iter().copied().filter(|(n, _)| *n != name).collect();
+            head(&f).request_error()
+        };
+        let replaced = |name: &str, v: &'static str| {
+            let f: Vec<_> = GRPC
+                .iter()
+                .map(|&(n, old)| (n, if n == name { v } else { old }))
+                .collect();
+            head(&f).request_error()
+        };
+        for bad in [
+            ("X-Upper", "a"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "1"),
+            ("proxy-connection", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "trailers, deflate"),
+            ("content-length", "-1"),
+            ("content-length", "1 "),
+            ("x-value", "a\r\nb"),
+            (":method", "POST"), // duplicate, and after a regular field
+            (":status", "200"),
+            (":unknown", "x"),
+        ] {
+            assert!(with(bad).is_some(), "{bad:?} accepted");
+        }
+        assert_eq!(with(("content-length", "12")), None);
+        assert_eq!(with(("user-agent", "grpc-go/1.0")), None);
+        for name in [":method", ":scheme", ":path"] {
+            assert!(without(name).is_some(), "{name} missing accepted");
+        }
+        assert!(replaced(":path", "").is_some());
+        // Pseudo-header fields after a regular one, and duplicated.
+        let mut f = vec![("user-agent", "x")];
+        f.extend(GRPC);
+        assert!(head(&f).request_error().is_some());
+        let mut f = GRPC.to_vec();
+        f.insert(1, (":path", "/other"));
+        assert!(head(&f).request_error().is_some());
+        let cl = head(&[("content-length", "5"), ("content-length", "6")]);
+        assert!(cl.bad.is_some());
+        // CONNECT carries :authority and no :scheme or :path.
+        assert_eq!(
+            head(&[(":method", "CONNECT"), (":authority", "x:1")]).request_error(),
+            None
+        );
+        assert!(head(&[
+            (":method", "CONNECT"),
+            (":authority", "x:1"),
+            (":path", "/")
+        ])
+        .request_error()
+        .is_some());
+    }
+
+    #[test]
+    fn trailers_and_content_length_are_checked() {
+        assert_eq!(head(&[("x-a", "b")]).trailer_error(true), None);
+        assert!(head(&[("x-a", "b")]).trailer_error(false).is_some());
+        assert!(head(&[(":path", "/")]).trailer_error(true).is_some());
+        assert!(head(&[("X-A", "b")]).trailer_error(true).is_some());
+        assert!(content_fits(NO_LENGTH, 10, true));
+        assert!(content_fits(4, 4, true));
+        assert!(content_fits(4, 3, false));
+        assert!(!content_fits(4, 3, true));
+        assert!(!content_fits(1, 4, false));
     }
 
     #[test]
