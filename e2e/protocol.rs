@@ -1349,6 +1349,14 @@ async fn http2_protocol_errors() {
             5,
         ),
         (
+            "a CONTINUATION flood (a header block that never ends)",
+            std::iter::once(frame(1, 0, 1, &req(ADS, &[])))
+                .chain((0..1000).map(|_| frame(9, 0, 1, &[])))
+                .collect::<Vec<_>>()
+                .concat(),
+            0xb,
+        ),
+        (
             "stream ids going backwards",
             [
                 frame(1, 5, 5, &req("/x.Y/Z", &[])),

@@ -90,6 +90,9 @@ const RESERVE_MAX: usize = 4 << 20;
 const GRANT_STEP: usize = 128 * 1024;
 /// Largest header block accepted (the request's headers, all continuation frames).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Most CONTINUATION frames one header block may take: a full 64 KiB block needs five
+/// frames of the default size; more is a flood (CVE-2024-27316 and kin).
+const MAX_CONTINUATIONS: u32 = 32;
 /// Queued output above which the connection stops pulling from its streams (and stops
 /// reading, so a client cannot queue replies to its pings without bound).
 const OUT_HIGH: usize = 256 * 1024;
@@ -366,6 +369,9 @@ struct Conn {
     hpack: loona_hpack::Decoder<'static>,
     /// A header block waiting for CONTINUATION frames: stream, HEADERS flags, block.
     cont: Option<(u32, u8, Vec<u8>)>,
+    /// CONTINUATION frames received for `cont` (a flood of tiny or empty ones would keep a
+    /// header block open for ever).
+    cont_frames: u32,
     streams: Vec<Stream>,
     last_stream: u32,
     /// Streams we ended with RST_STREAM that the client has not ended: frames it sent
@@ -409,6 +415,7 @@ impl Conn {
             read_closed: false,
             hpack: loona_hpack::Decoder::new(),
             cont: None,
+            cont_frames: 0,
             streams: Vec::new(),
             last_stream: 0,
             resets: Vec::new(),
@@ -621,6 +628,13 @@ impl Conn {
             if block.len() + p.len() > MAX_HEADER_BLOCK {
                 return Err(ConnError(ENHANCE_YOUR_CALM, "header block too large"));
             }
+            self.cont_frames += 1;
+            if self.cont_frames > MAX_CONTINUATIONS {
+                return Err(ConnError(
+                    ENHANCE_YOUR_CALM,
+                    "header block in too many frames",
+                ));
+            }
             block.extend_from_slice(p);
             if flags & END_HEADERS != 0 {
                 let (cid, hflags, block) = self.cont.take().unwrap_or_default();
@@ -649,6 +663,7 @@ impl Conn {
                     self.header_block(id, flags, p)
                 } else {
                     self.cont = Some((id, flags, p.to_vec()));
+                    self.cont_frames = 0;
                     Ok(())
                 }
             }
