@@ -9,19 +9,12 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
-use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
 const HOST_B: &str = "b.default.svc.cluster.local";
 const HOST_T: &str = "t.default.svc.cluster.local";
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
 
 /// Services b (HTTP 8080) and t (TCP 9000) backed by sidecar pods at .11 and .12.
 fn registry(mesh: &Mesh) -> String {
@@ -398,14 +391,10 @@ fn central_decision(bed: &Bed, world: &pilotfish::model::World, r: &Row) -> bool
         Target::B => (&bed.b, 8080),
         Target::T => (&bed.t, 9000),
     };
-    let proxy = pilotfish::model::Proxy {
-        namespace: "default".into(),
-        ips: vec![server.ip.to_string()],
-        labels: server.labels.clone(),
-        ..Default::default()
-    };
-    let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
-    let policies = world.authz_for_port(&proxy, &workload, port);
+    let server_ip = server.ip.to_string();
+    let (_, policies) = world
+        .authz_at(&server_ip, port)
+        .expect("the server is a registry workload");
     let (principal, ip) = match r.from {
         "a" => (Some("spiffe://cluster.local/ns/default/sa/a"), bed.a.ip),
         "c" => (Some("spiffe://cluster.local/ns/default/sa/c"), bed.c.ip),
@@ -485,9 +474,12 @@ fn conformance_table() {
                 .map(|(k, v)| format!("{k}: {v}\n"))
                 .collect::<String>()
         );
-        let (_, configz) = bed.cp.get("/debug/configz").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
-        assert_eq!(v["errors"], serde_json::json!([]), "group {:?}", g.name);
+        assert_eq!(
+            support::config_errors(&bed.cp),
+            serde_json::json!([]),
+            "group {:?}",
+            g.name
+        );
         // The same config, for the pure decision function (`pilotfish check`, the
         // built-in provider): it must agree with what the sidecars did.
         let world = pilotfish::app::world_from_files(

@@ -15,21 +15,14 @@ use envoy_types::pb::envoy::service::auth::v3::{
     check_response::HttpResponse, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
 const HOST_B: &str = "b.default.svc.cluster.local";
 const GRPC_PORT: u16 = 19191;
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
 
 /// The gRPC provider: `x-ext-authz: allow` → OK, adding `x-ext-authz-grpc: allowed` and
 /// removing `x-remove-me`; `quota` → 429; anything else → 418 with a body. Counts checks.
@@ -193,9 +186,11 @@ fn custom_policies_ask_external_providers() {
             mesh_file.to_str().unwrap(),
         ],
     );
-    let (_, configz) = cp.get("/debug/configz").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
-    assert_eq!(v["errors"], serde_json::json!([]), "config errors");
+    assert_eq!(
+        support::config_errors(&cp),
+        serde_json::json!([]),
+        "config errors"
+    );
     let b = mesh.start_pod(
         PodSpec::new("b")
             .host(11)
@@ -318,9 +313,11 @@ fn builtin_provider_decides_centrally() {
     );
     write(dir.path(), "config.yaml", &reg);
     let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
-    let (_, configz) = cp.get("/debug/configz").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&configz).unwrap();
-    assert_eq!(v["errors"], serde_json::json!([]), "config errors");
+    assert_eq!(
+        support::config_errors(&cp),
+        serde_json::json!([]),
+        "config errors"
+    );
     let _b = mesh.start_pod(
         PodSpec::new("b")
             .host(11)

@@ -3,17 +3,10 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
-use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
-}
 
 /// A VirtualService that answers `/teapot` with 418 itself (a fault abort) and routes the
 /// rest to b: 418 on `/teapot` shows the VirtualService is served.

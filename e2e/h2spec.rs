@@ -11,6 +11,18 @@ use std::process::Command;
 use std::time::Duration;
 use support::{h2spec_bin, run, ControlPlane};
 
+/// pilotfish on a one-service config, on loopback ports.
+fn control_plane() -> (tempfile::TempDir, ControlPlane) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("svc.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{name: http, port: 80}]\n",
+    )
+    .unwrap();
+    let cp = ControlPlane::start_local(dir.path(), &[]);
+    (dir, cp)
+}
+
 /// (passed, skipped, failed) from h2spec's summary line, with its output.
 fn h2spec(host_port: &str, tls: bool) -> ((u32, u32, u32), String) {
     let (host, port) = host_port.rsplit_once(':').unwrap();
@@ -49,13 +61,7 @@ const KNOWN_OWN: &[&str] = &[
 
 #[test]
 fn own_xds_server_fails_no_more_than_the_known_h2spec_tests() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("svc.yaml"),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{name: http, port: 80}]\n",
-    )
-    .unwrap();
-    let cp = ControlPlane::start_local(dir.path(), &[]);
+    let (_dir, cp) = control_plane();
     let ((passed, skipped, failed), text) = h2spec(&cp.xds_address, false);
     println!(
         "h2spec own xDS server {}: {passed} passed, {skipped} skipped, {failed} failed",
@@ -80,13 +86,7 @@ fn own_xds_server_fails_no_more_than_the_known_h2spec_tests() {
 
 #[test]
 fn tonic_ports_pass_h2spec() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("svc.yaml"),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{name: http, port: 80}]\n",
-    )
-    .unwrap();
-    let cp = ControlPlane::start_local(dir.path(), &[]);
+    let (_dir, cp) = control_plane();
     for (name, addr, tls) in [
         (
             "TLS port (xDS, SDS, ext_authz)",

@@ -8,9 +8,8 @@ mod support;
 use base64::Engine;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::io::{Read, Write};
-use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
 const HOST_B: &str = "b.default.svc.cluster.local";
@@ -91,12 +90,6 @@ fn serve_jwks(body: String) -> u16 {
         }
     });
     port
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 fn config(mesh: &Mesh, jwks_port: u16) -> String {

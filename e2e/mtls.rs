@@ -5,9 +5,8 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{need_root, wait_until, ControlPlane, Mesh, Pod, PodSpec};
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
 const SPIFFE_A: &str = "spiffe://cluster.local/ns/default/sa/a";
@@ -18,12 +17,6 @@ fn registry(mesh: &Mesh, b: &str) -> String {
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n",
         vip = mesh.vip(0)
     )
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 fn connected(p: &Pod) -> bool {

@@ -356,28 +356,7 @@ fn apply_changed(
         let first = !applied.contains_key(&f);
         let (mut r, mut e) = crate::api::parse_file(&f, &text);
         if let Some(lg) = last_good {
-            if e.is_empty() {
-                if let Err(err) = lg.save(&f, &text) {
-                    warn!(file = %f, error = %err, "cannot keep the last good copy of a config file");
-                }
-            } else if first {
-                if let Some(old) = lg.load(&f) {
-                    let (old_r, _) = crate::api::parse_file(&f, &old);
-                    let have: std::collections::HashSet<_> =
-                        r.iter().map(|x| x.key.clone()).collect();
-                    let back: Vec<Resource> = old_r
-                        .into_iter()
-                        .filter(|x| !have.contains(&x.key))
-                        .collect();
-                    if !back.is_empty() {
-                        warn!(file = %f, objects = back.len(), "file is broken at start: serving its last good objects from the state directory");
-                        for err in &mut e {
-                            err.reason.push_str(" (the file's last good objects are served from the state directory)");
-                        }
-                        r.extend(back);
-                    }
-                }
-            }
+            lg.keep_or_mend(&f, &text, first, &mut r, &mut e);
         }
         index.apply_file(&f, r, e);
         applied.insert(f, h);
@@ -753,7 +732,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             require_peer: false,
             ..authz.clone()
         };
-        let mut stop = stop_rx_authz(&stop_tx);
+        let mut stop = stop_tx.subscribe();
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_routes(with_fallback(tonic::service::Routes::new(
@@ -802,13 +781,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .tls_config(tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(with_fallback(
-                tonic::service::Routes::new(XdsService::<Cds>::new(secure.clone()))
-                    .add_service(XdsService::<Eds>::new(secure.clone()))
-                    .add_service(XdsService::<Lds>::new(secure.clone()))
-                    .add_service(XdsService::<Rds>::new(secure.clone()))
-                    .add_service(XdsService::<Sds>::new(secure.clone()))
-                    .add_service(XdsService::<Ads>::new(secure))
-                    .add_service(
+                xds_routes(secure).add_service(
                         envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
                     ),
             ))
@@ -835,14 +808,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .max_concurrent_streams(Some(16))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_routes(with_fallback(
-                    tonic::service::Routes::new(XdsService::<Cds>::new(xds.clone()))
-                        .add_service(XdsService::<Eds>::new(xds.clone()))
-                        .add_service(XdsService::<Lds>::new(xds.clone()))
-                        .add_service(XdsService::<Rds>::new(xds.clone()))
-                        .add_service(XdsService::<Sds>::new(xds.clone()))
-                        .add_service(XdsService::<Ads>::new(xds)),
-                ))
+                .add_routes(with_fallback(xds_routes(xds)))
                 .serve_with_incoming_shutdown(nodelay(xds_listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 });
@@ -856,6 +822,16 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// The xDS services (ADS and the per-type ones) of one server.
+fn xds_routes(srv: XdsServer) -> tonic::service::Routes {
+    tonic::service::Routes::new(XdsService::<Cds>::new(srv.clone()))
+        .add_service(XdsService::<Eds>::new(srv.clone()))
+        .add_service(XdsService::<Lds>::new(srv.clone()))
+        .add_service(XdsService::<Rds>::new(srv.clone()))
+        .add_service(XdsService::<Sds>::new(srv.clone()))
+        .add_service(XdsService::<Ads>::new(srv))
 }
 
 /// gRPC routes, answering anything else as an HTTP server would: a gRPC call to a method
@@ -971,10 +947,6 @@ impl tokio::io::AsyncWrite for Conn {
     fn is_write_vectored(&self) -> bool {
         self.0.is_write_vectored()
     }
-}
-
-fn stop_rx_authz(tx: &watch::Sender<bool>) -> watch::Receiver<bool> {
-    tx.subscribe()
 }
 
 /// A TCP listener with address reuse and a listen queue of `backlog`.

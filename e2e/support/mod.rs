@@ -343,3 +343,18 @@ pub fn h2spec_bin() -> PathBuf {
         })
         .clone()
 }
+
+/// Write `dir/name` as an edit lands: a temp file renamed over it (the watcher sees one
+/// complete file, never a half-written one).
+pub fn write_file(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, dir.join(name)).unwrap();
+}
+
+/// The control plane's current config errors (`/debug/configz`), as JSON.
+pub fn config_errors(cp: &ControlPlane) -> serde_json::Value {
+    let (_, body) = cp.get("/debug/configz").expect("/debug/configz");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("configz is JSON");
+    v["errors"].clone()
+}

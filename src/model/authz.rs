@@ -67,7 +67,9 @@ pub struct RequestAuthn {
     pub key: ObjectKey,
     pub namespace: String,
     pub target: AuthzTarget,
-    pub rules: Vec<crate::api::security::JwtRule>,
+    pub rules: Vec<Arc<crate::api::security::JwtRule>>,
+    /// Each rule's inline `jwks`, shared (not copied per proxy).
+    pub inline_jwks: Vec<Option<Arc<str>>>,
 }
 
 /// A JWT rule with the keys it verifies with: inline, fetched, or `Err` (not fetched yet or
@@ -76,8 +78,8 @@ pub struct RequestAuthn {
 pub struct JwtProviderCfg {
     /// `<namespace>/<name>/<rule index>`.
     pub name: String,
-    pub rule: crate::api::security::JwtRule,
-    pub jwks: Result<String, String>,
+    pub rule: Arc<crate::api::security::JwtRule>,
+    pub jwks: Result<Arc<str>, String>,
 }
 
 /// The policies that apply to one workload port, in (namespace, name) order.
@@ -122,7 +124,7 @@ impl World {
                 continue;
             }
             for (i, rule) in ra.rules.iter().enumerate() {
-                let jwks = match (&rule.jwks, &rule.jwks_uri) {
+                let jwks = match (&ra.inline_jwks[i], &rule.jwks_uri) {
                     (Some(j), _) => Ok(j.clone()),
                     (None, Some(u)) => self
                         .jwks

@@ -182,7 +182,12 @@ pub fn build_world(
                 Some(sel) if !sel.is_empty() => AuthzTarget::Selector(sel.clone()),
                 _ => AuthzTarget::Namespace,
             },
-            rules: ra.jwt_rules.clone(),
+            rules: ra.jwt_rules.iter().cloned().map(Arc::new).collect(),
+            inline_jwks: ra
+                .jwt_rules
+                .iter()
+                .map(|r| r.jwks.as_deref().map(Arc::from))
+                .collect(),
         }));
     }
 

@@ -26,7 +26,7 @@ pub struct Index {
     owners: HashMap<ObjectKey, String>,
     version: u64,
     /// JSON Web Key Sets fetched for RequestAuthentication `jwksUri`s.
-    jwks: BTreeMap<String, Result<String, String>>,
+    jwks: BTreeMap<String, Result<Arc<str>, String>>,
 }
 
 impl Index {
@@ -38,7 +38,7 @@ impl Index {
     }
 
     /// Replace the fetched key sets; true when they differ from the current ones.
-    pub fn set_jwks(&mut self, jwks: BTreeMap<String, Result<String, String>>) -> bool {
+    pub fn set_jwks(&mut self, jwks: BTreeMap<String, Result<Arc<str>, String>>) -> bool {
         let changed = jwks != self.jwks;
         self.jwks = jwks;
         changed

@@ -45,7 +45,7 @@ pub struct MeshConfig {
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct ExtAuthzProvider {
     pub name: String,
     /// `envoyExtAuthzHttp`; else gRPC.
@@ -129,20 +129,13 @@ impl MeshConfig {
                 };
             let mut e = ExtAuthzProvider {
                 name: p.name.clone(),
-                http: false,
                 service: host(service),
                 port,
                 timeout_ms: ms(timeout),
                 fail_open,
                 status_on_error: status(status_on_error),
-                path_prefix: String::new(),
-                include_request_headers: vec![],
-                additional_headers: BTreeMap::new(),
-                upstream_on_allow: vec![],
-                downstream_on_deny: vec![],
-                downstream_on_allow: vec![],
                 body: body(body_cfg),
-                builtin: false,
+                ..Default::default()
             };
             if let Some(h) = &p.envoy_ext_authz_http {
                 e.http = true;
@@ -161,26 +154,12 @@ impl MeshConfig {
     pub fn builtin_provider(&self) -> Option<ExtAuthzProvider> {
         Some(ExtAuthzProvider {
             name: crate::api::mesh::BUILTIN_PROVIDER.into(),
-            http: false,
             service: self.builtin_authz.clone()?,
-            port: 0,
             timeout_ms: 2_000,
-            fail_open: false,
             status_on_error: 403,
-            path_prefix: String::new(),
-            include_request_headers: vec![],
-            additional_headers: BTreeMap::new(),
-            upstream_on_allow: vec![],
-            downstream_on_deny: vec![],
-            downstream_on_allow: vec![],
-            body: None,
             builtin: true,
+            ..Default::default()
         })
-    }
-
-    /// The index of an ext_authz provider by name.
-    pub fn ext_authz_index(&self, name: &str) -> Option<usize> {
-        self.ext_authz.iter().position(|p| p.name == name)
     }
 }
 
@@ -482,7 +461,7 @@ pub struct World {
     /// RequestAuthentications, in (namespace, name) order.
     pub request_authn: Vec<Arc<RequestAuthn>>,
     /// Fetched JSON Web Key Sets by URI (`Err`: the last fetch failed, with why).
-    pub jwks: BTreeMap<String, Result<String, String>>,
+    pub jwks: BTreeMap<String, Result<Arc<str>, String>>,
     /// Every accepted object (for /debug/configz).
     #[serde(skip)]
     pub objects: BTreeMap<ObjectKey, Arc<Resource>>,

@@ -22,7 +22,7 @@ pub const RETRY: Duration = Duration::from_secs(5);
 /// The largest key set accepted.
 pub const MAX_BYTES: u64 = 512 * 1024;
 
-pub type Fetched = Arc<Mutex<BTreeMap<String, Result<String, String>>>>;
+pub type Fetched = Arc<Mutex<BTreeMap<String, Result<Arc<str>, String>>>>;
 /// URI → fetch timeout.
 pub type Wanted = Arc<Mutex<BTreeMap<String, Duration>>>;
 
@@ -71,7 +71,7 @@ pub fn run(wanted: Wanted, fetched: Fetched, wake: impl Fn() -> bool) {
             if !due {
                 continue;
             }
-            let result = fetch(uri, *timeout);
+            let result = fetch(uri, *timeout).map(Arc::from);
             if let Err(e) = &result {
                 tracing::warn!(uri = %uri, error = %e, "JWKS fetch failed: tokens of this issuer are refused");
             }

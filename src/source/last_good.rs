@@ -7,6 +7,7 @@
 //! its last good text. While running, the index already keeps serving the last good
 //! version of a broken object (see `model::index`).
 
+use crate::api::{ConfigError, Resource};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,43 @@ impl LastGood {
 
     pub fn load(&self, file: &str) -> Option<String> {
         std::fs::read_to_string(self.path(file)).ok()
+    }
+
+    /// After parsing `file`: remember a clean text; or, for a file first seen broken (at
+    /// start), add back from its last good text every object the broken one no longer
+    /// yields, and say so in its errors.
+    pub fn keep_or_mend(
+        &self,
+        file: &str,
+        text: &str,
+        first: bool,
+        resources: &mut Vec<Resource>,
+        errors: &mut [ConfigError],
+    ) {
+        if errors.is_empty() {
+            if let Err(err) = self.save(file, text) {
+                tracing::warn!(file = %file, error = %err, "cannot keep the last good copy of a config file");
+            }
+            return;
+        }
+        let Some(old) = first.then(|| self.load(file)).flatten() else {
+            return;
+        };
+        let have: std::collections::HashSet<_> = resources.iter().map(|x| x.key.clone()).collect();
+        let (old_r, _) = crate::api::parse_file(file, &old);
+        let back: Vec<Resource> = old_r
+            .into_iter()
+            .filter(|x| !have.contains(&x.key))
+            .collect();
+        if back.is_empty() {
+            return;
+        }
+        tracing::warn!(file = %file, objects = back.len(), "file is broken at start: serving its last good objects from the state directory");
+        for e in errors.iter_mut() {
+            e.reason
+                .push_str(" (the file's last good objects are served from the state directory)");
+        }
+        resources.extend(back);
     }
 
     pub fn forget(&self, file: &str) {

@@ -54,13 +54,13 @@ pub fn policy_name(p: &AuthzPolicy, i: usize) -> String {
 
 /// The Envoy RBAC config of each action present, in evaluation order (AUDIT, DENY, ALLOW);
 /// `shadow` is set for AUDIT.
-pub struct Rbacs {
-    pub audit: Option<rbac::Rbac>,
-    pub deny: Option<rbac::Rbac>,
-    pub allow: Option<rbac::Rbac>,
+struct Rbacs {
+    audit: Option<rbac::Rbac>,
+    deny: Option<rbac::Rbac>,
+    allow: Option<rbac::Rbac>,
     /// CUSTOM rules per provider (index in `Providers`): which requests its ext_authz
     /// filter checks.
-    pub custom: BTreeMap<usize, rbac::Rbac>,
+    custom: BTreeMap<usize, Option<rbac::Rbac>>,
 }
 
 /// The ext_authz providers a proxy can use, in filter order (the mesh config's, then the
@@ -79,10 +79,11 @@ fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form, providers: &Providers) -> Rb
         custom: BTreeMap::new(),
     };
     for p in policies {
+        // Shadow rules with DENY (AUDIT, CUSTOM): a match counts as `shadow_denied` and sets
+        // the metadata CUSTOM's ext_authz filter is enabled by; nothing is refused.
         let (slot, action) = match p.action {
             AuthzAction::Allow => (&mut out.allow, rbac::rbac::Action::Allow),
             AuthzAction::Deny => (&mut out.deny, rbac::rbac::Action::Deny),
-            // Shadow rules with DENY: a match counts as `shadow_denied`, nothing is refused.
             AuthzAction::Audit => (&mut out.audit, rbac::rbac::Action::Deny),
             AuthzAction::Custom => {
                 // Validated against the mesh config: a missing provider is a config error.
@@ -93,29 +94,15 @@ fn rbacs(policies: &[Arc<AuthzPolicy>], form: Form, providers: &Providers) -> Rb
                 else {
                     continue;
                 };
-                let slot = out.custom.entry(i).or_insert_with(|| rbac::Rbac {
-                    action: rbac::rbac::Action::Deny as i32,
-                    ..Default::default()
-                });
-                let cx = Ctx {
-                    form,
-                    // CUSTOM widens like DENY on TCP (more is checked).
-                    action: AuthzAction::Custom,
-                };
-                for (i, rule) in p.rules.iter().enumerate() {
-                    if let Some(policy) = rule_policy(rule, cx) {
-                        slot.policies.insert(policy_name(p, i), policy);
-                    }
-                }
-                continue;
+                (out.custom.entry(i).or_default(), rbac::rbac::Action::Deny)
             }
         };
         // An ALLOW policy with no rules still creates the filter: nothing is allowed.
         let r = slot.get_or_insert_with(|| rbac::Rbac {
             action: action as i32,
-            policies: HashMap::new(),
             ..Default::default()
         });
+        // CUSTOM widens like DENY on TCP (more is checked).
         let cx = Ctx {
             form,
             action: p.action,
@@ -189,7 +176,7 @@ pub fn http_per_route(
 ) -> HashMap<String, pbw::Any> {
     let r = rbacs(policies, Form::Http, providers);
     let mut out = HashMap::new();
-    for (i, rules) in r.custom {
+    for (i, rules) in r.custom.into_iter().filter_map(|(i, r)| Some((i, r?))) {
         out.insert(
             custom_filter(i),
             per_route(&http_rbac::Rbac {
@@ -237,7 +224,7 @@ pub fn http_per_route(
 pub fn network_filters(policies: &[Arc<AuthzPolicy>], providers: &Providers) -> Vec<ls::Filter> {
     let r = rbacs(policies, Form::Tcp, providers);
     let mut out = Vec::new();
-    for (i, rules) in r.custom {
+    for (i, rules) in r.custom.into_iter().filter_map(|(i, r)| Some((i, r?))) {
         let p = &providers[i];
         if p.http {
             // An HTTP provider cannot check a TCP connection: what its policies select is
