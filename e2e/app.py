@@ -16,7 +16,8 @@ Every response is JSON: {"name", "method", "path", "headers", "body"} and carrie
 
 `--ext-authz` makes it an HTTP ext_authz server instead (Envoy's `http_service`): a request
 with `x-ext-authz: allow` gets 200 and `x-ext-authz-check-result: allowed`; any other gets
-403, `x-ext-authz-check-result: denied` and a JSON body naming the app. Each check is
+403, `x-ext-authz-check-result: denied` and a JSON body naming the app. Both carry
+`x-ext-authz-saw: path=<path>;from-mesh=<x-from-mesh header>`, what the check received. Each check is
 counted; GET /__count (with `x-ext-authz: count`) answers the count.
 Nothing is logged per request.
 """
@@ -98,6 +99,10 @@ def make_handler(name, fail_all, ext_authz=False):
                 out = b"" if allowed else (json.dumps({"denied_by": name}) + "\n").encode()
                 self.send_response(200 if allowed else 403)
                 self.send_header("x-ext-authz-check-result", "allowed" if allowed else "denied")
+                # What reached the check: the path (with the provider's pathPrefix) and a
+                # header the mesh config adds (includeAdditionalHeadersInCheck).
+                saw = "path=%s;from-mesh=%s" % (self.path, self.headers.get("x-from-mesh", ""))
+                self.send_header("x-ext-authz-saw", saw)
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()
                 if out and self.command != "HEAD":

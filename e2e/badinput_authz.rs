@@ -376,7 +376,8 @@ fn check_command_names_the_deciding_policy() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  selector: {app: b}\n  ports: [{name: http, port: 8080}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b-1}\nspec:\n  address: 10.2.2.2\n  labels: {app: b}\n---\n\
          apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-a}\nspec:\n  selector: {matchLabels: {app: b}}\n  rules: [{from: [{source: {principals: [cluster.local/ns/default/sa/a]}}]}]\n---\n\
-         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n",
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-intruder}\nspec:\n  action: DENY\n  rules: [{when: [{key: \"request.auth.claims[role]\", values: [intruder]}]}]\n",
     )
     .unwrap();
     let check = |args: &[&str]| {
@@ -422,6 +423,36 @@ fn check_command_names_the_deciding_policy() {
     let (code, out) = check(&["--to", "default/b-1", "--port", "8080"]);
     assert_eq!(code, Some(1), "plaintext caller: {out}");
     assert!(out.contains("no ALLOW rule matched"), "{out}");
+    let (code, out) = check(&[
+        "--to",
+        "default/b-1",
+        "--port",
+        "8080",
+        "--from",
+        "default/a",
+        "--jwt-claims",
+        r#"{"iss": "i", "sub": "s", "role": "intruder"}"#,
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("denied by AuthorizationPolicy default/deny-intruder"),
+        "{out}"
+    );
+    // On a TCP connection the DENY's HTTP-only paths drop out: it denies everything.
+    let (code, out) = check(&[
+        "--to",
+        "default/b-1",
+        "--port",
+        "8080",
+        "--from",
+        "default/a",
+        "--tcp",
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("denied by AuthorizationPolicy default/deny-admin"),
+        "{out}"
+    );
     let (code, _) = check(&["--to", "default/nosuch", "--port", "8080"]);
     assert_eq!(code, Some(2));
 }

@@ -22,6 +22,7 @@ use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Po
 
 const READY: Duration = Duration::from_secs(40);
 const HOST_B: &str = "b.default.svc.cluster.local";
+const HOST_T: &str = "t.default.svc.cluster.local";
 const GRPC_PORT: u16 = 19191;
 
 /// The gRPC provider: `x-ext-authz: allow` → OK, adding `x-ext-authz-grpc: allowed` and
@@ -40,14 +41,24 @@ impl Authorization for Server {
         req: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         self.0.checks.fetch_add(1, Ordering::SeqCst);
-        let headers = req
-            .into_inner()
-            .attributes
-            .and_then(|a| a.request)
-            .and_then(|r| r.http)
-            .map(|h| h.headers)
-            .unwrap_or_default();
-        let verdict = headers.get("x-ext-authz").cloned().unwrap_or_default();
+        let attrs = req.into_inner().attributes.unwrap_or_default();
+        let principal = attrs.source.map(|s| s.principal).unwrap_or_default();
+        let http = attrs.request.and_then(|r| r.http);
+        let verdict = match &http {
+            // A TCP connection (network ext_authz): only service account a gets through.
+            None if principal.ends_with("/sa/a") => "allow".to_string(),
+            None => "deny".to_string(),
+            // includeRequestBodyInCheck: the body decides.
+            Some(h) if h.headers.get("x-ext-authz").map(String::as_str) == Some("body") => {
+                if h.body == "let me in" {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .to_string()
+            }
+            Some(h) => h.headers.get("x-ext-authz").cloned().unwrap_or_default(),
+        };
         let header = |k: &str, v: &str| HeaderValueOption {
             header: Some(HeaderValue {
                 key: k.into(),
@@ -121,8 +132,10 @@ fn start_grpc(addr: std::net::SocketAddr, p: Arc<Provider>) -> tokio::sync::ones
 fn mesh_config() -> String {
     format!(
         "extensionProviders:\n\
-         - name: ext-http\n  envoyExtAuthzHttp:\n    service: ext-http.default.svc.cluster.local\n    port: 8000\n    includeRequestHeadersInCheck: [x-ext-authz]\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result]\n\
-         - name: ext-grpc\n  envoyExtAuthzGrpc:\n    service: ext-grpc.test\n    port: {GRPC_PORT}\n    timeout: 2s\n\
+         - name: ext-http\n  envoyExtAuthzHttp:\n    service: ext-http.default.svc.cluster.local\n    port: 8000\n    pathPrefix: /check\n    includeRequestHeadersInCheck: [x-ext-authz]\n    includeAdditionalHeadersInCheck: {{x-from-mesh: \"yes\"}}\n    headersToUpstreamOnAllow: [x-ext-authz-check-result]\n    headersToDownstreamOnDeny: [x-ext-authz-check-result, x-ext-authz-saw]\n    headersToDownstreamOnAllow: [x-ext-authz-saw]\n\
+         - name: ext-grpc\n  envoyExtAuthzGrpc:\n    service: ext-grpc.test\n    port: {GRPC_PORT}\n    timeout: 2s\n    includeRequestBodyInCheck: {{maxRequestBytes: 1024}}\n\
+         - name: ext-grpc-open\n  envoyExtAuthzGrpc: {{service: ext-grpc.test, port: {GRPC_PORT}, timeout: 2s, failOpen: true}}\n\
+         - name: ext-grpc-503\n  envoyExtAuthzGrpc: {{service: ext-grpc.test, port: {GRPC_PORT}, timeout: 2s, statusOnError: \"503\"}}\n\
          accessLogFile: /dev/stdout\n"
     )
 }
@@ -135,24 +148,49 @@ fn registry(mesh: &Mesh) -> String {
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ext-http-1}}\nspec:\n  address: {h}\n  labels: {{app: ext-http}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext-grpc}}\nspec:\n  hosts: [ext-grpc.test]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{name: grpc, number: {GRPC_PORT}, protocol: GRPC}}]\n  endpoints: [{{address: {gw}}}]\n---\n\
          apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-http}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-http}}\n  rules: [{{to: [{{operation: {{paths: [\"/http/*\"]}}}}]}}]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: t}}\nspec:\n  clusterIP: {vt}\n  selector: {{app: t}}\n  ports: [{{name: tcp, port: 9000}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: t-1}}\nspec:\n  address: {t}\n  serviceAccount: t\n  labels: {{app: t, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-grpc-tcp}}\nspec:\n  selector: {{matchLabels: {{app: t}}}}\n  action: CUSTOM\n  provider: {{name: ext-grpc}}\n  rules: [{{to: [{{operation: {{ports: [\"9000\"]}}}}]}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-grpc-open}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-grpc-open}}\n  rules: [{{to: [{{operation: {{paths: [\"/grpc-open/*\"]}}}}]}}]\n---\n\
+         apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-grpc-503}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-grpc-503}}\n  rules: [{{to: [{{operation: {{paths: [\"/grpc-503/*\"]}}}}]}}]\n---\n\
          apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: custom-grpc}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: CUSTOM\n  provider: {{name: ext-grpc}}\n  rules: [{{to: [{{operation: {{paths: [\"/grpc/*\"]}}}}]}}]\n---\n\
          apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-grpc-admin}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  action: DENY\n  rules: [{{to: [{{operation: {{paths: [\"/grpc/admin\"]}}}}]}}]\n",
         vb = mesh.vip(0),
         vh = mesh.vip(1),
+        vt = mesh.vip(2),
+        t = mesh.addr(13),
         b = mesh.addr(11),
         h = mesh.addr(12),
         gw = mesh.gateway(),
     )
 }
 
-/// (status, body, response headers) of a GET from `a` to b through both sidecars.
+/// A request from `a` to b through both sidecars: `headers` are `name: value` headers, or
+/// curl options (`-i`, `-d BODY`) when they start with `-`.
 fn get(a: &Pod, path: &str, headers: &[&str]) -> (u16, String) {
-    let mut args = vec!["-m", "5", "-D", "/dev/stderr"];
-    for h in headers {
-        args.push("-H");
-        args.push(h);
+    let mut args = vec!["-m", "5"];
+    let mut it = headers.iter();
+    while let Some(h) = it.next() {
+        if h.starts_with('-') {
+            args.push(h);
+            if *h == "-d" {
+                args.extend(it.next());
+            }
+        } else {
+            args.extend(["-H", h]);
+        }
     }
     a.curl(&format!("http://{HOST_B}:8080{path}"), &args)
+}
+
+/// A response header's value (curl `-i` output: head, then body).
+fn response_header(out: &str, name: &str) -> Option<String> {
+    out.lines()
+        .take_while(|l| !l.trim().is_empty())
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
 }
 
 fn upstream_header(body: &str, name: &str) -> Option<String> {
@@ -206,8 +244,22 @@ fn custom_policies_ask_external_providers() {
             .sidecar(false)
             .app_arg("--ext-authz"),
     );
+    let _t = mesh.start_pod(
+        PodSpec::new("t")
+            .host(13)
+            .port(9000)
+            .service_account("t")
+            .label("app", "t")
+            .secure(&cp),
+    );
     let a = mesh.start_pod(PodSpec::new("a").host(20).service_account("a").secure(&cp));
-    a.hosts(&[(HOST_B, &mesh.vip(0).to_string())]);
+    let c = mesh.start_pod(PodSpec::new("c").host(21).service_account("c").secure(&cp));
+    for p in [&a, &c] {
+        p.hosts(&[
+            (HOST_B, &mesh.vip(0).to_string()),
+            (HOST_T, &mesh.vip(2).to_string()),
+        ]);
+    }
     assert!(
         wait_until(READY, || get(&a, "/other", &[]).0 == 200),
         "a never reached b: {:?}\n{}",
@@ -237,6 +289,29 @@ fn custom_policies_ask_external_providers() {
     assert!(body.contains("\"denied_by\": \"ext-http\""), "{body}");
     let (code, _) = get(&a, "/http/x", &[]);
     assert_eq!(code, 403, "no verdict header: denied");
+    // What the provider received (pathPrefix, includeAdditionalHeadersInCheck) comes back
+    // to the client on allow (headersToDownstreamOnAllow) and on deny
+    // (headersToDownstreamOnDeny).
+    let seen = "path=/check/http/x;from-mesh=yes";
+    let (code, out) = get(&a, "/http/x", &["x-ext-authz: allow", "-i"]);
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(
+        response_header(&out, "x-ext-authz-saw").as_deref(),
+        Some(seen),
+        "{out}"
+    );
+    let (code, out) = get(&a, "/http/x", &["x-ext-authz: deny", "-i"]);
+    assert_eq!(code, 403, "{out}");
+    assert_eq!(
+        response_header(&out, "x-ext-authz-saw").as_deref(),
+        Some(seen),
+        "{out}"
+    );
+    assert_eq!(
+        response_header(&out, "x-ext-authz-check-result").as_deref(),
+        Some("denied"),
+        "{out}"
+    );
 
     // gRPC provider: header mutation on allow, status and body on deny, 429. Its first
     // call may find b's connection pool to the provider still cold (seen once as a
@@ -266,6 +341,31 @@ fn custom_policies_ask_external_providers() {
     let (code, body) = get(&a, "/grpc/x", &["x-ext-authz: no"]);
     assert_eq!((code, body.trim()), (418, "denied by the grpc provider"));
     assert_eq!(get(&a, "/grpc/x", &["x-ext-authz: quota"]).0, 429);
+    // includeRequestBodyInCheck: the provider sees the body.
+    for (body, want) in [("let me in", 200), ("nope", 418)] {
+        let (code, out) = get(&a, "/grpc/x", &["x-ext-authz: body", "-d", body]);
+        assert_eq!(code, want, "body {body:?}: {out}");
+    }
+    // A TCP port: the gRPC provider checks the connection (network ext_authz) and lets
+    // only service account a through.
+    let tcp = |p: &Pod| p.curl(&format!("http://{HOST_T}:9000/"), &["-m", "5"]).0;
+    assert!(
+        wait_until(READY, || tcp(&a) == 200),
+        "a never reached t through the provider: {}",
+        tcp(&a)
+    );
+    assert_eq!(tcp(&c), 0, "c's connection must be refused");
+    // The HTTP provider cannot check a TCP connection: what its policy selects is refused.
+    write(
+        &cfg,
+        "custom-http-tcp.yaml",
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: custom-http-tcp}\nspec:\n  selector: {matchLabels: {app: t}}\n  action: CUSTOM\n  provider: {name: ext-http}\n  rules: [{to: [{operation: {ports: [\"9000\"]}}]}]\n",
+    );
+    assert!(
+        wait_until(READY, || tcp(&a) == 0),
+        "an HTTP provider's TCP policy must refuse: {}",
+        tcp(&a)
+    );
     // CUSTOM is asked first, then DENY: an allowed request can still be denied.
     assert_eq!(get(&a, "/grpc/admin", &["x-ext-authz: allow"]).0, 403);
 
@@ -276,6 +376,17 @@ fn custom_policies_ask_external_providers() {
             == 403),
         "with the provider down the request must be denied: {:?}",
         get(&a, "/grpc/x", &["x-ext-authz: allow"])
+    );
+    // The same provider with failOpen lets requests through; with statusOnError, its code.
+    assert_eq!(
+        get(&a, "/grpc-open/x", &["x-ext-authz: deny"]).0,
+        200,
+        "failOpen"
+    );
+    assert_eq!(
+        get(&a, "/grpc-503/x", &["x-ext-authz: allow"]).0,
+        503,
+        "statusOnError"
     );
     let _grpc = start_grpc(grpc_addr, provider.clone());
     assert!(

@@ -15,6 +15,9 @@ const READY: Duration = Duration::from_secs(40);
 const HOST_B: &str = "b.default.svc.cluster.local";
 const ISS: &str = "https://issuer.test";
 const ISS_DOWN: &str = "https://down.test";
+/// An issuer whose tokens travel elsewhere (fromHeaders, fromParams, fromCookies) and are
+/// forwarded to the app (forwardOriginalToken).
+const ISS_ELSEWHERE: &str = "https://elsewhere.test";
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -98,7 +101,8 @@ fn config(mesh: &Mesh, jwks_port: u16) -> String {
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n---\n\
          apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  jwtRules:\n\
          \x20 - issuer: {ISS}\n    jwksUri: http://127.0.0.1:{jwks_port}/jwks.json\n    audiences: [pilotfish-test]\n    outputPayloadToHeader: x-jwt-payload\n    outputClaimToHeaders: [{{header: x-jwt-sub, claim: sub}}]\n\
-         \x20 - issuer: {ISS_DOWN}\n    jwksUri: http://127.0.0.1:1/jwks.json\n    timeout: 1s\n---\n\
+         \x20 - issuer: {ISS_DOWN}\n    jwksUri: http://127.0.0.1:1/jwks.json\n    timeout: 1s\n\
+         \x20 - issuer: {ISS_ELSEWHERE}\n    jwksUri: http://127.0.0.1:{jwks_port}/jwks.json\n    fromHeaders: [{{name: x-jwt, prefix: \"Token \"}}]\n    fromParams: [tok]\n    fromCookies: [jwt]\n    forwardOriginalToken: true\n---\n\
          apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: allow}}\nspec:\n  selector: {{matchLabels: {{app: b}}}}\n  rules:\n\
          \x20 - to: [{{operation: {{paths: [\"/open*\"]}}}}]\n\
          \x20 - from: [{{source: {{requestPrincipals: [\"{ISS}/alice\"]}}}}]\n    to: [{{operation: {{paths: [\"/secure*\"]}}}}]\n\
@@ -208,7 +212,7 @@ fn jwt_tokens_are_verified_and_authorize() {
     let v: serde_json::Value = serde_json::from_str(&page).unwrap();
     let b = &v["proxies"][0];
     let jwt = b["request_authentication"].as_array().unwrap();
-    assert_eq!(jwt.len(), 2, "{page}");
+    assert_eq!(jwt.len(), 3, "{page}");
     assert_eq!(jwt[0]["jwks"], "fetched", "{page}");
     assert!(
         jwt[1]["jwks"].as_str().unwrap().starts_with("unavailable"),
@@ -227,6 +231,41 @@ fn jwt_tokens_are_verified_and_authorize() {
     assert!(
         !page.contains("\"x\":"),
         "a key's coordinates are shown: {page}"
+    );
+    // Tokens found where the rule says: a header with its prefix, a query parameter, a
+    // cookie (requestPrincipals `*` needs a verified token); forwarded to the app.
+    let el = good.sign(&claims(ISS_ELSEWHERE, "carol", "x", 600));
+    let via = |query: &str, args: Vec<String>| {
+        let mut all: Vec<&str> = vec!["-m", "5"];
+        all.extend(args.iter().map(String::as_str));
+        a.curl(&format!("http://{HOST_B}:8080/any-token{query}"), &all)
+    };
+    let (code, body) = via("", vec!["-H".into(), format!("x-jwt: Token {el}")]);
+    assert_eq!(code, 200, "fromHeaders with a prefix: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["headers"]["x-jwt"]
+            .as_str()
+            .is_some_and(|h| h.contains(&el)),
+        "forwardOriginalToken: {body}"
+    );
+    assert_eq!(via(&format!("?tok={el}"), vec![]).0, 200, "fromParams");
+    assert_eq!(
+        via("", vec!["-b".into(), format!("jwt={el}")]).0,
+        200,
+        "fromCookies"
+    );
+    assert_eq!(
+        via(
+            "",
+            vec![
+                "-H".into(),
+                format!("x-jwt: Token {}AAAAAAAAAA", &el[..el.len() - 10])
+            ]
+        )
+        .0,
+        401,
+        "a broken token in the header is refused"
     );
     // Debug pages never show a token.
     for p in [

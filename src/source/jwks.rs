@@ -51,6 +51,17 @@ pub fn fetch(uri: &str, timeout: Duration) -> Result<String, String> {
 /// Run the fetcher until `wake` is closed: keeps `fetched` to the URIs in `wanted`, and
 /// calls `wake` after a change.
 pub fn run(wanted: Wanted, fetched: Fetched, wake: impl Fn() -> bool) {
+    run_every(wanted, fetched, wake, REFRESH, RETRY)
+}
+
+/// `run` with its intervals given (tests shorten them).
+pub fn run_every(
+    wanted: Wanted,
+    fetched: Fetched,
+    wake: impl Fn() -> bool,
+    refresh: Duration,
+    retry: Duration,
+) {
     let mut last: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let want = wanted.lock().unwrap().clone();
@@ -66,7 +77,7 @@ pub fn run(wanted: Wanted, fetched: Fetched, wake: impl Fn() -> bool) {
             let ok = matches!(fetched.lock().unwrap().get(uri), Some(Ok(_)));
             let due = match last.get(uri) {
                 None => true,
-                Some(t) => t.elapsed() >= if ok { REFRESH } else { RETRY },
+                Some(t) => t.elapsed() >= if ok { refresh } else { retry },
             };
             if !due {
                 continue;
@@ -86,5 +97,56 @@ pub fn run(wanted: Wanted, fetched: Fetched, wake: impl Fn() -> bool) {
             return;
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A key set that was fetched and then cannot be fetched again is dropped at the next
+    /// refresh (the issuer's tokens are then refused), never kept.
+    #[test]
+    fn a_failed_refresh_replaces_the_old_key_set() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let uri = format!("http://{}/jwks.json", l.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            // Serve one fetch, then go away (the port refuses).
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let body = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        });
+        let wanted: Wanted = Default::default();
+        wanted
+            .lock()
+            .unwrap()
+            .insert(uri.clone(), Duration::from_secs(1));
+        let fetched: Fetched = Default::default();
+        let states = Arc::new(Mutex::new(Vec::new()));
+        let (f, st, u) = (fetched.clone(), states.clone(), uri.clone());
+        let runner = std::thread::spawn(move || {
+            run_every(
+                wanted,
+                f.clone(),
+                move || {
+                    let ok = f.lock().unwrap().get(&u).map(|r| r.is_ok());
+                    st.lock().unwrap().push(ok);
+                    ok == Some(true) // stop once it failed
+                },
+                Duration::from_millis(50),
+                Duration::from_millis(50),
+            )
+        });
+        runner.join().unwrap();
+        server.join().unwrap();
+        assert_eq!(*states.lock().unwrap(), vec![Some(true), Some(false)]);
+        assert!(fetched.lock().unwrap()[&uri].is_err());
     }
 }

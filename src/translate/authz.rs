@@ -313,6 +313,41 @@ mod tests {
         .unwrap()
     }
 
+    /// Istio's `pathNormalization` table: each option gives the connection manager fields.
+    #[test]
+    fn path_normalization_options_set_the_connection_manager_as_istio() {
+        use crate::model::PathNormalization as N;
+        use crate::translate::listener::{hcm_with, RouteSource};
+        use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+        use prost::Message;
+        let keep = hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32;
+        let decode =
+            hcm::http_connection_manager::PathWithEscapedSlashesAction::UnescapeAndForward as i32;
+        for (opt, normalize, merge, slashes) in [
+            (N::None, false, false, keep),
+            (N::Base, true, false, keep),
+            (N::MergeSlashes, true, true, keep),
+            (N::DecodeAndMergeSlashes, true, true, decode),
+        ] {
+            let f = hcm_with("s", RouteSource::Rds("r".into()), false, vec![], opt);
+            let Some(ConfigType::TypedConfig(any)) = f.config_type else {
+                panic!("typed config")
+            };
+            let h = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+            assert_eq!(
+                (
+                    h.normalize_path.map(|b| b.value),
+                    h.merge_slashes,
+                    h.path_with_escaped_slashes_action
+                ),
+                (Some(normalize), merge, slashes),
+                "{opt:?}"
+            );
+        }
+        assert_eq!(N::parse("DEFAULT"), Some(N::Base));
+    }
+
     #[test]
     fn policies_reach_the_inbound_chains() {
         let j = inbound_json(
