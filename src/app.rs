@@ -734,7 +734,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         };
         let mut stop = stop_tx.subscribe();
         tokio::spawn(
-            tonic::transport::Server::builder()
+            hardened(tonic::transport::Server::builder())
                 .add_routes(with_fallback(tonic::service::Routes::new(
                     envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(plain),
                 )))
@@ -777,7 +777,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     });
     let mut secure_stop = stopping.clone();
     let secure_task = tokio::spawn(
-        tonic::transport::Server::builder()
+        hardened(tonic::transport::Server::builder())
             .tls_config(tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_routes(with_fallback(
@@ -832,6 +832,13 @@ fn xds_routes(srv: XdsServer) -> tonic::service::Routes {
         .add_service(XdsService::<Rds>::new(srv.clone()))
         .add_service(XdsService::<Sds>::new(srv.clone()))
         .add_service(XdsService::<Ads>::new(srv))
+}
+
+/// The limits the tonic ports enforce, the same as the own server's (see README, security):
+/// 100 concurrent streams a connection, a 64 KiB decoded header list.
+fn hardened(b: tonic::transport::Server) -> tonic::transport::Server {
+    b.max_concurrent_streams(Some(100))
+        .http2_max_header_list_size(Some(64 * 1024))
 }
 
 /// gRPC routes, answering anything else as an HTTP server would: a gRPC call to a method

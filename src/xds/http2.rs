@@ -90,6 +90,13 @@ const RESERVE_MAX: usize = 4 << 20;
 const GRANT_STEP: usize = 128 * 1024;
 /// Largest header block accepted (the request's headers, all continuation frames).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Largest decoded header list (RFC 9113 section 6.5.2 size: name, value and 32 bytes a
+/// field), advertised as SETTINGS_MAX_HEADER_LIST_SIZE. A small block can decode to far
+/// more through references to the HPACK table (an HPACK bomb): past this, decoding goes on
+/// (the table must follow) but keeps nothing, and the connection is closed.
+const MAX_HEADER_LIST: usize = 64 * 1024;
+/// Request body bytes a non-gRPC request may send before it is answered (and discarded).
+const MAX_PLAIN_BODY: usize = 64 * 1024;
 /// Most CONTINUATION frames one header block may take: a full 64 KiB block needs five
 /// frames of the default size; more is a flood (CVE-2024-27316 and kin).
 const MAX_CONTINUATIONS: u32 = 32;
@@ -313,7 +320,7 @@ struct Stream {
     id: u32,
     send_window: i64,
     recv_window: i64,
-    body: XdsBody,
+    body: Reply,
     /// Response bytes taken from the body and not yet framed.
     pending: Option<Bytes>,
     /// Trailers written: nothing more to send.
@@ -323,6 +330,17 @@ struct Stream {
     /// Request bytes the client's `content-length` still announces (`NO_LENGTH`: none).
     content_left: u64,
     inbox: Arc<Inbox>,
+}
+
+/// What a stream answers with.
+enum Reply {
+    /// A gRPC call's response.
+    Grpc(XdsBody),
+    /// A request that is not gRPC, answered as an HTTP server would (404 and a body) once
+    /// the whole request was read (its body is discarded): answering earlier would race a
+    /// malformed request's stream error, and a body keeps the stream subject to flow
+    /// control as HTTP/2 clients (and h2spec) expect. `discarded`: body bytes read.
+    Http { discarded: usize, answered: bool },
 }
 
 /// The connection's task is the connection itself (no async fn around it, which would
@@ -436,7 +454,7 @@ impl Conn {
         let settings: [(u16, u32); 3] = [
             (3, MAX_STREAMS as u32),
             (4, STREAM_WINDOW),
-            (6, MAX_HEADER_BLOCK as u32),
+            (6, MAX_HEADER_LIST as u32),
         ];
         c.frame_head(settings.len() * 6, SETTINGS, 0, 0);
         for (id, v) in settings {
@@ -811,11 +829,19 @@ impl Conn {
         if s.content_left != NO_LENGTH {
             s.content_left -= body.len() as u64;
         }
-        if padding > 0 {
-            s.inbox.credit(padding);
-        }
-        if !body.is_empty() {
-            s.inbox.push(body);
+        match &mut s.body {
+            Reply::Grpc(_) => {
+                if padding > 0 {
+                    s.inbox.credit(padding);
+                }
+                if !body.is_empty() {
+                    s.inbox.push(body);
+                }
+            }
+            Reply::Http { discarded, .. } => {
+                *discarded += body.len();
+                s.inbox.credit(p.len());
+            }
         }
         if end {
             s.recv_closed = true;
@@ -875,6 +901,12 @@ impl Conn {
         self.hpack
             .decode_with_cb(block, |n, v| head.field(&n, &v))
             .map_err(|_| ConnError(COMPRESSION_ERROR, "bad header block"))?;
+        if head.too_large() {
+            return Err(ConnError(
+                ENHANCE_YOUR_CALM,
+                "decoded header list over SETTINGS_MAX_HEADER_LIST_SIZE",
+            ));
+        }
         let end = flags & END_STREAM != 0;
         let self_dependent = flags & SELF_DEPENDENT != 0;
         if let Some(i) = self.find(id) {
@@ -956,6 +988,26 @@ impl Conn {
         if end {
             inbox.end(true);
         }
+        let grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            self.streams.push(Stream {
+                id,
+                send_window: self.peer_window,
+                recv_window: STREAM_WINDOW as i64,
+                body: Reply::Http {
+                    discarded: 0,
+                    answered: false,
+                },
+                pending: None,
+                done: false,
+                recv_closed: end,
+                content_left,
+                inbox,
+            });
+            return Ok(());
+        }
         let mut req = http::Request::new(());
         if let Some(uri) = path.as_deref().and_then(|p| p.parse().ok()) {
             *req.uri_mut() = uri;
@@ -983,7 +1035,7 @@ impl Conn {
                     id,
                     send_window: self.peer_window,
                     recv_window: STREAM_WINDOW as i64,
-                    body: XdsBody::new(rx),
+                    body: Reply::Grpc(XdsBody::new(rx)),
                     pending: None,
                     done: false,
                     recv_closed: end,
@@ -1072,7 +1124,35 @@ impl Conn {
                     if s.done {
                         break;
                     }
-                    let trailers = match Pin::new(&mut s.body).poll_frame(cx) {
+                    let body = match &mut s.body {
+                        Reply::Grpc(body) => body,
+                        Reply::Http { answered: true, .. } => break,
+                        Reply::Http {
+                            discarded,
+                            answered,
+                        } => {
+                            // Answered once the request ended (or sent too much).
+                            let too_much = *discarded > MAX_PLAIN_BODY;
+                            if !s.recv_closed && !too_much {
+                                break;
+                            }
+                            *answered = true;
+                            let (status, text) = if too_much {
+                                (0x8c, "pilotfish: request body too large\n") // :status 400
+                            } else {
+                                (0x8d, "pilotfish: not a gRPC method of this port\n")
+                                // 404
+                            };
+                            s.pending = Some(Bytes::from_static(text.as_bytes()));
+                            let id = s.id;
+                            let mut block = vec![status];
+                            hpack_int(&mut block, 0x00, 4, 31);
+                            hpack_str(&mut block, b"text/plain; charset=utf-8");
+                            self.headers(id, 0, &block);
+                            continue;
+                        }
+                    };
+                    let trailers = match Pin::new(body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(f))) => match f.into_data() {
                             Ok(d) => {
                                 if !d.is_empty() {
@@ -1106,13 +1186,19 @@ impl Conn {
                 let n = n as usize;
                 let Some(p) = s.pending.as_mut() else { break };
                 let chunk = p.split_to(n);
+                let mut flags = 0;
                 if p.is_empty() {
                     s.pending = None;
+                    if matches!(s.body, Reply::Http { .. }) {
+                        // The whole answer: the body's last frame ends the stream.
+                        flags = END_STREAM;
+                        s.done = true;
+                    }
                 }
                 s.send_window -= n as i64;
                 self.send_window -= n as i64;
                 let id = s.id;
-                self.frame_head(n, DATA, 0, id);
+                self.frame_head(n, DATA, flags, id);
                 if n < 4096 {
                     self.wb.put_slice(&chunk);
                 } else {
@@ -1306,10 +1392,16 @@ struct Head {
     headers: http::HeaderMap,
     /// The first reason the block is malformed, wherever it is used.
     bad: Option<&'static str>,
+    /// The decoded list's size so far (RFC 9113 section 6.5.2).
+    size: usize,
 }
 
 impl Head {
     fn field(&mut self, n: &[u8], v: &[u8]) {
+        self.size = self.size.saturating_add(n.len() + v.len() + 32);
+        if self.too_large() {
+            return; // nothing more is kept (an HPACK bomb decodes to nothing)
+        }
         if self.bad.is_none() {
             if let Err(e) = self.check(n, v) {
                 self.bad = Some(e);
@@ -1371,6 +1463,11 @@ impl Head {
             self.headers.append(n, v);
         }
         Ok(())
+    }
+
+    /// Past SETTINGS_MAX_HEADER_LIST_SIZE.
+    fn too_large(&self) -> bool {
+        self.size > MAX_HEADER_LIST
     }
 
     /// Why the block is not a well-formed request head, if it is not.
