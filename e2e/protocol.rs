@@ -795,16 +795,16 @@ async fn removed_subset_cluster_outlives_the_routes_naming_it() {
 #[test]
 fn admission_rate_limits_new_streams() {
     let a = pilotfish::xds::server::Admission::new(2, 3);
-    let admitted = (0..10).filter(|_| a.try_admit()).count();
+    let admitted = (0..10).filter(|_| a.try_admit(None)).count();
     assert_eq!(
         admitted, 3,
         "the burst is admitted at once, the rest refused"
     );
     assert_eq!(a.rejected.get(), 7);
     std::thread::sleep(std::time::Duration::from_millis(600));
-    assert!(a.try_admit(), "tokens refill at the rate");
+    assert!(a.try_admit(None), "tokens refill at the rate");
     let unlimited = pilotfish::xds::server::Admission::unlimited();
-    assert!((0..10_000).all(|_| unlimited.try_admit()));
+    assert!((0..10_000).all(|_| unlimited.try_admit(None)));
 }
 
 #[tokio::test]

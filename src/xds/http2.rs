@@ -109,6 +109,37 @@ const READ_CHUNK: usize = 64 * 1024;
 /// `PING_TIMEOUT` is closed (as tonic's keepalive did on this port).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// A new connection must send the client preface and its first SETTINGS within this long
+/// (a slowloris connection that sends nothing, or only the magic, is closed).
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// A header block (HEADERS and its CONTINUATION frames) must end within this long.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// The window the per-connection rates below are counted in.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Streams a connection may open per window (an Envoy opens one and reopens it with
+/// backoff): past this, GOAWAY ENHANCE_YOUR_CALM. Bounds Rapid Reset (CVE-2023-44487).
+const STREAMS_PER_WINDOW: u32 = 500;
+/// gRPC calls a connection may open per window; past this they are refused with
+/// RESOURCE_EXHAUSTED before they reach the server's shared admission bucket.
+const CALLS_PER_WINDOW: u32 = 32;
+/// PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM and empty DATA frames a connection
+/// may send per window: past this, GOAWAY ENHANCE_YOUR_CALM (floods answered at our cost).
+const CONTROL_PER_WINDOW: u32 = 10_000;
+/// Request bytes one connection may have buffered (received and not yet taken as whole
+/// messages by its streams): one largest message and a stream window.
+const CONN_HELD_MAX: usize = super::server::MAX_MESSAGE + 5 + STREAM_WINDOW as usize;
+/// The same for all connections together; past it, a connection holding more than
+/// `HELD_FAIR` is closed (a well-behaved proxy's requests are taken as they arrive).
+const HELD_MAX: usize = 64 << 20;
+const HELD_FAIR: usize = 64 * 1024;
+
+/// Request bytes buffered by every connection (see `CONN_HELD_MAX`).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Request bytes buffered by all connections, for the metrics.
+pub fn held_bytes() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
 
 thread_local! {
     /// Each worker thread's read buffer, shared by the connections it polls.
@@ -165,7 +196,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// gathered in one buffer so a message is decoded where it landed (one copy from the
 /// socket buffer, no per-frame allocations).
 #[derive(Default)]
-pub struct Inbox(Mutex<InboxState>);
+pub struct Inbox {
+    state: Mutex<InboxState>,
+    /// The connection's buffered request bytes (see `CONN_HELD_MAX`).
+    held: Arc<AtomicUsize>,
+}
 
 #[derive(Default)]
 struct InboxState {
@@ -202,8 +237,29 @@ impl InboxState {
 }
 
 impl Inbox {
+    fn new(held: Arc<AtomicUsize>) -> Inbox {
+        Inbox {
+            state: Default::default(),
+            held,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `n` bytes buffered (`more`) or released.
+    fn account(&self, n: usize, more: bool) {
+        if n == 0 {
+            return;
+        }
+        if more {
+            self.held.fetch_add(n, Ordering::Relaxed);
+            HELD.fetch_add(n, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(n, Ordering::Relaxed);
+            HELD.fetch_sub(n, Ordering::Relaxed);
+        }
     }
 
     /// The stream's task: the next gRPC message (without its 5-byte prefix), `None` at
@@ -231,6 +287,7 @@ impl Inbox {
             }
             if s.buf.len() >= 5 + len {
                 let mut msg = s.buf.split_to(5 + len).freeze();
+                self.account(5 + len, false);
                 if s.buf.is_empty() {
                     // The rest of the allocation goes with the message.
                     s.buf = BytesMut::new();
@@ -270,6 +327,7 @@ impl Inbox {
             s.buf.reserve((5 + len).min(RESERVE_MAX).max(b.len()));
         }
         s.buf.extend_from_slice(b);
+        self.account(b.len(), true);
         s.held += b.len();
         s.settle();
         if let Some(w) = s.reader.take() {
@@ -288,6 +346,7 @@ impl Inbox {
             s.end = Some(clean);
         }
         if !clean {
+            self.account(s.buf.len(), false);
             s.buf = BytesMut::new();
         }
         if let Some(w) = s.reader.take() {
@@ -313,6 +372,13 @@ impl Inbox {
     fn outstanding(&self) -> usize {
         let s = self.lock();
         s.consumed + s.held
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let n = self.lock().buf.len();
+        self.account(n, false);
     }
 }
 
@@ -411,6 +477,20 @@ struct Conn {
     last_read: Instant,
     ping_sent: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    /// When the connection was accepted (the handshake deadline counts from here).
+    born: Instant,
+    /// The client's first SETTINGS frame arrived (the preface is complete).
+    settings_seen: bool,
+    /// When the header block in `cont` started.
+    cont_since: Instant,
+    /// This connection's buffered request bytes (shared with its streams' inboxes).
+    held: Arc<AtomicUsize>,
+    /// The current rate window: its start, and streams, gRPC calls and control frames
+    /// counted in it.
+    win_start: Instant,
+    win_streams: u32,
+    win_calls: u32,
+    win_control: u32,
 }
 
 impl Conn {
@@ -448,7 +528,15 @@ impl Conn {
             closing: false,
             last_read: now,
             ping_sent: None,
-            timer: Box::pin(tokio::time::sleep_until(now + KEEPALIVE)),
+            timer: Box::pin(tokio::time::sleep_until(now + HANDSHAKE)),
+            born: now,
+            settings_seen: false,
+            cont_since: now,
+            held: Arc::new(AtomicUsize::new(0)),
+            win_start: now,
+            win_streams: 0,
+            win_calls: 0,
+            win_control: 0,
         };
         // Server preface: our settings, then the connection window raised.
         let settings: [(u16, u32); 3] = [
@@ -488,8 +576,10 @@ impl Conn {
                     Poll::Pending => {}
                 }
             }
-            if let Some(e) = self.keepalive(cx) {
-                return Poll::Ready(Err(e.into()));
+            if let Some(e) = self.timers(cx) {
+                self.goaway(e.0);
+                let _ = self.poll_flush(cx);
+                return Poll::Ready(Err(e.1.into()));
             }
             if self.stopping.load(Ordering::Relaxed) && !self.closing {
                 self.closing = true;
@@ -660,6 +750,14 @@ impl Conn {
             }
             return Ok(());
         }
+        if matches!(
+            ty,
+            PRIORITY_FRAME | RST_STREAM | SETTINGS | PING | WINDOW_UPDATE
+        ) || ty > CONTINUATION
+            || ty == DATA && p.is_empty() && flags & END_STREAM == 0
+        {
+            self.control()?;
+        }
         match ty {
             DATA => self.data(flags, id, p),
             HEADERS => {
@@ -682,6 +780,7 @@ impl Conn {
                 } else {
                     self.cont = Some((id, flags, p.to_vec()));
                     self.cont_frames = 0;
+                    self.cont_since = Instant::now();
                     Ok(())
                 }
             }
@@ -831,6 +930,19 @@ impl Conn {
         }
         match &mut s.body {
             Reply::Grpc(_) => {
+                let mine = self.held.load(Ordering::Relaxed) + body.len();
+                if mine > CONN_HELD_MAX {
+                    return Err(ConnError(
+                        ENHANCE_YOUR_CALM,
+                        "unfinished requests over the connection's limit",
+                    ));
+                }
+                if mine > HELD_FAIR && HELD.load(Ordering::Relaxed) + body.len() > HELD_MAX {
+                    return Err(ConnError(
+                        ENHANCE_YOUR_CALM,
+                        "unfinished requests over the server's total",
+                    ));
+                }
                 if padding > 0 {
                     s.inbox.credit(padding);
                 }
@@ -854,6 +966,7 @@ impl Conn {
         if id != 0 {
             return Err(ConnError(PROTOCOL_ERROR, "SETTINGS on a stream"));
         }
+        self.settings_seen = true;
         if flags & ACK != 0 {
             if !p.is_empty() {
                 return Err(ConnError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload"));
@@ -961,6 +1074,9 @@ impl Conn {
             return Ok(());
         }
         self.last_stream = id;
+        if !self.count(|c| &mut c.win_streams, STREAMS_PER_WINDOW) {
+            return Err(ConnError(ENHANCE_YOUR_CALM, "too many streams opened"));
+        }
         if self_dependent || head.request_error().is_some() {
             // Malformed: a stream error (RFC 9113 section 8.1.1).
             self.rst(id, PROTOCOL_ERROR);
@@ -984,7 +1100,7 @@ impl Conn {
             self.rst(id, REFUSED_STREAM);
             return Ok(());
         }
-        let inbox = Arc::new(Inbox::default());
+        let inbox = Arc::new(Inbox::new(self.held.clone()));
         if end {
             inbox.end(true);
         }
@@ -1020,6 +1136,12 @@ impl Conn {
             });
         let opened = if !method_post {
             Err(Status::unimplemented("gRPC calls are POST"))
+        } else if !self.count(|c| &mut c.win_calls, CALLS_PER_WINDOW) {
+            // Before the server's shared admission bucket: one connection opening calls
+            // in a loop cannot drain it.
+            Err(Status::resource_exhausted(
+                "too many calls on this connection; retry with backoff",
+            ))
         } else {
             open_call(
                 &self.srv,
@@ -1266,28 +1388,71 @@ impl Conn {
         Poll::Ready(Ok(wrote))
     }
 
-    /// Pings a silent peer, and gives up on one that does not answer.
-    fn keepalive(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+    /// The connection's deadlines: the handshake, an unfinished header block, and
+    /// keepalive (a silent peer is pinged; one that does not answer is given up on).
+    fn timers(&mut self, cx: &mut Context<'_>) -> Option<ConnError> {
         loop {
+            let now = Instant::now();
+            if !self.settings_seen && now >= self.born + HANDSHAKE {
+                return Some(ConnError(
+                    PROTOCOL_ERROR,
+                    "no client preface and SETTINGS within the handshake deadline",
+                ));
+            }
+            if self.cont.is_some() && now >= self.cont_since + HEADER_DEADLINE {
+                return Some(ConnError(
+                    ENHANCE_YOUR_CALM,
+                    "header block not finished within its deadline",
+                ));
+            }
+            let mut next = match self.ping_sent {
+                Some(sent) if now >= sent + PING_TIMEOUT => {
+                    return Some(ConnError(NO_ERROR, "keepalive ping not answered"));
+                }
+                Some(sent) => sent + PING_TIMEOUT,
+                None if now >= self.last_read + KEEPALIVE => {
+                    // Silent this long: nothing sent before our resets is still on its way.
+                    self.resets = Vec::new();
+                    self.frame_head(8, PING, 0, 0);
+                    self.wb.put_u64(0x7069_6c6f_7466_6973); // "pilotfis"
+                    self.ping_sent = Some(now);
+                    now + PING_TIMEOUT
+                }
+                None => self.last_read + KEEPALIVE,
+            };
+            if !self.settings_seen {
+                next = next.min(self.born + HANDSHAKE);
+            }
+            if self.cont.is_some() {
+                next = next.min(self.cont_since + HEADER_DEADLINE);
+            }
+            if self.timer.deadline() != next {
+                self.timer.as_mut().reset(next);
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return None;
             }
-            let now = Instant::now();
-            if let Some(sent) = self.ping_sent {
-                if now >= sent + PING_TIMEOUT {
-                    return Some("keepalive ping not answered");
-                }
-                self.timer.as_mut().reset(sent + PING_TIMEOUT);
-            } else if now >= self.last_read + KEEPALIVE {
-                // Silent this long: nothing sent before our resets is still on its way.
-                self.resets = Vec::new();
-                self.frame_head(8, PING, 0, 0);
-                self.wb.put_u64(0x7069_6c6f_7466_6973); // "pilotfis"
-                self.ping_sent = Some(now);
-                self.timer.as_mut().reset(now + PING_TIMEOUT);
-            } else {
-                self.timer.as_mut().reset(self.last_read + KEEPALIVE);
-            }
+        }
+    }
+
+    /// Counts one of a per-window budget (`which` picks the counter); `false` past `max`.
+    fn count(&mut self, which: fn(&mut Conn) -> &mut u32, max: u32) -> bool {
+        let now = Instant::now();
+        if now >= self.win_start + RATE_WINDOW {
+            self.win_start = now;
+            (self.win_streams, self.win_calls, self.win_control) = (0, 0, 0);
+        }
+        let n = which(self);
+        *n += 1;
+        *n <= max
+    }
+
+    /// A control frame: within the window's budget, or the connection is flooding.
+    fn control(&mut self) -> Result<(), ConnError> {
+        if self.count(|c| &mut c.win_control, CONTROL_PER_WINDOW) {
+            Ok(())
+        } else {
+            Err(ConnError(ENHANCE_YOUR_CALM, "control frame flood"))
         }
     }
 

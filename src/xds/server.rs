@@ -58,20 +58,46 @@ pub struct XdsServer {
 
 /// A token bucket for new streams: `rate` per second, up to `burst` at once. Excess streams
 /// get `ResourceExhausted` and retry with their backoff. A rate of 0 admits everything.
+///
+/// Per source: while the bucket is below half full (contended), a source address that took
+/// more than twice the average share of the streams admitted in the current second is
+/// refused, so one client opening streams in a loop cannot drain the bucket that every
+/// sidecar's reconnect needs. A single source (a load test on loopback) is never over the
+/// average, so a storm from one host is only bound by the bucket itself.
 pub struct Admission {
     rate: f64,
     burst: f64,
-    state: Mutex<(f64, Instant)>,
+    state: Mutex<Bucket>,
     pub rejected: prometheus_client::metrics::counter::Counter,
 }
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    /// Admissions per source in the window that started at `since` (one second).
+    since: Instant,
+    by_source: HashMap<std::net::IpAddr, u32>,
+    total: u32,
+}
+
+/// Sources remembered per window; past this the window restarts (addresses are real TCP
+/// peers, but the map must stay bounded).
+const SOURCES_MAX: usize = 16_384;
 
 impl Admission {
     pub fn new(rate: u32, burst: u32) -> Admission {
         let burst = f64::from(burst.max(1));
+        let now = Instant::now();
         Admission {
             rate: f64::from(rate),
             burst,
-            state: Mutex::new((burst, Instant::now())),
+            state: Mutex::new(Bucket {
+                tokens: burst,
+                last: now,
+                since: now,
+                by_source: HashMap::new(),
+                total: 0,
+            }),
             rejected: Default::default(),
         }
     }
@@ -80,30 +106,47 @@ impl Admission {
         Admission::new(0, 1)
     }
 
-    pub fn try_admit(&self) -> bool {
+    /// Whether a new stream from `source` may open now.
+    pub fn try_admit(&self, source: Option<std::net::IpAddr>) -> bool {
         if self.rate <= 0.0 {
             return true;
         }
-        let mut st = self.state.lock().unwrap();
+        let mut b = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let (tokens, last) = *st;
-        let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
-        if tokens >= 1.0 {
-            *st = (tokens - 1.0, now);
-            true
-        } else {
-            *st = (tokens, now);
-            self.rejected.inc();
-            false
+        b.tokens =
+            (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
+        b.last = now;
+        if now.duration_since(b.since) >= std::time::Duration::from_secs(1)
+            || b.by_source.len() >= SOURCES_MAX
+        {
+            b.since = now;
+            b.by_source.clear();
+            b.total = 0;
         }
+        let mine = source.map_or(0, |ip| b.by_source.get(&ip).copied().unwrap_or(0));
+        let sources = b.by_source.len().max(1) as u64;
+        let hog = b.tokens < self.burst / 2.0
+            && b.by_source.len() >= 2
+            && u64::from(mine) * sources > 2 * u64::from(b.total);
+        if hog || b.tokens < 1.0 {
+            self.rejected.inc();
+            return false;
+        }
+        b.tokens -= 1.0;
+        b.total += 1;
+        if let Some(ip) = source {
+            *b.by_source.entry(ip).or_insert(0) += 1;
+        }
+        true
     }
 }
 
 /// Per-stream response queue depth. Small on purpose: a proxy that does not read only
 /// holds up its own task, and the task always generates from the newest generation.
 const QUEUE: usize = 4;
-/// Largest message accepted from a proxy.
-pub const MAX_MESSAGE: usize = 64 << 20;
+/// Largest request message accepted from a proxy (gRPC's own default is 4 MiB; an xDS
+/// request naming 100,000 resources is a few MB).
+pub const MAX_MESSAGE: usize = 16 << 20;
 
 impl XdsServer {
     fn current(&self) -> Result<Published, Status> {
@@ -598,8 +641,8 @@ async fn run<V: Variant>(
 
 impl XdsServer {
     /// On the TLS port: the identity the stream's bearer token proves, or a refusal.
-    fn admit(&self) -> Result<(), Status> {
-        if self.admission.try_admit() {
+    fn admit<T>(&self, head: &Request<T>) -> Result<(), Status> {
+        if self.admission.try_admit(head.remote_addr().map(|a| a.ip())) {
             Ok(())
         } else {
             Err(Status::resource_exhausted(
@@ -628,7 +671,7 @@ impl XdsServer {
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
         self.current()?;
-        self.admit()?;
+        self.admit(head)?;
         let peer = peer_of(head);
         let identity = self.authenticate(head, &peer)?;
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -654,5 +697,29 @@ impl XdsServer {
         fixed: Option<&'static str>,
     ) -> Result<mpsc::Receiver<Result<Plan, Status>>, Status> {
         self.open::<delta::Delta>(head, body, fixed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admission;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn one_source_cannot_drain_admission_for_the_others() {
+        let ip = |n| Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)));
+        // A rate too slow to refill during the test: only the burst counts.
+        let a = Admission::new(1, 100);
+        // Two sidecars connect, then one source opens streams in a loop.
+        assert!(a.try_admit(ip(2)) && a.try_admit(ip(3)));
+        let hog = (0..1000).filter(|_| a.try_admit(ip(1))).count();
+        // It gets streams only while the bucket is more than half full.
+        assert!((40..=60).contains(&hog), "hog admitted {hog}");
+        // The rest of the bucket is left for everyone else.
+        let others = (4..=40).filter(|&n| a.try_admit(ip(n))).count();
+        assert_eq!(others, 37, "other sources refused");
+        // A single source (a load test from one host) drains the bucket alone, as before.
+        let single = Admission::new(1, 100);
+        assert_eq!((0..1000).filter(|_| single.try_admit(ip(9))).count(), 100);
     }
 }
