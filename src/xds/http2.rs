@@ -130,7 +130,7 @@ const CONTROL_PER_WINDOW: u32 = 10_000;
 const CONN_HELD_MAX: usize = super::server::MAX_MESSAGE + 5 + STREAM_WINDOW as usize;
 /// The same for all connections together; past it, a connection holding more than
 /// `HELD_FAIR` is closed (a well-behaved proxy's requests are taken as they arrive).
-const HELD_MAX: usize = 64 << 20;
+const HELD_MAX: usize = 32 << 20;
 const HELD_FAIR: usize = 64 * 1024;
 
 /// Request bytes buffered by every connection (see `CONN_HELD_MAX`).

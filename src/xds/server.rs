@@ -60,8 +60,8 @@ pub struct XdsServer {
 /// get `ResourceExhausted` and retry with their backoff. A rate of 0 admits everything.
 ///
 /// Per source: while the bucket is below half full (contended), a source address that took
-/// more than twice the average share of the streams admitted in the current second is
-/// refused, so one client opening streams in a loop cannot drain the bucket that every
+/// more than the average share (plus 8) of the streams admitted lately (counts halve every
+/// second) is refused, so one client opening streams in a loop cannot drain the bucket that every
 /// sidecar's reconnect needs. A single source (a load test on loopback) is never over the
 /// average, so a storm from one host is only bound by the bucket itself.
 pub struct Admission {
@@ -74,11 +74,15 @@ pub struct Admission {
 struct Bucket {
     tokens: f64,
     last: Instant,
-    /// Admissions per source in the window that started at `since` (one second).
+    /// Admissions per source, halved each second (`since`: the last halving), with
+    /// whether the source asked since then; a source silent for a whole second is dropped.
     since: Instant,
-    by_source: HashMap<std::net::IpAddr, u32>,
+    by_source: HashMap<std::net::IpAddr, (u32, bool)>,
     total: u32,
 }
+
+/// Admissions a source may take over the average share before it counts as a hog.
+const HOG_SLACK: u32 = 8;
 
 /// Sources remembered per window; past this the window restarts (addresses are real TCP
 /// peers, but the map must stay bounded).
@@ -116,18 +120,27 @@ impl Admission {
         b.tokens =
             (b.tokens + now.duration_since(b.last).as_secs_f64() * self.rate).min(self.burst);
         b.last = now;
-        if now.duration_since(b.since) >= std::time::Duration::from_secs(1)
-            || b.by_source.len() >= SOURCES_MAX
-        {
-            b.since = now;
+        if b.by_source.len() >= SOURCES_MAX {
             b.by_source.clear();
             b.total = 0;
         }
-        let mine = source.map_or(0, |ip| b.by_source.get(&ip).copied().unwrap_or(0));
-        let sources = b.by_source.len().max(1) as u64;
-        let hog = b.tokens < self.burst / 2.0
-            && b.by_source.len() >= 2
-            && u64::from(mine) * sources > 2 * u64::from(b.total);
+        if now.duration_since(b.since) >= std::time::Duration::from_secs(1) {
+            b.since = now;
+            b.by_source.retain(|_, (n, asked)| {
+                *n /= 2;
+                std::mem::take(asked)
+            });
+            b.total = b.by_source.values().map(|v| v.0).sum();
+        }
+        // Every source that asks is counted, admitted or not: a sidecar refused once is a
+        // source the others must leave room for.
+        let mine = source.map_or(0, |ip| {
+            let e = b.by_source.entry(ip).or_insert((0, true));
+            e.1 = true;
+            e.0
+        });
+        let sources = b.by_source.len().max(1) as u32;
+        let hog = b.tokens < self.burst / 2.0 && mine > b.total / sources + HOG_SLACK;
         if hog || b.tokens < 1.0 {
             self.rejected.inc();
             return false;
@@ -135,7 +148,7 @@ impl Admission {
         b.tokens -= 1.0;
         b.total += 1;
         if let Some(ip) = source {
-            *b.by_source.entry(ip).or_insert(0) += 1;
+            b.by_source.entry(ip).or_insert((0, true)).0 += 1;
         }
         true
     }
@@ -710,14 +723,14 @@ mod tests {
         let ip = |n| Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, n)));
         // A rate too slow to refill during the test: only the burst counts.
         let a = Admission::new(1, 100);
-        // Two sidecars connect, then one source opens streams in a loop.
-        assert!(a.try_admit(ip(2)) && a.try_admit(ip(3)));
+        // A sidecar connects, then one source opens streams in a loop.
+        assert!(a.try_admit(ip(2)));
         let hog = (0..1000).filter(|_| a.try_admit(ip(1))).count();
         // It gets streams only while the bucket is more than half full.
         assert!((40..=60).contains(&hog), "hog admitted {hog}");
         // The rest of the bucket is left for everyone else.
-        let others = (4..=40).filter(|&n| a.try_admit(ip(n))).count();
-        assert_eq!(others, 37, "other sources refused");
+        let others = (3..=40).filter(|&n| a.try_admit(ip(n))).count();
+        assert_eq!(others, 38, "other sources refused");
         // A single source (a load test from one host) drains the bucket alone, as before.
         let single = Admission::new(1, 100);
         assert_eq!((0..1000).filter(|_| single.try_admit(ip(9))).count(), 100);
