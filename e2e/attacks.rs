@@ -5,10 +5,13 @@
 //! - pilotfish's peak RSS during the attack stays within the bound the attack states;
 //! - pilotfish's CPU returns to idle afterwards;
 //! - the sidecar keeps its xDS connection and stream and receives the next config change.
+#[path = "support/h2.rs"]
+mod h2;
 #[path = "support/mod.rs"]
 mod support;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use h2::{frame, grpc, grpc_headers, literal_block, preface, ADS};
 use prost::Message;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,62 +22,9 @@ use support::{need_root, wait_until, write_file, ControlPlane, Mesh, Pod, PodSpe
 
 const READY: Duration = Duration::from_secs(40);
 const ENHANCE_YOUR_CALM: u32 = 0xb;
-const ADS: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-
-fn frame(ty: u8, flags: u8, id: u32, p: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(9 + p.len());
-    f.extend_from_slice(&(p.len() as u32).to_be_bytes()[1..]);
-    f.push(ty);
-    f.push(flags);
-    f.extend_from_slice(&id.to_be_bytes());
-    f.extend_from_slice(p);
-    f
-}
-
-/// The client preface: the magic and an empty SETTINGS frame (or the given settings).
-fn preface(settings: &[(u16, u32)]) -> Vec<u8> {
-    let mut p = Vec::new();
-    for (id, v) in settings {
-        p.extend_from_slice(&id.to_be_bytes());
-        p.extend_from_slice(&v.to_be_bytes());
-    }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    out.extend(frame(4, 0, 0, &p));
-    out
-}
-
-/// HPACK literals without indexing, new names.
-fn literal_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut b = Vec::new();
-    for (n, v) in fields {
-        b.push(0);
-        for s in [n, v] {
-            assert!(s.len() < 127);
-            b.push(s.len() as u8);
-            b.extend_from_slice(s.as_bytes());
-        }
-    }
-    b
-}
 
 fn ads_headers() -> Vec<u8> {
-    literal_block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (":path", ADS),
-        (":authority", "x"),
-        ("content-type", "application/grpc"),
-        ("te", "trailers"),
-    ])
-}
-
-/// A gRPC message: prefix and body.
-fn grpc(msg: &[u8]) -> Vec<u8> {
-    let mut m = vec![0];
-    m.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    m.extend_from_slice(msg);
-    m
+    grpc_headers(ADS)
 }
 
 fn cds_request(node: &str) -> Vec<u8> {

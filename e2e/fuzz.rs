@@ -7,7 +7,12 @@
 //!
 //! Targets: the state-of-the-world request decoder (`wire::SotwRequest`, names read in
 //! place), the delta request decoder with its claims (`claims::DeltaRequest`), the config
-//! parser through validation, the World build and translation, and the MeshConfig parser.
+//! parser through validation, the World build and translation, the MeshConfig parser, the
+//! plaintext xDS port's HTTP/2 frame reader (a connection fed in memory, its streams run)
+//! and its gRPC message framer.
+
+#[path = "support/h2.rs"]
+mod h2;
 
 use pilotfish::api::{mesh::parse_mesh, parse_file};
 use pilotfish::model::{Index, MeshConfig, Proxy};
@@ -251,5 +256,154 @@ fn mesh_config_parser() {
             mesh.apply_file(m);
             let _ = Arc::new(mesh);
         }
+    });
+}
+
+/// A server with a published config, for the frame reader's streams to open on.
+fn xds_server() -> pilotfish::xds::server::XdsServer {
+    use pilotfish::xds::server::{Admission, Published, XdsServer};
+    let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  ports: [{name: http, port: 80}]\n";
+    let w = pilotfish::app::world_from_files(&[("a.yaml", yaml)], MeshConfig::default());
+    let gen = Arc::new(pilotfish::xds::cache::Generation::new(Arc::new(w)));
+    let (tx, rx) = tokio::sync::watch::channel(Some(Published {
+        gen,
+        changed_at: Instant::now(),
+    }));
+    std::mem::forget(tx);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop_tx);
+    XdsServer {
+        current: rx,
+        metrics: Arc::new(pilotfish::metrics::Metrics::new()),
+        conns: Arc::new(pilotfish::xds::status::Connections::default()),
+        stop,
+        security: None,
+        require_auth: false,
+        admission: Arc::new(Admission::unlimited()),
+        vhds: true,
+    }
+}
+
+fn frames_corpus() -> Vec<Vec<u8>> {
+    use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+    use h2::{frame, grpc, grpc_headers, literal_block, preface, ADS};
+    let node = Some(envoy_types::pb::envoy::config::core::v3::Node {
+        id: "sidecar~10.0.0.3~a.default~default.svc.cluster.local".into(),
+        ..Default::default()
+    });
+    let sotw = DiscoveryRequest {
+        node: node.clone(),
+        type_url: "type.googleapis.com/envoy.config.cluster.v3.Cluster".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let delta = DeltaDiscoveryRequest {
+        node,
+        type_url: "type.googleapis.com/envoy.config.listener.v3.Listener".into(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let delta_path =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+    let mut a = preface(&[(4, 65_535), (5, 16_384)]);
+    a.extend(frame(1, 0x4, 1, &grpc_headers(ADS)));
+    a.extend(frame(0, 0, 1, &grpc(&sotw)));
+    a.extend(frame(8, 0, 0, &1000u32.to_be_bytes()));
+    a.extend(frame(6, 0, 0, b"12345678"));
+    a.extend(frame(0, 1, 1, &[]));
+    // Delta, the message cut over two DATA frames (one padded), a header block in pieces.
+    let mut b = preface(&[]);
+    let block = grpc_headers(delta_path);
+    b.extend(frame(1, 0, 3, &block[..10]));
+    b.extend(frame(9, 0x4, 3, &block[10..]));
+    let m = grpc(&delta);
+    b.extend(frame(0, 0, 3, &m[..7]));
+    let mut padded = vec![4];
+    padded.extend_from_slice(&m[7..]);
+    padded.extend_from_slice(&[0; 4]);
+    b.extend(frame(0, 0x8, 3, &padded));
+    b.extend(frame(3, 0, 3, &8u32.to_be_bytes()));
+    // Trailers, priority, a second stream, indexing, a table size update, GOAWAY.
+    let mut c = preface(&[(1, 4096), (3, 10)]);
+    let mut idx = vec![0x20, 0x40, 4];
+    idx.extend_from_slice(b"x-ab");
+    idx.extend_from_slice(&[3]);
+    idx.extend_from_slice(b"one");
+    idx.extend(grpc_headers(ADS));
+    idx.push(0xbe);
+    c.extend(frame(
+        1,
+        0x4 | 0x20,
+        5,
+        &[&[0, 0, 0, 0, 16][..], &idx].concat(),
+    ));
+    c.extend(frame(0, 0, 5, &grpc(&sotw)));
+    c.extend(frame(1, 0x5, 5, &literal_block(&[("x-trailer", "1")])));
+    c.extend(frame(2, 0, 7, &[0, 0, 0, 5, 20]));
+    c.extend(frame(
+        1,
+        0x5,
+        7,
+        &literal_block(&[(":method", "GET"), (":scheme", "http"), (":path", "/")]),
+    ));
+    c.extend(frame(7, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]));
+    vec![a, b, c]
+}
+
+/// The plaintext xDS port's frame reader, on a connection fed in memory: every input is
+/// cut into reads at places it chooses itself, the streams it opens run (request framing
+/// and decoding included), their answers are framed; buffered request bytes must all be
+/// released when the connection goes. Then the gRPC message framer alone.
+#[test]
+fn http2_frame_reader_and_grpc_framer() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = rt.enter();
+    let srv = xds_server();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (io, _) = listener.accept().unwrap();
+    io.set_nonblocking(true).unwrap();
+    let run = std::cell::RefCell::new(move || {
+        for _ in 0..4 {
+            rt.block_on(tokio::task::yield_now());
+        }
+    });
+    let ctx = std::panic::AssertUnwindSafe((&srv, &io, &run));
+    fuzz("http2_frames", 20_000, frames_corpus(), |b| {
+        let (srv, io, run) = *ctx;
+        // Reads cut where the input's own bytes say (so mutations move them too).
+        let cuts: Vec<usize> = b.iter().step_by(97).map(|&x| 1 + x as usize * 7).collect();
+        let mut run = run.borrow_mut();
+        pilotfish::xds::http2::fuzz::frames(srv, io, b, &cuts, &mut *run);
+    });
+    // The inputs reached the server: streams opened, requests decoded, config sent.
+    let sent = srv.metrics.bytes_sent.get();
+    println!("fuzz http2_frames: {sent} response bytes generated");
+    assert!(
+        sent > 0,
+        "no stream ever got an answer: the target fuzzes nothing"
+    );
+    drop(client);
+
+    // The framer: messages cut at every place, with size limits and ends of both kinds.
+    let msgs: Vec<Vec<u8>> = vec![
+        h2::grpc(b"hello"),
+        [h2::grpc(&[]), h2::grpc(&[7; 300]), h2::grpc(b"x")].concat(),
+        h2::grpc(&[1; 70_000]),
+    ];
+    fuzz("grpc_framer", 50_000, msgs, |b| {
+        let k = b.first().copied().unwrap_or(0) as usize;
+        let cut = (k * 13).min(b.len());
+        let (x, y) = b.split_at(cut);
+        let end = match k % 3 {
+            0 => Some(true),
+            1 => Some(false),
+            _ => None,
+        };
+        let max = [64, 1 << 20, 16 << 20][k % 3];
+        let _ = pilotfish::xds::http2::fuzz::inbox(&[x, y], end, max);
     });
 }

@@ -3,12 +3,15 @@
 //! subscribe/unsubscribe/removed/initial versions, push order, no duplicate names,
 //! `Unavailable` before the first load, and a stalled client not delaying another.
 
+#[path = "support/h2.rs"]
+mod h2;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc;
+use h2::{frame, literal_block};
 use pilotfish::metrics::Metrics;
 use pilotfish::model::MeshConfig;
 use pilotfish::xds::cache::Generation;
@@ -1158,18 +1161,6 @@ async fn http2_small_client_windows_and_a_request_larger_than_the_window() {
 }
 
 /// An HTTP/2 frame.
-fn frame(ty: u8, flags: u8, id: u32, p: &[u8]) -> Vec<u8> {
-    let mut f = vec![
-        (p.len() >> 16) as u8,
-        (p.len() >> 8) as u8,
-        p.len() as u8,
-        ty,
-        flags,
-    ];
-    f.extend_from_slice(&id.to_be_bytes());
-    f.extend_from_slice(p);
-    f
-}
 
 /// The next frame (type, flags, stream, payload); `None` once closed or silent.
 async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
@@ -1186,17 +1177,6 @@ async fn read_frame(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u
 }
 
 /// A header block of literals without indexing (new names, no Huffman coding).
-fn literal_block(fields: &[(&str, &str)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (n, v) in fields {
-        block.push(0);
-        block.push(n.len() as u8);
-        block.extend_from_slice(n.as_bytes());
-        block.push(v.len() as u8);
-        block.extend_from_slice(v.as_bytes());
-    }
-    block
-}
 
 /// Raw HTTP/2 against pilotfish's transport: settings are acknowledged, pings answered,
 /// an unknown method gets a trailers-only UNIMPLEMENTED, and a non-HTTP/2 client is

@@ -1730,6 +1730,114 @@ fn status_trailers(s: &Status) -> http::HeaderMap {
     super::wire::trailers(Some(s).filter(|s| s.code() != tonic::Code::Ok))
 }
 
+/// Entry points for the fuzz targets (`e2e/fuzz.rs`): the frame reader and the gRPC
+/// message framer driven in memory, with the invariants a run must keep.
+#[doc(hidden)]
+pub mod fuzz {
+    use super::*;
+
+    /// Feeds `input` to a fresh connection's frame reader, cut where `cuts` says (as reads
+    /// from the socket would cut it), lets the streams it opened run, and frames their
+    /// answers. `io` is a connected socket (a duplicate of it is used; nothing is written).
+    /// Must be called inside a tokio runtime; `run` drives the stream tasks.
+    /// Panics if the request bytes the connection buffered are not all released when it
+    /// goes.
+    pub fn frames(
+        srv: &XdsServer,
+        io: &std::net::TcpStream,
+        input: &[u8],
+        cuts: &[usize],
+        run: &mut dyn FnMut(),
+    ) {
+        let before = HELD.load(Ordering::SeqCst);
+        let io = TcpStream::from_std(io.try_clone().expect("dup")).expect("register");
+        let peer = io.peer_addr().expect("peer");
+        let mut c = Conn::new(
+            io,
+            peer,
+            None,
+            srv.clone(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut rest = input;
+        for &cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+            if rest.is_empty() {
+                break;
+            }
+            let (now, later) = rest.split_at(cut.min(rest.len()));
+            rest = later;
+            if c.input(now).is_err() {
+                break;
+            }
+            run();
+            c.grant(&mut cx);
+            c.fill(&mut cx);
+            // What a write would take: the queue is dropped as if sent.
+            c.seal();
+            c.out.clear();
+            c.out_len = 0;
+        }
+        drop(c);
+        let after = HELD.load(Ordering::SeqCst);
+        assert_eq!(after, before, "buffered request bytes not released");
+    }
+
+    /// The gRPC message framer: `chunks` pushed into a stream's inbox (then ended cleanly
+    /// or by a reset), and every message read with the size limit `max`. Returns the
+    /// messages read and whether the stream ended in an error. Panics if a message is not
+    /// what was sent or buffered bytes stay counted.
+    pub fn inbox(chunks: &[&[u8]], end: Option<bool>, max: usize) -> (Vec<Bytes>, bool) {
+        let before = HELD.load(Ordering::SeqCst);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let inbox = Inbox::default();
+        let mut got = Vec::new();
+        let mut failed = false;
+        let mut read = |inbox: &Inbox, got: &mut Vec<Bytes>| loop {
+            match inbox.poll_message(&mut cx, max) {
+                Poll::Ready(Ok(Some(m))) => got.push(m),
+                Poll::Ready(Ok(None)) | Poll::Pending => return false,
+                Poll::Ready(Err(_)) => return true,
+            }
+        };
+        for c in chunks {
+            inbox.push(c);
+            let _ = inbox.take_consumed(&waker);
+            if read(&inbox, &mut got) {
+                failed = true;
+                break;
+            }
+        }
+        if !failed {
+            if let Some(clean) = end {
+                inbox.end(clean);
+            }
+            failed = read(&inbox, &mut got);
+        }
+        // Every message read is one the sender framed, in order.
+        let sent: Vec<u8> = chunks.concat();
+        let mut pos = 0;
+        for m in &got {
+            assert!(m.len() <= max);
+            assert_eq!(sent[pos], 0);
+            let len =
+                u32::from_be_bytes([sent[pos + 1], sent[pos + 2], sent[pos + 3], sent[pos + 4]]);
+            assert_eq!(len as usize, m.len());
+            assert_eq!(&sent[pos + 5..pos + 5 + m.len()], &m[..]);
+            pos += 5 + m.len();
+        }
+        drop(inbox);
+        assert_eq!(
+            HELD.load(Ordering::SeqCst),
+            before,
+            "inbox bytes still counted"
+        );
+        (got, failed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
