@@ -3,7 +3,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
 
 const READY: Duration = Duration::from_secs(40);
@@ -17,15 +19,11 @@ fn call(a: &Pod, path: &str) -> u16 {
     a.curl(&format!("http://b:8080{path}"), &["-m", "5"]).0
 }
 
-#[test]
-fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
-    if !need_root("faults") {
-        return;
-    }
-    let mesh = Mesh::new();
-    let dir = tempfile::tempdir().unwrap();
+/// Pod b (an instance of service b, whose routes are `ROUTES`) and pod a calling it, both
+/// with sidecars, on a fresh control plane; returns once a's calls are routed.
+fn two_pods(mesh: &Mesh, dir: &std::path::Path) -> (ControlPlane, Pod, Pod) {
     write(
-        dir.path(),
+        dir,
         "registry.yaml",
         &format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
@@ -34,9 +32,9 @@ fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
             b = mesh.addr(11)
         ),
     );
-    write(dir.path(), "routes.yaml", ROUTES);
-    let mut cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
-    let _b = mesh.start_pod(PodSpec::new("b").host(11).port(8080).control_plane(&cp));
+    write(dir, "routes.yaml", ROUTES);
+    let cp = ControlPlane::start_with(mesh, dir, &["--debounce-ms", "50"]);
+    let b = mesh.start_pod(PodSpec::new("b").host(11).port(8080).control_plane(&cp));
     let a = mesh.start_pod(PodSpec::new("a").host(20).control_plane(&cp));
     a.hosts(&[("b", &mesh.vip(0).to_string())]);
     assert!(
@@ -44,21 +42,36 @@ fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
         "routing never converged\n{}",
         cp.log_tail(20)
     );
+    (cp, b, a)
+}
 
-    // SIGKILL: the sidecars keep their last config; no request fails during the outage.
-    cp.kill();
-    let outage: Vec<u16> = (0..40)
-        .map(|i| call(&a, if i % 2 == 0 { "/" } else { "/teapot" }))
+/// 40 calls from a to b alternating `/` (200) and `/teapot` (418): how many were answered
+/// otherwise, and the codes.
+fn outage_calls(a: &Pod) -> (usize, Vec<u16>) {
+    let codes: Vec<u16> = (0..40)
+        .map(|i| call(a, if i % 2 == 0 { "/" } else { "/teapot" }))
         .collect();
-    let bad = outage
+    let bad = codes
         .iter()
         .enumerate()
         .filter(|(i, c)| **c != if i % 2 == 0 { 200 } else { 418 })
         .count();
-    println!(
-        "outage: {} requests, {bad} answered otherwise than before",
-        outage.len()
-    );
+    (bad, codes)
+}
+
+#[test]
+fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
+    if !need_root("faults") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cp, _b, a) = two_pods(&mesh, dir.path());
+
+    // SIGKILL: the sidecars keep their last config; no request fails during the outage.
+    cp.kill();
+    let (bad, outage) = outage_calls(&a);
+    println!("outage: 40 requests, {bad} answered otherwise than before");
     assert_eq!(
         bad, 0,
         "requests failed while the control plane was down: {outage:?}"
@@ -119,6 +132,195 @@ fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
             && call(&a, "/kettle") == 418),
         "the fixed file was not taken"
     );
+}
+
+/// What the simulated proxies saw: per proxy, the clusters of the last CDS response it
+/// ACKed; responses that did not decode (each NACKed); connections made.
+#[derive(Default)]
+struct Sims {
+    clusters: Vec<AtomicUsize>,
+    bad: AtomicUsize,
+    connects: AtomicUsize,
+    stop: AtomicBool,
+}
+
+impl Sims {
+    /// How many proxies hold at least `n` clusters.
+    fn at_least(&self, n: usize) -> usize {
+        self.clusters
+            .iter()
+            .filter(|c| c.load(Ordering::SeqCst) >= n)
+            .count()
+    }
+}
+
+/// A simulated sidecar: an ADS stream (state of the world) subscribed to every cluster,
+/// each response decoded and ACKed (NACKed if a resource does not decode), reconnecting
+/// with Envoy's backoff (0.5 s base, jittered) when the stream ends.
+async fn simulated_proxy(addr: String, i: usize, sims: Arc<Sims>) {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use prost::Message;
+    const CDS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    let node = Node {
+        id: format!("sidecar~10.99.0.{i}~sim-{i}.default~default.svc.cluster.local"),
+        cluster: "sim".into(),
+        ..Default::default()
+    };
+    while !sims.stop.load(Ordering::SeqCst) {
+        let backoff = Duration::from_millis(250 + (i as u64 * 37) % 500);
+        let Ok(mut client) =
+            AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await
+        else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let _ = tx
+            .send(DiscoveryRequest {
+                node: Some(node.clone()),
+                type_url: CDS.into(),
+                ..Default::default()
+            })
+            .await;
+        let Ok(resp) = client
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        else {
+            tokio::time::sleep(backoff).await;
+            continue;
+        };
+        sims.connects.fetch_add(1, Ordering::SeqCst);
+        let mut stream = resp.into_inner();
+        while let Ok(Some(r)) = stream.message().await {
+            let ok = r
+                .resources
+                .iter()
+                .all(|res| Cluster::decode(&res.value[..]).is_ok());
+            let mut ack = DiscoveryRequest {
+                type_url: CDS.into(),
+                response_nonce: r.nonce.clone(),
+                ..Default::default()
+            };
+            if ok {
+                ack.version_info = r.version_info.clone();
+                sims.clusters[i].store(r.resources.len(), Ordering::SeqCst);
+            } else {
+                sims.bad.fetch_add(1, Ordering::SeqCst);
+                ack.error_detail = Some(envoy_types::pb::google::rpc::Status {
+                    code: 3,
+                    message: "a cluster did not decode".into(),
+                    ..Default::default()
+                });
+            }
+            if tx.send(ack).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// The control plane SIGKILLed in the middle of a push to 50 proxies (2 real sidecars, 48
+/// simulated), then restarted: no request between the real pods fails during the outage,
+/// every proxy reconverges on the config that was being pushed, nothing is NACKed.
+#[test]
+fn killed_mid_push_to_50_proxies_all_reconverge() {
+    if !need_root("faults") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cp, b, a) = two_pods(&mesh, dir.path());
+    const SIMS: usize = 48;
+    let sims = Arc::new(Sims {
+        clusters: (0..SIMS).map(|_| AtomicUsize::new(0)).collect(),
+        ..Default::default()
+    });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for i in 0..SIMS {
+        rt.spawn(simulated_proxy(cp.xds_address.clone(), i, sims.clone()));
+    }
+    assert!(
+        wait_until(READY, || sims.at_least(1) == SIMS),
+        "the simulated proxies never got their clusters"
+    );
+    let before = sims.clusters[0].load(Ordering::SeqCst);
+    // Each round adds 1,000 services (a push of 1,000 more clusters to each of 50 proxies) and
+    // kills the control plane as soon as one simulated proxy has it, unless every one
+    // already had it by then (then the next round tries again).
+    let mut round = 0;
+    let mut services = 0;
+    let had_it = loop {
+        round += 1;
+        assert!(round <= 5, "never caught a push in the middle");
+        let mut text = String::new();
+        for k in 0..1000 {
+            text.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: big-{round}-{k}}}\nspec:\n  ports: [{{name: http, port: 80}}]\n---\n"
+            ));
+        }
+        services += 1000;
+        let want = before + services;
+        write(dir.path(), &format!("big-{round}.yaml"), &text);
+        let t = Instant::now();
+        while sims.at_least(want) == 0 && t.elapsed() < READY {
+            std::hint::spin_loop();
+        }
+        let n = sims.at_least(want);
+        if n < SIMS {
+            cp.kill();
+            break n;
+        }
+    };
+    let want = before + services;
+    println!(
+        "SIGKILL in round {round}: {had_it} of {SIMS} simulated proxies had the new {want} clusters"
+    );
+    assert!(had_it < SIMS, "the kill came after the push");
+
+    // The outage: the real sidecars keep their last config.
+    let connects = sims.connects.load(Ordering::SeqCst);
+    let (bad, codes) = outage_calls(&a);
+    println!("outage: 40 requests, {bad} answered otherwise than before");
+    assert_eq!(bad, 0, "requests failed during the outage: {codes:?}");
+
+    cp.restart();
+    let t = Instant::now();
+    let real_has = |p: &Pod| {
+        p.envoy_admin("/clusters")
+            .contains(&format!("big-{round}-999.default.svc.cluster.local"))
+    };
+    let converged = wait_until(READY, || {
+        sims.at_least(want) == SIMS && real_has(&a) && real_has(&b)
+    });
+    let took = t.elapsed();
+    sims.stop.store(true, Ordering::SeqCst);
+    println!(
+        "after the restart: {} of {SIMS} simulated and {} of 2 real proxies converged in {took:.1?}; {} reconnects",
+        sims.at_least(want),
+        real_has(&a) as u8 + real_has(&b) as u8,
+        sims.connects.load(Ordering::SeqCst) - connects
+    );
+    assert!(
+        converged,
+        "not every proxy reconverged\n{}",
+        cp.log_tail(20)
+    );
+    assert_eq!(
+        sims.bad.load(Ordering::SeqCst),
+        0,
+        "simulated proxies NACKed"
+    );
+    for p in [&a, &b] {
+        let nacks = p.envoy_stats("update_rejected");
+        assert!(nacks.iter().all(|(_, v)| *v == 0), "NACKs: {nacks:?}");
+    }
+    // Traffic still flows after the restart.
+    let (bad, codes) = outage_calls(&a);
+    assert_eq!(bad, 0, "requests failed after the restart: {codes:?}");
 }
 
 /// A FIFO named like a config file used to block the reader forever, and one file that is
