@@ -71,8 +71,9 @@ pub struct ServeArgs {
     /// host instead of its port's whole route configuration. `false` serves them inline.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub vhds: bool,
-    /// The plaintext xDS port's HTTP/2 server: `own` (`xds::http2`, the default: no buffers
-    /// held by idle connections) or `hyper` (tonic on hyper's h2, tuned; for comparison).
+    /// The xDS ports' HTTP/2 server: `own` (`xds::http2`, the default: no buffers held by
+    /// idle connections; the TLS port runs it behind rustls) or `hyper` (tonic on hyper's
+    /// h2 for both, tuned; for comparison).
     #[arg(long, default_value = "own")]
     pub xds_http2: String,
     /// xDS + SDS over TLS with bearer-token authentication; also pilotfish's ext_authz
@@ -775,23 +776,60 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
-    let mut secure_stop = stopping.clone();
-    let secure_task = tokio::spawn(
-        hardened(tonic::transport::Server::builder())
-            .tls_config(tls)?
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_routes(with_fallback(
-                xds_routes(secure).add_service(
-                        envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
-                    ),
-            ))
-            .serve_with_incoming_shutdown(
-                nodelay(secure_listener),
-                async move {
-                    let _ = secure_stop.wait_for(|s| *s).await;
-                },
-            ),
-    );
+    let secure_stop = stopping.clone();
+    let secure_task = if a.xds_http2 == "own" {
+        // Both xDS ports on one HTTP/2 stack: the own server, here behind rustls, with the
+        // built-in ext_authz provider next to xDS and SDS.
+        let acceptor = tls_acceptor(
+            &server_cert.cert_chain_pem,
+            &server_cert.key_pem,
+            &ca.bundle_pem(),
+        )?;
+        let svc = envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz);
+        let extra = crate::xds::http2::Extra {
+            prefix: "/envoy.service.auth.v3.Authorization/",
+            call: Box::new(move |req| {
+                use tonic::codegen::Service;
+                let mut svc = svc.clone();
+                Box::pin(async move {
+                    match svc.call(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                })
+            }),
+        };
+        tokio::spawn(async move {
+            crate::xds::http2::serve_tls(
+                secure_listener,
+                acceptor,
+                secure,
+                Some(extra),
+                secure_stop,
+                Duration::from_secs(2),
+            )
+            .await;
+            Ok(())
+        })
+    } else {
+        let mut secure_stop = secure_stop;
+        tokio::spawn(
+            hardened(tonic::transport::Server::builder())
+                .tls_config(tls)?
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_routes(with_fallback(
+                    xds_routes(secure).add_service(
+                            envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
+                        ),
+                ))
+                .serve_with_incoming_shutdown(
+                    nodelay(secure_listener),
+                    async move {
+                        let _ = secure_stop.wait_for(|s| *s).await;
+                    },
+                ),
+        )
+    };
     info!(%secure_addr, "xDS over TLS serving");
     // The plaintext port, where every sidecar connects, runs pilotfish's own HTTP/2 server
     // (see `xds::http2`: no buffers held by idle connections).
@@ -822,6 +860,39 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// The TLS port's server config for the own HTTP/2 server: the xDS serving certificate,
+/// ALPN `h2`, client certificates optional and verified against the mesh's roots (xDS
+/// streams authenticate with tokens; the ext_authz service requires a certificate).
+fn tls_acceptor(
+    chain_pem: &str,
+    key_pem: &str,
+    roots_pem: &str,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the xDS serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the xDS serving key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(c.context("the mesh's roots")?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// The xDS services (ADS and the per-type ones) of one server.

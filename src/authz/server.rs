@@ -195,7 +195,12 @@ impl Authorization for AuthzService {
         req: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let t = Instant::now();
-        if self.require_peer && req.peer_certs().is_none_or(|c| c.is_empty()) {
+        let has_cert = req.peer_certs().is_some_and(|c| !c.is_empty())
+            || req
+                .extensions()
+                .get::<crate::xds::http2::PeerCerts>()
+                .is_some_and(|c| !c.0.is_empty());
+        if self.require_peer && !has_cert {
             self.metrics.authz_check("unauthenticated", t.elapsed());
             return Err(tonic::Status::unauthenticated(
                 "a mesh certificate is required to ask for authorization",

@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
@@ -82,8 +82,10 @@ const NO_LENGTH: u64 = u64::MAX;
 const HEADER_TABLE: usize = 4096;
 /// Request bytes a stream may have in flight before its task consumed them.
 const STREAM_WINDOW: u32 = 1 << 20;
-/// The same for the whole connection.
-const CONN_WINDOW: u32 = 16 << 20;
+/// The same for the whole connection: what a client can make us hold without any window
+/// granted beyond the initial one (a delta reconnect's requests, ~1 MB at 12,000
+/// resources, fit).
+const CONN_WINDOW: u32 = 1 << 20;
 /// Most a message announcement reserves up front (larger ones grow as they arrive).
 const RESERVE_MAX: usize = 4 << 20;
 /// Window is granted back in steps of this much consumed data.
@@ -128,18 +130,16 @@ const CONTROL_PER_WINDOW: u32 = 10_000;
 /// Request bytes one connection may have buffered (received and not yet taken as whole
 /// messages by its streams): one largest message and a stream window.
 const CONN_HELD_MAX: usize = super::server::MAX_MESSAGE + 5 + STREAM_WINDOW as usize;
-/// The same for all connections together; past it, a connection holding more than
-/// `HELD_FAIR` is closed (a well-behaved proxy's requests are taken as they arrive).
+/// The bytes held beyond the initial windows (granted as part of a message larger than a
+/// window) for all connections together: past it, a connection holding more than its
+/// initial window (`HELD_FREE`) is closed. Within the initial windows a connection is
+/// never closed for holding bytes: a reconnect storm of 2,000 proxies legitimately holds
+/// ~1 MB each while their streams' tasks catch up.
 const HELD_MAX: usize = 32 << 20;
-const HELD_FAIR: usize = 64 * 1024;
+const HELD_FREE: usize = CONN_WINDOW as usize + 64 * 1024;
 
-/// Request bytes buffered by every connection (see `CONN_HELD_MAX`).
+/// Request bytes buffered by every connection beyond its initial window (see `HELD_MAX`).
 static HELD: AtomicUsize = AtomicUsize::new(0);
-
-/// Request bytes buffered by all connections, for the metrics.
-pub fn held_bytes() -> usize {
-    HELD.load(Ordering::Relaxed)
-}
 
 thread_local! {
     /// Each worker thread's read buffer, shared by the connections it polls.
@@ -154,23 +154,100 @@ fn frame_len(h: &[u8]) -> usize {
 /// Live connections, for the shutdown drain.
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 
+/// A gRPC service other than xDS served on the same port (the TLS port's ext_authz): the
+/// path prefix it answers (`/service.Name/`) and the call.
+pub struct Extra {
+    pub prefix: &'static str,
+    pub call: Box<dyn Fn(http::Request<tonic::body::Body>) -> ServiceFuture + Send + Sync>,
+}
+
+pub type ServiceFuture =
+    Pin<Box<dyn Future<Output = http::Response<tonic::body::Body>> + Send + 'static>>;
+
+/// The peer's certificate chain on a TLS connection, in every request's extensions (tonic's
+/// `TlsConnectInfo` cannot be built outside tonic).
+#[derive(Clone)]
+pub struct PeerCerts(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
+
+/// What every connection of one port shares.
+struct Shared {
+    srv: XdsServer,
+    stopping: AtomicBool,
+    extra: Option<Extra>,
+}
+
 /// Serves gRPC over cleartext HTTP/2 on `listener` until `stop` becomes true; then waits
 /// (at most `drain`) for connections to close after their streams ended.
 pub async fn serve(
     listener: TcpListener,
     srv: XdsServer,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    serve_with(listener, None, srv, None, stop, drain).await
+}
+
+/// The same over TLS (`acceptor`; ALPN `h2`), with `extra` served next to xDS. A client
+/// certificate, when one is presented and verified, reaches the services as [`PeerCerts`].
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    srv: XdsServer,
+    extra: Option<Extra>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    serve_with(listener, Some(acceptor), srv, extra, stop, drain).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    srv: XdsServer,
+    extra: Option<Extra>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    let stopping = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(Shared {
+        srv,
+        stopping: AtomicBool::new(false),
+        extra,
+    });
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((io, peer)) => {
                     let _ = io.set_nodelay(true);
                     let local = io.local_addr().ok();
-                    let conn = Conn::new(io, peer, local, srv.clone(), stopping.clone());
-                    tokio::spawn(conn);
+                    match &tls {
+                        None => {
+                            tokio::spawn(Conn::new(io, peer, local, shared.clone(), None));
+                        }
+                        Some(acceptor) => {
+                            let (acceptor, shared) = (acceptor.clone(), shared.clone());
+                            tokio::spawn(async move {
+                                // The handshake has the same deadline as the preface.
+                                let tls = match tokio::time::timeout(HANDSHAKE, acceptor.accept(io)).await {
+                                    Ok(Ok(tls)) => tls,
+                                    Ok(Err(e)) => {
+                                        debug!(%peer, error = %e, "TLS handshake failed");
+                                        return;
+                                    }
+                                    Err(_) => {
+                                        debug!(%peer, "TLS handshake timed out");
+                                        return;
+                                    }
+                                };
+                                let certs = tls
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .filter(|c| !c.is_empty())
+                                    .map(|c| PeerCerts(Arc::new(c.to_vec())));
+                                Conn::new(tls, peer, local, shared, certs).await
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     debug!(error = %e, "accept failed");
@@ -180,7 +257,7 @@ pub async fn serve(
             _ = stopped(&mut stop) => break,
         }
     }
-    stopping.store(true, Ordering::SeqCst);
+    shared.stopping.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + drain;
     while LIVE.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -248,17 +325,26 @@ impl Inbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `n` bytes buffered (`more`) or released.
+    /// Counts `n` bytes buffered (`more`) or released: the connection's total, and in
+    /// `HELD` the part of it beyond the connection's initial window. (Each update's share
+    /// comes from the value it replaced, so concurrent updates still add up.)
     fn account(&self, n: usize, more: bool) {
         if n == 0 {
             return;
         }
-        if more {
-            self.held.fetch_add(n, Ordering::Relaxed);
-            HELD.fetch_add(n, Ordering::Relaxed);
+        let (old, new) = if more {
+            let old = self.held.fetch_add(n, Ordering::Relaxed);
+            (old, old + n)
         } else {
-            self.held.fetch_sub(n, Ordering::Relaxed);
-            HELD.fetch_sub(n, Ordering::Relaxed);
+            let old = self.held.fetch_sub(n, Ordering::Relaxed);
+            (old, old - n)
+        };
+        let beyond = |v: usize| v.saturating_sub(CONN_WINDOW as usize);
+        let (was, now) = (beyond(old), beyond(new));
+        if now > was {
+            HELD.fetch_add(now - was, Ordering::Relaxed);
+        } else if was > now {
+            HELD.fetch_sub(was - now, Ordering::Relaxed);
         }
     }
 
@@ -375,6 +461,34 @@ impl Inbox {
     }
 }
 
+/// A stream's request as an HTTP body for another service ([`Extra`]): its gRPC messages,
+/// each with its prefix again.
+struct InboxBody(Arc<Inbox>);
+
+impl Body for InboxBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        self.0
+            .poll_message(cx, super::server::MAX_MESSAGE)
+            .map(|r| match r {
+                Ok(Some(m)) => {
+                    let mut b = BytesMut::with_capacity(5 + m.len());
+                    b.put_u8(0);
+                    b.put_u32(m.len() as u32);
+                    b.put_slice(&m);
+                    Some(Ok(http_body::Frame::data(b.freeze())))
+                }
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+    }
+}
+
 impl Drop for Inbox {
     fn drop(&mut self) {
         let n = self.lock().buf.len();
@@ -400,8 +514,13 @@ struct Stream {
 
 /// What a stream answers with.
 enum Reply {
-    /// A gRPC call's response.
+    /// An xDS call's response.
     Grpc(XdsBody),
+    /// A call to another service ([`Extra`]): the call until it answers, then its body.
+    Service {
+        call: Option<ServiceFuture>,
+        body: Option<tonic::body::Body>,
+    },
     /// A request that is not gRPC, answered as an HTTP server would (404 and a body) once
     /// the whole request was read (its body is discarded): answering earlier would race a
     /// malformed request's stream error, and a body keeps the stream subject to flow
@@ -411,7 +530,7 @@ enum Reply {
 
 /// The connection's task is the connection itself (no async fn around it, which would
 /// hold a second copy of its state).
-impl Future for Conn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Future for Conn<IO> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -428,7 +547,7 @@ impl Future for Conn {
     }
 }
 
-impl Drop for Conn {
+impl<IO> Drop for Conn<IO> {
     fn drop(&mut self) {
         for s in self.streams.drain(..) {
             s.inbox.end(false);
@@ -440,12 +559,13 @@ impl Drop for Conn {
 /// A connection error: GOAWAY with this code, then close.
 struct ConnError(u32, &'static str);
 
-struct Conn {
-    io: TcpStream,
+struct Conn<IO> {
+    io: IO,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    srv: XdsServer,
-    stopping: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// The client's certificate chain (TLS with a client certificate).
+    certs: Option<PeerCerts>,
     /// Received bytes not yet handled (a partial frame); empty and unallocated when idle.
     rbuf: BytesMut,
     preface: bool,
@@ -493,21 +613,21 @@ struct Conn {
     win_control: u32,
 }
 
-impl Conn {
+impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
     fn new(
-        io: TcpStream,
+        io: IO,
         peer: SocketAddr,
         local: Option<SocketAddr>,
-        srv: XdsServer,
-        stopping: Arc<AtomicBool>,
-    ) -> Conn {
+        shared: Arc<Shared>,
+        certs: Option<PeerCerts>,
+    ) -> Conn<IO> {
         let now = Instant::now();
         let mut c = Conn {
             io,
             peer,
             local,
-            srv,
-            stopping,
+            shared,
+            certs,
             rbuf: BytesMut::new(),
             preface: false,
             read_closed: false,
@@ -581,7 +701,7 @@ impl Conn {
                 let _ = self.poll_flush(cx);
                 return Poll::Ready(Err(e.1.into()));
             }
-            if self.stopping.load(Ordering::Relaxed) && !self.closing {
+            if self.shared.stopping.load(Ordering::Relaxed) && !self.closing {
                 self.closing = true;
                 self.goaway(NO_ERROR);
             }
@@ -617,18 +737,12 @@ impl Conn {
             if scratch.len() < READ_CHUNK {
                 scratch.resize(READ_CHUNK, 0);
             }
-            let n = loop {
-                match self.io.poll_read_ready(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
-                    Poll::Ready(Ok(())) => {}
-                }
-                match self.io.try_read(&mut scratch[..]) {
-                    Ok(0) => return Poll::Ready(Ok(false)),
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(_) => return Poll::Ready(Ok(false)),
-                }
+            let mut rb = tokio::io::ReadBuf::new(&mut scratch[..]);
+            let n = match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Ok(false)),
+                Poll::Ready(Ok(())) => rb.filled().len(),
             };
             self.last_read = Instant::now();
             self.ping_sent = None;
@@ -929,7 +1043,7 @@ impl Conn {
             s.content_left -= body.len() as u64;
         }
         match &mut s.body {
-            Reply::Grpc(_) => {
+            Reply::Grpc(_) | Reply::Service { .. } => {
                 let mine = self.held.load(Ordering::Relaxed) + body.len();
                 if mine > CONN_HELD_MAX {
                     return Err(ConnError(
@@ -937,7 +1051,7 @@ impl Conn {
                         "unfinished requests over the connection's limit",
                     ));
                 }
-                if mine > HELD_FAIR && HELD.load(Ordering::Relaxed) + body.len() > HELD_MAX {
+                if mine > HELD_FREE && HELD.load(Ordering::Relaxed) + body.len() > HELD_MAX {
                     return Err(ConnError(
                         ENHANCE_YOUR_CALM,
                         "unfinished requests over the server's total",
@@ -1134,6 +1248,12 @@ impl Conn {
                 local_addr: self.local,
                 remote_addr: Some(self.peer),
             });
+        if let Some(certs) = &self.certs {
+            req.extensions_mut().insert(certs.clone());
+        }
+        let path = path.as_deref().unwrap_or("");
+        let shared = self.shared.clone();
+        let extra = shared.extra.as_ref().filter(|e| path.starts_with(e.prefix));
         let opened = if !method_post {
             Err(Status::unimplemented("gRPC calls are POST"))
         } else if !self.count(|c| &mut c.win_calls, CALLS_PER_WINDOW) {
@@ -1142,22 +1262,27 @@ impl Conn {
             Err(Status::resource_exhausted(
                 "too many calls on this connection; retry with backoff",
             ))
+        } else if let Some(extra) = extra {
+            // Another service: its response head comes when its future resolves.
+            let body = tonic::body::Body::new(InboxBody(inbox.clone()));
+            let (parts, ()) = req.into_parts();
+            Ok(Reply::Service {
+                call: Some((extra.call)(http::Request::from_parts(parts, body))),
+                body: None,
+            })
         } else {
-            open_call(
-                &self.srv,
-                path.as_deref().unwrap_or(""),
-                req,
-                Source::Inbox(inbox.clone()),
-            )
+            open_call(&shared.srv, path, req, Source::Inbox(inbox.clone())).map(|rx| {
+                self.headers(id, 0, &response_head());
+                Reply::Grpc(XdsBody::new(rx))
+            })
         };
         match opened {
-            Ok(rx) => {
-                self.headers(id, 0, &response_head());
+            Ok(body) => {
                 self.streams.push(Stream {
                     id,
                     send_window: self.peer_window,
                     recv_window: STREAM_WINDOW as i64,
-                    body: Reply::Grpc(XdsBody::new(rx)),
+                    body,
                     pending: None,
                     done: false,
                     recv_closed: end,
@@ -1246,8 +1371,36 @@ impl Conn {
                     if s.done {
                         break;
                     }
-                    let body = match &mut s.body {
-                        Reply::Grpc(body) => body,
+                    let polled = match &mut s.body {
+                        Reply::Grpc(body) => Pin::new(body).poll_frame(cx),
+                        Reply::Service { call, body } => {
+                            if let Some(c) = call {
+                                let Poll::Ready(resp) = c.as_mut().poll(cx) else {
+                                    break;
+                                };
+                                *call = None;
+                                let (parts, b) = resp.into_parts();
+                                let end = b.is_end_stream();
+                                *body = Some(b);
+                                let id = s.id;
+                                let mut block = Vec::new();
+                                hpack_int(&mut block, 0x00, 4, 8); // :status, indexed name
+                                hpack_str(&mut block, parts.status.as_str().as_bytes());
+                                trailer_fields(&mut block, &parts.headers);
+                                if end {
+                                    // Trailers-only (an error status in the head).
+                                    s.done = true;
+                                    self.headers(id, END_STREAM, &block);
+                                    break;
+                                }
+                                self.headers(id, 0, &block);
+                                continue;
+                            }
+                            match body {
+                                Some(b) => Pin::new(b).poll_frame(cx),
+                                None => break,
+                            }
+                        }
                         Reply::Http { answered: true, .. } => break,
                         Reply::Http {
                             discarded,
@@ -1259,11 +1412,11 @@ impl Conn {
                                 break;
                             }
                             *answered = true;
+                            // :status 400 and 404, indexed.
                             let (status, text) = if too_much {
-                                (0x8c, "pilotfish: request body too large\n") // :status 400
+                                (0x8c, "pilotfish: request body too large\n")
                             } else {
                                 (0x8d, "pilotfish: not a gRPC method of this port\n")
-                                // 404
                             };
                             s.pending = Some(Bytes::from_static(text.as_bytes()));
                             let id = s.id;
@@ -1274,7 +1427,7 @@ impl Conn {
                             continue;
                         }
                     };
-                    let trailers = match Pin::new(body).poll_frame(cx) {
+                    let trailers = match polled {
                         Poll::Ready(Some(Ok(f))) => match f.into_data() {
                             Ok(d) => {
                                 if !d.is_empty() {
@@ -1379,6 +1532,12 @@ impl Conn {
                 Poll::Pending => return Poll::Pending,
             }
         }
+        // A TLS stream keeps records it could not write yet: flushed here (a no-op on TCP).
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        }
         if self.out.capacity() > 8 {
             self.out = VecDeque::new();
         }
@@ -1436,7 +1595,7 @@ impl Conn {
     }
 
     /// Counts one of a per-window budget (`which` picks the counter); `false` past `max`.
-    fn count(&mut self, which: fn(&mut Conn) -> &mut u32, max: u32) -> bool {
+    fn count(&mut self, which: fn(&mut Self) -> &mut u32, max: u32) -> bool {
         let now = Instant::now();
         if now >= self.win_start + RATE_WINDOW {
             self.win_start = now;
@@ -1752,13 +1911,12 @@ pub mod fuzz {
         let before = HELD.load(Ordering::SeqCst);
         let io = TcpStream::from_std(io.try_clone().expect("dup")).expect("register");
         let peer = io.peer_addr().expect("peer");
-        let mut c = Conn::new(
-            io,
-            peer,
-            None,
-            srv.clone(),
-            Arc::new(AtomicBool::new(false)),
-        );
+        let shared = Arc::new(Shared {
+            srv: srv.clone(),
+            stopping: AtomicBool::new(false),
+            extra: None,
+        });
+        let mut c = Conn::new(io, peer, None, shared, None);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let mut rest = input;
