@@ -510,9 +510,30 @@ fn builtin_provider_decides_centrally() {
             .connect()
             .await
             .unwrap();
-        let mut client =
+        let client =
             envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(ch);
-        client.check(CheckRequest::default()).await.unwrap_err()
+        let first = client.clone().check(CheckRequest::default()).await.unwrap_err();
+        // A busy sidecar's checks on one connection (3,000, 50 at a time) are all answered
+        // by the service: the xDS port's per-connection limits (xDS streams, resets) do not
+        // cut them.
+        let mut codes = std::collections::BTreeMap::new();
+        for _ in 0..60 {
+            let batch = (0..50).map(|_| {
+                let mut c = client.clone();
+                async move { c.check(CheckRequest::default()).await.unwrap_err().code() }
+            });
+            for code in futures::future::join_all(batch).await {
+                *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+            }
+        }
+        (first, codes)
     });
+    let (refused, codes) = refused;
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    println!("3,000 checks on one TLS connection: {codes:?}");
+    assert_eq!(
+        codes.get("Unauthenticated"),
+        Some(&3000),
+        "checks cut on a busy connection: {codes:?}"
+    );
 }

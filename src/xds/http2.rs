@@ -118,11 +118,14 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// The window the per-connection rates below are counted in.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// Streams a connection may open per window (an Envoy opens one and reopens it with
-/// backoff): past this, GOAWAY ENHANCE_YOUR_CALM. Bounds Rapid Reset (CVE-2023-44487).
-const STREAMS_PER_WINDOW: u32 = 500;
-/// gRPC calls a connection may open per window; past this they are refused with
-/// RESOURCE_EXHAUSTED before they reach the server's shared admission bucket.
+/// Streams a connection may have reset or refused per window: the client's RST_STREAM on a
+/// stream still open, and streams we refused or answered with an error at once. Past
+/// this, GOAWAY ENHANCE_YOUR_CALM: bounds Rapid Reset (CVE-2023-44487). Streams that
+/// complete (a sidecar's ext_authz checks, thousands a second) do not count.
+const RESETS_PER_WINDOW: u32 = 500;
+/// xDS streams a connection may open per window (an Envoy opens one, and reopens it with
+/// backoff); past this they are refused with RESOURCE_EXHAUSTED before they reach the
+/// server's shared admission bucket.
 const CALLS_PER_WINDOW: u32 = 32;
 /// PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM and empty DATA frames a connection
 /// may send per window: past this, GOAWAY ENHANCE_YOUR_CALM (floods answered at our cost).
@@ -608,7 +611,7 @@ struct Conn<IO> {
     /// The current rate window: its start, and streams, gRPC calls and control frames
     /// counted in it.
     win_start: Instant,
-    win_streams: u32,
+    win_resets: u32,
     win_calls: u32,
     win_control: u32,
 }
@@ -654,7 +657,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             cont_since: now,
             held: Arc::new(AtomicUsize::new(0)),
             win_start: now,
-            win_streams: 0,
+            win_resets: 0,
             win_calls: 0,
             win_control: 0,
         };
@@ -920,13 +923,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 if id > self.last_stream {
                     return Err(ConnError(PROTOCOL_ERROR, "RST_STREAM on an idle stream"));
                 }
-                if let Some(i) = self.find(id) {
+                let open = self.find(id);
+                if let Some(i) = open {
                     let s = self.streams.swap_remove(i);
                     self.conn_grant += s.inbox.outstanding();
                     s.inbox.end(false);
                 }
                 // Both sides ended it: any later frame on it is the client's error.
                 self.forget_reset(id);
+                if open.is_some() {
+                    self.strike()?;
+                }
                 Ok(())
             }
             SETTINGS => self.settings(flags, id, p),
@@ -1188,17 +1195,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             return Ok(());
         }
         self.last_stream = id;
-        if !self.count(|c| &mut c.win_streams, STREAMS_PER_WINDOW) {
-            return Err(ConnError(ENHANCE_YOUR_CALM, "too many streams opened"));
-        }
         if self_dependent || head.request_error().is_some() {
             // Malformed: a stream error (RFC 9113 section 8.1.1).
             self.rst(id, PROTOCOL_ERROR);
-            return Ok(());
+            return self.strike();
         }
         if end && head.content_length.is_some_and(|n| n > 0) {
             self.rst(id, PROTOCOL_ERROR);
-            return Ok(());
+            return self.strike();
         }
         let Head {
             path,
@@ -1212,7 +1216,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let content_left = content_length.unwrap_or(NO_LENGTH);
         if self.closing || self.streams.len() >= MAX_STREAMS {
             self.rst(id, REFUSED_STREAM);
-            return Ok(());
+            return self.strike();
         }
         let inbox = Arc::new(Inbox::new(self.held.clone()));
         if end {
@@ -1256,12 +1260,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let extra = shared.extra.as_ref().filter(|e| path.starts_with(e.prefix));
         let opened = if !method_post {
             Err(Status::unimplemented("gRPC calls are POST"))
-        } else if !self.count(|c| &mut c.win_calls, CALLS_PER_WINDOW) {
-            // Before the server's shared admission bucket: one connection opening calls
-            // in a loop cannot drain it.
-            Err(Status::resource_exhausted(
-                "too many calls on this connection; retry with backoff",
-            ))
         } else if let Some(extra) = extra {
             // Another service: its response head comes when its future resolves.
             let body = tonic::body::Body::new(InboxBody(inbox.clone()));
@@ -1270,6 +1268,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 call: Some((extra.call)(http::Request::from_parts(parts, body))),
                 body: None,
             })
+        } else if !self.count(|c| &mut c.win_calls, CALLS_PER_WINDOW) {
+            // Before the server's shared admission bucket: one connection opening xDS
+            // streams in a loop cannot drain it.
+            Err(Status::resource_exhausted(
+                "too many xDS streams on this connection; retry with backoff",
+            ))
         } else {
             open_call(&shared.srv, path, req, Source::Inbox(inbox.clone())).map(|rx| {
                 self.headers(id, 0, &response_head());
@@ -1299,6 +1303,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     self.rst_left(id, NO_ERROR, content_left);
                 }
                 inbox.end(false);
+                return self.strike();
             }
         }
         Ok(())
@@ -1599,11 +1604,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         let now = Instant::now();
         if now >= self.win_start + RATE_WINDOW {
             self.win_start = now;
-            (self.win_streams, self.win_calls, self.win_control) = (0, 0, 0);
+            (self.win_resets, self.win_calls, self.win_control) = (0, 0, 0);
         }
         let n = which(self);
         *n += 1;
         *n <= max
+    }
+
+    /// A stream reset by the client or refused by us: within the window's budget, or the
+    /// connection is resetting streams in a loop (Rapid Reset).
+    fn strike(&mut self) -> Result<(), ConnError> {
+        if self.count(|c| &mut c.win_resets, RESETS_PER_WINDOW) {
+            Ok(())
+        } else {
+            Err(ConnError(
+                ENHANCE_YOUR_CALM,
+                "too many streams reset or refused",
+            ))
+        }
     }
 
     /// A control frame: within the window's budget, or the connection is flooding.
