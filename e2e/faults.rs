@@ -224,8 +224,9 @@ async fn simulated_proxy(addr: String, i: usize, sims: Arc<Sims>) {
 }
 
 /// The control plane SIGKILLed in the middle of a push to 50 proxies (2 real sidecars, 48
-/// simulated), then restarted: no request between the real pods fails during the outage,
-/// every proxy reconverges on the config that was being pushed, nothing is NACKed.
+/// simulated), then restarted with a config file half-written: no request between the
+/// real pods fails during the outage, every proxy reconverges on the config that was being
+/// pushed, the half-written file's objects are still served, nothing is NACKed.
 #[test]
 fn killed_mid_push_to_50_proxies_all_reconverge() {
     if !need_root("faults") {
@@ -287,6 +288,13 @@ fn killed_mid_push_to_50_proxies_all_reconverge() {
     println!("outage: 40 requests, {bad} answered otherwise than before");
     assert_eq!(bad, 0, "requests failed during the outage: {codes:?}");
 
+    // And the routes file is half-written at the moment of the restart: its last good
+    // objects come back from the state directory.
+    std::fs::write(
+        dir.path().join("routes.yaml"),
+        &ROUTES[..ROUTES.len() * 2 / 5],
+    )
+    .unwrap();
     cp.restart();
     let t = Instant::now();
     let real_has = |p: &Pod| {
@@ -319,8 +327,15 @@ fn killed_mid_push_to_50_proxies_all_reconverge() {
         assert!(nacks.iter().all(|(_, v)| *v == 0), "NACKs: {nacks:?}");
     }
     // Traffic still flows after the restart.
+    // Traffic still flows after the restart, through the VirtualService kept from the
+    // half-written file (`/teapot` answered 418 by its fault rule).
     let (bad, codes) = outage_calls(&a);
     assert_eq!(bad, 0, "requests failed after the restart: {codes:?}");
+    let (_, configz) = cp.get("/debug/configz").unwrap();
+    assert!(
+        configz.contains("routes.yaml"),
+        "the half-written file is reported"
+    );
 }
 
 /// A FIFO named like a config file used to block the reader forever, and one file that is
