@@ -24,9 +24,18 @@ use tracing::{debug, error, info, warn};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Directory of Istio / Kubernetes YAML (watched recursively).
+    /// Directory of Istio / Kubernetes YAML (watched recursively). With `--kubernetes` both
+    /// sources are read (an object defined in both is a duplicate error).
     #[arg(long, default_value = "config")]
     pub config_dir: PathBuf,
+    /// Also read config from a Kubernetes API server: Istio's CRDs, Services, Pods,
+    /// Namespaces and EndpointSlices (watched). The credentials come from `--kubeconfig`,
+    /// else `KUBECONFIG` / `~/.kube/config`, else the in-cluster service account.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig file for `--kubernetes` (implies it).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Plaintext xDS (ADS) listen address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_address: String,
@@ -366,6 +375,49 @@ fn apply_changed(
     any
 }
 
+/// Applies what the Kubernetes watchers saw: relisted kinds replace everything the source
+/// held for them, then single objects change or go. Unchanged texts are not parsed again.
+fn apply_kube(
+    index: &mut Index,
+    applied: &mut HashMap<String, u64>,
+    batch: crate::source::kube::Batch,
+) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut any = false;
+    let mut apply = |index: &mut Index, name: String, text: Option<String>| {
+        let Some(text) = text else {
+            index.remove_file(&name);
+            any |= applied.remove(&name).is_some();
+            return;
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        text.hash(&mut h);
+        let h = h.finish();
+        if applied.get(&name) == Some(&h) {
+            return;
+        }
+        let (r, e) = crate::api::parse_file(&name, &text);
+        index.apply_file(&name, r, e);
+        applied.insert(name, h);
+        any = true;
+    };
+    for (kind, objects) in batch.relists {
+        let listed: HashSet<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();
+        for gone in index.file_names(&crate::source::kube::kind_prefix(&kind)) {
+            if !listed.contains(gone.as_str()) {
+                apply(index, gone, None);
+            }
+        }
+        for (name, text) in objects {
+            apply(index, name, Some(text));
+        }
+    }
+    for (name, text) in batch.changes {
+        apply(index, name, text);
+    }
+    any
+}
+
 /// The next generation, if it passes the consistency check, and the time each took.
 /// Names and references are what the check looks at; they come from the route inputs only.
 /// When those equal the last published World's (which passed), so does the result: endpoint
@@ -426,6 +478,13 @@ fn check_proxy() -> Proxy {
 
 /// The config loop: load, publish, watch, debounce, reload. Runs on its own thread
 /// (file IO and parsing are blocking work).
+/// The Kubernetes source of a config loop: the client, and the runtime its watchers run on.
+pub struct KubeSource {
+    pub client: kube::Client,
+    pub runtime: tokio::runtime::Handle,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn config_loop(
     dir: PathBuf,
     state_dir: Option<PathBuf>,
@@ -434,10 +493,26 @@ fn config_loop(
     debounce_max: Duration,
     tx: watch::Sender<Option<Published>>,
     metrics: Arc<Metrics>,
+    kube_source: Option<KubeSource>,
 ) -> anyhow::Result<()> {
     // The watcher's events name the paths that changed (None: read everything again).
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Option<Vec<PathBuf>>>();
     let jwks_tx = ev_tx.clone();
+    // The Kubernetes watchers wake the loop the way the JWKS fetcher does.
+    let kube = kube_source.map(|k| {
+        let pending: Arc<crate::source::kube::Pending> = Default::default();
+        let tx = std::sync::Mutex::new(ev_tx.clone());
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Some(vec![]));
+        });
+        k.runtime
+            .spawn(crate::source::kube::run(k.client, pending.clone(), wake));
+        pending
+    });
+    let mut kube_applied: HashMap<String, u64> = HashMap::new();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let _ = match res {
             Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => Ok(()),
@@ -495,8 +570,16 @@ fn config_loop(
                 let t0 = Instant::now();
                 let mut any = apply_changed(&mut index, &mut applied, changed, last_good.as_ref());
                 any |= index.set_jwks(jwks_fetched.lock().unwrap().clone());
+                if let Some(k) = &kube {
+                    any |= apply_kube(&mut index, &mut kube_applied, k.take());
+                }
                 let t_read = t0.elapsed();
-                if !any && tx.borrow().is_some() {
+                let unsynced = kube.as_ref().is_some_and(|k| !k.synced());
+                if unsynced {
+                    // Nothing is served before every Kubernetes watch listed once: a partial
+                    // view would remove what a proxy has (streams get Unavailable).
+                    debug!("waiting for the Kubernetes watches to sync");
+                } else if !any && tx.borrow().is_some() {
                     // Only editors' temp files or identical content: nothing to publish
                     // (a new snapshot would wake every stream for nothing).
                     debug!(dir_ms, "no config file changed");
@@ -612,6 +695,14 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let metrics = Arc::new(Metrics::new());
     let conns = Arc::new(Connections::default());
+    let kube_source = if a.kubernetes || a.kubeconfig.is_some() {
+        Some(KubeSource {
+            client: kube_client(a.kubeconfig.as_deref()).await?,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    } else {
+        None
+    };
     {
         let (dir, m, state) = (
             a.config_dir.clone(),
@@ -625,7 +716,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("config".into())
             .spawn(move || {
-                if let Err(e) = config_loop(dir, Some(state), mesh, d, dm, tx, m) {
+                if let Err(e) = config_loop(dir, Some(state), mesh, d, dm, tx, m, kube_source) {
                     error!(error = %format!("{e:#}"), "config loop stopped");
                 }
             })?;
@@ -860,6 +951,24 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// A Kubernetes client from `kubeconfig`, else inferred (`KUBECONFIG`, `~/.kube/config`,
+/// in-cluster).
+async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(p) => {
+            let kc = kube::config::Kubeconfig::read_from(p)
+                .with_context(|| format!("--kubeconfig {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("--kubeconfig {}", p.display()))?
+        }
+        None => kube::Config::infer().await.context(
+            "no Kubernetes credentials (--kubeconfig, KUBECONFIG, ~/.kube/config or in-cluster)",
+        )?,
+    };
+    kube::Client::try_from(config).context("Kubernetes client")
 }
 
 /// The TLS port's server config for the own HTTP/2 server: the xDS serving certificate,

@@ -31,6 +31,8 @@ enum Cmd {
     Bootstrap(pilotfish::bootstrap::BootstrapArgs),
     /// Apply (or print) Istio's sidecar interception iptables rules.
     Iptables(pilotfish::iptables::IptablesArgs),
+    /// Print the CustomResourceDefinitions of the Istio kinds pilotfish reads (crds/istio.yaml).
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,10 @@ fn main() -> ExitCode {
         Cmd::Check(a) => pilotfish::check::run(a),
         Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
         Cmd::Iptables(a) => pilotfish::iptables::run(a),
+        Cmd::Crds => {
+            print!("{}", pilotfish::api::crds::render());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match res {
         Ok(code) => code,

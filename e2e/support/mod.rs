@@ -16,6 +16,7 @@
 
 pub mod cmd;
 pub mod control_plane;
+pub mod kube;
 pub mod mesh;
 
 #[allow(unused_imports)]
@@ -108,7 +109,7 @@ pub fn need_root(test: &str) -> bool {
 
 /// Runs `f` while holding an exclusive lock on `path` (a lock file shared by every test
 /// binary, so installs do not race).
-fn with_file_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_file_lock<T>(path: &Path, f: impl FnOnce() -> T) -> T {
     if let Some(dir) = path.parent() {
         let _ = fs::create_dir_all(dir);
     }

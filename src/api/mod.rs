@@ -7,6 +7,7 @@
 //! A document that fails is reported with file, object and field path; the others in the
 //! same file still load.
 
+pub mod crds;
 pub mod k8s;
 pub mod mesh;
 pub mod networking;

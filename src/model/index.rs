@@ -144,6 +144,15 @@ impl Index {
         }
     }
 
+    /// The names of the files (sources' units) starting with `prefix`.
+    pub fn file_names(&self, prefix: &str) -> Vec<String> {
+        self.files
+            .range(prefix.to_string()..)
+            .take_while(|(f, _)| f.starts_with(prefix))
+            .map(|(f, _)| f.clone())
+            .collect()
+    }
+
     fn owner_of(&self, key: &ObjectKey, except: &str) -> Option<String> {
         self.owners
             .get(key)

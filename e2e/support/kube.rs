@@ -1,0 +1,154 @@
+//! A real Kubernetes API server for tests (envtest style): etcd and kube-apiserver v1.37.2
+//! built once from their Go modules into `tools_cache()` by `e2e/support/kube/build.sh`
+//! (about 7 minutes on 2 cores, the first time only), started on free loopback ports by
+//! `start.sh` with RBAC, an admin token and service-account keys (TokenRequest/TokenReview
+//! work), stopped on Drop. No kubelet: Pods are stored, never run. `kubectl` is Debian's
+//! (installed with apt when missing).
+
+use super::{repo_root, run, tools_cache, with_file_lock, Out};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub const KUBE_VERSION: &str = "v1.37.2";
+
+fn scripts() -> PathBuf {
+    repo_root().join("e2e").join("support").join("kube")
+}
+
+/// The directory with etcd and kube-apiserver (built if missing).
+pub fn kube_bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tools_cache()
+            .join(format!("kube-{KUBE_VERSION}"))
+            .join("bin");
+        let have = |d: &Path| d.join("etcd").is_file() && d.join("kube-apiserver").is_file();
+        if !have(&dir) {
+            with_file_lock(&dir.with_file_name("build.lock"), || {
+                if have(&dir) {
+                    return;
+                }
+                eprintln!(
+                    "e2e: building etcd and kube-apiserver {KUBE_VERSION} into {} (once, ~7 min)",
+                    dir.display()
+                );
+                let o = run(
+                    Command::new(scripts().join("build.sh"))
+                        .arg(&dir)
+                        .env("WITH_KCM", "0"),
+                    Duration::from_secs(40 * 60),
+                );
+                assert!(
+                    o.ok(),
+                    "building the Kubernetes control plane failed: {}",
+                    o.describe()
+                );
+            });
+        }
+        assert!(
+            have(&dir),
+            "etcd/kube-apiserver missing in {}",
+            dir.display()
+        );
+        dir
+    })
+    .clone()
+}
+
+/// `kubectl`, installed from Debian's packages when missing.
+pub fn kubectl_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let works = || {
+            run(
+                Command::new("kubectl").args(["version", "--client"]),
+                Duration::from_secs(20),
+            )
+            .ok()
+        };
+        if !works() {
+            with_file_lock(&super::tools_dir().join("apt.lock"), || {
+                if works() {
+                    return;
+                }
+                eprintln!("e2e: installing kubectl with apt-get");
+                let o = super::sh(
+                    "export DEBIAN_FRONTEND=noninteractive; apt-get update -q && \
+                     (apt-get install -y -q kubectl || apt-get install -y -q kubernetes-client)",
+                    Duration::from_secs(600),
+                );
+                assert!(o.ok(), "installing kubectl failed: {}", o.describe());
+            });
+        }
+        PathBuf::from("kubectl")
+    })
+    .clone()
+}
+
+/// A running API server; stopped (and its state removed) on Drop.
+pub struct KubeApi {
+    pub kubeconfig: PathBuf,
+    state: tempfile::TempDir,
+}
+
+impl KubeApi {
+    pub fn start() -> KubeApi {
+        let bin = kube_bin_dir();
+        let state = tempfile::tempdir().unwrap();
+        let o = run(
+            Command::new(scripts().join("start.sh"))
+                .env("KUBEAPI_BIN_DIR", &bin)
+                .env("KUBEAPI_STATE_DIR", state.path().join("kubeapi")),
+            Duration::from_secs(180),
+        );
+        assert!(o.ok(), "starting kube-apiserver failed: {}", o.describe());
+        let kubeconfig = PathBuf::from(o.stdout.trim());
+        assert!(kubeconfig.is_file(), "no kubeconfig: {}", o.describe());
+        KubeApi { kubeconfig, state }
+    }
+
+    /// `kubectl --kubeconfig … ARGS`.
+    pub fn kubectl(&self, args: &[&str]) -> Out {
+        run(
+            Command::new(kubectl_bin())
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// `kubectl apply -f FILE` with `yaml` written to FILE.
+    pub fn apply(&self, yaml: &str) -> Out {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let f = self.state.path().join(format!("apply-{n}.yaml"));
+        std::fs::write(&f, yaml).unwrap();
+        self.kubectl(&["apply", "-f", f.to_str().unwrap()])
+    }
+
+    /// The kube-apiserver log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self
+            .state
+            .path()
+            .join("kubeapi")
+            .join("logs")
+            .join("apiserver.log");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        let _ = run(
+            Command::new(scripts().join("stop.sh"))
+                .env("KUBEAPI_STATE_DIR", self.state.path().join("kubeapi")),
+            Duration::from_secs(30),
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The Kubernetes source: one watcher (kube-runtime) per kind pilotfish reads, feeding the
+//! same index as the file source. Each object is a "file" of its own in the index, named
+//! `kube:<Kind>/<namespace>/<name>`, so errors name it and a broken object keeps serving its
+//! last good version, exactly as a broken file does.
+//!
+//! ```text
+//!   API server ──watch──▶ watcher(kind) ──▶ Pending ──wake──▶ config loop ──▶ Index
+//!                          (list, then watch;   (per-object texts,   (apply / remove /
+//!                           relist on 410 Gone)  relists per kind)    reset a kind)
+//! ```
+//!
+//! A relist (the first list, or after a lost watch or a 410 Gone) replaces everything the
+//! source holds for that kind at once; objects not listed go. Until every kind has listed
+//! once, `synced()` is false and pilotfish does not serve (streams get `Unavailable`).
+
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tracing::{info, warn};
+
+/// The kinds read from the API server: Istio's (at the version stored) and Kubernetes'.
+pub const KINDS: &[(&str, &str, &str)] = &[
+    ("networking.istio.io", "v1", "VirtualService"),
+    ("networking.istio.io", "v1", "DestinationRule"),
+    ("networking.istio.io", "v1", "Gateway"),
+    ("networking.istio.io", "v1", "ServiceEntry"),
+    ("networking.istio.io", "v1", "WorkloadEntry"),
+    ("networking.istio.io", "v1", "Sidecar"),
+    ("security.istio.io", "v1", "PeerAuthentication"),
+    ("security.istio.io", "v1", "AuthorizationPolicy"),
+    ("security.istio.io", "v1", "RequestAuthentication"),
+    ("", "v1", "Service"),
+    ("", "v1", "Pod"),
+    ("", "v1", "Namespace"),
+    ("discovery.k8s.io", "v1", "EndpointSlice"),
+];
+
+/// What the watchers saw since the config loop last looked.
+#[derive(Default)]
+pub struct Pending {
+    state: Mutex<PendingState>,
+}
+
+#[derive(Default)]
+struct PendingState {
+    /// Objects changed (text) or deleted (None), by index name, in arrival order.
+    changes: BTreeMap<String, Option<String>>,
+    /// Kinds relisted: every object of the kind (index names and texts).
+    relists: BTreeMap<String, Vec<(String, String)>>,
+    /// Kinds that listed at least once.
+    synced: std::collections::BTreeSet<String>,
+}
+
+/// One batch for the index.
+#[derive(Default)]
+pub struct Batch {
+    /// Kind → every object of it (the kind was relisted).
+    pub relists: BTreeMap<String, Vec<(String, String)>>,
+    /// Index name → new text, or None: deleted (applied after the relists).
+    pub changes: BTreeMap<String, Option<String>>,
+}
+
+impl Pending {
+    /// Everything since the last call.
+    pub fn take(&self) -> Batch {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        Batch {
+            relists: std::mem::take(&mut s.relists),
+            changes: std::mem::take(&mut s.changes),
+        }
+    }
+
+    /// Every kind has listed once.
+    pub fn synced(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        KINDS.iter().all(|(_, _, k)| s.synced.contains(*k))
+    }
+}
+
+/// The index name of an object: `kube:<Kind>/<namespace>/<name>` (`<name>` alone for
+/// cluster-scoped kinds).
+pub fn index_name(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{}{kind}/{ns}/{name}", PREFIX),
+        None => format!("{}{kind}/{name}", PREFIX),
+    }
+}
+
+/// Index names of this source start with this.
+pub const PREFIX: &str = "kube:";
+
+/// The prefix of one kind's index names.
+pub fn kind_prefix(kind: &str) -> String {
+    format!("{PREFIX}{kind}/")
+}
+
+/// Watches every kind until the process ends; `wake` is called after each change so the
+/// config loop picks it up.
+pub async fn run(client: kube::Client, pending: Arc<Pending>, wake: Arc<dyn Fn() + Send + Sync>) {
+    let tasks: Vec<_> = KINDS
+        .iter()
+        .map(|(group, version, kind)| {
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let ar = ApiResource::from_gvk(&gvk);
+            tokio::spawn(watch_kind(
+                client.clone(),
+                ar,
+                pending.clone(),
+                wake.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn watch_kind(
+    client: kube::Client,
+    ar: ApiResource,
+    pending: Arc<Pending>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+) {
+    use futures::StreamExt;
+    let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &ar);
+    let kind = ar.kind.clone();
+    let mut stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // Objects of a relist in progress.
+    let mut listing: Option<Vec<(String, String)>> = None;
+    let mut failing = false;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => {
+                if failing {
+                    info!(%kind, "Kubernetes watch restored");
+                    failing = false;
+                }
+                ev
+            }
+            Err(e) => {
+                // The watcher retries with backoff (and relists after a 410 Gone); what
+                // is served stays as it is meanwhile.
+                if !failing {
+                    warn!(%kind, error = %e, "Kubernetes watch failed; retrying, the served config stays");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        let relisting = {
+            let mut s = pending.state.lock().unwrap_or_else(|p| p.into_inner());
+            match ev {
+                Event::Init => listing = Some(Vec::new()),
+                Event::InitApply(obj) => {
+                    if let Some((name, text)) = object_text(&ar, obj) {
+                        listing.get_or_insert_with(Vec::new).push((name, text));
+                    }
+                }
+                Event::InitDone => {
+                    let objects = listing.take().unwrap_or_default();
+                    // A relist replaces the kind: changes queued before it are stale.
+                    let prefix = kind_prefix(&kind);
+                    s.changes.retain(|n, _| !n.starts_with(&prefix));
+                    s.relists.insert(kind.clone(), objects);
+                    s.synced.insert(kind.clone());
+                }
+                Event::Apply(obj) => {
+                    if let Some((name, text)) = object_text(&ar, obj) {
+                        s.changes.insert(name, Some(text));
+                    }
+                }
+                Event::Delete(obj) => {
+                    let name = index_name(
+                        &ar.kind,
+                        obj.metadata.namespace.as_deref(),
+                        obj.metadata.name.as_deref().unwrap_or(""),
+                    );
+                    s.changes.insert(name, None);
+                }
+            }
+            listing.is_some()
+        };
+        if !relisting {
+            wake();
+        }
+    }
+}
+
+/// An object as the text the parser reads (JSON), with its type set (list items come
+/// without it) and the metadata pilotfish does not read left out.
+fn object_text(ar: &ApiResource, mut obj: DynamicObject) -> Option<(String, String)> {
+    let name = obj.metadata.name.clone()?;
+    let index = index_name(&ar.kind, obj.metadata.namespace.as_deref(), &name);
+    obj.types = Some(kube::api::TypeMeta {
+        api_version: ar.api_version.clone(),
+        kind: ar.kind.clone(),
+    });
+    obj.metadata.managed_fields = None;
+    let text = serde_json::to_string(&obj).ok()?;
+    Some((index, text))
+}
