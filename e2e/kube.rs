@@ -180,3 +180,83 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
         "the deleted object's error stays: {errors}"
     );
 }
+
+/// The validating webhook: the API server calls pilotfish over TLS (caBundle kept by
+/// pilotfish) and `kubectl apply` of an invalid Istio object fails with pilotfish's message;
+/// a valid one passes; with pilotfish gone, `failurePolicy: Fail` keeps refusing.
+#[test]
+fn invalid_istio_config_is_refused_at_kubectl_apply() {
+    let api = KubeApi::start();
+    let crds = support::repo_root().join("crds").join("istio.yaml");
+    assert!(api.kubectl(&["apply", "-f", crds.to_str().unwrap()]).ok());
+    assert!(api
+        .kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=60s",
+            "crd",
+            "--all"
+        ])
+        .ok());
+    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}/validate");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cp = ControlPlane::start_local(
+        dir.path(),
+        &[
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--tls-dns-names",
+            "127.0.0.1",
+        ],
+    );
+    let configured = wait_until(READY, || {
+        api.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "pilotfish-validator",
+        ])
+        .ok()
+    });
+    assert!(configured, "no webhook configuration\n{}", cp.log_tail(20));
+
+    // The same error `pilotfish validate` prints, minus the file name.
+    let bad = REVIEWS.replace("subset: v2}", "subset: v2, port: {number: seventy}}");
+    let o = api.apply(&bad);
+    println!("kubectl apply of a bad VirtualService: {}", o.stderr.trim());
+    assert!(!o.ok(), "the bad VirtualService was stored");
+    assert!(
+        o.stderr.contains("admission webhook \"validation.pilotfish.io\" denied the request")
+            && o.stderr.contains(
+                "VirtualService default/reviews: spec.http[0].route[1].destination.port.number: invalid type"
+            ),
+        "{}",
+        o.describe()
+    );
+    // An unknown field, which the CRD schema keeps: refused too.
+    let typo = REVIEWS.replace("  hosts: [reviews]", "  hosts: [reviews]\n  htpp: []");
+    let o = api.apply(&typo);
+    assert!(!o.ok() && o.stderr.contains("htpp"), "{}", o.describe());
+    // Valid config passes (Service, DestinationRule, VirtualService).
+    let o = api.apply(REVIEWS);
+    assert!(o.ok(), "valid Istio YAML refused: {}", o.describe());
+
+    // pilotfish gone: fail closed.
+    cp.kill();
+    let o = api.apply(
+        &REVIEWS
+            .replace("weight: 90", "weight: 80")
+            .replace("weight: 10", "weight: 20"),
+    );
+    assert!(
+        !o.ok(),
+        "stored while the webhook was down (failurePolicy Fail)"
+    );
+    println!("with pilotfish down: {}", o.stderr.trim());
+}

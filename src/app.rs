@@ -36,6 +36,18 @@ pub struct ServeArgs {
     /// Kubeconfig file for `--kubernetes` (implies it).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// The validating admission webhook's TLS listen address (with `--kubernetes`; empty
+    /// turns it off). Its certificate is the xDS serving certificate (`--tls-dns-names`
+    /// adds names or IP addresses to it).
+    #[arg(long, default_value = "127.0.0.1:15017")]
+    pub webhook_address: String,
+    /// The URL the API server calls the webhook at (pilotfish outside the cluster). Default:
+    /// the Service `pilotfish` in `--system-namespace`, port 15017.
+    #[arg(long)]
+    pub webhook_url: Option<String>,
+    /// `Fail` (an object cannot be stored while the webhook is unreachable) or `Ignore`.
+    #[arg(long, default_value = "Fail")]
+    pub webhook_failure_policy: String,
     /// Plaintext xDS (ADS) listen address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_address: String,
@@ -695,14 +707,21 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(None);
     let metrics = Arc::new(Metrics::new());
     let conns = Arc::new(Connections::default());
-    let kube_source = if a.kubernetes || a.kubeconfig.is_some() {
-        Some(KubeSource {
-            client: kube_client(a.kubeconfig.as_deref()).await?,
-            runtime: tokio::runtime::Handle::current(),
-        })
+    let kube = if a.kubernetes || a.kubeconfig.is_some() {
+        Some(kube_client(a.kubeconfig.as_deref()).await?)
     } else {
         None
     };
+    let kube_source = kube.clone().map(|client| KubeSource {
+        client,
+        runtime: tokio::runtime::Handle::current(),
+    });
+    if !matches!(a.webhook_failure_policy.as_str(), "Fail" | "Ignore") {
+        anyhow::bail!(
+            "--webhook-failure-policy must be Fail or Ignore, not {:?}",
+            a.webhook_failure_policy
+        );
+    }
     {
         let (dir, m, state) = (
             a.config_dir.clone(),
@@ -736,6 +755,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     let (ca, tokens) = a.ca.load()?;
     let (security, rotation_tx) = security(&ca, tokens, &metrics);
+    let rotation_rx = rotation_tx.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let xds = XdsServer {
         current: rx.clone(),
@@ -789,6 +809,34 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let server_cert = ca.server_cert(&a.ca.dns_names(), Duration::from_secs(365 * 86400))?;
+    if let (Some(client), false) = (&kube, a.webhook_address.is_empty()) {
+        let addr: SocketAddr = a
+            .webhook_address
+            .parse()
+            .with_context(|| format!("--webhook-address {}", a.webhook_address))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        let acceptor = webhook_acceptor(&server_cert.cert_chain_pem, &server_cert.key_pem)?;
+        tokio::spawn(crate::webhook::serve(listener, acceptor, xds.stop.clone()));
+        let endpoint = match &a.webhook_url {
+            Some(u) => crate::webhook::Endpoint::Url(u.clone()),
+            None => crate::webhook::Endpoint::Service(
+                a.ca.system_namespace.clone(),
+                "pilotfish".into(),
+                15017,
+            ),
+        };
+        let roots_ca = ca.clone();
+        tokio::spawn(crate::webhook::keep_config(
+            client.clone(),
+            endpoint,
+            Arc::new(move || roots_ca.bundle_pem()),
+            rotation_rx,
+            a.webhook_failure_policy == "Fail",
+        ));
+        info!(%addr, "validating webhook serving");
+    }
     // Client certificates are optional (xDS streams authenticate with tokens); the
     // ext_authz service requires one of the mesh's.
     let tls = tonic::transport::ServerTlsConfig::new()
@@ -969,6 +1017,25 @@ async fn kube_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kub
         )?,
     };
     kube::Client::try_from(config).context("Kubernetes client")
+}
+
+/// The webhook's TLS config: the serving certificate, ALPN h2 and HTTP/1.1, no client
+/// certificate (the API server is the only caller, over its own network path).
+fn webhook_acceptor(chain_pem: &str, key_pem: &str) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the serving certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("the serving key")?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// The TLS port's server config for the own HTTP/2 server: the xDS serving certificate,

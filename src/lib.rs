@@ -20,4 +20,5 @@ pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod translate;
+pub mod webhook;
 pub mod xds;

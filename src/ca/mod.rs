@@ -553,6 +553,11 @@ impl Ca {
     pub fn server_cert(&self, dns_names: &[String], ttl: Duration) -> Result<Svid, CaError> {
         let mut sans = Vec::new();
         for n in dns_names {
+            // An address (a webhook reached by IP, out of the cluster) is an IP SAN.
+            if let Ok(ip) = n.parse::<std::net::IpAddr>() {
+                sans.push(SanType::IpAddress(ip));
+                continue;
+            }
             let ia5 = n.clone().try_into().map_err(|_| CaError::Invalid {
                 what: "DNS name".into(),
                 reason: format!("{n:?} is not valid"),
