@@ -97,6 +97,9 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
             api.kubeconfig.to_str().unwrap(),
             "--debounce-ms",
             "50",
+            // The webhooks are another test's: off here.
+            "--webhook-address",
+            "",
         ],
     );
     let ok = wait_until(READY, || {
@@ -259,4 +262,137 @@ fn invalid_istio_config_is_refused_at_kubectl_apply() {
         "stored while the webhook was down (failurePolicy Fail)"
     );
     println!("with pilotfish down: {}", o.stderr.trim());
+}
+
+/// Sidecar injection: a pod created in a namespace labelled `istio-injection=enabled`
+/// comes back from the API server with the init container, the Envoy container (its
+/// bootstrap inline, naming the pod through the downward API) and the projected token; an
+/// opted-out pod and a pod of an unlabelled namespace come back as they were.
+#[test]
+fn pods_in_labelled_namespaces_get_a_sidecar() {
+    let api = KubeApi::start();
+    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}/validate");
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_local(
+        dir.path(),
+        &[
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--tls-dns-names",
+            "127.0.0.1",
+            "--injection-token-audience",
+            "pilotfish-test",
+        ],
+    );
+    let configured = wait_until(READY, || {
+        api.kubectl(&["get", "mutatingwebhookconfiguration", "pilotfish-injector"])
+            .ok()
+    });
+    assert!(configured, "no injector configuration\n{}", cp.log_tail(20));
+    let o = api.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio-injection: enabled}}\n---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n",
+    );
+    assert!(o.ok(), "{}", o.describe());
+    let pod = |ns: &str, name: &str, extra: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: web, version: v1}}{extra}}}\nspec:\n  serviceAccountName: default\n  containers: [{{name: app, image: registry.invalid/app:1}}]\n"
+        )
+    };
+    // The service account must exist for a pod to be admitted.
+    for ns in ["shop", "plain"] {
+        let _ = api.kubectl(&["create", "serviceaccount", "default", "-n", ns]);
+    }
+    let o = api.apply(
+        &(pod("shop", "web-1", "")
+            + "---\n"
+            + &pod(
+                "shop",
+                "web-2",
+                ", annotations: {sidecar.istio.io/inject: \"false\"}",
+            )
+            + "---\n"
+            + &pod("plain", "web-3", "")),
+    );
+    assert!(o.ok(), "pods refused: {}", o.describe());
+    let get = |ns: &str, name: &str| -> Value {
+        let o = api.kubectl(&["get", "pod", name, "-n", ns, "-o", "json"]);
+        assert!(o.ok(), "{}", o.describe());
+        serde_json::from_str(&o.stdout).unwrap()
+    };
+    let names = |p: &Value, key: &str| -> Vec<String> {
+        p["spec"][key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| c["name"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let injected = get("shop", "web-1");
+    assert_eq!(names(&injected, "containers"), ["app", "istio-proxy"]);
+    assert_eq!(names(&injected, "initContainers"), ["istio-init"]);
+    let proxy = &injected["spec"]["containers"][1];
+    assert_eq!(proxy["image"], "envoyproxy/envoy:v1.40.0");
+    let args: Vec<&str> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "--config-yaml");
+    let bootstrap: Value = serde_json::from_str(args[1]).expect("the bootstrap is JSON");
+    assert_eq!(
+        bootstrap["node"]["id"],
+        "sidecar~$(INSTANCE_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc.cluster.local"
+    );
+    assert_eq!(bootstrap["node"]["metadata"]["NAMESPACE"], "shop");
+    assert_eq!(bootstrap["node"]["metadata"]["LABELS"]["app"], "web");
+    assert_eq!(
+        bootstrap["dynamic_resources"]["ads_config"]["api_type"],
+        "DELTA_GRPC"
+    );
+    let grpc = &bootstrap["dynamic_resources"]["ads_config"]["grpc_services"][0]["google_grpc"];
+    assert!(
+        grpc["channel_credentials"]["ssl_credentials"]["root_certs"]["inline_string"]
+            .as_str()
+            .is_some_and(|r| r.contains("BEGIN CERTIFICATE")),
+        "the roots travel inline"
+    );
+    let env: Vec<&str> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE", "INSTANCE_IP"]);
+    let token = injected["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "pilotfish-token")
+        .expect("token volume");
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "pilotfish-test"
+    );
+    assert!(injected["metadata"]["annotations"]["sidecar.istio.io/status"].is_string());
+    // Opted out, and not in a labelled namespace: untouched.
+    for (ns, name) in [("shop", "web-2"), ("plain", "web-3")] {
+        let p = get(ns, name);
+        assert_eq!(names(&p, "containers"), ["app"], "{ns}/{name} was injected");
+        assert!(names(&p, "initContainers").is_empty());
+    }
+    println!(
+        "injected: {:?} + {:?}",
+        names(&injected, "initContainers"),
+        names(&injected, "containers")
+    );
 }

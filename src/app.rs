@@ -48,6 +48,30 @@ pub struct ServeArgs {
     /// `Fail` (an object cannot be stored while the webhook is unreachable) or `Ignore`.
     #[arg(long, default_value = "Fail")]
     pub webhook_failure_policy: String,
+    /// Sidecar injection through the webhook (pods in namespaces labelled
+    /// `istio-injection=enabled`).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub injection: bool,
+    /// The injected proxy's image (stock Envoy).
+    #[arg(long, default_value = "envoyproxy/envoy:v1.40.0")]
+    pub proxy_image: String,
+    /// The injected init container's image (one with the pilotfish binary: `pilotfish
+    /// iptables`).
+    #[arg(long, default_value = "pilotfish:latest")]
+    pub proxy_init_image: String,
+    /// Audience of the projected service-account token injected sidecars present.
+    #[arg(long, default_value = "pilotfish")]
+    pub injection_token_audience: String,
+    /// Where injected sidecars reach pilotfish's TLS port. Default:
+    /// `pilotfish.<system-namespace>.svc:15012`.
+    #[arg(long)]
+    pub injection_xds_address: Option<String>,
+    /// The injection template (YAML; see `src/inject/template.yaml`, the default).
+    #[arg(long)]
+    pub injection_template: Option<PathBuf>,
+    /// Injected sidecars use delta xDS.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub injection_delta: bool,
     /// Plaintext xDS (ADS) listen address.
     #[arg(long, default_value = "127.0.0.1:15010")]
     pub xds_address: String,
@@ -818,7 +842,39 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         let acceptor = webhook_acceptor(&server_cert.cert_chain_pem, &server_cert.key_pem)?;
-        tokio::spawn(crate::webhook::serve(listener, acceptor, xds.stop.clone()));
+        let injector = if a.injection {
+            let template = match &a.injection_template {
+                Some(p) => Some(
+                    std::fs::read_to_string(p)
+                        .with_context(|| format!("--injection-template {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let roots_ca = ca.clone();
+            let opts = crate::inject::Options {
+                proxy_image: a.proxy_image.clone(),
+                init_image: a.proxy_init_image.clone(),
+                token_audience: a.injection_token_audience.clone(),
+                xds_address: a
+                    .injection_xds_address
+                    .clone()
+                    .unwrap_or_else(|| format!("pilotfish.{}.svc:15012", a.ca.system_namespace)),
+                xds_server_name: "pilotfish".into(),
+                delta: a.injection_delta,
+                cluster_id: "Kubernetes".into(),
+                roots: Arc::new(move || roots_ca.bundle_pem()),
+            };
+            let inj = crate::inject::Injector::new(template.as_deref(), opts);
+            Some(Arc::new(inj.map_err(|e| anyhow::anyhow!(e))?))
+        } else {
+            None
+        };
+        tokio::spawn(crate::webhook::serve(
+            listener,
+            acceptor,
+            injector,
+            xds.stop.clone(),
+        ));
         let endpoint = match &a.webhook_url {
             Some(u) => crate::webhook::Endpoint::Url(u.clone()),
             None => crate::webhook::Endpoint::Service(
@@ -834,6 +890,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             Arc::new(move || roots_ca.bundle_pem()),
             rotation_rx,
             a.webhook_failure_policy == "Fail",
+            a.injection,
         ));
         info!(%addr, "validating webhook serving");
     }

@@ -14,6 +14,7 @@ pub mod ca;
 pub mod check;
 pub mod debug;
 pub mod envoy_json;
+pub mod inject;
 pub mod iptables;
 pub mod mem;
 pub mod metrics;

@@ -28,11 +28,30 @@ pub const CONFIG_NAME: &str = "pilotfish-validator";
 /// Largest AdmissionReview read (the API server's own request limit is 3 MiB).
 const MAX_BODY: usize = 4 << 20;
 
-/// The router: `POST /validate`.
-pub fn router() -> Router {
-    Router::new()
-        .route("/validate", post(validate))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
+/// The injection webhook configuration's name.
+pub const INJECTOR_NAME: &str = "pilotfish-injector";
+
+/// The router: `POST /validate`, and `POST /inject` with an injector.
+pub fn router(injector: Option<Arc<crate::inject::Injector>>) -> Router {
+    let mut r = Router::new().route("/validate", post(validate));
+    if let Some(inj) = injector {
+        r = r.route(
+            "/inject",
+            post(move |body: axum::body::Bytes| {
+                let inj = inj.clone();
+                async move {
+                    let review = tokio::task::spawn_blocking(move || inj.review(&body))
+                        .await
+                        .unwrap_or_else(|_| {
+                            AdmissionResponse::invalid("pilotfish: injection failed internally")
+                                .into_review()
+                        });
+                    Json(review)
+                }
+            }),
+        );
+    }
+    r.layer(DefaultBodyLimit::max(MAX_BODY))
 }
 
 async fn validate(body: axum::body::Bytes) -> Json<AdmissionReview<DynamicObject>> {
@@ -124,9 +143,10 @@ pub enum Endpoint {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    injector: Option<Arc<crate::inject::Injector>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = router();
+    let app = router(injector);
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -170,31 +190,73 @@ pub async fn apply_config(
     endpoint: &Endpoint,
     ca_bundle: &str,
     fail_closed: bool,
+    injecting: bool,
 ) -> anyhow::Result<()> {
     use base64::Engine;
-    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca_bundle);
-    let client_config = match endpoint {
-        Endpoint::Url(u) => serde_json::json!({"url": u, "caBundle": bundle}),
+    let client_config = |path: &str| match endpoint {
+        // A URL names the validating path; the injector is its sibling.
+        Endpoint::Url(u) => {
+            let base = u.trim_end_matches("/validate").trim_end_matches('/');
+            serde_json::json!({"url": format!("{base}{path}"), "caBundle": bundle})
+        }
         Endpoint::Service(ns, name, port) => serde_json::json!({
-            "service": {"namespace": ns, "name": name, "path": "/validate", "port": port},
+            "service": {"namespace": ns, "name": name, "path": path, "port": port},
             "caBundle": bundle,
         }),
     };
+    let policy = if fail_closed { "Fail" } else { "Ignore" };
+    if injecting {
+        let cfg = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": INJECTOR_NAME, "labels": {"app.kubernetes.io/part-of": "pilotfish"}},
+            "webhooks": [{
+                "name": "sidecar-injector.pilotfish.io",
+                "clientConfig": client_config("/inject"),
+                "rules": [{
+                    "apiGroups": [""],
+                    "apiVersions": ["v1"],
+                    "resources": ["pods"],
+                    "operations": ["CREATE"],
+                }],
+                "namespaceSelector": {"matchLabels": {"istio-injection": "enabled"}},
+                "objectSelector": {"matchExpressions": [
+                    {"key": crate::inject::INJECT, "operator": "NotIn", "values": ["false"]}
+                ]},
+                "failurePolicy": policy,
+                "reinvocationPolicy": "Never",
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": 10,
+            }],
+        });
+        let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+        api.patch(
+            INJECTOR_NAME,
+            &PatchParams::apply("pilotfish").force(),
+            &Patch::Apply(cfg),
+        )
+        .await
+        .with_context(|| format!("applying MutatingWebhookConfiguration {INJECTOR_NAME}"))?;
+    }
     let cfg = serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": CONFIG_NAME, "labels": {"app.kubernetes.io/part-of": "pilotfish"}},
         "webhooks": [{
             "name": "validation.pilotfish.io",
-            "clientConfig": client_config,
+            "clientConfig": client_config("/validate"),
             "rules": [{
                 "apiGroups": ["networking.istio.io", "security.istio.io"],
                 "apiVersions": ["*"],
                 "resources": ["*"],
                 "operations": ["CREATE", "UPDATE"],
             }],
-            "failurePolicy": if fail_closed { "Fail" } else { "Ignore" },
+            "failurePolicy": policy,
             "sideEffects": "None",
             "admissionReviewVersions": ["v1"],
             "timeoutSeconds": 10,
@@ -219,17 +281,15 @@ pub async fn keep_config(
     roots: Arc<dyn Fn() -> String + Send + Sync>,
     mut rotated: watch::Receiver<u64>,
     fail_closed: bool,
+    injecting: bool,
 ) {
     loop {
         let bundle = roots();
         let mut delay = Duration::from_millis(500);
         loop {
-            match apply_config(&client, &endpoint, &bundle, fail_closed).await {
+            match apply_config(&client, &endpoint, &bundle, fail_closed, injecting).await {
                 Ok(()) => {
-                    info!(
-                        name = CONFIG_NAME,
-                        "validating webhook configuration applied"
-                    );
+                    info!(injecting, "webhook configurations applied");
                     break;
                 }
                 Err(e) => {

@@ -132,19 +132,37 @@ async fn watch_kind(
     // Objects of a relist in progress.
     let mut listing: Option<Vec<(String, String)>> = None;
     let mut failing = false;
+    let mut missing = false;
     while let Some(ev) = stream.next().await {
         let ev = match ev {
             Ok(ev) => {
-                if failing {
+                if failing && !matches!(ev, Event::Init) {
                     info!(%kind, "Kubernetes watch restored");
                     failing = false;
+                    missing = false;
                 }
                 ev
             }
             Err(e) => {
-                // The watcher retries with backoff (and relists after a 410 Gone); what
-                // is served stays as it is meanwhile.
-                if !failing {
+                // The kind is not installed (no CRD): served as empty, so pilotfish is not
+                // held back by a kind nobody uses; the watcher keeps retrying and a CRD
+                // installed later is picked up with a relist.
+                let not_found = matches!(
+                    &e,
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
+                );
+                if not_found && !missing {
+                    missing = true;
+                    warn!(%kind, "kind not installed in the cluster (CRD missing?); served as empty until it is");
+                    let mut s = pending.state.lock().unwrap_or_else(|p| p.into_inner());
+                    if s.synced.insert(kind.clone()) {
+                        s.relists.insert(kind.clone(), Vec::new());
+                        drop(s);
+                        wake();
+                    }
+                } else if !failing && !not_found {
+                    // The watcher retries with backoff (and relists after a 410 Gone);
+                    // what is served stays as it is meanwhile.
                     warn!(%kind, error = %e, "Kubernetes watch failed; retrying, the served config stays");
                 }
                 failing = true;
