@@ -396,3 +396,134 @@ fn pods_in_labelled_namespaces_get_a_sidecar() {
         names(&injected, "containers")
     );
 }
+
+/// Proxy authentication with TokenReview: a projected token from the TokenRequest API (the
+/// kind injection mounts) authenticates a stream on the TLS port as its service account,
+/// which then gets its own certificate over SDS; a token for another audience, or a node
+/// claiming another service account than its token's, is refused.
+#[test]
+fn projected_tokens_authenticate_as_their_service_account() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
+    use prost::Message;
+    let api = KubeApi::start();
+    let o = api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    assert!(o.ok(), "{}", o.describe());
+    for sa in ["web", "db"] {
+        let o = api.kubectl(&["create", "serviceaccount", sa, "-n", "shop"]);
+        assert!(o.ok(), "{}", o.describe());
+    }
+    let token = |sa: &str, aud: &str| {
+        let o = api.kubectl(&["create", "token", sa, "-n", "shop", "--audience", aud]);
+        assert!(o.ok(), "{}", o.describe());
+        o.stdout.trim().to_string()
+    };
+    let (web, other_audience) = (token("web", "pilotfish"), token("web", "somebody-else"));
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_local(
+        dir.path(),
+        &[
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            "",
+        ],
+    );
+    let root = std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
+    let secure = cp.secure_address.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // One SDS request on the TLS port with `token`, the node claiming shop/`sa`: the first
+    // answer (the certificate's SPIFFE ID) or the refusal.
+    let ask = |token: String, sa: &str| -> Result<String, tonic::Status> {
+        let (root, secure, sa) = (root.clone(), secure.clone(), sa.to_string());
+        rt.block_on(async move {
+            let tls = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(root))
+                .domain_name("pilotfish");
+            let ch = tonic::transport::Channel::from_shared(format!("https://{secure}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let s = |v: &str| PbValue {
+                kind: Some(Kind::StringValue(v.into())),
+            };
+            let node = Node {
+                id: "sidecar~10.1.0.5~web-1.shop~shop.svc.cluster.local".into(),
+                metadata: Some(Struct {
+                    fields: [
+                        ("NAMESPACE".to_string(), s("shop")),
+                        ("SERVICE_ACCOUNT".to_string(), s(&sa)),
+                    ]
+                    .into(),
+                }),
+                ..Default::default()
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(DiscoveryRequest {
+                node: Some(node),
+                type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+                    .into(),
+                resource_names: vec!["default".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            let mut s = AggregatedDiscoveryServiceClient::new(ch)
+                .stream_aggregated_resources(req)
+                .await?
+                .into_inner();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no answer"))??
+                .ok_or_else(|| tonic::Status::aborted("stream ended"))?;
+            let sec = Secret::decode(r.resources[0].value.as_slice()).unwrap();
+            let Some(secret::Type::TlsCertificate(t)) = sec.r#type else {
+                return Err(tonic::Status::internal("not a certificate"));
+            };
+            let pem = match t.certificate_chain.unwrap().specifier.unwrap() {
+                envoy_types::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                    s,
+                ) => s,
+                _ => return Err(tonic::Status::internal("not inline")),
+            };
+            let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+            let c = p.parse_x509().unwrap();
+            let san = c.subject_alternative_name().unwrap().unwrap();
+            Ok(san
+                .value
+                .general_names
+                .iter()
+                .find_map(|g| match g {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .unwrap_or_default())
+        })
+    };
+    let got = ask(web.clone(), "web");
+    println!("projected token for shop/web: {got:?}");
+    assert_eq!(got.unwrap(), "spiffe://cluster.local/ns/shop/sa/web");
+    let wrong_audience = ask(other_audience, "web").unwrap_err();
+    assert_eq!(
+        wrong_audience.code(),
+        tonic::Code::Unauthenticated,
+        "{wrong_audience:?}"
+    );
+    let wrong_claim = ask(web, "db").unwrap_err();
+    assert_eq!(
+        wrong_claim.code(),
+        tonic::Code::PermissionDenied,
+        "{wrong_claim:?}"
+    );
+    let garbage = ask("not-a-token".into(), "web").unwrap_err();
+    assert_eq!(garbage.code(), tonic::Code::Unauthenticated, "{garbage:?}");
+}

@@ -778,7 +778,17 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         anyhow::bail!("--xds-http2 must be own or hyper, not {:?}", a.xds_http2);
     }
     let (ca, tokens) = a.ca.load()?;
-    let (security, rotation_tx) = security(&ca, tokens, &metrics);
+    // On Kubernetes a stream's token is a projected service-account token the API server
+    // reviews (pilotfish's own tokens still work); otherwise only pilotfish's own.
+    let verifier: Arc<dyn crate::ca::token::TokenVerifier> = match &kube {
+        Some(client) => Arc::new(crate::ca::review::TokenReviewer::new(
+            client.clone(),
+            a.injection_token_audience.clone(),
+            tokens,
+        )),
+        None => tokens,
+    };
+    let (security, rotation_tx) = security(&ca, verifier, &metrics);
     let rotation_rx = rotation_tx.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let xds = XdsServer {
@@ -1275,13 +1285,13 @@ fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::ne
 /// Proxy authentication and secret serving, with their metrics registered.
 fn security(
     ca: &Arc<Ca>,
-    tokens: Arc<LocalTokens>,
+    verifier: Arc<dyn crate::ca::token::TokenVerifier>,
     metrics: &Metrics,
 ) -> (Arc<Security>, watch::Sender<u64>) {
     let (rotation_tx, rotation) = watch::channel(0u64);
     let sec = Arc::new(Security {
         ca: ca.clone(),
-        verifier: tokens,
+        verifier,
         rotation,
         refusals: Default::default(),
         sds_denied: Default::default(),

@@ -10,6 +10,7 @@
 //! Private keys never leave this module except inside a `Svid` bound for the SDS stream of
 //! the identity it was minted for; `Debug` impls redact them.
 
+pub mod review;
 pub mod token;
 
 use rcgen::{

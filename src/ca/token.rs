@@ -41,11 +41,17 @@ pub enum AuthError {
     MissingClaim(&'static str),
     #[error("token subject is not a service account")]
     Subject,
+    #[error("token review: {0}")]
+    Review(String),
 }
 
-/// Checks a bearer token and says which identity it proves.
+/// Checks a bearer token and says which identity it proves (async: on Kubernetes the
+/// answer comes from the API server's TokenReview).
 pub trait TokenVerifier: Send + Sync {
-    fn verify(&self, token: &str) -> Result<Identity, AuthError>;
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Identity, AuthError>> + Send + 'a>>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -171,7 +177,18 @@ impl LocalTokens {
 }
 
 impl TokenVerifier for LocalTokens {
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Identity, AuthError>> + Send + 'a>>
+    {
+        Box::pin(std::future::ready(self.check(token)))
+    }
+}
+
+impl LocalTokens {
+    /// The identity a token signed by this key proves (file mode's tokens).
+    pub fn check(&self, token: &str) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::Missing);

@@ -35,17 +35,21 @@ pub struct Security {
 }
 
 impl Security {
-    /// Authenticate a stream from its gRPC metadata.
-    pub fn authenticate(&self, md: &MetadataMap, peer: &str) -> Result<Identity, Status> {
-        let token = md
-            .get("authorization")
+    /// The bearer token of a stream's gRPC metadata ("" when there is none).
+    pub fn bearer(md: &MetadataMap) -> String {
+        md.get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             })
-            .unwrap_or("");
-        self.verifier.verify(token).map_err(|e| {
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Authenticate a stream from its bearer token.
+    pub async fn authenticate(&self, token: &str, peer: &str) -> Result<Identity, Status> {
+        self.verifier.verify(token).await.map_err(|e| {
             warn!(%peer, reason = %e, "xDS stream refused: authentication failed");
             self.refuse("token");
             Status::unauthenticated(format!("authentication failed: {e}"))

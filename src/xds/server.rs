@@ -549,8 +549,19 @@ async fn run<V: Variant>(
     tx: Tx,
     peer: String,
     fixed_type: Option<&'static str>,
-    identity: Option<Identity>,
+    token: Option<String>,
 ) {
+    let identity = match (&token, &srv.security) {
+        (Some(t), Some(sec)) => match sec.authenticate(t, &peer).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        },
+        _ => None,
+    };
+    drop(token);
     let fill = |mut r: Box<V::Req>| {
         let t = V::type_url(&mut r);
         if t.is_empty() {
@@ -664,15 +675,17 @@ impl XdsServer {
         }
     }
 
-    fn authenticate<T>(&self, req: &Request<T>, peer: &str) -> Result<Option<Identity>, Status> {
+    /// The bearer token to check in the stream's task (None: no authentication on this
+    /// port). The check itself may ask the API server (TokenReview), so it is not done on
+    /// the connection's task.
+    fn token<T>(&self, req: &Request<T>) -> Result<Option<String>, Status> {
         if !self.require_auth {
             return Ok(None);
         }
-        let sec = self
-            .security
-            .as_ref()
-            .ok_or_else(|| Status::internal("authentication is not configured"))?;
-        sec.authenticate(req.metadata(), peer).map(Some)
+        if self.security.is_none() {
+            return Err(Status::internal("authentication is not configured"));
+        }
+        Ok(Some(super::auth::Security::bearer(req.metadata())))
     }
 
     /// Open a stream of either variant: checks, then the stream's task; the receiver feeds
@@ -686,9 +699,9 @@ impl XdsServer {
         self.current()?;
         self.admit(head)?;
         let peer = peer_of(head);
-        let identity = self.authenticate(head, &peer)?;
+        let token = self.token(head)?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run::<V>(self.clone(), body, tx, peer, fixed, identity));
+        tokio::spawn(run::<V>(self.clone(), body, tx, peer, fixed, token));
         Ok(rx)
     }
 
