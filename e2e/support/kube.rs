@@ -152,3 +152,39 @@ impl Drop for KubeApi {
         );
     }
 }
+
+pub const HELM_VERSION: &str = "v3.21.4";
+
+/// `helm`, built once from its Go module (`helm.sh/helm/v3/cmd/helm`) into `tools_cache()`.
+pub fn helm_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = tools_cache().join(format!("helm-{HELM_VERSION}"));
+        let bin = dir.join("bin").join("helm");
+        let works = |b: &Path| {
+            b.is_file() && run(Command::new(b).arg("version"), Duration::from_secs(20)).ok()
+        };
+        if !works(&bin) {
+            with_file_lock(&dir.join("install.lock"), || {
+                if works(&bin) {
+                    return;
+                }
+                eprintln!("e2e: building helm {HELM_VERSION} into {}", dir.display());
+                let o = run(
+                    Command::new("go")
+                        .arg("install")
+                        .arg(format!("helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"))
+                        .env("GOBIN", dir.join("bin"))
+                        .env("GOPATH", dir.join("gopath"))
+                        .env("GOFLAGS", "-modcacherw")
+                        .env("CGO_ENABLED", "0"),
+                    Duration::from_secs(40 * 60),
+                );
+                assert!(o.ok(), "building helm failed: {}", o.describe());
+            });
+        }
+        assert!(works(&bin), "helm not usable at {}", bin.display());
+        bin
+    })
+    .clone()
+}

@@ -28,6 +28,7 @@ pub struct DebugState {
 pub fn router(state: DebugState) -> Router {
     Router::new()
         .route("/ready", get(ready))
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/debug", get(index))
         .route("/debug/syncz", get(syncz))
