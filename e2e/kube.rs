@@ -595,3 +595,193 @@ fn helm_chart_lints_renders_and_is_accepted() {
     assert!(o.ok(), "the API server refused the chart: {}", o.describe());
     println!("chart accepted (server-side dry run):\n{}", o.stdout.trim());
 }
+
+/// Every connected proxy has ACKed what it was sent, at World version `v` or later
+/// (`/debug/syncz`).
+fn all_synced(cp: &ControlPlane, v: u64) -> bool {
+    let Ok((_, text)) = cp.get("/debug/syncz") else {
+        return false;
+    };
+    let rows: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let Some(rows) = rows.as_array().filter(|r| !r.is_empty()) else {
+        return false;
+    };
+    rows.iter().all(|r| {
+        r["world_version"].as_u64().unwrap_or(0) >= v
+            && r["types"]
+                .as_object()
+                .is_some_and(|t| t.values().all(|s| s["acked_version"] == s["sent_version"]))
+    })
+}
+
+/// The served World version once `served` holds for `/debug/configz`.
+fn version_when(cp: &ControlPlane, served: impl Fn(&Value) -> bool) -> Option<u64> {
+    let mut v = None;
+    wait_until(READY, || {
+        let Ok((_, text)) = cp.get("/debug/configz") else {
+            return false;
+        };
+        let c: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if served(&c) {
+            v = c["version"].as_u64();
+            true
+        } else {
+            false
+        }
+    });
+    v
+}
+
+/// The core routing scenarios with real Envoy sidecars whose config comes from objects
+/// applied to the API server (Service, Pods with their IPs, DestinationRule,
+/// VirtualServices): an 80/20 split, a header match, a fault. Each `kubectl apply` is timed
+/// to the last sidecar's ACK, and a change through the config directory in the same run.
+#[test]
+fn routing_scenarios_from_objects_applied_to_the_api_server() {
+    if !support::need_root("kube routing") {
+        return;
+    }
+    use support::{Mesh, PodSpec};
+    let mesh = Mesh::new();
+    let api = KubeApi::start_with_service_cidr(&format!("10.77.{}.0/24", mesh.n()));
+    let crds = support::repo_root().join("crds").join("istio.yaml");
+    assert!(api.kubectl(&["apply", "-f", crds.to_str().unwrap()]).ok());
+    assert!(api
+        .kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            "--timeout=60s",
+            "crd",
+            "--all"
+        ])
+        .ok());
+    let _ = api.kubectl(&["create", "serviceaccount", "default"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_with(
+        &mesh,
+        dir.path(),
+        &[
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            "",
+            "--debounce-ms",
+            "50",
+        ],
+    );
+    let registry = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: reviews}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews}}\nspec:\n  host: reviews\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n",
+        vip = mesh.vip(0)
+    );
+    let o = api.apply(&registry);
+    assert!(o.ok(), "{}", o.describe());
+    for (i, v) in ["v1", "v2"].iter().enumerate() {
+        let name = format!("reviews-{v}");
+        let o = api.apply(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: reviews, version: {v}}}}}\nspec:\n  containers: [{{name: app, image: registry.invalid/reviews:1}}]\n"
+        ));
+        assert!(o.ok(), "{}", o.describe());
+        // No kubelet: the test writes the pod's status itself.
+        let ip = mesh.addr(20 + i as u8);
+        let o = api.kubectl(&[
+            "patch", "pod", &name, "--subresource=status", "--type=merge", "-p",
+            &format!("{{\"status\":{{\"phase\":\"Running\",\"podIP\":\"{ip}\",\"podIPs\":[{{\"ip\":\"{ip}\"}}],\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\"}}]}}}}"),
+        ]);
+        assert!(o.ok(), "{}", o.describe());
+    }
+    let backends: Vec<_> = ["v1", "v2"]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            mesh.start_pod(
+                PodSpec::new(&format!("reviews-{v}"))
+                    .label("app", "reviews")
+                    .label("version", v)
+                    .host(20 + i as u8)
+                    .delta(true)
+                    .control_plane(&cp),
+            )
+        })
+        .collect();
+    let client = mesh.start_pod(PodSpec::new("client").delta(true).control_plane(&cp));
+    client.hosts(&[("reviews", &mesh.vip(0).to_string())]);
+    let who = |path: &str, hdr: &[&str]| -> (u16, String) {
+        let mut args = vec!["-m", "5"];
+        for h in hdr {
+            args.extend(["-H", h]);
+        }
+        let (code, body) = client.curl(&format!("http://reviews:8080{path}"), &args);
+        let name = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(String::from))
+            .unwrap_or_default();
+        (code, name)
+    };
+    let both = wait_until(READY, || {
+        let seen: std::collections::BTreeSet<String> = (0..20).map(|_| who("/", &[]).1).collect();
+        seen.contains("reviews-v1") && seen.contains("reviews-v2")
+    });
+    assert!(both, "both versions never answered\n{}", cp.log_tail(20));
+
+    let vs = |http: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n{http}")
+    };
+    // Apply `yaml` with kubectl; the time until every sidecar ACKed the World serving it.
+    let timed_apply = |yaml: &str, marker: &str| -> Duration {
+        let t = std::time::Instant::now();
+        let o = api.apply(yaml);
+        assert!(o.ok(), "{}", o.describe());
+        let v = version_when(&cp, |c| c["objects"].to_string().contains(marker))
+            .unwrap_or_else(|| panic!("{marker} never served\n{}", cp.log_tail(20)));
+        assert!(
+            wait_until(READY, || all_synced(&cp, v)),
+            "sidecars never ACKed\n{}",
+            cp.log_tail(20)
+        );
+        t.elapsed()
+    };
+    let mut timings = Vec::new();
+
+    // An 80/20 split.
+    let d = timed_apply(&vs("  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 80}\n    - {destination: {host: reviews, subset: v2}, weight: 20}\n"), "\"weight\":80");
+    timings.push(("split 80/20", d));
+    let n = 200;
+    let v1 = (0..n)
+        .filter(|_| who("/", &[]) == (200, "reviews-v1".into()))
+        .count();
+    println!("split: {v1} of {n} to v1");
+    assert!((140..=180).contains(&v1), "v1 got {v1} of {n}");
+
+    // A header match: jason to v2, everyone else to v1.
+    let d = timed_apply(&vs("  - match: [{headers: {end-user: {exact: jason}}}]\n    route: [{destination: {host: reviews, subset: v2}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n"), "jason");
+    timings.push(("header match", d));
+    assert!((0..20).all(|_| who("/", &["end-user: jason"]) == (200, "reviews-v2".into())));
+    assert!((0..20).all(|_| who("/", &[]) == (200, "reviews-v1".into())));
+
+    // A fault: /teapot answered 418 by the client's sidecar.
+    let d = timed_apply(&vs("  - match: [{uri: {prefix: /teapot}}]\n    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}\n    route: [{destination: {host: reviews, subset: v1}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n"), "teapot");
+    timings.push(("fault", d));
+    assert!((0..10).all(|_| who("/teapot", &[]).0 == 418));
+    assert!((0..10).all(|_| who("/", &[]) == (200, "reviews-v1".into())));
+
+    // The same kind of change through the config directory, in the same run.
+    let t = std::time::Instant::now();
+    write_file(dir.path(), "details.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: details}\nspec:\n  ports: [{name: http, port: 9080}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: details}\nspec:\n  hosts: [details]\n  http:\n  - fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n    route: [{destination: {host: details}}]\n");
+    let v = version_when(&cp, |c| c["objects"].to_string().contains("\"details\""))
+        .expect("file change never served");
+    assert!(wait_until(READY, || all_synced(&cp, v)));
+    timings.push(("file source (for comparison)", t.elapsed()));
+    for (what, d) in &timings {
+        println!("apply to last sidecar ACK, {what}: {} ms", d.as_millis());
+    }
+    for p in backends.iter().chain(std::iter::once(&client)) {
+        let nacks: Vec<_> = p
+            .envoy_stats("update_rejected")
+            .into_iter()
+            .filter(|(_, v)| *v != 0)
+            .collect();
+        assert!(nacks.is_empty(), "pod {}: NACKs {nacks:?}", p.name);
+    }
+}

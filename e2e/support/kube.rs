@@ -95,12 +95,18 @@ pub struct KubeApi {
 
 impl KubeApi {
     pub fn start() -> KubeApi {
+        KubeApi::start_with_service_cidr("10.0.0.0/24")
+    }
+
+    /// With Service cluster IPs from `cidr` (a test mesh's VIPs).
+    pub fn start_with_service_cidr(cidr: &str) -> KubeApi {
         let bin = kube_bin_dir();
         let state = tempfile::tempdir().unwrap();
         let o = run(
             Command::new(scripts().join("start.sh"))
                 .env("KUBEAPI_BIN_DIR", &bin)
-                .env("KUBEAPI_STATE_DIR", state.path().join("kubeapi")),
+                .env("KUBEAPI_STATE_DIR", state.path().join("kubeapi"))
+                .env("KUBEAPI_SERVICE_CIDR", cidr),
             Duration::from_secs(180),
         );
         assert!(o.ok(), "starting kube-apiserver failed: {}", o.describe());
