@@ -166,6 +166,39 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
         "the last good version is not served"
     );
 
+    // The API server goes away: the served config stays as it was (and the watch failure
+    // is logged once); once it is back, changes flow again.
+    let args = api.kill_apiserver();
+    std::thread::sleep(Duration::from_secs(2));
+    let (objs, _) = served(&cp);
+    assert!(
+        find(&objs, "VirtualService", "reviews")
+            .is_some_and(|(_, spec)| spec.to_string().contains("\"weight\":50")),
+        "config lost while the API server was down"
+    );
+    api.start_apiserver(&args);
+    let o = api.apply(
+        &REVIEWS
+            .replace("weight: 90", "weight: 70")
+            .replace("weight: 10", "weight: 30"),
+    );
+    assert!(o.ok(), "{}", o.describe());
+    let resumed = wait_until(Duration::from_secs(60), || {
+        let (objs, _) = served(&cp);
+        find(&objs, "VirtualService", "reviews")
+            .is_some_and(|(_, spec)| spec.to_string().contains("\"weight\":70"))
+    });
+    assert!(
+        resumed,
+        "changes after the API server restart are not served\n{}",
+        cp.log_tail(30)
+    );
+    let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("Kubernetes watch failed"),
+        "the outage is not logged"
+    );
+
     // Delete: gone from the served config; the directory's object stays.
     let o = api.kubectl(&["delete", "virtualservice", "reviews"]);
     assert!(o.ok(), "{}", o.describe());

@@ -135,6 +135,53 @@ impl KubeApi {
         self.kubectl(&["apply", "-f", f.to_str().unwrap()])
     }
 
+    /// Kills kube-apiserver (SIGKILL; etcd keeps the data) and returns its command line.
+    pub fn kill_apiserver(&self) -> Vec<String> {
+        let st = self.state.path().join("kubeapi");
+        let pid = std::fs::read_to_string(st.join("apiserver.pid")).unwrap();
+        let pid = pid.trim();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let _ = run(
+            Command::new("kill").args(["-9", pid]),
+            Duration::from_secs(10),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        args
+    }
+
+    /// Starts kube-apiserver again with `args` (from `kill_apiserver`) and waits until it
+    /// answers.
+    pub fn start_apiserver(&self, args: &[String]) {
+        let st = self.state.path().join("kubeapi");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(st.join("logs").join("apiserver.log"))
+            .unwrap();
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::fs::write(st.join("apiserver.pid"), child.id().to_string()).unwrap();
+        std::mem::forget(child); // stop.sh stops it by pid
+        let up = super::wait_until(Duration::from_secs(60), || {
+            self.kubectl(&["get", "--raw", "/readyz"]).ok()
+        });
+        assert!(
+            up,
+            "kube-apiserver did not come back:\n{}",
+            self.log_tail(20)
+        );
+    }
+
     /// The kube-apiserver log (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         let log = self
