@@ -535,33 +535,10 @@ fn attacks_on_the_xds_port_are_bounded_and_a_sidecar_keeps_its_stream() {
 
     // PING and SETTINGS floods (answered at our cost) from a client that never reads.
     bench.run("PING flood, 100,000", 10, |cp| {
-        let mut s = connect(cp);
-        let mut out = preface(&[]);
-        for i in 0..100_000u64 {
-            out.extend(frame(6, 0, 0, &i.to_be_bytes()));
-        }
-        let _ = send(&mut s, &out);
-        let (goaway, closed) = drain(&mut s, Duration::from_secs(10));
-        // The GOAWAY may sit behind answers the client never read: closed is the outcome.
-        assert!(closed, "ping flood: the connection stays open");
-        format!(
-            "closed (GOAWAY seen: {:?})",
-            goaway == Some(ENHANCE_YOUR_CALM)
-        )
+        flood(cp, |i| frame(6, 0, 0, &(i as u64).to_be_bytes()))
     });
     bench.run("SETTINGS flood, 100,000", 10, |cp| {
-        let mut s = connect(cp);
-        let mut out = preface(&[]);
-        for _ in 0..100_000 {
-            out.extend(frame(4, 0, 0, &[0, 4, 0, 1, 0, 0]));
-        }
-        let _ = send(&mut s, &out);
-        let (goaway, closed) = drain(&mut s, Duration::from_secs(10));
-        assert!(closed, "settings flood: the connection stays open");
-        format!(
-            "closed (GOAWAY seen: {:?})",
-            goaway == Some(ENHANCE_YOUR_CALM)
-        )
+        flood(cp, |_| frame(4, 0, 0, &[0, 4, 0, 1, 0, 0]))
     });
     println!("{} attacks, each bounded", bench.rows.len());
 }
@@ -601,6 +578,23 @@ fn read_for(s: &mut TcpStream, d: Duration) -> Vec<u8> {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// 100,000 frames from `f` on one connection that never reads: it must be closed. (The
+/// GOAWAY may sit behind answers the client never read: closed is the outcome.)
+fn flood(cp: &ControlPlane, f: impl Fn(usize) -> Vec<u8>) -> String {
+    let mut s = connect(cp);
+    let mut out = preface(&[]);
+    for i in 0..100_000 {
+        out.extend(f(i));
+    }
+    let _ = send(&mut s, &out);
+    let (goaway, closed) = drain(&mut s, Duration::from_secs(10));
+    assert!(closed, "flood: the connection stays open");
+    format!(
+        "closed (GOAWAY seen: {:?})",
+        goaway == Some(ENHANCE_YOUR_CALM)
+    )
 }
 
 /// A counter from pilotfish's /metrics.

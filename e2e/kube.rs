@@ -60,13 +60,8 @@ fn find(
         .map(|o| (o.3.clone(), o.4.clone()))
 }
 
-const REVIEWS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n\
-apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n\
-apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 90}\n    - {destination: {host: reviews, subset: v2}, weight: 10}\n";
-
-#[test]
-fn kubernetes_source_reflects_creates_updates_and_deletes() {
-    let api = KubeApi::start();
+/// Applies `crds/istio.yaml` and waits until the API server serves every kind.
+fn with_crds(api: &KubeApi) {
     let crds = support::repo_root().join("crds").join("istio.yaml");
     let o = api.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
     assert!(o.ok(), "CRDs refused: {}", o.describe());
@@ -79,6 +74,36 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
         "--all",
     ]);
     assert!(o.ok(), "CRDs not established: {}", o.describe());
+}
+
+/// pilotfish with the API server as a source and its webhooks on a free loopback port that
+/// the API server calls by URL (`extra`: more flags).
+fn with_webhooks(api: &KubeApi, dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
+    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}/validate");
+    let mut args = vec![
+        "--kubeconfig",
+        api.kubeconfig.to_str().unwrap(),
+        "--webhook-address",
+        &addr,
+        "--webhook-url",
+        &url,
+        "--tls-dns-names",
+        "127.0.0.1",
+    ];
+    args.extend_from_slice(extra);
+    ControlPlane::start_local(dir, &args)
+}
+
+const REVIEWS: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: default}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n\
+apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews, namespace: default}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {destination: {host: reviews, subset: v1}, weight: 90}\n    - {destination: {host: reviews, subset: v2}, weight: 10}\n";
+
+#[test]
+fn kubernetes_source_reflects_creates_updates_and_deletes() {
+    let api = KubeApi::start();
+    with_crds(&api);
     // Istio's YAML applies unchanged (a v1beta1 VirtualService too).
     let o = api.apply(REVIEWS);
     assert!(o.ok(), "Istio YAML refused: {}", o.describe());
@@ -223,35 +248,9 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
 #[test]
 fn invalid_istio_config_is_refused_at_kubectl_apply() {
     let api = KubeApi::start();
-    let crds = support::repo_root().join("crds").join("istio.yaml");
-    assert!(api.kubectl(&["apply", "-f", crds.to_str().unwrap()]).ok());
-    assert!(api
-        .kubectl(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=60s",
-            "crd",
-            "--all"
-        ])
-        .ok());
-    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("https://{addr}/validate");
+    with_crds(&api);
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = ControlPlane::start_local(
-        dir.path(),
-        &[
-            "--kubeconfig",
-            api.kubeconfig.to_str().unwrap(),
-            "--webhook-address",
-            &addr,
-            "--webhook-url",
-            &url,
-            "--tls-dns-names",
-            "127.0.0.1",
-        ],
-    );
+    let mut cp = with_webhooks(&api, dir.path(), &[]);
     let configured = wait_until(READY, || {
         api.kubectl(&[
             "get",
@@ -304,24 +303,11 @@ fn invalid_istio_config_is_refused_at_kubectl_apply() {
 #[test]
 fn pods_in_labelled_namespaces_get_a_sidecar() {
     let api = KubeApi::start();
-    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
-    let addr = format!("127.0.0.1:{port}");
-    let url = format!("https://{addr}/validate");
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start_local(
+    let cp = with_webhooks(
+        &api,
         dir.path(),
-        &[
-            "--kubeconfig",
-            api.kubeconfig.to_str().unwrap(),
-            "--webhook-address",
-            &addr,
-            "--webhook-url",
-            &url,
-            "--tls-dns-names",
-            "127.0.0.1",
-            "--injection-token-audience",
-            "pilotfish-test",
-        ],
+        &["--injection-token-audience", "pilotfish-test"],
     );
     let configured = wait_until(READY, || {
         api.kubectl(&["get", "mutatingwebhookconfiguration", "pilotfish-injector"])
@@ -677,18 +663,7 @@ fn routing_scenarios_from_objects_applied_to_the_api_server() {
     use support::{Mesh, PodSpec};
     let mesh = Mesh::new();
     let api = KubeApi::start_with_service_cidr(&format!("10.77.{}.0/24", mesh.n()));
-    let crds = support::repo_root().join("crds").join("istio.yaml");
-    assert!(api.kubectl(&["apply", "-f", crds.to_str().unwrap()]).ok());
-    assert!(api
-        .kubectl(&[
-            "wait",
-            "--for",
-            "condition=established",
-            "--timeout=60s",
-            "crd",
-            "--all"
-        ])
-        .ok());
+    with_crds(&api);
     let _ = api.kubectl(&["create", "serviceaccount", "default"]);
     let dir = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start_with(

@@ -234,14 +234,7 @@ pub async fn apply_config(
                 "timeoutSeconds": 10,
             }],
         });
-        let api: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
-        api.patch(
-            INJECTOR_NAME,
-            &PatchParams::apply("pilotfish").force(),
-            &Patch::Apply(cfg),
-        )
-        .await
-        .with_context(|| format!("applying MutatingWebhookConfiguration {INJECTOR_NAME}"))?;
+        apply::<MutatingWebhookConfiguration>(client, INJECTOR_NAME, cfg).await?;
     }
     let cfg = serde_json::json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
@@ -262,14 +255,26 @@ pub async fn apply_config(
             "timeoutSeconds": 10,
         }],
     });
-    let api: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(client.clone());
+    apply::<ValidatingWebhookConfiguration>(client, CONFIG_NAME, cfg).await
+}
+
+/// Server-side apply of a cluster-scoped object pilotfish owns.
+async fn apply<K>(client: &kube::Client, name: &str, obj: serde_json::Value) -> anyhow::Result<()>
+where
+    K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: kube::Api<K> = kube::Api::all(client.clone());
     api.patch(
-        CONFIG_NAME,
+        name,
         &PatchParams::apply("pilotfish").force(),
-        &Patch::Apply(cfg),
+        &Patch::Apply(obj),
     )
     .await
-    .with_context(|| format!("applying ValidatingWebhookConfiguration {CONFIG_NAME}"))?;
+    .with_context(|| format!("applying {} {name}", K::kind(&Default::default())))?;
     Ok(())
 }
 

@@ -111,6 +111,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// `PING_TIMEOUT` is closed (as tonic's keepalive did on this port).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a closing connection waits for the client to close after our GOAWAY.
+const LINGER: Duration = Duration::from_secs(1);
 /// A new connection must send the client preface and its first SETTINGS within this long
 /// (a slowloris connection that sends nothing, or only the magic, is closed).
 const HANDSHAKE: Duration = Duration::from_secs(10);
@@ -606,6 +608,8 @@ struct Conn<IO> {
     settings_seen: bool,
     /// When the header block in `cont` started.
     cont_since: Instant,
+    /// Closing: until when input is drained, and the error to report.
+    linger: Option<(Instant, Option<&'static str>)>,
     /// This connection's buffered request bytes (shared with its streams' inboxes).
     held: Arc<AtomicUsize>,
     /// The current rate window: its start, and streams, gRPC calls and control frames
@@ -655,6 +659,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             born: now,
             settings_seen: false,
             cont_since: now,
+            linger: None,
             held: Arc::new(AtomicUsize::new(0)),
             win_start: now,
             win_resets: 0,
@@ -681,6 +686,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
 
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         loop {
+            if self.linger.is_some() {
+                return self.poll_linger(cx);
+            }
             let mut progress = false;
             // Read what is there (unless output is backed up).
             if !self.read_closed && self.queued() < OUT_HIGH {
@@ -692,17 +700,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                         return Poll::Ready(Ok(()));
                     }
                     Poll::Ready(Err(e)) => {
-                        self.goaway(e.0);
-                        let _ = self.poll_flush(cx);
-                        return Poll::Ready(Err(e.1.into()));
+                        self.close_with(e.0, Some(e.1));
+                        continue;
                     }
                     Poll::Pending => {}
                 }
             }
             if let Some(e) = self.timers(cx) {
-                self.goaway(e.0);
-                let _ = self.poll_flush(cx);
-                return Poll::Ready(Err(e.1.into()));
+                self.close_with(e.0, Some(e.1));
+                continue;
             }
             if self.shared.stopping.load(Ordering::Relaxed) && !self.closing {
                 self.closing = true;
@@ -716,11 +722,64 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Poll::Pending => {}
             }
             if self.closing && self.streams.is_empty() && self.queued() == 0 {
-                return Poll::Ready(Ok(()));
+                // Our GOAWAY went out and every stream ended: close, lingering.
+                self.linger = Some((Instant::now() + LINGER, None));
+                continue;
             }
             if !progress {
                 return Poll::Pending;
             }
+        }
+    }
+
+    /// A connection error: GOAWAY with `code`, then the lingering close.
+    fn close_with(&mut self, code: u32, why: Option<&'static str>) {
+        self.goaway(code);
+        self.linger = Some((Instant::now() + LINGER, why));
+    }
+
+    /// Closing: the queued output (the GOAWAY) is written, the write side shut, and input
+    /// read and dropped until the client closes or `LINGER` passes. Closing at once with
+    /// unread input would make the kernel send a reset, which can destroy the GOAWAY
+    /// before the client reads it.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let Some((deadline, why)) = self.linger else {
+            return Poll::Ready(Ok(()));
+        };
+        let done = |why: Option<&'static str>| Poll::Ready(why.map_or(Ok(()), |w| Err(w.into())));
+        if self.queued() > 0 {
+            match self.poll_flush(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => return done(why),
+                Poll::Pending => {}
+            }
+        }
+        if self.queued() == 0 && !self.read_closed {
+            match Pin::new(&mut self.io).poll_shutdown(cx) {
+                Poll::Ready(_) => {}
+                Poll::Pending => {}
+            }
+            // Input is dropped until EOF.
+            let mut buf = [0u8; 4096];
+            loop {
+                let mut rb = tokio::io::ReadBuf::new(&mut buf);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().is_empty() => return done(why),
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(_)) => return done(why),
+                    Poll::Pending => break,
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return done(why);
+        }
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => done(why),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -952,7 +1011,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                 Ok(())
             }
             GOAWAY => {
-                self.closing = true;
+                if id != 0 {
+                    return Err(ConnError(PROTOCOL_ERROR, "GOAWAY on a stream"));
+                }
+                if p.len() < 8 {
+                    return Err(ConnError(FRAME_SIZE_ERROR, "GOAWAY too short"));
+                }
+                // The client opens no more streams; it closes the connection when it is
+                // done (answering its pings meanwhile, as RFC 9113 section 6.8 expects).
                 Ok(())
             }
             WINDOW_UPDATE => {
