@@ -793,3 +793,35 @@ fn routing_scenarios_from_objects_applied_to_the_api_server() {
         assert!(nacks.is_empty(), "pod {}: NACKs {nacks:?}", p.name);
     }
 }
+
+/// The CA root lives in a Secret: two replicas with their own state directories sign under
+/// the same root, and a replica restarted with an empty state directory keeps it.
+#[test]
+fn replicas_share_the_ca_root_through_a_secret() {
+    let api = KubeApi::start();
+    let o = api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: pilotfish-system}\n");
+    assert!(o.ok(), "{}", o.describe());
+    let args = [
+        "--kubeconfig",
+        api.kubeconfig.to_str().unwrap(),
+        "--webhook-address",
+        "",
+    ];
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut one = ControlPlane::start_local(d1.path(), &args);
+    let two = ControlPlane::start_local(d2.path(), &args);
+    let root =
+        |cp: &ControlPlane| std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
+    assert_eq!(root(&one), root(&two), "the replicas have different roots");
+    let o = api.kubectl(&["get", "secret", "pilotfish-ca", "-n", "pilotfish-system"]);
+    assert!(o.ok(), "no Secret: {}", o.describe());
+    // A restart with an empty state directory (a new pod) keeps the root.
+    let before = root(&one);
+    one.kill();
+    for f in ["root-cert.pem", "root-key.pem", "token-key.pem"] {
+        let _ = std::fs::remove_file(one.state_dir().join(f));
+    }
+    one.restart();
+    assert_eq!(root(&one), before, "the root changed across a restart");
+    println!("two replicas and a restart share one root");
+}

@@ -777,7 +777,27 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if !matches!(a.xds_http2.as_str(), "own" | "hyper") {
         anyhow::bail!("--xds-http2 must be own or hyper, not {:?}", a.xds_http2);
     }
-    let (ca, tokens) = a.ca.load()?;
+    // On Kubernetes the root is shared through a Secret (unless plugged in from files).
+    let share_root = kube.as_ref().filter(|_| a.ca.ca_cert.is_none());
+    let mut shared_already = false;
+    if let Some(client) = share_root {
+        shared_already =
+            crate::ca::shared::pull(client, &a.ca.system_namespace, &a.ca.state_dir).await?;
+    }
+    let (mut ca, mut tokens) = a.ca.load()?;
+    if let Some(client) = share_root.filter(|_| !shared_already) {
+        if !crate::ca::shared::publish(client, &a.ca.system_namespace, &a.ca.state_dir).await? {
+            // Another replica published its root first: take it.
+            crate::ca::shared::pull(client, &a.ca.system_namespace, &a.ca.state_dir).await?;
+            (ca, tokens) = a.ca.load()?;
+        }
+    }
+    if share_root.is_some() {
+        info!(
+            secret = crate::ca::shared::SECRET,
+            "CA root shared through a Kubernetes Secret"
+        );
+    }
     // On Kubernetes a stream's token is a projected service-account token the API server
     // reviews (pilotfish's own tokens still work); otherwise only pilotfish's own.
     let verifier: Arc<dyn crate::ca::token::TokenVerifier> = match &kube {

@@ -11,6 +11,7 @@
 //! the identity it was minted for; `Debug` impls redact them.
 
 pub mod review;
+pub mod shared;
 pub mod token;
 
 use rcgen::{
