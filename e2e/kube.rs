@@ -79,6 +79,8 @@ fn with_crds(api: &KubeApi) {
 /// pilotfish with the API server as a source and its webhooks on a free loopback port that
 /// the API server calls by URL (`extra`: more flags).
 fn with_webhooks(api: &KubeApi, dir: &std::path::Path, extra: &[&str]) -> ControlPlane {
+    // pilotfish's own namespace (its leader Lease and CA Secret live there).
+    let _ = api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: pilotfish-system}\n");
     let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
     let addr = format!("127.0.0.1:{port}");
     let url = format!("https://{addr}/validate");
@@ -824,4 +826,67 @@ fn replicas_share_the_ca_root_through_a_secret() {
     one.restart();
     assert_eq!(root(&one), before, "the root changed across a restart");
     println!("two replicas and a restart share one root");
+}
+
+/// Two replicas: both serve the same config; one holds the leader Lease and keeps the
+/// webhook configurations; when it dies the other takes the Lease over and the singleton
+/// work with it (the webhook configuration then names the survivor, which refuses a bad
+/// object).
+#[test]
+fn two_replicas_one_leader_takes_over() {
+    let api = KubeApi::start();
+    with_crds(&api);
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = with_webhooks(&api, d1.path(), &[]);
+    let mut b = with_webhooks(&api, d2.path(), &[]);
+    let holder = || {
+        let o = api.kubectl(&[
+            "get",
+            "lease",
+            "pilotfish-leader",
+            "-n",
+            "pilotfish-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        o.stdout.trim().to_string()
+    };
+    let pid_of = |cp: &ControlPlane| cp.pid().map(|p| format!("-{p}")).unwrap_or_default();
+    assert!(
+        wait_until(READY, || !holder().is_empty()),
+        "nobody holds the Lease"
+    );
+    let first = holder();
+    let a_leads = first.ends_with(&pid_of(&a));
+    assert!(
+        a_leads || first.ends_with(&pid_of(&b)),
+        "holder {first} is neither replica"
+    );
+    // Both serve the same objects.
+    assert!(api.apply(REVIEWS).ok());
+    let same = wait_until(READY, || {
+        let (x, _) = served(&a);
+        let (y, _) = served(&b);
+        !x.is_empty() && find(&x, "VirtualService", "reviews").is_some() && x == y
+    });
+    assert!(same, "the replicas serve different config");
+    // The leader goes; the other takes over.
+    let (leader, survivor) = if a_leads { (&mut a, &b) } else { (&mut b, &a) };
+    let t = std::time::Instant::now();
+    leader.kill();
+    let took_over = wait_until(Duration::from_secs(60), || {
+        holder().ends_with(&pid_of(survivor))
+    });
+    assert!(took_over, "the Lease was not taken over: {}", holder());
+    println!("Lease taken over in {:?} (lease 15 s)", t.elapsed());
+    // Its singleton work: the webhook configuration now names the survivor, which answers.
+    let refused = wait_until(Duration::from_secs(30), || {
+        let o = api.apply(&REVIEWS.replace("subset: v2}", "subset: v2, port: {number: seventy}}"));
+        !o.ok() && o.stderr.contains("denied the request: pilotfish")
+    });
+    assert!(
+        refused,
+        "the survivor did not take over the webhook\n{}",
+        survivor.log_tail(20)
+    );
 }

@@ -786,17 +786,22 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     }
     let (mut ca, mut tokens) = a.ca.load()?;
     if let Some(client) = share_root.filter(|_| !shared_already) {
-        if !crate::ca::shared::publish(client, &a.ca.system_namespace, &a.ca.state_dir).await? {
-            // Another replica published its root first: take it.
-            crate::ca::shared::pull(client, &a.ca.system_namespace, &a.ca.state_dir).await?;
-            (ca, tokens) = a.ca.load()?;
+        match crate::ca::shared::publish(client, &a.ca.system_namespace, &a.ca.state_dir).await {
+            Ok(true) => info!(
+                secret = crate::ca::shared::SECRET,
+                "CA root shared through a Kubernetes Secret"
+            ),
+            Ok(false) => {
+                // Another replica published its root first: take it.
+                crate::ca::shared::pull(client, &a.ca.system_namespace, &a.ca.state_dir).await?;
+                (ca, tokens) = a.ca.load()?;
+            }
+            // Serving goes on with this replica's own root; replicas will not agree on it.
+            Err(e) => warn!(
+                error = %format!("{e:#}"),
+                "the CA root is not shared (replicas and restarts will each have their own)"
+            ),
         }
-    }
-    if share_root.is_some() {
-        info!(
-            secret = crate::ca::shared::SECRET,
-            "CA root shared through a Kubernetes Secret"
-        );
     }
     // On Kubernetes a stream's token is a projected service-account token the API server
     // reviews (pilotfish's own tokens still work); otherwise only pilotfish's own.
@@ -914,11 +919,13 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             ),
         };
         let roots_ca = ca.clone();
+        let leader = crate::webhook::leader_election(client.clone(), &a.ca.system_namespace);
         tokio::spawn(crate::webhook::keep_config(
             client.clone(),
             endpoint,
             Arc::new(move || roots_ca.bundle_pem()),
             rotation_rx,
+            leader,
             a.webhook_failure_policy == "Fail",
             a.injection,
         ));

@@ -278,36 +278,95 @@ where
     Ok(())
 }
 
-/// Applies the webhook configuration now and again whenever `roots` changes (root
-/// rotation), retrying on failure.
+/// While this replica holds the leader Lease (`leader`), applies the webhook
+/// configurations now, again whenever `roots` changes (root rotation), and again on
+/// becoming leader; retrying on failure. Other replicas leave them alone.
 pub async fn keep_config(
     client: kube::Client,
     endpoint: Endpoint,
     roots: Arc<dyn Fn() -> String + Send + Sync>,
     mut rotated: watch::Receiver<u64>,
+    mut leader: watch::Receiver<bool>,
     fail_closed: bool,
     injecting: bool,
 ) {
     loop {
+        if leader.wait_for(|l| *l).await.is_err() {
+            return;
+        }
         let bundle = roots();
         let mut delay = Duration::from_millis(500);
-        loop {
+        while *leader.borrow() {
             match apply_config(&client, &endpoint, &bundle, fail_closed, injecting).await {
                 Ok(()) => {
                     info!(injecting, "webhook configurations applied");
                     break;
                 }
                 Err(e) => {
-                    warn!(error = %format!("{e:#}"), "validating webhook configuration not applied; retrying");
+                    warn!(error = %format!("{e:#}"), "webhook configurations not applied; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }
-        if rotated.changed().await.is_err() {
-            return;
+        // Next: a rotation, or leadership lost and won again.
+        tokio::select! {
+            r = rotated.changed() => if r.is_err() { return },
+            r = async {
+                let _ = leader.wait_for(|l| !*l).await;
+                leader.wait_for(|l| *l).await.map(|_| ())
+            } => if r.is_err() { return },
         }
     }
+}
+
+/// Takes part in leader election through the Lease `pilotfish-leader` in `namespace`
+/// (kube-lease-manager: 15 s lease, renewed well before it ends); the receiver says whether
+/// this replica leads (false until the Lease could be used at all: a missing namespace or
+/// permission is retried and logged). Singleton work (the webhook configurations) runs
+/// only on the leader.
+pub fn leader_election(client: kube::Client, namespace: &str) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    let namespace = namespace.to_string();
+    let identity = format!(
+        "{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "pilotfish".into()),
+        std::process::id()
+    );
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(500);
+        let manager = loop {
+            let built =
+                kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "pilotfish-leader")
+                    .with_namespace(namespace.clone())
+                    .with_identity(identity.clone())
+                    .with_duration(15)
+                    .with_grace(5)
+                    .build()
+                    .await;
+            match built {
+                Ok(m) => break m,
+                Err(e) => {
+                    warn!(%namespace, error = %e, "leader Lease unusable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        let (mut leads, _task) = manager.watch().await;
+        loop {
+            let now = *leads.borrow_and_update();
+            info!(%identity, leader = now, "leader election");
+            if tx.send(now).is_err() {
+                return;
+            }
+            if leads.changed().await.is_err() {
+                let _ = tx.send(false);
+                return;
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]

@@ -91,6 +91,34 @@ pub fn kubectl_bin() -> PathBuf {
 pub struct KubeApi {
     pub kubeconfig: PathBuf,
     state: tempfile::TempDir,
+    _slot: Slot,
+}
+
+/// API servers a test binary runs at once (each takes ~250 MB and a core while starting;
+/// more at once on two cores makes them and pilotfish miss their deadlines).
+const AT_ONCE: usize = 2;
+static RUNNING: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+static FREED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// One of the `AT_ONCE` places, held while an API server runs.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut n = RUNNING.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= AT_ONCE {
+            n = FREED.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        FREED.notify_one();
+    }
 }
 
 impl KubeApi {
@@ -101,18 +129,34 @@ impl KubeApi {
     /// With Service cluster IPs from `cidr` (a test mesh's VIPs).
     pub fn start_with_service_cidr(cidr: &str) -> KubeApi {
         let bin = kube_bin_dir();
+        let slot = Slot::take();
         let state = tempfile::tempdir().unwrap();
-        let o = run(
-            Command::new(scripts().join("start.sh"))
-                .env("KUBEAPI_BIN_DIR", &bin)
-                .env("KUBEAPI_STATE_DIR", state.path().join("kubeapi"))
-                .env("KUBEAPI_SERVICE_CIDR", cidr),
-            Duration::from_secs(180),
-        );
+        // start.sh picks free ports and then binds them: another process can take one in
+        // between (a bind error); a fresh try picks others.
+        let mut o = None;
+        for _ in 0..3 {
+            let out = run(
+                Command::new(scripts().join("start.sh"))
+                    .env("KUBEAPI_BIN_DIR", &bin)
+                    .env("KUBEAPI_STATE_DIR", state.path().join("kubeapi"))
+                    .env("KUBEAPI_SERVICE_CIDR", cidr),
+                Duration::from_secs(180),
+            );
+            let retry = !out.ok() && out.stderr.contains("address already in use");
+            o = Some(out);
+            if !retry {
+                break;
+            }
+        }
+        let o = o.unwrap();
         assert!(o.ok(), "starting kube-apiserver failed: {}", o.describe());
         let kubeconfig = PathBuf::from(o.stdout.trim());
         assert!(kubeconfig.is_file(), "no kubeconfig: {}", o.describe());
-        KubeApi { kubeconfig, state }
+        KubeApi {
+            kubeconfig,
+            state,
+            _slot: slot,
+        }
     }
 
     /// `kubectl --kubeconfig … ARGS`.
