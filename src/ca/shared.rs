@@ -36,7 +36,7 @@ pub async fn pull(
         let Some(v) = data.get(*f) else {
             anyhow::bail!("Secret {namespace}/{SECRET} has no {f}");
         };
-        write_private(&state_dir.join(f), &v.0)?;
+        crate::source::last_good::write_owner_only(&state_dir.join(f), &v.0)?;
     }
     Ok(true)
 }
@@ -76,19 +76,4 @@ pub async fn publish(
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
         Err(e) => Err(e).with_context(|| format!("creating Secret {namespace}/{SECRET}")),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }

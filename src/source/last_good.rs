@@ -36,18 +36,7 @@ impl LastGood {
             return Ok(());
         }
         // Owner-only: a config file can hold Secrets.
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = p.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &p)
+        write_owner_only(&p, text.as_bytes())
     }
 
     pub fn load(&self, file: &str) -> Option<String> {
@@ -94,4 +83,21 @@ impl LastGood {
     pub fn forget(&self, file: &str) {
         let _ = std::fs::remove_file(self.path(file));
     }
+}
+
+/// Writes `bytes` to `path` readable by its owner only, atomically (a temporary file
+/// renamed over it: a crash mid-write leaves the previous content).
+pub fn write_owner_only(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
