@@ -467,9 +467,27 @@ fn builtin_provider_decides_centrally() {
         "/other is not selected by the CUSTOM rule"
     );
 
+    // The sidecars' cluster to pilotfish's provider must have warmed (its client
+    // certificate arrives over SDS) before a check can go through: until then Envoy fails
+    // the check closed.
+    for p in [&a, &c] {
+        assert!(
+            wait_until(READY, || p
+                .envoy_stat("cluster.pilotfish-authz.membership_healthy")
+                .is_some_and(|n| n >= 1)),
+            "pod {}: the pilotfish-authz cluster never warmed",
+            p.name
+        );
+    }
     // Allowed centrally: the headers are changed on the way to the app.
     let (code, body) = get(&a, "/api/x", &["x-remove-me: 1"]);
-    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        code,
+        200,
+        "{body}\n{:?}\n{}",
+        a.envoy_stats("pilotfish-authz|ext_authz"),
+        cp.log_tail(20)
+    );
     assert_eq!(
         upstream_header(&body, "x-checked-by").as_deref(),
         Some("pilotfish"),
