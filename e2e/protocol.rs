@@ -58,8 +58,17 @@ impl Harness {
         Harness::start_with(initial, false).await
     }
 
+    /// The own transport with a maximum connection age.
+    async fn start_aged(initial: Option<&str>, max_age: Duration) -> Harness {
+        Harness::start_full(initial, false, Some(max_age)).await
+    }
+
     /// `tonic`: on tonic's HTTP/2 server instead (the TLS port's transport).
     async fn start_with(initial: Option<&str>, tonic: bool) -> Harness {
+        Harness::start_full(initial, tonic, None).await
+    }
+
+    async fn start_full(initial: Option<&str>, tonic: bool, max_age: Option<Duration>) -> Harness {
         let (tx, rx) = watch::channel(None);
         let metrics = Arc::new(Metrics::new());
         let conns = Arc::new(Connections::default());
@@ -98,11 +107,12 @@ impl Harness {
                     .unwrap();
             });
         } else {
-            tokio::spawn(pilotfish::xds::http2::serve(
+            tokio::spawn(pilotfish::xds::http2::serve_aged(
                 listener,
                 srv,
                 stop,
                 Duration::from_secs(1),
+                max_age,
             ));
         }
         let h = Harness {
@@ -1435,4 +1445,69 @@ async fn http2_protocol_errors() {
             break;
         }
     }
+}
+
+/// A connection past its maximum age gets GOAWAY (NO_ERROR) and, with its ADS stream still
+/// open, is closed after the grace: its proxy reconnects, possibly to another replica.
+#[tokio::test]
+async fn connections_past_their_maximum_age_are_retired() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start_aged(Some(&svc_yaml(&["a"])), Duration::from_secs(1)).await;
+    let addr = h.addr.trim_start_matches("http://").to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    let block = literal_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (
+            ":path",
+            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
+        ),
+        (":authority", "x"),
+        ("content-type", "application/grpc"),
+    ]);
+    out.extend(frame(1, 0x4, 1, &block)); // an ADS stream left open
+    s.write_all(&out).await.unwrap();
+    let t = Instant::now();
+    let (mut goaway_at, mut closed_at) = (None, None);
+    while t.elapsed() < Duration::from_secs(20) {
+        match tokio::time::timeout(Duration::from_secs(20), read_frame_any(&mut s)).await {
+            Ok(Some((7, _, _, p))) => {
+                assert_eq!(u32::from_be_bytes([p[4], p[5], p[6], p[7]]), 0, "NO_ERROR");
+                goaway_at.get_or_insert(t.elapsed());
+            }
+            Ok(Some((6, flags, _, p))) if flags & 1 == 0 => {
+                // Answer keepalive pings like a live client.
+                let _ = s.write_all(&frame(6, 1, 0, &p)).await;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                closed_at = Some(t.elapsed());
+                break;
+            }
+        }
+    }
+    println!("max age 1 s: GOAWAY after {goaway_at:?}, closed after {closed_at:?} (grace 10 s)");
+    let g = goaway_at.expect("no GOAWAY");
+    assert!(
+        g >= Duration::from_millis(800) && g < Duration::from_secs(5),
+        "GOAWAY at {g:?}"
+    );
+    let c = closed_at.expect("the connection was not closed");
+    assert!(
+        c >= g + Duration::from_secs(9),
+        "closed before the grace: {c:?}"
+    );
+}
+
+/// A frame, waiting as long as it takes (None at EOF).
+async fn read_frame_any(s: &mut tokio::net::TcpStream) -> Option<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 9];
+    s.read_exact(&mut h).await.ok()?;
+    let len = (h[0] as usize) << 16 | (h[1] as usize) << 8 | h[2] as usize;
+    let mut p = vec![0; len];
+    s.read_exact(&mut p).await.ok()?;
+    Some((h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]), p))
 }

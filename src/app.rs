@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// `Fail` (an object cannot be stored while the webhook is unreachable) or `Ignore`.
     #[arg(long, default_value = "Fail")]
     pub webhook_failure_policy: String,
+    /// Connections to the xDS ports older than this (±10 %) get GOAWAY and are closed 10 s
+    /// later, so their proxies reconnect, spreading them over the replicas (`0s`: never).
+    #[arg(long, default_value = "30m")]
+    pub max_connection_age: String,
     /// Sidecar injection through the webhook (pods in namespaces labelled
     /// `istio-injection=enabled`).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -1009,6 +1013,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             })
             .await
     });
+    let max_age = crate::api::parse_duration(&a.max_connection_age)
+        .map_err(|e| anyhow::anyhow!("--max-connection-age: {e}"))?;
+    let max_age = (!max_age.is_zero()).then_some(max_age);
     let secure_stop = stopping.clone();
     let secure_task = if a.xds_http2 == "own" {
         // Both xDS ports on one HTTP/2 stack: the own server, here behind rustls, with the
@@ -1040,6 +1047,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 Some(extra),
                 secure_stop,
                 Duration::from_secs(2),
+                max_age,
             )
             .await;
             Ok(())
@@ -1087,7 +1095,16 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 error!(error = %e, "plaintext xDS server stopped");
             }
         }
-        _ => crate::xds::http2::serve(xds_listener, xds, stopping, Duration::from_secs(2)).await,
+        _ => {
+            crate::xds::http2::serve_aged(
+                xds_listener,
+                xds,
+                stopping,
+                Duration::from_secs(2),
+                max_age,
+            )
+            .await
+        }
     }
     http_task.abort();
     secure_task.abort();

@@ -111,6 +111,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// `PING_TIMEOUT` is closed (as tonic's keepalive did on this port).
 const KEEPALIVE: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection past its maximum age keeps its streams after the GOAWAY.
+const MAX_AGE_GRACE: Duration = Duration::from_secs(10);
 /// How long a closing connection waits for the client to close after our GOAWAY.
 const LINGER: Duration = Duration::from_secs(1);
 /// A new connection must send the client preface and its first SETTINGS within this long
@@ -179,6 +181,8 @@ struct Shared {
     srv: XdsServer,
     stopping: AtomicBool,
     extra: Option<Extra>,
+    /// Connections older than this (±10 %) get GOAWAY; `MAX_AGE_GRACE` later they close.
+    max_age: Option<Duration>,
 }
 
 /// Serves gRPC over cleartext HTTP/2 on `listener` until `stop` becomes true; then waits
@@ -189,7 +193,20 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    serve_with(listener, None, srv, None, stop, drain).await
+    serve_with(listener, None, srv, None, stop, drain, None).await
+}
+
+/// `serve` with a maximum connection age: a connection that lived `max_age` (±10 %) gets
+/// GOAWAY and is closed `MAX_AGE_GRACE` later, streams and all, so its proxy reconnects,
+/// possibly to another replica (gRPC's MAX_CONNECTION_AGE, as istiod uses it).
+pub async fn serve_aged(
+    listener: TcpListener,
+    srv: XdsServer,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    max_age: Option<Duration>,
+) {
+    serve_with(listener, None, srv, None, stop, drain, max_age).await
 }
 
 /// The same over TLS (`acceptor`; ALPN `h2`), with `extra` served next to xDS. A client
@@ -201,8 +218,9 @@ pub async fn serve_tls(
     extra: Option<Extra>,
     stop: watch::Receiver<bool>,
     drain: Duration,
+    max_age: Option<Duration>,
 ) {
-    serve_with(listener, Some(acceptor), srv, extra, stop, drain).await
+    serve_with(listener, Some(acceptor), srv, extra, stop, drain, max_age).await
 }
 
 async fn serve_with(
@@ -212,11 +230,13 @@ async fn serve_with(
     extra: Option<Extra>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
+    max_age: Option<Duration>,
 ) {
     let shared = Arc::new(Shared {
         srv,
         stopping: AtomicBool::new(false),
         extra,
+        max_age,
     });
     loop {
         tokio::select! {
@@ -610,6 +630,9 @@ struct Conn<IO> {
     cont_since: Instant,
     /// Closing: until when input is drained, and the error to report.
     linger: Option<(Instant, Option<&'static str>)>,
+    /// When the connection reaches its maximum age; then (after the GOAWAY) when it closes.
+    old_at: Option<Instant>,
+    retire_at: Option<Instant>,
     /// This connection's buffered request bytes (shared with its streams' inboxes).
     held: Arc<AtomicUsize>,
     /// The current rate window: its start, and streams, gRPC calls and control frames
@@ -660,6 +683,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             settings_seen: false,
             cont_since: now,
             linger: None,
+            old_at: None,
+            retire_at: None,
             held: Arc::new(AtomicUsize::new(0)),
             win_start: now,
             win_resets: 0,
@@ -680,6 +705,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         c.window_update(0, CONN_WINDOW - 65_535);
         c.hpack.set_max_allowed_table_size(HEADER_TABLE);
         c.recv_window = CONN_WINDOW as i64;
+        // ±10 %, so connections made together (a reconnect storm) do not age out together.
+        c.old_at = c
+            .shared
+            .max_age
+            .map(|a| now + a.mul_f64(0.9 + 0.2 * rand::random::<f64>()));
         LIVE.fetch_add(1, Ordering::SeqCst);
         c
     }
@@ -1635,6 +1665,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
                     "header block not finished within its deadline",
                 ));
             }
+            if self.old_at.is_some_and(|t| now >= t) {
+                // Maximum age: no new streams, and the ones open end after the grace.
+                self.old_at = None;
+                if !self.closing {
+                    self.closing = true;
+                    self.goaway(NO_ERROR);
+                }
+                self.retire_at = Some(now + MAX_AGE_GRACE);
+            }
+            if self.retire_at.is_some_and(|t| now >= t) {
+                return Some(ConnError(NO_ERROR, "maximum connection age"));
+            }
             let mut next = match self.ping_sent {
                 Some(sent) if now >= sent + PING_TIMEOUT => {
                     return Some(ConnError(NO_ERROR, "keepalive ping not answered"));
@@ -1655,6 +1697,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
             }
             if self.cont.is_some() {
                 next = next.min(self.cont_since + HEADER_DEADLINE);
+            }
+            for t in [self.old_at, self.retire_at].into_iter().flatten() {
+                next = next.min(t);
             }
             if self.timer.deadline() != next {
                 self.timer.as_mut().reset(next);
@@ -1999,6 +2044,7 @@ pub mod fuzz {
             srv: srv.clone(),
             stopping: AtomicBool::new(false),
             extra: None,
+            max_age: None,
         });
         let mut c = Conn::new(io, peer, None, shared, None);
         let waker = futures::task::noop_waker();
