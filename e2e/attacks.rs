@@ -443,11 +443,7 @@ fn attacks_on_the_xds_port_are_bounded_and_a_sidecar_keeps_its_stream() {
             })
             .collect();
         let t = Instant::now();
-        let mut closed = 0;
-        for s in conns.iter_mut() {
-            let left = Duration::from_secs(20).saturating_sub(t.elapsed());
-            closed += drain(s, left).1 as usize;
-        }
+        let closed = closed_within(&mut conns, Duration::from_secs(20));
         assert_eq!(closed, 2000, "slowloris connections left open");
         format!("all closed by the server after {:.1?}", t.elapsed())
     });
@@ -458,11 +454,7 @@ fn attacks_on_the_xds_port_are_bounded_and_a_sidecar_keeps_its_stream() {
             .map(|_| TcpStream::connect(&cp.secure_address).unwrap())
             .collect();
         let t = Instant::now();
-        let mut closed = 0;
-        for s in conns.iter_mut() {
-            let left = Duration::from_secs(20).saturating_sub(t.elapsed());
-            closed += drain(s, left).1 as usize;
-        }
+        let closed = closed_within(&mut conns, Duration::from_secs(20));
         assert_eq!(
             closed, 1000,
             "TLS connections without a handshake left open"
@@ -578,6 +570,15 @@ fn read_for(s: &mut TcpStream, d: Duration) -> Vec<u8> {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// How many of `conns` the server closes within `limit` (all of them waited on together).
+fn closed_within(conns: &mut [TcpStream], limit: Duration) -> usize {
+    let t = Instant::now();
+    conns
+        .iter_mut()
+        .map(|s| drain(s, limit.saturating_sub(t.elapsed())).1 as usize)
+        .sum()
 }
 
 /// 100,000 frames from `f` on one connection that never reads: it must be closed. (The

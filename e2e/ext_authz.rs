@@ -515,19 +515,8 @@ fn builtin_provider_decides_centrally() {
     assert!(metric(&cp, "pilotfish_authz_check_duration_seconds_count") >= 7);
 
     // The TLS port answers Check only to a caller with a mesh certificate.
-    let root = std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
-    let secure = cp.secure_address.clone();
-    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(root))
-            .domain_name("pilotfish");
-        let ch = tonic::transport::Channel::from_shared(format!("https://{secure}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+    let refused = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ch = cp.secure_channel().await;
         let client =
             envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::new(ch);
         let first = client.clone().check(CheckRequest::default()).await.unwrap_err();

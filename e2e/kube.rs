@@ -141,6 +141,7 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
         "the cluster's objects are not served\n{}",
         cp.log_tail(30)
     );
+    assert_eq!(cp.get("/healthz").map(|r| r.0), Ok(200), "liveness");
     let (objs, errors) = served(&cp);
     let (origin, _) = find(&objs, "VirtualService", "reviews").unwrap();
     assert_eq!(origin, "kube:VirtualService/default/reviews");
@@ -252,7 +253,7 @@ fn invalid_istio_config_is_refused_at_kubectl_apply() {
     let api = KubeApi::start();
     with_crds(&api);
     let dir = tempfile::tempdir().unwrap();
-    let mut cp = with_webhooks(&api, dir.path(), &[]);
+    let mut cp = with_webhooks(&api, dir.path(), &["--root-rotation-grace", "2s"]);
     let configured = wait_until(READY, || {
         api.kubectl(&[
             "get",
@@ -283,6 +284,65 @@ fn invalid_istio_config_is_refused_at_kubectl_apply() {
     // Valid config passes (Service, DestinationRule, VirtualService).
     let o = api.apply(REVIEWS);
     assert!(o.ok(), "valid Istio YAML refused: {}", o.describe());
+
+    // Oversized and malformed reviews are refused by the webhook itself.
+    let jsonpath = |field: &str| {
+        let o = api.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "pilotfish-validator",
+            "-o",
+            &format!("jsonpath={{.webhooks[0].clientConfig.{field}}}"),
+        ]);
+        o.stdout.trim().to_string()
+    };
+    let url = jsonpath("url");
+    let big = dir.path().join("big.json");
+    std::fs::write(&big, vec![b' '; 5 << 20]).unwrap();
+    let code = |data: &str| {
+        support::run(
+            std::process::Command::new("curl").args([
+                "-sk",
+                "--http1.1",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                data,
+                &url,
+            ]),
+            Duration::from_secs(30),
+        )
+        .stdout
+    };
+    assert_eq!(
+        code(&format!("@{}", big.display())),
+        "413",
+        "a 5 MiB review"
+    );
+    assert_eq!(
+        code("{not json"),
+        "200",
+        "garbage is answered (refused), not a crash"
+    );
+    // A root rotation: pilotfish re-applies the configuration with the new roots.
+    let before = jsonpath("caBundle");
+    let o = support::run(
+        std::process::Command::new(support::pilotfish_bin())
+            .arg("rotate-root")
+            .arg("--state-dir")
+            .arg(cp.state_dir()),
+        Duration::from_secs(30),
+    );
+    assert!(o.ok(), "{}", o.describe());
+    assert!(
+        wait_until(READY, || jsonpath("caBundle") != before),
+        "caBundle not re-applied after a root rotation\n{}",
+        cp.log_tail(20)
+    );
 
     // pilotfish gone: fail closed.
     cp.kill();
@@ -453,24 +513,14 @@ fn projected_tokens_authenticate_as_their_service_account() {
             "",
         ],
     );
-    let root = std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
-    let secure = cp.secure_address.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // One SDS request on the TLS port with `token`, the node claiming shop/`sa`: the first
     // answer (the certificate's SPIFFE ID) or the refusal.
     let ask = |token: String, sa: &str| -> Result<String, tonic::Status> {
-        let (root, secure, sa) = (root.clone(), secure.clone(), sa.to_string());
+        let sa = sa.to_string();
+        let cp = &cp;
         rt.block_on(async move {
-            let tls = tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(root))
-                .domain_name("pilotfish");
-            let ch = tonic::transport::Channel::from_shared(format!("https://{secure}"))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let ch = cp.secure_channel().await;
             let s = |v: &str| PbValue {
                 kind: Some(Kind::StringValue(v.into())),
             };

@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc;
-use h2::{frame, literal_block};
+use h2::{frame, grpc_headers, literal_block, ADS};
 use pilotfish::metrics::Metrics;
 use pilotfish::model::MeshConfig;
 use pilotfish::xds::cache::Generation;
@@ -1269,8 +1269,6 @@ async fn http2_protocol_errors() {
     use tokio::io::AsyncWriteExt;
     let h = Harness::start(Some(&svc_yaml(&["a"]))).await;
     let addr = h.addr.trim_start_matches("http://").to_string();
-    const ADS: &str =
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     let req = |path: &'static str, extra: &[(&'static str, &'static str)]| {
         let mut f = vec![
             (":method", "POST"),
@@ -1457,17 +1455,7 @@ async fn connections_past_their_maximum_age_are_retired() {
     let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(4, 0, 0, &[]));
-    let block = literal_block(&[
-        (":method", "POST"),
-        (":scheme", "http"),
-        (
-            ":path",
-            "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-        ),
-        (":authority", "x"),
-        ("content-type", "application/grpc"),
-    ]);
-    out.extend(frame(1, 0x4, 1, &block)); // an ADS stream left open
+    out.extend(frame(1, 0x4, 1, &grpc_headers(ADS))); // an ADS stream left open
     s.write_all(&out).await.unwrap();
     let t = Instant::now();
     let (mut goaway_at, mut closed_at) = (None, None);

@@ -376,12 +376,10 @@ fn apply_changed(
     changed: crate::source::file::Changed,
     last_good: Option<&crate::source::last_good::LastGood>,
 ) -> bool {
-    use std::hash::{Hash, Hasher};
     let crate::source::file::Changed { files, gone } = changed;
     let mut any = false;
     for f in gone {
-        index.remove_file(&f);
-        any |= applied.remove(&f).is_some();
+        any |= remove_unit(index, applied, &f);
         if let Some(lg) = last_good {
             lg.forget(&f);
         }
@@ -397,22 +395,44 @@ fn apply_changed(
                 continue;
             }
         };
-        let mut h = std::hash::DefaultHasher::new();
-        text.hash(&mut h);
-        let h = h.finish();
-        if applied.get(&f) == Some(&h) {
-            continue;
-        }
-        let first = !applied.contains_key(&f);
-        let (mut r, mut e) = crate::api::parse_file(&f, &text);
-        if let Some(lg) = last_good {
-            lg.keep_or_mend(&f, &text, first, &mut r, &mut e);
-        }
-        index.apply_file(&f, r, e);
-        applied.insert(f, h);
-        any = true;
+        any |= apply_unit(index, applied, f, &text, |name, first, r, e| {
+            if let Some(lg) = last_good {
+                lg.keep_or_mend(name, &text, first, r, e);
+            }
+        });
     }
     any
+}
+
+/// Parses `text` as the unit `name` (a file, a Kubernetes object) and applies it, unless it
+/// is the text last applied (by hash). `mend(name, first seen, objects, errors)` may change
+/// the result first. True when the index changed.
+fn apply_unit(
+    index: &mut Index,
+    applied: &mut HashMap<String, u64>,
+    name: String,
+    text: &str,
+    mend: impl FnOnce(&str, bool, &mut Vec<crate::api::Resource>, &mut Vec<ConfigError>),
+) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    let h = h.finish();
+    if applied.get(&name) == Some(&h) {
+        return false;
+    }
+    let first = !applied.contains_key(&name);
+    let (mut r, mut e) = crate::api::parse_file(&name, text);
+    mend(&name, first, &mut r, &mut e);
+    index.apply_file(&name, r, e);
+    applied.insert(name, h);
+    true
+}
+
+/// The unit `name` is gone: its objects go. True when the index held it.
+fn remove_unit(index: &mut Index, applied: &mut HashMap<String, u64>, name: &str) -> bool {
+    index.remove_file(name);
+    applied.remove(name).is_some()
 }
 
 /// Applies what the Kubernetes watchers saw: relisted kinds replace everything the source
@@ -422,24 +442,12 @@ fn apply_kube(
     applied: &mut HashMap<String, u64>,
     batch: crate::source::kube::Batch,
 ) -> bool {
-    use std::hash::{Hash, Hasher};
     let mut any = false;
     let mut apply = |index: &mut Index, name: String, text: Option<String>| {
-        let Some(text) = text else {
-            index.remove_file(&name);
-            any |= applied.remove(&name).is_some();
-            return;
+        any |= match text {
+            Some(text) => apply_unit(index, applied, name, &text, |_, _, _, _| {}),
+            None => remove_unit(index, applied, &name),
         };
-        let mut h = std::hash::DefaultHasher::new();
-        text.hash(&mut h);
-        let h = h.finish();
-        if applied.get(&name) == Some(&h) {
-            return;
-        }
-        let (r, e) = crate::api::parse_file(&name, &text);
-        index.apply_file(&name, r, e);
-        applied.insert(name, h);
-        any = true;
     };
     for (kind, objects) in batch.relists {
         let listed: HashSet<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();

@@ -265,6 +265,22 @@ impl ControlPlane {
         }
     }
 
+    /// A gRPC channel to the TLS port, trusting the control plane's root and checking the
+    /// name `pilotfish` (no client certificate).
+    pub async fn secure_channel(&self) -> tonic::transport::Channel {
+        let root = std::fs::read_to_string(self.state_dir().join("root-cert.pem")).unwrap();
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(root))
+            .domain_name("pilotfish");
+        tonic::transport::Channel::from_shared(format!("https://{}", self.secure_address))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// GET http://<http_address><path> (HTTP/1.0, 10s timeout) → (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
         http_get(&self.http_address, path, Duration::from_secs(10))
