@@ -429,7 +429,7 @@ fn builtin_provider_decides_centrally() {
         serde_json::json!([]),
         "config errors"
     );
-    let _b = mesh.start_pod(
+    let b = mesh.start_pod(
         PodSpec::new("b")
             .host(11)
             .port(8080)
@@ -467,10 +467,10 @@ fn builtin_provider_decides_centrally() {
         "/other is not selected by the CUSTOM rule"
     );
 
-    // The sidecars' cluster to pilotfish's provider must have warmed (its client
-    // certificate arrives over SDS) before a check can go through: until then Envoy fails
-    // the check closed.
-    for p in [&a, &c] {
+    // The server sidecar's cluster to pilotfish's provider (b checks the requests it
+    // receives) must have warmed (its client certificate arrives over SDS) before a check
+    // can go through: until then Envoy fails the check closed.
+    for p in [&b] {
         assert!(
             wait_until(READY, || p
                 .envoy_stat("cluster.pilotfish-authz.membership_healthy")
@@ -485,7 +485,9 @@ fn builtin_provider_decides_centrally() {
         code,
         200,
         "{body}\n{:?}\n{}",
-        a.envoy_stats("pilotfish-authz|ext_authz"),
+        b.envoy_stats(
+            "pilotfish-authz.upstream_(rq|cx)_total|pilotfish-authz.membership|ext_authz|rbac"
+        ),
         cp.log_tail(20)
     );
     assert_eq!(
