@@ -21,7 +21,9 @@ use std::fmt;
 pub use validate::{parse_duration, validate};
 
 /// Istio's `StringMatch`: exactly one of exact, prefix, regex.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StringMatch {
     pub exact: Option<String>,
@@ -30,7 +32,7 @@ pub struct StringMatch {
 }
 
 /// Istio's `Percent` message: `{value: 12.5}`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Percent {
     pub value: f64,

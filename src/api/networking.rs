@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 macro_rules! spec {
     ($(#[$m:meta])* pub struct $name:ident { $($body:tt)* }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         pub struct $name { $($body)* }
     };
