@@ -59,6 +59,49 @@ fn outage_calls(a: &Pod) -> (usize, Vec<u16>) {
     (bad, codes)
 }
 
+/// SIGTERM: pilotfish sends GOAWAY, ends every xDS stream and exits 0 before its 5 s
+/// deadline; the sidecars see their stream end at once (not after a TCP timeout), so they
+/// would move to another replica, and keep serving their last config meanwhile.
+#[test]
+fn graceful_stop_drains_streams_and_exits_cleanly() {
+    if !need_root("faults") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cp, b, a) = two_pods(&mesh, dir.path());
+    let connected = |p: &Pod| p.envoy_stat("control_plane.connected_state");
+    assert!(
+        wait_until(READY, || connected(&a) == Some(1) && connected(&b) == Some(1)),
+        "the sidecars are not connected"
+    );
+    let t = Instant::now();
+    let code = cp.stop();
+    let took = t.elapsed();
+    println!("SIGTERM with 2 sidecars connected: exit {code:?} after {took:?}");
+    assert_eq!(code, Some(0), "{}", cp.log_tail(20));
+    let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("shutting down") && !log.contains("shutdown took over"),
+        "the drain hit its deadline\n{}",
+        cp.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || connected(&a) == Some(0)
+            && connected(&b) == Some(0)),
+        "a sidecar still thinks it is connected: a={:?} b={:?}",
+        connected(&a),
+        connected(&b)
+    );
+    let (bad, codes) = outage_calls(&a);
+    assert_eq!(bad, 0, "requests failed after the stop: {codes:?}");
+    cp.restart();
+    assert!(
+        wait_until(READY, || connected(&a) == Some(1)),
+        "a never reconnected"
+    );
+}
+
 #[test]
 fn kill_restart_and_a_half_written_file_keep_traffic_and_config() {
     if !need_root("faults") {
