@@ -72,7 +72,8 @@ fn graceful_stop_drains_streams_and_exits_cleanly() {
     let (mut cp, b, a) = two_pods(&mesh, dir.path());
     let connected = |p: &Pod| p.envoy_stat("control_plane.connected_state");
     assert!(
-        wait_until(READY, || connected(&a) == Some(1) && connected(&b) == Some(1)),
+        wait_until(READY, || connected(&a) == Some(1)
+            && connected(&b) == Some(1)),
         "the sidecars are not connected"
     );
     let t = Instant::now();

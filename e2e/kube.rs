@@ -901,6 +901,8 @@ fn replicas_share_the_ca_root_through_a_secret() {
         api.kubeconfig.to_str().unwrap(),
         "--webhook-address",
         "",
+        "--root-rotation-grace",
+        "4s",
     ];
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut one = ControlPlane::start_local(d1.path(), &args);
@@ -919,6 +921,69 @@ fn replicas_share_the_ca_root_through_a_secret() {
     one.restart();
     assert_eq!(root(&one), before, "the root changed across a restart");
     println!("two replicas and a restart share one root");
+
+    // A root rotation through the Secret: both replicas trust the next root within
+    // seconds, and after the grace both sign with it (the leader's step, mirrored by the
+    // other), with the old root kept as retired; a new replica starts on the new root.
+    let roots = |cp: &ControlPlane| -> Vec<(String, String)> {
+        let (_, body) = cp.get("/debug/certz").unwrap_or_default();
+        let v: Value = serde_json::from_str(&body).unwrap_or_default();
+        v["roots"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        (
+                            r["role"].as_str().unwrap_or("").to_string(),
+                            r["sha256"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let old = roots(&one);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(roots(&two), old, "the replicas disagree");
+    let o = support::run(
+        std::process::Command::new(support::pilotfish_bin())
+            .args(["rotate-root", "--kubeconfig"])
+            .arg(&api.kubeconfig),
+        Duration::from_secs(30),
+    );
+    assert!(o.ok(), "rotate-root: {}", o.describe());
+    let t = std::time::Instant::now();
+    let trusted = wait_until(Duration::from_secs(20), || {
+        let (r1, r2) = (roots(&one), roots(&two));
+        r1.len() == 2 && r1 == r2 && r1[1].0 == "next"
+    });
+    assert!(
+        trusted,
+        "the next root is not trusted by both: {:?} {:?}\n{}",
+        roots(&one),
+        roots(&two),
+        two.log_tail(20)
+    );
+    println!("next root trusted by both replicas after {:?}", t.elapsed());
+    let next = roots(&one)[1].1.clone();
+    let promoted = wait_until(Duration::from_secs(30), || {
+        let (r1, r2) = (roots(&one), roots(&two));
+        r1 == r2
+            && r1.first().map(|r| (r.0.as_str(), r.1.as_str())) == Some(("signing", &next))
+            && r1.get(1).map(|r| (r.0.as_str(), r.1.as_str())) == Some(("retired", &old[0].1))
+    });
+    assert!(
+        promoted,
+        "the next root does not sign on both: {:?} {:?}\n{}\n{}",
+        roots(&one),
+        roots(&two),
+        one.log_tail(20),
+        two.log_tail(20)
+    );
+    println!("new root signing on both replicas after {:?}", t.elapsed());
+    let d3 = tempfile::tempdir().unwrap();
+    let three = ControlPlane::start_local(d3.path(), &args);
+    assert_eq!(roots(&three), roots(&one), "a new replica's roots differ");
 }
 
 /// Two replicas: both serve the same config; one holds the leader Lease and keeps the

@@ -224,8 +224,38 @@ pub struct TokenArgs {
     pub ca: CaArgs,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct RotateRootArgs {
+    /// Rotate the root every replica shares through the Secret `pilotfish-ca` in
+    /// `--system-namespace` (credentials as for `serve --kubernetes`).
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// Kubeconfig file (implies --kubernetes).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
 /// `pilotfish rotate-root`: start a root rotation (a running pilotfish completes it).
-pub fn rotate_root(a: CaArgs) -> anyhow::Result<ExitCode> {
+pub fn rotate_root(a: RotateRootArgs) -> anyhow::Result<ExitCode> {
+    if a.kubernetes || a.kubeconfig.is_some() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = kube_client(a.kubeconfig.as_deref()).await?;
+            crate::ca::shared::start_rotation(&client, &a.ca.system_namespace, &a.ca.trust_domain)
+                .await
+        })?;
+        println!(
+            "next root written to Secret {}/{}; every replica adds it to its trust bundle within seconds, the leader makes it the signer after --root-rotation-grace, and the old root goes once its leaves have expired",
+            a.ca.system_namespace,
+            crate::ca::shared::SECRET
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let a = a.ca;
     let (ca, _) = a.load()?;
     drop(ca);
     let cfg = CaConfig {
@@ -860,19 +890,68 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(crate::mem::trim);
         }
     });
-    // Re-mint certificates at half life and tell the streams.
+    // Singleton work (webhook configuration, root rotation steps, status) runs on the
+    // Lease holder only.
+    let leader = kube
+        .as_ref()
+        .map(|client| crate::webhook::leader_election(client.clone(), &a.ca.system_namespace));
+    // Re-mint certificates at half life and tell the streams. Root rotation: alone, each
+    // step as the state directory says; on Kubernetes every replica mirrors the Secret and
+    // only the leader takes steps and writes them back.
     {
         let ca = ca.clone();
+        let shared = share_root.cloned().zip(leader.clone());
+        let (ns, state_dir) = (a.ca.system_namespace.clone(), a.ca.state_dir.clone());
         tokio::spawn(async move {
+            let mut tick = 0u64;
+            let mut unpushed = false;
+            let mut failing = false;
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let rotated = match ca.maintain() {
-                    Ok(c) => c,
+                tick += 1;
+                let step = match &shared {
+                    None => ca.maintain().map_err(anyhow::Error::from),
+                    // Every 2 s.
+                    Some(_) if tick % 4 != 0 => Ok(false),
+                    Some((client, leader)) => {
+                        let lead = *leader.borrow();
+                        async {
+                            // A step not yet in the Secret goes first (pulling would undo it).
+                            if unpushed {
+                                crate::ca::shared::push(client, &ns, &state_dir).await?;
+                                unpushed = false;
+                            }
+                            crate::ca::shared::pull(client, &ns, &state_dir).await?;
+                            if !lead {
+                                return Ok(ca.adopt_state()?);
+                            }
+                            let changed = ca.maintain()?;
+                            if changed {
+                                unpushed = true;
+                                crate::ca::shared::push(client, &ns, &state_dir).await?;
+                                unpushed = false;
+                            }
+                            Ok(changed)
+                        }
+                        .await
+                    }
+                };
+                let rotated = match step {
+                    Ok(c) => {
+                        failing = false;
+                        c
+                    }
                     Err(e) => {
-                        error!(error = %e, "root rotation step failed");
+                        if !failing {
+                            error!(error = %format!("{e:#}"), "root rotation step failed");
+                        }
+                        failing = true;
                         false
                     }
                 };
+                if rotated {
+                    info!(roots = ca.roots().len(), "CA roots changed");
+                }
                 if ca.expire_due() | rotated {
                     rotation_tx.send_modify(|v| *v += 1);
                 }
@@ -931,7 +1010,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             ),
         };
         let roots_ca = ca.clone();
-        let leader = crate::webhook::leader_election(client.clone(), &a.ca.system_namespace);
+        let leader = leader.clone().expect("a leader election with Kubernetes");
         tokio::spawn(crate::webhook::keep_config(
             client.clone(),
             endpoint,

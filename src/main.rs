@@ -23,8 +23,9 @@ enum Cmd {
     Validate(pilotfish::app::ValidateArgs),
     /// Print a bearer token for a service account (file mode; signed with the state dir's key).
     Token(pilotfish::app::TokenArgs),
-    /// Start a root CA rotation (file mode; a running pilotfish completes it without downtime).
-    RotateRoot(pilotfish::app::CaArgs),
+    /// Start a root CA rotation (in the state directory, or with --kubernetes in the shared
+    /// Secret); running pilotfish replicas complete it without downtime.
+    RotateRoot(pilotfish::app::RotateRootArgs),
     /// Would a request pass? Decide offline from config files with the mesh's policies.
     Check(pilotfish::check::CheckArgs),
     /// Print an Envoy bootstrap for a sidecar.

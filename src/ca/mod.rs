@@ -308,35 +308,112 @@ impl Ca {
     }
 
     fn load_rotation_state(&self) -> Result<(), CaError> {
+        self.adopt_state().map(|_| ())
+    }
+
+    /// Brings the CA in line with its state directory (self-made roots only): the signing
+    /// root, the next root and the retired one are whatever the files say. A replica that
+    /// mirrors the Kubernetes Secret follows the leader's rotation steps this way (a new
+    /// signing root re-mints every cached leaf). True when anything changed.
+    pub fn adopt_state(&self) -> Result<bool, CaError> {
         let Some(dir) = &self.state_dir else {
-            return Ok(());
+            return Ok(false);
         };
+        let mut changed = false;
+        let root = read(&dir.join("root-cert.pem"))?;
+        if root != self.signer.read().unwrap().root_pem {
+            let key = read(&dir.join("root-key.pem"))?;
+            let kp = KeyPair::from_pem(&key).map_err(|e| CaError::Invalid {
+                what: "root key".into(),
+                reason: e.to_string(),
+            })?;
+            let issuer = Issuer::from_ca_cert_pem(&root, kp).map_err(|e| CaError::Invalid {
+                what: "root".into(),
+                reason: e.to_string(),
+            })?;
+            {
+                let mut s = self.signer.write().unwrap();
+                s.root_pem = root;
+                s.issuer = issuer;
+            }
+            let mut svids = self.svids.lock().unwrap();
+            self.rotating.lock().unwrap().extend(svids.keys().cloned());
+            svids.clear();
+            changed = true;
+        }
         let mut r = self.rotation.lock().unwrap();
         let (nc, nk) = (
             dir.join("next-root-cert.pem"),
             dir.join("next-root-key.pem"),
         );
-        if r.pending.is_none() && nc.exists() && nk.exists() {
-            let since = std::fs::metadata(&nc)
-                .and_then(|m| m.modified())
-                .unwrap_or_else(|_| SystemTime::now());
-            r.pending = Some((read(&nc)?, read(&nk)?, since));
+        let pending = if nc.exists() && nk.exists() {
+            // When the rotation began: written with the next root (so every replica
+            // promotes it at the same moment), else the file's time.
+            let since = read(&dir.join("next-root.since"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+                .or_else(|| std::fs::metadata(&nc).and_then(|m| m.modified()).ok())
+                .unwrap_or_else(SystemTime::now);
+            Some((read(&nc)?, read(&nk)?, since))
+        } else {
+            None
+        };
+        if pending.as_ref().map(|p| &p.0) != r.pending.as_ref().map(|p| &p.0) {
+            r.pending = pending;
+            changed = true;
         }
         let (rc, ru) = (
             dir.join("retired-root-cert.pem"),
             dir.join("retired-root.until"),
         );
-        if r.retired.is_none() && rc.exists() {
+        let retired = if rc.exists() {
             let until = read(&ru)
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
                 .unwrap_or(0);
-            r.retired = Some((
+            Some((
                 read(&rc)?,
                 SystemTime::UNIX_EPOCH + Duration::from_secs(until),
-            ));
+            ))
+        } else {
+            None
+        };
+        if retired != r.retired {
+            r.retired = retired;
+            changed = true;
         }
-        Ok(())
+        Ok(changed)
+    }
+
+    /// The roots in the trust bundle, for `/debug/certz`: role (signing, next, retired),
+    /// SHA-256 of the DER, expiry. No key material.
+    pub fn roots(&self) -> Vec<serde_json::Value> {
+        let describe = |role: &str, pem: &str| {
+            pem_blocks(pem)
+                .iter()
+                .filter_map(|b| {
+                    let (_, pem) = x509_parser::pem::parse_x509_pem(b.as_bytes()).ok()?;
+                    let der = pem.contents;
+                    let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+                    Some(serde_json::json!({
+                        "role": role,
+                        "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&der)),
+                        "subject": c.subject().to_string(),
+                        "not_after_unix": c.validity().not_after.timestamp(),
+                    }))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = describe("signing", &self.signer.read().unwrap().root_pem);
+        let r = self.rotation.lock().unwrap();
+        if let Some((c, _, _)) = &r.pending {
+            out.extend(describe("next", c));
+        }
+        if let Some((c, _)) = &r.retired {
+            out.extend(describe("retired", c));
+        }
+        out
     }
 
     /// Start a root rotation: write the next root into the state directory. A running
@@ -359,6 +436,10 @@ impl Ca {
             });
         }
         let (cert, key) = new_root(&cfg.trust_domain)?;
+        write_public(
+            &cfg.state_dir.join("next-root.since"),
+            &unix(SystemTime::now()).to_string(),
+        )?;
         write_private(&nk, &key)?;
         write_public(&nc, &cert)?;
         Ok(nc)
@@ -373,9 +454,7 @@ impl Ca {
         let Some(dir) = self.state_dir.clone() else {
             return Ok(false);
         };
-        let had_pending = self.rotation.lock().unwrap().pending.is_some();
-        self.load_rotation_state()?;
-        let mut changed = !had_pending && self.rotation.lock().unwrap().pending.is_some();
+        let mut changed = self.adopt_state()?;
         let now = SystemTime::now();
         let promote = {
             let r = self.rotation.lock().unwrap();
@@ -399,7 +478,9 @@ impl Ca {
                 old
             };
             // Leaves signed by the old root live at most one workload lifetime.
-            let until = now + self.workload_ttl + Duration::from_secs(60);
+            // (Whole seconds, as the file holds it.)
+            let until = SystemTime::UNIX_EPOCH
+                + Duration::from_secs(unix(now + self.workload_ttl + Duration::from_secs(60)));
             write_public(&dir.join("retired-root-cert.pem"), &old)?;
             write_public(&dir.join("retired-root.until"), &unix(until).to_string())?;
             let ren = |a: &str, b: &str| {
@@ -410,6 +491,7 @@ impl Ca {
             };
             ren("next-root-key.pem", "root-key.pem")?;
             ren("next-root-cert.pem", "root-cert.pem")?;
+            let _ = std::fs::remove_file(dir.join("next-root.since"));
             self.rotation.lock().unwrap().retired = Some((old, until));
             // Re-mint every cached leaf with the new root.
             let mut svids = self.svids.lock().unwrap();
@@ -571,7 +653,7 @@ impl Ca {
     }
 }
 
-fn new_root(trust_domain: &str) -> Result<(String, String), CaError> {
+pub(crate) fn new_root(trust_domain: &str) -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();

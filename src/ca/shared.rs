@@ -5,7 +5,13 @@
 //! At start: the Secret's files are written into the state directory when it exists; the CA
 //! then loads (or creates) them; a root made here is published by creating the Secret. When
 //! two replicas race to create it, the loser takes the winner's and loads again.
-//! Not done: root rotation (`pilotfish rotate-root`) is not shared through the Secret.
+//!
+//! Root rotation is shared the same way. `pilotfish rotate-root --kubernetes` puts the next
+//! root (and when it began) into the Secret; every replica mirrors the Secret into its state
+//! directory every few seconds and adopts it (`Ca::adopt_state`); only the leader (the Lease
+//! holder) takes the rotation's steps (promote the next root after the grace, retire the
+//! old one once its leaves have expired) and writes them back (`push`), so all replicas
+//! trust, and then sign with, the same roots at the same time.
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,6 +21,14 @@ use std::path::Path;
 
 pub const SECRET: &str = "pilotfish-ca";
 const FILES: &[&str] = &["root-cert.pem", "root-key.pem", "token-key.pem"];
+/// A root rotation under way: present only then.
+const ROTATION: &[&str] = &[
+    "next-root-cert.pem",
+    "next-root-key.pem",
+    "next-root.since",
+    "retired-root-cert.pem",
+    "retired-root.until",
+];
 
 /// Writes the Secret's files into `state_dir`; false when there is no Secret yet.
 pub async fn pull(
@@ -36,9 +50,98 @@ pub async fn pull(
         let Some(v) = data.get(*f) else {
             anyhow::bail!("Secret {namespace}/{SECRET} has no {f}");
         };
-        crate::source::last_good::write_owner_only(&state_dir.join(f), &v.0)?;
+        write_if_changed(&state_dir.join(f), &v.0)?;
+    }
+    for f in ROTATION {
+        let path = state_dir.join(f);
+        match data.get(*f) {
+            Some(v) => write_if_changed(&path, &v.0)?,
+            None if path.exists() => std::fs::remove_file(&path)?,
+            None => {}
+        }
     }
     Ok(true)
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    crate::source::last_good::write_owner_only(path, bytes)
+}
+
+/// The Secret's data as `state_dir`'s files say (required files and any rotation files).
+fn local_data(state_dir: &Path) -> anyhow::Result<BTreeMap<String, ByteString>> {
+    let mut data = BTreeMap::new();
+    for f in FILES {
+        let bytes = std::fs::read(state_dir.join(f)).with_context(|| format!("reading {f}"))?;
+        data.insert(f.to_string(), ByteString(bytes));
+    }
+    for f in ROTATION {
+        if let Ok(bytes) = std::fs::read(state_dir.join(f)) {
+            data.insert(f.to_string(), ByteString(bytes));
+        }
+    }
+    Ok(data)
+}
+
+/// Writes `state_dir`'s CA state (after a rotation step the leader took) into the Secret;
+/// nothing when it already says the same. Retries on a conflicting write.
+pub async fn push(client: &kube::Client, namespace: &str, state_dir: &Path) -> anyhow::Result<()> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let data = local_data(state_dir)?;
+    for _ in 0..3 {
+        let mut s = api
+            .get(SECRET)
+            .await
+            .with_context(|| format!("reading Secret {namespace}/{SECRET}"))?;
+        if s.data.as_ref() == Some(&data) {
+            return Ok(());
+        }
+        s.data = Some(data.clone());
+        match api.replace(SECRET, &Default::default(), &s).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("writing Secret {namespace}/{SECRET}"))
+            }
+        }
+    }
+    anyhow::bail!("writing Secret {namespace}/{SECRET}: kept conflicting")
+}
+
+/// `pilotfish rotate-root --kubernetes`: puts a next root into the Secret (refused while a
+/// rotation is under way). Every replica trusts it within seconds; the leader promotes it
+/// after the grace period.
+pub async fn start_rotation(
+    client: &kube::Client,
+    namespace: &str,
+    trust_domain: &str,
+) -> anyhow::Result<()> {
+    let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let mut s = api.get(SECRET).await.with_context(|| {
+        format!("reading Secret {namespace}/{SECRET} (is pilotfish running with --kubernetes?)")
+    })?;
+    let mut data = s.data.take().unwrap_or_default();
+    if ROTATION.iter().any(|f| data.contains_key(*f)) {
+        anyhow::bail!("a root rotation is already under way (Secret {namespace}/{SECRET})");
+    }
+    let (cert, key) = super::new_root(trust_domain)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    data.insert("next-root-cert.pem".into(), ByteString(cert.into_bytes()));
+    data.insert("next-root-key.pem".into(), ByteString(key.into_bytes()));
+    data.insert(
+        "next-root.since".into(),
+        ByteString(now.to_string().into_bytes()),
+    );
+    s.data = Some(data);
+    api.replace(SECRET, &Default::default(), &s)
+        .await
+        .with_context(|| format!("writing Secret {namespace}/{SECRET}"))?;
+    Ok(())
 }
 
 /// Creates the Secret from `state_dir`'s files; false when another replica created it
@@ -48,11 +151,7 @@ pub async fn publish(
     namespace: &str,
     state_dir: &Path,
 ) -> anyhow::Result<bool> {
-    let mut data = BTreeMap::new();
-    for f in FILES {
-        let bytes = std::fs::read(state_dir.join(f)).with_context(|| format!("reading {f}"))?;
-        data.insert(f.to_string(), ByteString(bytes));
-    }
+    let data = local_data(state_dir)?;
     let secret = Secret {
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(SECRET.into()),

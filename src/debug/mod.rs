@@ -122,7 +122,9 @@ async fn authorizationz(
 /// Issued workload certificates: identity, serial, expiry, holders. Never a key.
 async fn certz(State(s): State<DebugState>) -> Json<serde_json::Value> {
     match &s.ca {
-        Some(ca) => Json(json!({"trust_domain": ca.trust_domain, "issued": ca.issued()})),
+        Some(ca) => Json(
+            json!({"trust_domain": ca.trust_domain, "roots": ca.roots(), "issued": ca.issued()}),
+        ),
         None => Json(json!({"issued": []})),
     }
 }
