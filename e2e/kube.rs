@@ -124,7 +124,10 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
     ]);
     assert!(o.ok(), "examples/bookinfo refused: {}", o.describe());
 
-    // pilotfish with both sources: the directory's object and the cluster's.
+    // pilotfish with both sources: the directory's object and the cluster's (its own
+    // namespace holds the leader Lease: the leader writes status).
+    let o = api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: pilotfish-system}\n");
+    assert!(o.ok(), "{}", o.describe());
     let dir = tempfile::tempdir().unwrap();
     write_file(
         dir.path(),
@@ -224,6 +227,28 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
     });
     let (objs, errors) = served(&cp);
     println!("bad object reported: {errors}");
+    // ... and on the object itself, for `kubectl get -o yaml` (the leader's status write).
+    let accepted = |vs: &str| {
+        let o = api.kubectl(&[
+            "get",
+            "virtualservice",
+            vs,
+            "-o",
+            "jsonpath={.metadata.generation} {.status.observedGeneration} {.status.conditions[?(@.type==\"Accepted\")].status} {.status.conditions[?(@.type==\"Accepted\")].message}",
+        ]);
+        o.stdout
+    };
+    let mut st = String::new();
+    let written = wait_until(READY, || {
+        st = accepted("reviews");
+        st.starts_with("3 3 False") && st.contains("colour")
+    });
+    println!("status of the bad object: {st}");
+    assert!(
+        written && st.contains("the last accepted version is still served"),
+        "the object's status does not say it was refused: {st:?}\n{}",
+        cp.log_tail(20)
+    );
     assert!(reported, "the bad object is not reported: {errors}");
     assert!(
         errors.to_string().contains("colour"),
@@ -262,6 +287,12 @@ fn kubernetes_source_reflects_creates_updates_and_deletes() {
         "changes after the API server restart are not served\n{}",
         cp.log_tail(30)
     );
+    let mut st = String::new();
+    let written = wait_until(READY, || {
+        st = accepted("reviews");
+        st.starts_with("4 4 True")
+    });
+    assert!(written, "the good version's status: {st:?}");
     let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
     assert!(
         log.contains("Kubernetes watch failed"),
@@ -712,6 +743,52 @@ fn helm_chart_lints_renders_and_is_accepted() {
 
 /// Every connected proxy has ACKed what it was sent, at World version `v` or later
 /// (`/debug/syncz`).
+/// The versions of the first CDS and LDS responses a sidecar gets from `cp` (plaintext
+/// loopback xDS).
+fn xds_versions(cp: &ControlPlane) -> Vec<String> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = AggregatedDiscoveryServiceClient::connect(format!(
+            "http://127.0.0.1:{}",
+            cp.xds_port()
+        ))
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for t in ["cluster.v3.Cluster", "listener.v3.Listener"] {
+            let req = DiscoveryRequest {
+                node: Some(Node {
+                    id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(),
+                    ..Default::default()
+                }),
+                type_url: format!("type.googleapis.com/envoy.config.{t}"),
+                ..Default::default()
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(req).await.unwrap();
+            let mut s = c
+                .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .expect("no xDS response")
+                .unwrap()
+                .expect("stream ended");
+            drop(tx);
+            out.push(r.version_info);
+        }
+        out
+    })
+}
+
 fn all_synced(cp: &ControlPlane, v: u64) -> bool {
     let Ok((_, text)) = cp.get("/debug/syncz") else {
         return false;
@@ -995,8 +1072,14 @@ fn two_replicas_one_leader_takes_over() {
     let api = KubeApi::start();
     with_crds(&api);
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut a = with_webhooks(&api, d1.path(), &[]);
-    let mut b = with_webhooks(&api, d2.path(), &[]);
+    // As the chart runs them: the built-in ext_authz provider is reached through the
+    // Service, not a replica's own address.
+    let svc = [
+        "--authz-advertise-address",
+        "pilotfish.pilotfish-system.svc:15012",
+    ];
+    let mut a = with_webhooks(&api, d1.path(), &svc);
+    let mut b = with_webhooks(&api, d2.path(), &svc);
     let holder = || {
         let o = api.kubectl(&[
             "get",
@@ -1028,6 +1111,11 @@ fn two_replicas_one_leader_takes_over() {
         !x.is_empty() && find(&x, "VirtualService", "reviews").is_some() && x == y
     });
     assert!(same, "the replicas serve different config");
+    // ... under the same versions (content hashes), so a proxy moving over is sent nothing
+    // it already has.
+    let (va, vb) = (xds_versions(&a), xds_versions(&b));
+    println!("CDS/LDS versions: {va:?} and {vb:?}");
+    assert_eq!(va, vb, "the replicas serve different versions");
     // The leader goes; the other takes over.
     let (leader, survivor) = if a_leads { (&mut a, &b) } else { (&mut b, &a) };
     let t = std::time::Instant::now();
@@ -1039,12 +1127,227 @@ fn two_replicas_one_leader_takes_over() {
     println!("Lease taken over in {:?} (lease 15 s)", t.elapsed());
     // Its singleton work: the webhook configuration now names the survivor, which answers.
     let refused = wait_until(Duration::from_secs(30), || {
-        let o = api.apply(&REVIEWS.replace("subset: v2}", "subset: v2, port: {number: seventy}}"));
+        let o = api.apply(&REVIEWS.replace("  - route:", "  - timeout: ten\n    route:"));
         !o.ok() && o.stderr.contains("denied the request: pilotfish")
     });
     assert!(
         refused,
         "the survivor did not take over the webhook\n{}",
         survivor.log_tail(20)
+    );
+    // And status writes: a second VirtualService for the same host passes the webhook (it
+    // checks one object alone) and the survivor's status write says why it is not served.
+    let o = api.apply(&REVIEWS.replace(
+        "name: reviews, namespace: default}\nspec:\n  hosts",
+        "name: reviews-2, namespace: default}\nspec:\n  hosts",
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    let mut st = String::new();
+    let written = wait_until(READY, || {
+        st = api
+            .kubectl(&[
+                "get",
+                "virtualservice",
+                "reviews-2",
+                "-o",
+                "jsonpath={.status.observedGeneration} {.status.conditions[0].type} {.status.conditions[0].status} {.status.conditions[0].message}",
+            ])
+            .stdout;
+        st.starts_with("1 Accepted False")
+    });
+    assert!(
+        written && st.contains("already routed by VirtualService default/reviews"),
+        "the survivor writes no status: {st:?}\n{}",
+        survivor.log_tail(20)
+    );
+}
+
+/// The chart's least-privilege RBAC is enough: pilotfish running with the chart's service
+/// account (a TokenRequest token, not admin) watches every kind, holds the Lease, keeps the
+/// CA Secret and the webhook configurations, and writes status, with nothing forbidden.
+#[test]
+fn the_charts_rbac_is_enough_for_pilotfish() {
+    let chart = support::repo_root().join("helm").join("pilotfish");
+    let rendered = support::run(
+        std::process::Command::new(support::kube::helm_bin()).args([
+            "template",
+            "pilotfish",
+            chart.to_str().unwrap(),
+            "--namespace",
+            "pilotfish-system",
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(rendered.ok(), "helm template: {}", rendered.describe());
+    // The whole chart, as `helm install` would apply it (the Deployment is stored and never
+    // runs: there is no kubelet); pilotfish itself runs here, with the chart's account.
+    let api = KubeApi::start();
+    with_crds(&api);
+    let o = api.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: pilotfish-system}\n");
+    assert!(o.ok(), "{}", o.describe());
+    let o = api.apply(&rendered.stdout);
+    assert!(o.ok(), "the chart: {}", o.describe());
+    let token = api.kubectl(&[
+        "create",
+        "token",
+        "pilotfish",
+        "-n",
+        "pilotfish-system",
+        "--duration",
+        "1h",
+    ]);
+    assert!(token.ok(), "{}", token.describe());
+    let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
+    let admin_token = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("the admin kubeconfig has a token")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(&admin_token, token.stdout.trim()),
+    )
+    .unwrap();
+
+    let config = tempfile::tempdir().unwrap();
+    let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
+    let addr = format!("127.0.0.1:{port}");
+    let url = format!("https://{addr}/validate");
+    let cp = ControlPlane::start_local(
+        config.path(),
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            &addr,
+            "--webhook-url",
+            &url,
+            "--tls-dns-names",
+            "127.0.0.1",
+        ],
+    );
+    // pilotfish points the chart's webhook configurations at itself (patch by name).
+    let configured = wait_until(READY, || {
+        api.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "pilotfish-validator",
+            "-o",
+            "jsonpath={.webhooks[0].clientConfig.url}",
+        ])
+        .stdout
+            == url
+    });
+    assert!(
+        configured,
+        "the webhook configuration is not pilotfish's\n{}",
+        cp.log_tail(10)
+    );
+    // Status needs the watch, the Lease and the status write; the second VirtualService
+    // for one host is refused by pilotfish and says so.
+    let o = api.apply(REVIEWS);
+    assert!(o.ok(), "{}", o.describe());
+    let o = api.apply(&REVIEWS.replace(
+        "name: reviews, namespace: default}\nspec:\n  hosts",
+        "name: reviews-2, namespace: default}\nspec:\n  hosts",
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    let mut st = String::new();
+    let written = wait_until(READY, || {
+        st = api
+            .kubectl(&[
+                "get",
+                "virtualservice",
+                "reviews-2",
+                "-o",
+                "jsonpath={.status.conditions[0].status}",
+            ])
+            .stdout;
+        st == "False"
+    });
+    assert!(written, "no status written: {st:?}\n{}", cp.log_tail(30));
+    let o = api.kubectl(&["get", "secret", "pilotfish-ca", "-n", "pilotfish-system"]);
+    assert!(o.ok(), "no CA Secret: {}", o.describe());
+    let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "something was forbidden:\n{}",
+        log.lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// Bookinfo-style task YAML (`e2e/testdata/bookinfo-networking`, in the shapes of Istio's
+/// samples) applied in task order through the validating webhook: every file is accepted,
+/// pilotfish serves the last state of every object with no error, and every object's
+/// status says Accepted.
+#[test]
+fn bookinfo_task_yaml_applies_and_is_served() {
+    let api = KubeApi::start();
+    with_crds(&api);
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_webhooks(&api, dir.path(), &[]);
+    let configured = wait_until(READY, || {
+        api.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "pilotfish-validator",
+        ])
+        .ok()
+    });
+    assert!(configured, "no webhook configuration\n{}", cp.log_tail(20));
+    let samples = support::repo_root()
+        .join("e2e")
+        .join("testdata")
+        .join("bookinfo-networking");
+    let mut files: Vec<_> = std::fs::read_dir(&samples)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 7);
+    for f in &files {
+        let o = api.kubectl(&["apply", "-f", f.to_str().unwrap()]);
+        assert!(o.ok(), "{} refused: {}", f.display(), o.describe());
+    }
+    let done = wait_until(READY, || {
+        let (objs, errors) = served(&cp);
+        errors == Value::Array(vec![])
+            && ["productpage", "reviews", "ratings", "details"]
+                .iter()
+                .all(|n| find(&objs, "DestinationRule", n).is_some())
+            && find(&objs, "VirtualService", "reviews")
+                .is_some_and(|(_, spec)| spec.to_string().contains("\"subset\":\"v3\""))
+            && find(&objs, "VirtualService", "ratings")
+                .is_some_and(|(_, spec)| spec.to_string().contains("\"httpStatus\":500"))
+    });
+    let (_, errors) = served(&cp);
+    assert!(
+        done,
+        "not served as applied: errors {errors}\n{}",
+        cp.log_tail(20)
+    );
+    let mut st = String::new();
+    let accepted = wait_until(READY, || {
+        st = api
+            .kubectl(&[
+                "get",
+                "virtualservices,destinationrules",
+                "-o",
+                "jsonpath={range .items[*]}{.kind}/{.metadata.name}={.status.conditions[0].status} {end}",
+            ])
+            .stdout;
+        st.split_whitespace().count() == 8 && st.split_whitespace().all(|x| x.ends_with("=True"))
+    });
+    assert!(accepted, "statuses: {st}");
+    println!(
+        "bookinfo task YAML: {} files applied, 8 objects Accepted",
+        files.len()
     );
 }

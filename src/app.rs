@@ -560,6 +560,8 @@ fn check_proxy() -> Proxy {
 pub struct KubeSource {
     pub client: kube::Client,
     pub runtime: tokio::runtime::Handle,
+    /// What the watchers saw (the status writer reads it too).
+    pub pending: Arc<crate::source::kube::Pending>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -578,7 +580,7 @@ fn config_loop(
     let jwks_tx = ev_tx.clone();
     // The Kubernetes watchers wake the loop the way the JWKS fetcher does.
     let kube = kube_source.map(|k| {
-        let pending: Arc<crate::source::kube::Pending> = Default::default();
+        let pending = k.pending;
         let tx = std::sync::Mutex::new(ev_tx.clone());
         let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
             let _ = tx
@@ -778,9 +780,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    let kube_pending: Arc<crate::source::kube::Pending> = Default::default();
     let kube_source = kube.clone().map(|client| KubeSource {
         client,
         runtime: tokio::runtime::Handle::current(),
+        pending: kube_pending.clone(),
     });
     if !matches!(a.webhook_failure_policy.as_str(), "Fail" | "Ignore") {
         anyhow::bail!(
@@ -895,6 +899,14 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let leader = kube
         .as_ref()
         .map(|client| crate::webhook::leader_election(client.clone(), &a.ca.system_namespace));
+    if let (Some(client), Some(leader)) = (&kube, &leader) {
+        tokio::spawn(crate::source::status::keep(
+            client.clone(),
+            rx.clone(),
+            kube_pending.clone(),
+            leader.clone(),
+        ));
+    }
     // Re-mint certificates at half life and tell the streams. Root rotation: alone, each
     // step as the state directory says; on Kubernetes every replica mirrors the Secret and
     // only the leader takes steps and writes them back.

@@ -258,7 +258,12 @@ pub async fn apply_config(
     apply::<ValidatingWebhookConfiguration>(client, CONFIG_NAME, cfg).await
 }
 
-/// Server-side apply of a cluster-scoped object pilotfish owns.
+/// Puts a cluster-scoped object pilotfish owns in place. One that exists (the Helm chart
+/// installs both webhook configurations, and the chart's RBAC lets pilotfish patch them by
+/// name, not create them) gets a JSON merge patch, which replaces the `webhooks` list
+/// whole: a server-side apply would merge fields other managers own into it (the chart's
+/// `service` next to pilotfish's `url`, which the API server refuses). A missing one is
+/// created by server-side apply.
 async fn apply<K>(client: &kube::Client, name: &str, obj: serde_json::Value) -> anyhow::Result<()>
 where
     K: kube::Resource<Scope = k8s_openapi::ClusterResourceScope>
@@ -268,13 +273,22 @@ where
     K::DynamicType: Default,
 {
     let api: kube::Api<K> = kube::Api::all(client.clone());
-    api.patch(
-        name,
-        &PatchParams::apply("pilotfish").force(),
-        &Patch::Apply(obj),
-    )
-    .await
-    .with_context(|| format!("applying {} {name}", K::kind(&Default::default())))?;
+    let what = || format!("applying {} {name}", K::kind(&Default::default()));
+    let exists = api.get_opt(name).await.with_context(what)?.is_some();
+    let patch = if exists {
+        Patch::Merge(serde_json::json!({
+            "metadata": {"labels": obj["metadata"]["labels"]},
+            "webhooks": obj["webhooks"],
+        }))
+    } else {
+        Patch::Apply(obj)
+    };
+    let params = if exists {
+        PatchParams::default()
+    } else {
+        PatchParams::apply("pilotfish").force()
+    };
+    api.patch(name, &params, &patch).await.with_context(what)?;
     Ok(())
 }
 

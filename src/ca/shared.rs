@@ -31,20 +31,42 @@ const ROTATION: &[&str] = &[
 ];
 
 /// Writes the Secret's files into `state_dir`; false when there is no Secret yet.
+///
+/// A rotation started in the state directory (`pilotfish rotate-root --state-dir` in a
+/// pod) while the Secret shows none, under the same root, is not undone: it is put into
+/// the Secret first, so every replica takes it.
 pub async fn pull(
     client: &kube::Client,
     namespace: &str,
     state_dir: &Path,
 ) -> anyhow::Result<bool> {
     let api: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
-    let Some(s) = api
+    let Some(mut s) = api
         .get_opt(SECRET)
         .await
         .with_context(|| format!("reading Secret {namespace}/{SECRET}"))?
     else {
         return Ok(false);
     };
-    let data = s.data.unwrap_or_default();
+    let mut data = s.data.take().unwrap_or_default();
+    let local = |f: &str| std::fs::read(state_dir.join(f)).ok();
+    let local_rotation = ["next-root-cert.pem", "next-root-key.pem"]
+        .iter()
+        .all(|f| local(f).is_some())
+        && !ROTATION.iter().any(|f| data.contains_key(*f))
+        && data.get("root-cert.pem").map(|b| &b.0) == local("root-cert.pem").as_ref();
+    if local_rotation {
+        for f in ["next-root-cert.pem", "next-root-key.pem", "next-root.since"] {
+            if let Some(b) = local(f) {
+                data.insert(f.to_string(), ByteString(b));
+            }
+        }
+        s.data = Some(data.clone());
+        api.replace(SECRET, &Default::default(), &s)
+            .await
+            .with_context(|| format!("writing Secret {namespace}/{SECRET}"))?;
+        tracing::info!("a root rotation started in the state directory is now shared");
+    }
     std::fs::create_dir_all(state_dir)?;
     for f in FILES {
         let Some(v) = data.get(*f) else {

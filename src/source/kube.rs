@@ -51,6 +51,9 @@ struct PendingState {
     relists: BTreeMap<String, Vec<(String, String)>>,
     /// Kinds that listed at least once.
     synced: std::collections::BTreeSet<String>,
+    /// Istio objects as last seen: generation and the `Accepted` condition they carry (for
+    /// the status writer, `status`).
+    istio: BTreeMap<String, super::status::Seen>,
 }
 
 /// One batch for the index.
@@ -70,6 +73,12 @@ impl Pending {
             relists: std::mem::take(&mut s.relists),
             changes: std::mem::take(&mut s.changes),
         }
+    }
+
+    /// Every Istio object in the cluster as last seen, by index name.
+    pub fn istio_objects(&self) -> BTreeMap<String, super::status::Seen> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.istio.clone()
     }
 
     /// Every kind has listed once.
@@ -131,6 +140,8 @@ async fn watch_kind(
         .boxed();
     // Objects of a relist in progress.
     let mut listing: Option<Vec<(String, String)>> = None;
+    let istio = ar.group.ends_with("istio.io");
+    let mut relisted_istio = BTreeMap::new();
     let mut failing = false;
     let mut missing = false;
     while let Some(ev) = stream.next().await {
@@ -172,9 +183,16 @@ async fn watch_kind(
         let relisting = {
             let mut s = pending.state.lock().unwrap_or_else(|p| p.into_inner());
             match ev {
-                Event::Init => listing = Some(Vec::new()),
+                Event::Init => {
+                    listing = Some(Vec::new());
+                    relisted_istio.clear();
+                }
                 Event::InitApply(obj) => {
+                    let seen = istio.then(|| super::status::Seen::of(&obj));
                     if let Some((name, text)) = object_text(&ar, obj) {
+                        if let Some(seen) = seen {
+                            relisted_istio.insert(name.clone(), seen);
+                        }
                         listing.get_or_insert_with(Vec::new).push((name, text));
                     }
                 }
@@ -183,11 +201,19 @@ async fn watch_kind(
                     // A relist replaces the kind: changes queued before it are stale.
                     let prefix = kind_prefix(&kind);
                     s.changes.retain(|n, _| !n.starts_with(&prefix));
+                    if istio {
+                        s.istio.retain(|n, _| !n.starts_with(&prefix));
+                        s.istio.append(&mut relisted_istio);
+                    }
                     s.relists.insert(kind.clone(), objects);
                     s.synced.insert(kind.clone());
                 }
                 Event::Apply(obj) => {
+                    let seen = istio.then(|| super::status::Seen::of(&obj));
                     if let Some((name, text)) = object_text(&ar, obj) {
+                        if let Some(seen) = seen {
+                            s.istio.insert(name.clone(), seen);
+                        }
                         s.changes.insert(name, Some(text));
                     }
                 }
@@ -197,6 +223,7 @@ async fn watch_kind(
                         obj.metadata.namespace.as_deref(),
                         obj.metadata.name.as_deref().unwrap_or(""),
                     );
+                    s.istio.remove(&name);
                     s.changes.insert(name, None);
                 }
             }
@@ -218,6 +245,15 @@ fn object_text(ar: &ApiResource, mut obj: DynamicObject) -> Option<(String, Stri
         kind: ar.kind.clone(),
     });
     obj.metadata.managed_fields = None;
+    // What pilotfish itself writes (an Istio object's status) and what changes with it (the
+    // resource version) are left out, so a status write is no change to the config.
+    // A Pod's status (its IP, its phase) is config.
+    if ar.group.ends_with("istio.io") {
+        if let Some(m) = obj.data.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    obj.metadata.resource_version = None;
     let text = serde_json::to_string(&obj).ok()?;
     Some((index, text))
 }

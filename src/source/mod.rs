@@ -3,3 +3,4 @@ pub mod file;
 pub mod jwks;
 pub mod kube;
 pub mod last_good;
+pub mod status;

@@ -1,0 +1,196 @@
+//! Status writes (Kubernetes, leader only): every Istio object in the cluster gets a
+//! condition saying whether pilotfish accepted it, so `kubectl get vs reviews -o yaml`
+//! shows a config error without a look at pilotfish's logs:
+//!
+//! ```yaml
+//! status:
+//!   observedGeneration: 3
+//!   conditions:
+//!   - type: Accepted
+//!     status: "False"
+//!     reason: Invalid
+//!     message: 'spec.http[0].route[0].destination.subset: ... (the last accepted version is still served)'
+//!     observedGeneration: 3
+//!     lastTransitionTime: "2026-12-05T21:00:00Z"
+//! ```
+//!
+//! The desired condition comes from the served snapshot (its errors for the object's unit);
+//! the written one from the watch (`Seen`), so a write happens only when they differ, a
+//! new leader rewrites nothing that is already right, and nothing loops: pilotfish's own
+//! status write does not change the object's config text (`kube::object_text`).
+
+use super::kube::{Pending, KINDS, PREFIX};
+use crate::xds::server::Published;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+/// The condition type pilotfish owns.
+pub const CONDITION: &str = "Accepted";
+/// Longest message written (the whole error list is on `/debug/configz`).
+const MAX_MESSAGE: usize = 2048;
+
+/// What the watch last saw of an object: its generation and pilotfish's condition on it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Seen {
+    pub generation: i64,
+    /// (status, reason, message, observedGeneration) of the `Accepted` condition.
+    pub accepted: Option<(String, String, String, i64)>,
+    pub last_transition: Option<String>,
+}
+
+impl Seen {
+    pub fn of(obj: &DynamicObject) -> Seen {
+        let cond = obj.data["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == CONDITION));
+        Seen {
+            generation: obj.metadata.generation.unwrap_or(0),
+            accepted: cond.map(|c| {
+                (
+                    c["status"].as_str().unwrap_or("").to_string(),
+                    c["reason"].as_str().unwrap_or("").to_string(),
+                    c["message"].as_str().unwrap_or("").to_string(),
+                    c["observedGeneration"].as_i64().unwrap_or(0),
+                )
+            }),
+            last_transition: cond
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .map(String::from),
+        }
+    }
+}
+
+/// The condition pilotfish wants on the object `unit` (`kube:Kind/ns/name`) given `p`.
+pub fn desired(p: &Published, unit: &str, generation: i64) -> (String, String, String, i64) {
+    let w = &p.gen.world;
+    let errors: Vec<String> = w
+        .errors
+        .iter()
+        .filter(|e| e.file == unit)
+        .map(|e| {
+            if e.field.is_empty() {
+                e.reason.clone()
+            } else {
+                format!("{}: {}", e.field, e.reason)
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        return (
+            "True".into(),
+            "Accepted".into(),
+            "parsed, validated and served by pilotfish".into(),
+            generation,
+        );
+    }
+    let mut message = errors.join("; ");
+    if w.objects.values().any(|r| r.origin == unit) {
+        message.push_str(" (the last accepted version is still served)");
+    }
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push('…');
+    }
+    ("False".into(), "Invalid".into(), message, generation)
+}
+
+/// Keeps every Istio object's `Accepted` condition current while this replica leads.
+/// Runs until the process ends.
+pub async fn keep(
+    client: kube::Client,
+    mut current: watch::Receiver<Option<Published>>,
+    pending: Arc<Pending>,
+    mut leader: watch::Receiver<bool>,
+) {
+    let resources: BTreeMap<String, ApiResource> = KINDS
+        .iter()
+        .filter(|(g, _, _)| g.ends_with("istio.io"))
+        .map(|(g, v, k)| {
+            (
+                k.to_string(),
+                ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k)),
+            )
+        })
+        .collect();
+    let mut failing = false;
+    loop {
+        // A new snapshot, leadership, or a resync every 10 s (a status someone else
+        // changed is put back).
+        tokio::select! {
+            r = current.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        if !*leader.borrow() {
+            continue;
+        }
+        let Some(p) = current.borrow().clone() else {
+            continue;
+        };
+        let mut wrote = 0;
+        for (unit, seen) in pending.istio_objects() {
+            let want = desired(&p, &unit, seen.generation);
+            if seen.accepted.as_ref() == Some(&want) {
+                continue;
+            }
+            // `kube:Kind/ns/name`
+            let mut parts = unit.trim_start_matches(PREFIX).splitn(3, '/');
+            let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Some(ar) = resources.get(kind) else {
+                continue;
+            };
+            // The transition time moves only when the status does.
+            let since = match (&seen.accepted, &seen.last_transition) {
+                (Some(a), Some(t)) if a.0 == want.0 => t.clone(),
+                _ => k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default(),
+            };
+            let patch = json!({"status": {
+                "observedGeneration": want.3,
+                "conditions": [{
+                    "type": CONDITION,
+                    "status": want.0,
+                    "reason": want.1,
+                    "message": want.2,
+                    "observedGeneration": want.3,
+                    "lastTransitionTime": since,
+                }]
+            }});
+            let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(client.clone(), ns, ar);
+            match api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    wrote += 1;
+                    failing = false;
+                }
+                // Deleted meanwhile: the watch will say so.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    if !failing {
+                        warn!(object = %unit, error = %e, "status write failed; retrying later");
+                    }
+                    failing = true;
+                }
+            }
+        }
+        if wrote > 0 {
+            debug!(wrote, "status written");
+        }
+    }
+}
