@@ -743,9 +743,12 @@ fn helm_chart_lints_renders_and_is_accepted() {
 
 /// Every connected proxy has ACKed what it was sent, at World version `v` or later
 /// (`/debug/syncz`).
-/// The versions of the first CDS and LDS responses a sidecar gets from `cp` (plaintext
-/// loopback xDS).
-fn xds_versions(cp: &ControlPlane) -> Vec<String> {
+/// The first response of a sidecar's stream for `type_url` from `cp` (plaintext loopback
+/// xDS), or the status the stream ended with.
+fn first_xds(
+    cp: &ControlPlane,
+    type_url: &str,
+) -> Result<envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse, tonic::Status> {
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
@@ -759,34 +762,39 @@ fn xds_versions(cp: &ControlPlane) -> Vec<String> {
             cp.xds_port()
         ))
         .await
-        .unwrap();
-        let mut out = Vec::new();
-        for t in ["cluster.v3.Cluster", "listener.v3.Listener"] {
-            let req = DiscoveryRequest {
-                node: Some(Node {
-                    id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(),
-                    ..Default::default()
-                }),
-                type_url: format!("type.googleapis.com/envoy.config.{t}"),
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?;
+        let req = DiscoveryRequest {
+            node: Some(Node {
+                id: "sidecar~10.1.0.99~client.default~default.svc.cluster.local".into(),
                 ..Default::default()
-            };
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tx.send(req).await.unwrap();
-            let mut s = c
-                .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
-                .unwrap()
-                .into_inner();
-            let r = tokio::time::timeout(Duration::from_secs(10), s.message())
-                .await
-                .expect("no xDS response")
-                .unwrap()
-                .expect("stream ended");
-            drop(tx);
-            out.push(r.version_info);
-        }
-        out
+            }),
+            type_url: type_url.into(),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(req).await.unwrap();
+        let mut s = c
+            .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("no xDS response"))??;
+        drop(tx);
+        r.ok_or_else(|| tonic::Status::unknown("stream ended"))
     })
+}
+
+/// The versions of the first CDS and LDS responses a sidecar gets from `cp`.
+fn xds_versions(cp: &ControlPlane) -> Vec<String> {
+    ["cluster.v3.Cluster", "listener.v3.Listener"]
+        .iter()
+        .map(|t| {
+            first_xds(cp, &format!("type.googleapis.com/envoy.config.{t}"))
+                .expect("an xDS response")
+                .version_info
+        })
+        .collect()
 }
 
 fn all_synced(cp: &ControlPlane, v: u64) -> bool {
@@ -1350,4 +1358,100 @@ fn bookinfo_task_yaml_applies_and_is_served() {
         "bookinfo task YAML: {} files applied, 8 objects Accepted",
         files.len()
     );
+}
+
+/// Nothing is served before every kind has listed once: with EndpointSlices forbidden to
+/// pilotfish's account, `/ready` stays 503 and a sidecar's stream ends with `Unavailable`
+/// (rather than getting config without endpoints); once the permission is granted the
+/// watch's retry lists them and pilotfish serves.
+#[test]
+fn nothing_is_served_before_every_kind_has_listed() {
+    let api = KubeApi::start();
+    with_crds(&api);
+    let rbac = |with_slices: bool| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: pilotfish-system}}\n---\n\
+             apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: limited, namespace: pilotfish-system}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: limited}}\nrules:\n\
+             - {{apiGroups: [networking.istio.io, security.istio.io], resources: ['*'], verbs: [get, list, watch]}}\n\
+             - {{apiGroups: [''], resources: [services, pods, namespaces], verbs: [get, list, watch]}}\n{}\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: limited}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: limited}}\n\
+             subjects: [{{kind: ServiceAccount, name: limited, namespace: pilotfish-system}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: limited, namespace: pilotfish-system}}\nrules:\n\
+             - {{apiGroups: [''], resources: [secrets], verbs: [get, create, update]}}\n\
+             - {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update, patch]}}\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: limited, namespace: pilotfish-system}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: limited}}\n\
+             subjects: [{{kind: ServiceAccount, name: limited, namespace: pilotfish-system}}]\n",
+            if with_slices {
+                "- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let o = api.apply(&rbac(false));
+    assert!(o.ok(), "{}", o.describe());
+    assert!(api.apply(REVIEWS).ok());
+    let token = api.kubectl(&["create", "token", "limited", "-n", "pilotfish-system"]);
+    assert!(token.ok(), "{}", token.describe());
+    let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
+    let admin_token = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .unwrap()
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(&admin_token, token.stdout.trim()),
+    )
+    .unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_local_unready(
+        config.path(),
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            "",
+        ],
+    );
+    // Every other kind lists; EndpointSlices cannot.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        cp.get("/ready").map(|r| r.0),
+        Ok(503),
+        "ready without EndpointSlices"
+    );
+    let r = first_xds(&cp, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
+    assert_eq!(
+        r.as_ref().map_err(|s| s.code()).err(),
+        Some(tonic::Code::Unavailable),
+        "a stream before sync: {r:?}"
+    );
+    let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
+    assert!(
+        log.contains("Kubernetes watch failed") && log.contains("EndpointSlice"),
+        "the failing watch is not logged\n{}",
+        cp.log_tail(20)
+    );
+    // Granted: the watcher's retry lists them and pilotfish serves.
+    let t = std::time::Instant::now();
+    let o = api.apply(&rbac(true));
+    assert!(o.ok(), "{}", o.describe());
+    let ready = wait_until(Duration::from_secs(90), || {
+        cp.get("/ready").map(|r| r.0) == Ok(200)
+    });
+    assert!(ready, "never ready after the grant\n{}", cp.log_tail(20));
+    println!("ready {:?} after the grant", t.elapsed());
+    let r = first_xds(&cp, "type.googleapis.com/envoy.config.cluster.v3.Cluster");
+    assert!(
+        r.as_ref().is_ok_and(|r| !r.resources.is_empty()),
+        "no config after sync: {r:?}"
+    );
+    let (objs, _) = served(&cp);
+    assert!(find(&objs, "VirtualService", "reviews").is_some());
 }

@@ -26,6 +26,8 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     child: Option<Child>,
     mesh_pids: Option<u8>,
+    /// Starting is done once `/ready` answers at all (200 or not).
+    unready_ok: bool,
 }
 
 impl ControlPlane {
@@ -63,6 +65,17 @@ impl ControlPlane {
         let xds = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
         let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
         Self::try_start_at(&xds, &http, config_dir, extra_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `start_local`, but returns as soon as the debug port answers, ready or not (for
+    /// tests of what happens before pilotfish is ready).
+    pub fn start_local_unready(config_dir: &Path, extra_args: &[&str]) -> ControlPlane {
+        let xds = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+        let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+        let mut cp = Self::new(&xds, &http, config_dir, extra_args, None);
+        cp.unready_ok = true;
+        cp.spawn_and_wait().unwrap_or_else(|e| panic!("{e}"));
+        cp
     }
 
     /// Starts on the given addresses.
@@ -110,6 +123,7 @@ impl ControlPlane {
             dir,
             child: None,
             mesh_pids: None,
+            unready_ok: false,
         }
     }
 
@@ -208,8 +222,10 @@ impl ControlPlane {
                     self.log_tail(60)
                 ));
             }
-            if let Ok((200, _)) = self.get("/ready") {
-                return Ok(());
+            match self.get("/ready") {
+                Ok((200, _)) => return Ok(()),
+                Ok(_) if self.unready_ok => return Ok(()),
+                _ => {}
             }
             if Instant::now() >= deadline {
                 self.kill();
