@@ -1455,3 +1455,78 @@ fn nothing_is_served_before_every_kind_has_listed() {
     let (objs, _) = served(&cp);
     assert!(find(&objs, "VirtualService", "reviews").is_some());
 }
+
+/// A relist replaces the kind: an object deleted while pilotfish's watch was down (through
+/// a second API server on the same etcd, so pilotfish sees no delete event) is gone once
+/// its watch comes back (the fresh API server's watch cache answers the old resource
+/// version with 410 Gone, and the watcher relists).
+#[test]
+fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
+    let api = KubeApi::start();
+    with_crds(&api);
+    assert!(api.apply(REVIEWS).ok());
+    let extra = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: extra, namespace: default}\nspec:\n  hosts: [extra.example.com]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+    assert!(api.apply(extra).ok());
+    let dir = tempfile::tempdir().unwrap();
+    let cp = ControlPlane::start_local(
+        dir.path(),
+        &[
+            "--kubeconfig",
+            api.kubeconfig.to_str().unwrap(),
+            "--webhook-address",
+            "",
+        ],
+    );
+    let both = wait_until(READY, || {
+        let (objs, _) = served(&cp);
+        find(&objs, "VirtualService", "extra").is_some()
+            && find(&objs, "VirtualService", "reviews").is_some()
+    });
+    assert!(both, "not served\n{}", cp.log_tail(20));
+
+    // The API server pilotfish watches goes; a second one on another port, on the same
+    // etcd, deletes `extra`; it goes too, and the first comes back.
+    let args = api.kill_apiserver();
+    let port_at = args.iter().position(|a| a == "--secure-port").unwrap() + 1;
+    let old_port = args[port_at].clone();
+    let new_port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST).to_string();
+    let mut other = args.clone();
+    other[port_at] = new_port.clone();
+    api.start_apiserver_at(&other, &new_port);
+    let kc = std::fs::read_to_string(&api.kubeconfig).unwrap();
+    let other_kc = dir.path().join("other-kubeconfig");
+    std::fs::write(
+        &other_kc,
+        kc.replace(&format!(":{old_port}"), &format!(":{new_port}")),
+    )
+    .unwrap();
+    let o = support::run(
+        std::process::Command::new(support::kube::kubectl_bin())
+            .arg("--kubeconfig")
+            .arg(&other_kc)
+            .args(["delete", "virtualservice", "extra"]),
+        Duration::from_secs(30),
+    );
+    assert!(
+        o.ok(),
+        "delete through the second API server: {}",
+        o.describe()
+    );
+    let _ = api.kill_apiserver();
+    let (objs, _) = served(&cp);
+    assert!(
+        find(&objs, "VirtualService", "extra").is_some(),
+        "pilotfish cannot have seen the delete yet"
+    );
+    api.start_apiserver(&args);
+    let gone = wait_until(Duration::from_secs(60), || {
+        let (objs, _) = served(&cp);
+        find(&objs, "VirtualService", "extra").is_none()
+            && find(&objs, "VirtualService", "reviews").is_some()
+    });
+    assert!(
+        gone,
+        "the object deleted during the outage is still served\n{}",
+        cp.log_tail(20)
+    );
+}

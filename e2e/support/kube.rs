@@ -201,6 +201,18 @@ impl KubeApi {
     /// Starts kube-apiserver again with `args` (from `kill_apiserver`) and waits until it
     /// answers.
     pub fn start_apiserver(&self, args: &[String]) {
+        let port = args
+            .iter()
+            .position(|a| a == "--secure-port")
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_default();
+        self.start_apiserver_at(args, &port)
+    }
+
+    /// Starts a kube-apiserver with `args` serving on `port` (another port than the
+    /// kubeconfig's: a second API server on the same etcd) and waits until it answers.
+    pub fn start_apiserver_at(&self, args: &[String], port: &str) {
         let st = self.state.path().join("kubeapi");
         let log = std::fs::OpenOptions::new()
             .append(true)
@@ -216,8 +228,10 @@ impl KubeApi {
             .unwrap();
         std::fs::write(st.join("apiserver.pid"), child.id().to_string()).unwrap();
         std::mem::forget(child); // stop.sh stops it by pid
+        let server = format!("https://127.0.0.1:{port}");
         let up = super::wait_until(Duration::from_secs(60), || {
-            self.kubectl(&["get", "--raw", "/readyz"]).ok()
+            self.kubectl(&["--server", &server, "get", "--raw", "/readyz"])
+                .ok()
         });
         assert!(
             up,
