@@ -136,6 +136,14 @@ pub struct ServeArgs {
     /// --secure-xds-address when it names an address (not 0.0.0.0).
     #[arg(long)]
     pub authz_advertise_address: Option<String>,
+    /// Sidecars stream their access logs to pilotfish, which serves Istio's request
+    /// metrics from them on /metrics.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub telemetry: bool,
+    /// Istio metric label sets kept at most (HTTP and TCP together); past it, new label
+    /// sets are counted in an overflow series per reporter.
+    #[arg(long, default_value_t = 10_000)]
+    pub telemetry_max_series: usize,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -761,6 +769,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         let addr: SocketAddr = a.secure_xds_address.parse().ok()?;
         (!addr.ip().is_unspecified()).then(|| addr.to_string())
     });
+    mesh.telemetry = a.telemetry;
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
@@ -881,11 +890,24 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         require_auth: true,
         ..xds.clone()
     };
+    let telemetry =
+        crate::telemetry::Telemetry::new(rx.clone(), conns.clone(), a.telemetry_max_series);
+    telemetry.start();
+    let sink = |require_peer: bool| {
+        envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer::new(
+            crate::telemetry::sink::Sink {
+                telemetry: telemetry.clone(),
+                require_peer,
+                trust_domain: a.ca.trust_domain.clone(),
+            },
+        )
+    };
     let debug = crate::debug::router(DebugState {
         current: rx.clone(),
         metrics: metrics.clone(),
         conns,
         ca: Some(ca.clone()),
+        telemetry: Some(telemetry.clone()),
     });
     // Hand freed memory back to the kernel now and then (see `mem`).
     tokio::spawn(async {
@@ -1125,25 +1147,16 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             &ca.bundle_pem(),
         )?;
         let svc = envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz);
-        let extra = crate::xds::http2::Extra {
-            prefix: "/envoy.service.auth.v3.Authorization/",
-            call: Box::new(move |req| {
-                use tonic::codegen::Service;
-                let mut svc = svc.clone();
-                Box::pin(async move {
-                    match svc.call(req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    }
-                })
-            }),
-        };
+        let extra = vec![
+            extra_service("/envoy.service.auth.v3.Authorization/", svc),
+            extra_service("/envoy.service.accesslog.v3.AccessLogService/", sink(true)),
+        ];
         tokio::spawn(async move {
             crate::xds::http2::serve_tls(
                 secure_listener,
                 acceptor,
                 secure,
-                Some(extra),
+                extra,
                 secure_stop,
                 Duration::from_secs(2),
                 max_age,
@@ -1160,7 +1173,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .add_routes(with_fallback(
                     xds_routes(secure).add_service(
                             envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer::new(authz),
-                        ),
+                        ).add_service(sink(true)),
                 ))
                 .serve_with_incoming_shutdown(
                     nodelay(secure_listener),
@@ -1186,7 +1199,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
                 .max_concurrent_streams(Some(16))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_routes(with_fallback(xds_routes(xds)))
+                .add_routes(with_fallback(xds_routes(xds).add_service(sink(false))))
                 .serve_with_incoming_shutdown(nodelay(xds_listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 });
@@ -1195,9 +1208,13 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             }
         }
         _ => {
-            crate::xds::http2::serve_aged(
+            crate::xds::http2::serve_plain(
                 xds_listener,
                 xds,
+                vec![extra_service(
+                    "/envoy.service.accesslog.v3.AccessLogService/",
+                    sink(false),
+                )],
                 stopping,
                 Duration::from_secs(2),
                 max_age,
@@ -1209,6 +1226,33 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// A tonic service served next to xDS by the own HTTP/2 server, for paths under `prefix`.
+fn extra_service<S>(prefix: &'static str, svc: S) -> crate::xds::http2::Extra
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    crate::xds::http2::Extra {
+        prefix,
+        call: Box::new(move |req| {
+            let mut svc = svc.clone();
+            Box::pin(async move {
+                match svc.call(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                }
+            })
+        }),
+    }
 }
 
 /// A Kubernetes client from `kubeconfig`, else inferred (`KUBECONFIG`, `~/.kube/config`,

@@ -20,6 +20,7 @@ pub mod mem;
 pub mod metrics;
 pub mod model;
 pub mod source;
+pub mod telemetry;
 pub mod translate;
 pub mod webhook;
 pub mod xds;

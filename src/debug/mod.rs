@@ -23,6 +23,8 @@ pub struct DebugState {
     pub metrics: Arc<Metrics>,
     pub conns: Arc<Connections>,
     pub ca: Option<Arc<crate::ca::Ca>>,
+    /// Istio's request metrics, appended to /metrics.
+    pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -155,7 +157,13 @@ async fn metrics(State(s): State<DebugState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        {
+            let mut text = s.metrics.encode();
+            if let Some(t) = &s.telemetry {
+                t.render_into(&mut text);
+            }
+            text
+        },
     )
         .into_response()
 }

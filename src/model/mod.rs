@@ -42,6 +42,8 @@ pub struct MeshConfig {
     /// Where sidecars reach pilotfish's own ext_authz service (`host:port`, the TLS port):
     /// None disables the built-in provider.
     pub builtin_authz: Option<String>,
+    /// Sidecars stream access logs to pilotfish (`--telemetry`); off in a bare MeshConfig.
+    pub telemetry: bool,
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
@@ -203,6 +205,7 @@ impl Default for MeshConfig {
             ext_authz: Vec::new(),
             other_providers: Vec::new(),
             builtin_authz: None,
+            telemetry: false,
         }
     }
 }

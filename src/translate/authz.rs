@@ -330,7 +330,7 @@ mod tests {
             (N::MergeSlashes, true, true, keep),
             (N::DecodeAndMergeSlashes, true, true, decode),
         ] {
-            let f = hcm_with("s", RouteSource::Rds("r".into()), false, vec![], opt);
+            let f = hcm_with("s", RouteSource::Rds("r".into()), false, vec![], opt, None);
             let Some(ConfigType::TypedConfig(any)) = f.config_type else {
                 panic!("typed config")
             };

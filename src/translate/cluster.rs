@@ -85,6 +85,10 @@ fn discovery(t: cluster::DiscoveryType) -> Option<cluster::ClusterDiscoveryType>
 /// scoping arrives). `mtls`: the proxy has certificates, so auto mTLS applies.
 pub fn outbound(world: &World, scope: &Scope, mtls: bool) -> Vec<Cluster> {
     let mut out = vec![passthrough(), blackhole()];
+    if super::telemetry::log_cluster(&world.mesh, mtls) == Some(super::telemetry::TELEMETRY_CLUSTER)
+    {
+        out.extend(super::telemetry::cluster(&world.mesh));
+    }
     for svc in world
         .services
         .values()

@@ -2,6 +2,7 @@
 //! listener per service port (`0.0.0.0_<port>`, RDS route config `<port>`), and the virtual
 //! inbound listener on 15006 with a filter chain per port of the proxy's own workload.
 
+use super::telemetry::LogTo;
 use super::*;
 use crate::model::{MtlsMode, PathNormalization, PortPolicies, Protocol};
 use envoy_types::pb::envoy::config::listener::v3::{
@@ -41,14 +42,30 @@ pub(crate) fn http_filter<T: Message + Name>(name: &str, m: T) -> hcm::HttpFilte
 }
 
 pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    tcp_proxy_logged(stat_prefix, cluster, None)
+}
+
+/// A TCP proxy whose connections are logged to pilotfish (`log`).
+pub fn tcp_proxy_logged(stat_prefix: &str, cluster: &str, log: Option<LogTo>) -> Filter {
     filter(
         TCP_NAME,
-        tcp::TcpProxy {
-            stat_prefix: stat_prefix.into(),
-            cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
-            ..Default::default()
-        },
+        with_tcp_log(
+            tcp::TcpProxy {
+                stat_prefix: stat_prefix.into(),
+                cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(cluster.into())),
+                ..Default::default()
+            },
+            log,
+        ),
     )
+}
+
+fn with_tcp_log(mut t: tcp::TcpProxy, log: Option<LogTo>) -> tcp::TcpProxy {
+    if let Some(to) = log {
+        t.access_log = vec![super::telemetry::tcp_log(to)];
+        t.access_log_options = Some(super::telemetry::tcp_log_options());
+    }
+    t
 }
 
 /// Where a TCP service's connections go: its own cluster, or what a VirtualService's
@@ -60,8 +77,12 @@ pub struct TcpTarget {
 
 impl TcpTarget {
     pub fn filter(&self) -> Filter {
+        self.filter_logged(None)
+    }
+
+    pub fn filter_logged(&self, log: Option<LogTo>) -> Filter {
         if self.clusters.len() == 1 {
-            return tcp_proxy(&self.stat, &self.clusters[0].0);
+            return tcp_proxy_logged(&self.stat, &self.clusters[0].0, log);
         }
         let clusters = self
             .clusters
@@ -76,13 +97,16 @@ impl TcpTarget {
             .collect();
         filter(
             TCP_NAME,
-            tcp::TcpProxy {
-                stat_prefix: self.stat.clone(),
-                cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
-                    tcp::tcp_proxy::WeightedCluster { clusters },
-                )),
-                ..Default::default()
-            },
+            with_tcp_log(
+                tcp::TcpProxy {
+                    stat_prefix: self.stat.clone(),
+                    cluster_specifier: Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(
+                        tcp::tcp_proxy::WeightedCluster { clusters },
+                    )),
+                    ..Default::default()
+                },
+                log,
+            ),
         )
     }
 }
@@ -132,6 +156,7 @@ pub fn http_connection_manager(stat_prefix: &str, route: RouteSource, outbound: 
         outbound,
         Vec::new(),
         PathNormalization::MergeSlashes,
+        None,
     )
 }
 
@@ -143,6 +168,7 @@ pub fn hcm_with(
     outbound: bool,
     authz: Vec<hcm::HttpFilter>,
     norm: PathNormalization,
+    log: Option<LogTo>,
 ) -> Filter {
     let mut http_filters = authz;
     if outbound {
@@ -186,6 +212,7 @@ pub fn hcm_with(
             } else {
                 hcm::http_connection_manager::PathWithEscapedSlashesAction::KeepUnchanged as i32
             },
+            access_log: log.map(super::telemetry::http_log).into_iter().collect(),
             use_remote_address: boolv(false),
             // Inbound: the app learns the verified peer identity from
             // x-forwarded-client-cert; whatever a client sent in that header is dropped.
@@ -221,7 +248,11 @@ fn http_chain_match() -> Option<FilterChainMatch> {
 }
 
 /// Outbound listeners: 15001 plus one per service port.
-pub fn outbound(world: &World, scope: &crate::model::Scope) -> Vec<ls::Listener> {
+pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<ls::Listener> {
+    let log = super::telemetry::log_cluster(&world.mesh, mtls).map(|cluster| LogTo {
+        cluster,
+        inbound: false,
+    });
     let fallback = if scope.allow_any {
         PASSTHROUGH
     } else {
@@ -286,20 +317,23 @@ pub fn outbound(world: &World, scope: &crate::model::Scope) -> Vec<ls::Listener>
                         prefix_ranges: ranges,
                         ..Default::default()
                     }),
-                    filters: vec![target.filter()],
+                    filters: vec![target.filter_logged(log)],
                     ..Default::default()
                 });
             }
         }
         let hcm_filter = || {
-            http_connection_manager(
+            hcm_with(
                 &format!("outbound_0.0.0.0_{port}"),
                 RouteSource::Rds(port.to_string()),
                 true,
+                Vec::new(),
+                PathNormalization::MergeSlashes,
+                log,
             )
         };
         let fallback_filter = tcp_default
-            .map(TcpTarget::filter)
+            .map(|t| t.filter_logged(log))
             .unwrap_or_else(|| tcp_proxy(fallback, fallback));
         if has_http {
             // Sniff: HTTP goes to the route table, anything else passes through.
@@ -363,6 +397,8 @@ pub struct InboundKey {
     pub providers: Vec<crate::model::ExtAuthzProvider>,
     /// JWT rules (RequestAuthentications) applying to the workload, with their keys.
     pub jwt: Vec<crate::model::JwtProviderCfg>,
+    /// Where access logs go (None: telemetry off).
+    pub log: Option<&'static str>,
 }
 
 pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
@@ -389,6 +425,7 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
             .collect(),
         default_mode: world.mtls_mode(&proxy.namespace, &proxy.labels, 0),
         mtls: proxy.mtls,
+        log: super::telemetry::log_cluster(&world.mesh, proxy.mtls),
     }
 }
 
@@ -450,11 +487,15 @@ fn inbound_route(
 /// refused; mutual TLS (`tls`, client certificate required) unless DISABLE.
 pub fn inbound_from(key: &InboundKey) -> ls::Listener {
     let mut chains = Vec::new();
+    let log = key.log.map(|cluster| LogTo {
+        cluster,
+        inbound: true,
+    });
     for (i, &(port, proto, mode)) in key.ports.iter().enumerate() {
         let policies = &key.authz[i];
         let tcp = |stat: &str, cluster: &str| {
             let mut f = super::authz::network_filters(policies, &key.providers);
-            f.push(tcp_proxy(stat, cluster));
+            f.push(tcp_proxy_logged(stat, cluster, log));
             f
         };
         let cluster = inbound_name(port);
@@ -482,6 +523,7 @@ pub fn inbound_from(key: &InboundKey) -> ls::Listener {
                     .chain(super::authz::http_filters(&key.providers))
                     .collect(),
                 key.path_normalization,
+                log,
             )
         };
         if mode == MtlsMode::Strict {

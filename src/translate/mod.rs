@@ -19,6 +19,7 @@ pub mod listener;
 pub mod rbac;
 pub mod route;
 pub mod secret;
+pub mod telemetry;
 pub mod tls;
 
 use crate::model::{Proxy, World};
@@ -59,7 +60,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     let mut clusters = cluster::outbound(world, &scope, proxy.mtls);
     clusters.extend(cluster::inbound(world, proxy));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut listeners = listener::outbound(world, &scope);
+    let mut listeners = listener::outbound(world, &scope, proxy.mtls);
     let key = listener::inbound_key(world, proxy);
     listeners.push(listener::inbound_from(&key));
     listeners.sort_by(|a, b| a.name.cmp(&b.name));

@@ -762,7 +762,7 @@ impl Generation {
                     .carry
                     .as_ref()
                     .and_then(|c| Some((c, c.outbound.get(key)?)));
-                let listeners = listener_map(translate::listener::outbound(w, scope));
+                let listeners = listener_map(translate::listener::outbound(w, scope, *mtls));
                 if let Some((_, o)) = prev.filter(|(c, _)| c.only_vs) {
                     return Arc::new(Outbound {
                         clusters: o.clusters.clone(),

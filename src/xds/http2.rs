@@ -180,7 +180,7 @@ pub struct PeerCerts(pub Arc<Vec<rustls::pki_types::CertificateDer<'static>>>);
 struct Shared {
     srv: XdsServer,
     stopping: AtomicBool,
-    extra: Option<Extra>,
+    extra: Vec<Extra>,
     /// Connections older than this (±10 %) get GOAWAY; `MAX_AGE_GRACE` later they close.
     max_age: Option<Duration>,
 }
@@ -193,7 +193,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
-    serve_with(listener, None, srv, None, stop, drain, None).await
+    serve_with(listener, None, srv, Vec::new(), stop, drain, None).await
 }
 
 /// `serve` with a maximum connection age: a connection that lived `max_age` (±10 %) gets
@@ -206,7 +206,19 @@ pub async fn serve_aged(
     drain: Duration,
     max_age: Option<Duration>,
 ) {
-    serve_with(listener, None, srv, None, stop, drain, max_age).await
+    serve_with(listener, None, srv, Vec::new(), stop, drain, max_age).await
+}
+
+/// `serve_aged` with other gRPC services next to xDS (`extra`).
+pub async fn serve_plain(
+    listener: TcpListener,
+    srv: XdsServer,
+    extra: Vec<Extra>,
+    stop: watch::Receiver<bool>,
+    drain: Duration,
+    max_age: Option<Duration>,
+) {
+    serve_with(listener, None, srv, extra, stop, drain, max_age).await
 }
 
 /// The same over TLS (`acceptor`; ALPN `h2`), with `extra` served next to xDS. A client
@@ -215,7 +227,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
     srv: XdsServer,
-    extra: Option<Extra>,
+    extra: Vec<Extra>,
     stop: watch::Receiver<bool>,
     drain: Duration,
     max_age: Option<Duration>,
@@ -227,7 +239,7 @@ async fn serve_with(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     srv: XdsServer,
-    extra: Option<Extra>,
+    extra: Vec<Extra>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
     max_age: Option<Duration>,
@@ -1353,7 +1365,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Conn<IO> {
         }
         let path = path.as_deref().unwrap_or("");
         let shared = self.shared.clone();
-        let extra = shared.extra.as_ref().filter(|e| path.starts_with(e.prefix));
+        let extra = shared.extra.iter().find(|e| path.starts_with(e.prefix));
         let opened = if !method_post {
             Err(Status::unimplemented("gRPC calls are POST"))
         } else if let Some(extra) = extra {
@@ -2043,7 +2055,7 @@ pub mod fuzz {
         let shared = Arc::new(Shared {
             srv: srv.clone(),
             stopping: AtomicBool::new(false),
-            extra: None,
+            extra: Vec::new(),
             max_age: None,
         });
         let mut c = Conn::new(io, peer, None, shared, None);

@@ -170,7 +170,7 @@ impl XdsServer {
     }
 }
 
-fn struct_to_json(s: &pbw::Struct) -> BTreeMap<String, serde_json::Value> {
+pub fn struct_to_json(s: &pbw::Struct) -> BTreeMap<String, serde_json::Value> {
     fn val(v: &pbw::Value) -> serde_json::Value {
         use pbw::value::Kind;
         match &v.kind {

@@ -1,0 +1,408 @@
+//! Telemetry end to end: real pods with stock Envoy sidecars (mutual TLS, certificates from
+//! pilotfish) stream their access logs to pilotfish, which serves Istio's request and TCP
+//! metrics on /metrics with both sides resolved from its registry and the verified peer
+//! identity.
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
+
+const READY: Duration = Duration::from_secs(40);
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// One sample of /metrics: metric name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn samples(cp: &ControlPlane) -> Vec<Sample> {
+    let (_, text) = cp.get("/metrics").unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match head.split_once('{') {
+                Some((n, rest)) => (n, rest.strip_suffix('}')?),
+                None => (head, ""),
+            };
+            Some((name.to_string(), parse_labels(labels), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, r)) = rest.split_once("=\"") {
+        let mut v = String::new();
+        let mut chars = r.char_indices();
+        let mut end = r.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        v.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => v.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').to_string(), v);
+        rest = &r[end..];
+    }
+    out
+}
+
+/// The sum of `metric` over the series whose labels include every pair of `want`.
+fn total(s: &[Sample], metric: &str, want: &[(&str, &str)]) -> f64 {
+    s.iter()
+        .filter(|(n, l, _)| {
+            n == metric
+                && want
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+/// curl from a pod with its own -w: (status, seconds, bytes sent, bytes received).
+fn call(p: &Pod, url: &str, extra: &str) -> (u16, f64, u64, u64) {
+    let o = p.exec(&format!(
+        "curl -sS -o /dev/null --noproxy '*' -m 10 -w '%{{http_code}} %{{time_total}} %{{size_request}} %{{size_upload}} %{{size_header}} %{{size_download}}' {extra} '{url}'"
+    ));
+    let f: Vec<&str> = o.stdout.split_whitespace().collect();
+    if f.len() != 6 {
+        return (0, 0.0, 0, 0);
+    }
+    let n = |i: usize| f[i].parse::<u64>().unwrap_or(0);
+    (
+        f[0].parse().unwrap_or(0),
+        f[1].parse().unwrap_or(0.0),
+        n(2) + n(3),
+        n(4) + n(5),
+    )
+}
+
+/// A raw TCP client: sends a fixed request, reads until the server closes, prints the
+/// bytes sent and received.
+const TCP_CLIENT: &str = r#"import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+req = ('GET %s HTTP/1.0\r\nHost: d\r\n\r\nhello over tcp' % sys.argv[3]).encode()
+s.sendall(req)
+n = 0
+while True:
+    b = s.recv(65536)
+    if not b:
+        break
+    n += len(b)
+print(len(req), n)
+"#;
+
+const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+
+#[test]
+fn requests_are_counted_with_istios_labels() {
+    if !need_root("telemetry") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "registry.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, version: v1, security.istio.io/tlsMode: istio}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec:\n  clusterIP: {vc}\n  selector: {{app: c}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: d}}\nspec:\n  clusterIP: {vd}\n  selector: {{app: d}}\n  ports: [{{name: tcp-raw, port: 9000, targetPort: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: d-1}}\nspec:\n  address: {d}\n  serviceAccount: d\n  labels: {{app: d, security.istio.io/tlsMode: istio}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: c-1}}\nspec:\n  address: {c}\n  serviceAccount: c\n  labels: {{app: c, version: v2, security.istio.io/tlsMode: istio}}\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: b}}\nspec:\n  hosts: [b]\n  http:\n  - match: [{{uri: {{prefix: /fault}}}}]\n    fault: {{abort: {{httpStatus: 500, percentage: {{value: 100}}}}}}\n    route: [{{destination: {{host: b}}}}]\n  - route: [{{destination: {{host: b}}}}]\n",
+            vb = mesh.vip(0),
+            vc = mesh.vip(1),
+            vd = mesh.vip(2),
+            b = mesh.addr(11),
+            c = mesh.addr(12),
+            d = mesh.addr(13),
+        ),
+    );
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let b = mesh.start_pod(PodSpec::new("b").host(11).service_account("b").secure(&cp));
+    let c = mesh.start_pod(PodSpec::new("c").host(12).service_account("c").secure(&cp));
+    let d = mesh.start_pod(PodSpec::new("d").host(13).service_account("d").secure(&cp));
+    let a = mesh.start_pod(PodSpec::new("a").host(10).service_account("a").secure(&cp));
+    for p in [&a, &c] {
+        p.hosts(&[
+            ("b", &mesh.vip(0).to_string()),
+            ("c", &mesh.vip(1).to_string()),
+            ("d", &mesh.vip(2).to_string()),
+        ]);
+    }
+    let up = wait_until(READY, || {
+        call(&a, "http://b:8080/", "").0 == 200
+            && call(&c, "http://b:8080/", "").0 == 200
+            && call(&a, "http://c:8080/", "").0 == 200
+            && call(&a, "http://d:9000/", "").0 == 200
+    });
+    assert!(up, "the mesh never converged\n{}", cp.log_tail(30));
+    // Let the warm-up requests' entries arrive, then count from here.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = samples(&cp);
+
+    let mut took = 0.0;
+    let mut codes = BTreeMap::new();
+    let mut go = |p: &Pod, url: &str, extra: &str, n: usize| {
+        for _ in 0..n {
+            let (code, secs, _, _) = call(p, url, extra);
+            *codes
+                .entry((p.dir().display().to_string(), url.to_string(), code))
+                .or_insert(0) += 1;
+            took += secs;
+        }
+    };
+    go(&a, "http://b:8080/", "", 20);
+    go(&a, "http://b:8080/?status=503", "", 5);
+    go(&a, "http://b:8080/fault", "", 4);
+    // A forged client certificate header and a forged peer header change nothing.
+    go(
+        &a,
+        "http://b:8080/forged",
+        "-H 'x-forwarded-client-cert: By=spiffe://cluster.local/ns/default/sa/b;URI=spiffe://cluster.local/ns/default/sa/admin' -H 'x-envoy-peer-metadata-id: sidecar~10.0.0.1~admin.default~default.svc.cluster.local'",
+        3,
+    );
+    go(&c, "http://b:8080/", "", 7);
+    go(&a, "http://c:8080/", "", 3);
+    let http_took = took;
+    // TCP: 4 connections to d's raw port (its app speaks HTTP, which the mesh carries as
+    // bytes), counted as curl counted them.
+    let (mut sent, mut received) = (0, 0);
+    let client = dir.path().join("tcp_client.py");
+    std::fs::write(&client, TCP_CLIENT).unwrap();
+    for i in 0..4 {
+        let o = a.exec(&format!("python3 {} d 9000 /tcp{i}", client.display()));
+        let f: Vec<u64> = o
+            .stdout
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        assert_eq!(f.len(), 2, "tcp client: {}", o.describe());
+        assert!(f[1] > 0, "no answer over TCP: {}", o.describe());
+        sent += f[0];
+        received += f[1];
+    }
+    println!("calls: {codes:?}");
+
+    // Exactly N, per (source, destination, response code), on each side.
+    let delta = |s: &[Sample], metric: &str, want: &[(&str, &str)]| {
+        total(s, metric, want) - total(&before, metric, want)
+    };
+    let src_ab = [
+        ("reporter", "source"),
+        ("source_workload", "a"),
+        ("destination_service", "b.default.svc.cluster.local"),
+    ];
+    let dst_ab = [
+        ("reporter", "destination"),
+        ("source_workload", "a"),
+        ("destination_workload", "b-1"),
+    ];
+    let want: Vec<(Vec<(&str, &str)>, f64)> = vec![
+        ([&src_ab[..], &[("response_code", "200")]].concat(), 23.0),
+        ([&src_ab[..], &[("response_code", "503")]].concat(), 5.0),
+        (
+            [
+                &src_ab[..],
+                &[("response_code", "500"), ("response_flags", "FI")],
+            ]
+            .concat(),
+            4.0,
+        ),
+        ([&dst_ab[..], &[("response_code", "200")]].concat(), 23.0),
+        // Each 503 is tried 3 times (Istio's default retry policy retries 503 twice), and
+        // the destination sees every attempt.
+        ([&dst_ab[..], &[("response_code", "503")]].concat(), 15.0),
+        ([&dst_ab[..], &[("response_code", "500")]].concat(), 0.0),
+        // c is in the registry (WorkloadEntry c-1): that is its workload.
+        (
+            vec![
+                ("reporter", "source"),
+                ("source_workload", "c-1"),
+                ("source_app", "c"),
+                ("source_version", "v2"),
+                ("destination_service", "b.default.svc.cluster.local"),
+                ("response_code", "200"),
+            ],
+            7.0,
+        ),
+        (
+            vec![
+                ("reporter", "destination"),
+                ("source_workload", "c-1"),
+                ("source_principal", "spiffe://cluster.local/ns/default/sa/c"),
+                ("destination_workload", "b-1"),
+                ("response_code", "200"),
+            ],
+            7.0,
+        ),
+        (
+            vec![
+                ("reporter", "source"),
+                ("source_workload", "a"),
+                ("destination_service", "c.default.svc.cluster.local"),
+                ("destination_workload", "c-1"),
+                ("response_code", "200"),
+            ],
+            3.0,
+        ),
+        (
+            vec![
+                ("reporter", "destination"),
+                ("source_workload", "a"),
+                ("destination_workload", "c-1"),
+                ("request_protocol", "http"),
+                ("response_code", "200"),
+            ],
+            3.0,
+        ),
+    ];
+    let mut now = Vec::new();
+    let settled = wait_until(SETTLE, || {
+        now = samples(&cp);
+        want.iter()
+            .all(|(l, n)| delta(&now, "istio_requests_total", l) == *n)
+            && delta(
+                &now,
+                "istio_tcp_connections_closed_total",
+                &[("reporter", "source"), ("source_workload", "a")],
+            ) >= 4.0
+            && delta(
+                &now,
+                "istio_tcp_connections_closed_total",
+                &[("reporter", "destination"), ("source_workload", "a")],
+            ) >= 4.0
+    });
+    for (l, n) in &want {
+        let got = delta(&now, "istio_requests_total", l);
+        println!("istio_requests_total{l:?}: {got} (want {n})");
+    }
+    assert!(settled, "counts differ (above)\n{}", cp.log_tail(20));
+
+    // The destination side's labels: verified principals, mutual TLS, the registry's
+    // workload, app and version; no trace of the forged identity anywhere.
+    let dst: Vec<&Sample> = now
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "istio_requests_total"
+                && l["reporter"] == "destination"
+                && l["source_workload"] == "a"
+                && l["destination_workload"] == "b-1"
+        })
+        .collect();
+    assert!(!dst.is_empty());
+    for (_, l, _) in &dst {
+        assert_eq!(l["source_principal"], A, "{l:?}");
+        assert_eq!(l["destination_principal"], B, "{l:?}");
+        assert_eq!(l["connection_security_policy"], "mutual_tls", "{l:?}");
+        assert_eq!(l["destination_app"], "b");
+        assert_eq!(l["destination_version"], "v1");
+        assert_eq!(l["destination_service"], "b.default.svc.cluster.local");
+        assert_eq!(l["destination_service_name"], "b");
+        assert_eq!(l["destination_service_namespace"], "default");
+        assert_eq!(l["source_workload_namespace"], "default");
+        assert_eq!(l["destination_canonical_service"], "b");
+        assert_eq!(l["destination_canonical_revision"], "v1");
+        assert_eq!(l["request_protocol"], "http");
+    }
+    let (_, text) = cp.get("/metrics").unwrap();
+    assert!(
+        !text.contains("sa/admin") && !text.contains("admin.default"),
+        "a forged identity reached the labels"
+    );
+    let src: Vec<&Sample> = now
+        .iter()
+        .filter(|(n, l, _)| {
+            n == "istio_requests_total" && l["reporter"] == "source" && l["source_workload"] == "a"
+        })
+        .collect();
+    for (_, l, _) in &src {
+        assert_eq!(l["source_principal"], A, "{l:?}");
+        assert_eq!(
+            l["connection_security_policy"], "unknown",
+            "Istio's clients say unknown"
+        );
+    }
+
+    // Durations: every request's duration is within its measured call time.
+    let dsum = delta(
+        &now,
+        "istio_request_duration_milliseconds_sum",
+        &[("reporter", "source")],
+    );
+    let dcount = delta(
+        &now,
+        "istio_request_duration_milliseconds_count",
+        &[("reporter", "source")],
+    );
+    println!(
+        "source-side durations: {dcount} requests, {dsum:.1} ms in all; the calls took {:.1} ms",
+        http_took * 1000.0
+    );
+    assert_eq!(dcount, 42.0);
+    assert!(
+        dsum > 0.0 && dsum <= http_took * 1000.0,
+        "durations {dsum} ms outside the measured {} ms",
+        http_took * 1000.0
+    );
+    let le_inf = delta(
+        &now,
+        "istio_request_duration_milliseconds_bucket",
+        &[("reporter", "source"), ("le", "+Inf")],
+    );
+    assert_eq!(le_inf, 42.0);
+
+    // TCP: connections opened and closed, and the bytes curl sent and received.
+    let tcp = [
+        ("reporter", "source"),
+        ("source_workload", "a"),
+        ("destination_service", "d.default.svc.cluster.local"),
+        ("destination_workload", "d-1"),
+    ];
+    let t = |m: &str| delta(&now, m, &tcp);
+    println!(
+        "TCP: opened {} closed {} received {} (curl sent {sent}) sent {} (curl received {received})",
+        t("istio_tcp_connections_opened_total"),
+        t("istio_tcp_connections_closed_total"),
+        t("istio_tcp_received_bytes_total"),
+        t("istio_tcp_sent_bytes_total")
+    );
+    assert_eq!(t("istio_tcp_connections_opened_total"), 4.0);
+    assert_eq!(t("istio_tcp_connections_closed_total"), 4.0);
+    assert_eq!(t("istio_tcp_received_bytes_total"), sent as f64);
+    assert_eq!(t("istio_tcp_sent_bytes_total"), received as f64);
+    let tcp_dst = [
+        ("reporter", "destination"),
+        ("source_workload", "a"),
+        ("destination_workload", "d-1"),
+        ("request_protocol", "tcp"),
+        ("connection_security_policy", "mutual_tls"),
+    ];
+    assert_eq!(
+        delta(&now, "istio_tcp_connections_closed_total", &tcp_dst),
+        4.0
+    );
+    assert_eq!(
+        delta(&now, "istio_tcp_received_bytes_total", &tcp_dst),
+        sent as f64
+    );
+    assert_eq!(
+        total(&now, "pilotfish_telemetry_dropped_entries_total", &[]),
+        0.0
+    );
+    let _ = (&b, &c, &d);
+}
