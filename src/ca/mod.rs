@@ -198,6 +198,14 @@ fn write_public(path: &Path, data: &str) -> Result<(), CaError> {
     })
 }
 
+/// Now, as the `next-root.since` file holds it (Unix seconds, to the millisecond).
+pub(crate) fn since_now() -> String {
+    let d = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{:.3}", d.as_secs_f64())
+}
+
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -351,8 +359,9 @@ impl Ca {
             // promotes it at the same moment), else the file's time.
             let since = read(&dir.join("next-root.since"))
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t))
+                .and_then(|s| s.trim().parse::<f64>().ok())
+                .filter(|t| t.is_finite() && *t >= 0.0)
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(t))
                 .or_else(|| std::fs::metadata(&nc).and_then(|m| m.modified()).ok())
                 .unwrap_or_else(SystemTime::now);
             Some((read(&nc)?, read(&nk)?, since))
@@ -436,10 +445,7 @@ impl Ca {
             });
         }
         let (cert, key) = new_root(&cfg.trust_domain)?;
-        write_public(
-            &cfg.state_dir.join("next-root.since"),
-            &unix(SystemTime::now()).to_string(),
-        )?;
+        write_public(&cfg.state_dir.join("next-root.since"), &since_now())?;
         write_private(&nk, &key)?;
         write_public(&nc, &cert)?;
         Ok(nc)

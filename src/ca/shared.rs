@@ -149,15 +149,11 @@ pub async fn start_rotation(
         anyhow::bail!("a root rotation is already under way (Secret {namespace}/{SECRET})");
     }
     let (cert, key) = super::new_root(trust_domain)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     data.insert("next-root-cert.pem".into(), ByteString(cert.into_bytes()));
     data.insert("next-root-key.pem".into(), ByteString(key.into_bytes()));
     data.insert(
         "next-root.since".into(),
-        ByteString(now.to_string().into_bytes()),
+        ByteString(super::since_now().into_bytes()),
     );
     s.data = Some(data);
     api.replace(SECRET, &Default::default(), &s)
