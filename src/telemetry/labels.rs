@@ -18,6 +18,8 @@ pub struct Workload {
     pub canonical_service: String,
     pub canonical_revision: String,
     pub cluster: String,
+    /// It runs a sidecar that speaks Istio mTLS (`security.istio.io/tlsMode: istio`).
+    pub in_mesh: bool,
 }
 
 impl Workload {
@@ -31,6 +33,7 @@ impl Workload {
             canonical_service: "unknown".into(),
             canonical_revision: "latest".into(),
             cluster: "unknown".into(),
+            in_mesh: false,
         }
     }
 
@@ -66,6 +69,9 @@ impl Workload {
                 "version",
             ])
             .unwrap_or_else(|| "latest".into()),
+            in_mesh: labels
+                .get("security.istio.io/tlsMode")
+                .is_some_and(|m| m == "istio"),
             name,
             namespace: namespace.to_string(),
             cluster: cluster.to_string(),
@@ -168,6 +174,30 @@ impl Resolver {
         match self.world.services.get(host) {
             Some(s) => (s.hostname.clone(), s.name.clone(), s.namespace.clone()),
             None => (host.to_string(), host.to_string(), "unknown".into()),
+        }
+    }
+
+    /// Whether a proxy with certificates speaks Istio mTLS to `dst` of `host`: what the
+    /// host's DestinationRule says (`ISTIO_MUTUAL`, or another mode: no), else auto mTLS
+    /// (the endpoint runs a sidecar).
+    pub fn mutual_tls_to(&self, host: &str, port: u32, dst: &Workload) -> bool {
+        let policy = self
+            .world
+            .destination_rules
+            .get(host)
+            .and_then(|dr| dr.spec.traffic_policy.as_ref());
+        let mode = policy.and_then(|p| {
+            p.port_level_settings
+                .iter()
+                .find(|pl| pl.port.as_ref().is_some_and(|n| n.number == port))
+                .and_then(|pl| pl.tls.as_ref())
+                .or(p.tls.as_ref())
+                .and_then(|t| t.mode.clone())
+        });
+        match mode.as_deref() {
+            Some("ISTIO_MUTUAL") => true,
+            Some(_) => false,
+            None => dst.in_mesh,
         }
     }
 

@@ -78,6 +78,7 @@ impl Sink {
             }
         };
         Ok(Reporter {
+            mtls: self.require_peer,
             ip: proxy.ips.first().cloned().unwrap_or_default(),
             principal,
             inbound: id.log_name == crate::translate::telemetry::LOG_INBOUND,
