@@ -343,6 +343,7 @@ fn requests_are_counted_with_istios_labels() {
         assert_eq!(l["connection_security_policy"], want, "{l:?}");
     }
     dashboards_find_their_series(&now);
+    service_graph(&cp);
 
     // Durations: every request's duration is within its measured call time.
     let dsum = delta(
@@ -475,4 +476,64 @@ fn dashboards_find_their_series(now: &[Sample]) {
     }
     println!("dashboard queries checked: {checked} (dashboard, metric) pairs");
     assert!(checked >= 16);
+}
+
+/// `/debug/graphz`: the edges the traffic above made, with rates, errors, latency, bytes,
+/// protocol and mTLS.
+fn service_graph(cp: &ControlPlane) {
+    let (code, body) = cp.get("/debug/graphz?window=1m").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let g: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let edge = |from: &str, to: &str| {
+        g["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["source"] == from && e["target"] == to)
+            .cloned()
+            .unwrap_or_else(|| panic!("no edge {from} -> {to}: {body}"))
+    };
+    let ab = edge("workload:default/a", "service:b.default.svc.cluster.local");
+    println!("edge a -> b: {ab}");
+    // 20 + 3 forged (200), 5 (503), 2 (404), 4 fault-injected (500), plus warm-up calls.
+    assert!(ab["requests"].as_u64().unwrap() >= 34, "{ab}");
+    let err = ab["error_rate"].as_f64().unwrap();
+    assert!(err > 0.15 && err < 0.35, "9 of about 35 failed: {ab}");
+    assert!(ab["requests_per_second"].as_f64().unwrap() > 0.0);
+    assert!(
+        ab["p50_ms"].as_f64().is_some() && ab["p99_ms"].as_f64().is_some(),
+        "{ab}"
+    );
+    assert_eq!(ab["protocols"], serde_json::json!(["http"]));
+    let bb = edge(
+        "service:b.default.svc.cluster.local",
+        "workload:default/b-1",
+    );
+    assert_eq!(bb["mtls_rate"].as_f64(), Some(1.0), "{bb}");
+    let cb = edge(
+        "workload:default/c-1",
+        "service:b.default.svc.cluster.local",
+    );
+    assert!(cb["requests"].as_u64().unwrap() >= 7);
+    let ad = edge("workload:default/a", "service:d.default.svc.cluster.local");
+    assert_eq!(ad["protocols"], serde_json::json!(["tcp"]));
+    assert!(
+        ad["bytes_sent"].as_u64().unwrap() > 0 && ad["bytes_received"].as_u64().unwrap() > 0,
+        "{ad}"
+    );
+    let nodes: Vec<&str> = g["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_str())
+        .collect();
+    for n in [
+        "workload:default/a",
+        "workload:default/b-1",
+        "service:b.default.svc.cluster.local",
+        "workload:default/d-1",
+    ] {
+        assert!(nodes.contains(&n), "no node {n}: {nodes:?}");
+    }
+    assert_eq!(cp.get("/debug/graphz?window=2d").map(|r| r.0), Ok(400));
 }

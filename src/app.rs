@@ -144,6 +144,10 @@ pub struct ServeArgs {
     /// sets are counted in an overflow series per reporter.
     #[arg(long, default_value_t = 10_000)]
     pub telemetry_max_series: usize,
+    /// Service-graph edges kept at most (about 12 KiB each, for an hour of history); edges
+    /// quiet for an hour make room.
+    #[arg(long, default_value_t = 2_000)]
+    pub graph_max_edges: usize,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -890,8 +894,12 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         require_auth: true,
         ..xds.clone()
     };
-    let telemetry =
-        crate::telemetry::Telemetry::new(rx.clone(), conns.clone(), a.telemetry_max_series);
+    let telemetry = crate::telemetry::Telemetry::new(
+        rx.clone(),
+        conns.clone(),
+        a.telemetry_max_series,
+        a.graph_max_edges,
+    );
     telemetry.start();
     let sink = |require_peer: bool| {
         envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer::new(

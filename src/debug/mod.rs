@@ -42,6 +42,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/push_status", get(push_status))
         .route("/debug/certz", get(certz))
         .route("/debug/authorizationz", get(authorizationz))
+        .route("/debug/graphz", get(graphz))
         .with_state(state)
 }
 
@@ -166,6 +167,34 @@ async fn metrics(State(s): State<DebugState>) -> Response {
         },
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct GraphQuery {
+    window: Option<String>,
+}
+
+/// The service graph: `?window=1m|5m|1h` (default 5m).
+async fn graphz(
+    State(s): State<DebugState>,
+    axum::extract::Query(q): axum::extract::Query<GraphQuery>,
+) -> Response {
+    let window = match q.window.as_deref().unwrap_or("5m") {
+        "1m" => 60,
+        "5m" => 300,
+        "1h" => 3600,
+        other => {
+            return (
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("window must be 1m, 5m or 1h, not {other:?}\n"),
+            )
+                .into_response()
+        }
+    };
+    match &s.telemetry {
+        Some(t) => Json(t.graph_view(window)).into_response(),
+        None => (axum::http::StatusCode::NOT_FOUND, "telemetry is off\n").into_response(),
+    }
 }
 
 async fn syncz(State(s): State<DebugState>) -> Json<serde_json::Value> {

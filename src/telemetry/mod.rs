@@ -16,6 +16,7 @@
 //! counted (`pilotfish_telemetry_dropped_entries_total`). Envoy's own gRPC logger buffers
 //! and drops on its side too, never blocking a request.
 
+pub mod graph;
 pub mod labels;
 pub mod sink;
 pub mod store;
@@ -72,6 +73,7 @@ pub struct Counts {
 
 pub struct Telemetry {
     pub store: Mutex<Store>,
+    pub graph: Mutex<graph::Graph>,
     pub counts: Counts,
     current: watch::Receiver<Option<Published>>,
     conns: Arc<Connections>,
@@ -87,9 +89,11 @@ impl Telemetry {
         current: watch::Receiver<Option<Published>>,
         conns: Arc<Connections>,
         max_series: usize,
+        max_edges: usize,
     ) -> Arc<Telemetry> {
         Arc::new(Telemetry {
             store: Mutex::new(Store::new(max_series)),
+            graph: Mutex::new(graph::Graph::new(max_edges)),
             counts: Counts::default(),
             current,
             conns,
@@ -338,6 +342,71 @@ impl Telemetry {
                 response_bytes: resp.response_body_bytes,
             },
         );
+        let error = code == "0"
+            || code.starts_with('5')
+            || (grpc && !grpc_status.is_empty() && grpc_status != "0");
+        self.edge(
+            r,
+            &src,
+            &dst,
+            &svc,
+            &graph::Observation {
+                requests: 1,
+                error,
+                mtls: policy == "mutual_tls",
+                sent: req.request_body_bytes,
+                received: resp.response_body_bytes,
+                latency_ms: Some(duration_ms),
+                protocol: if grpc { "grpc" } else { "http" },
+            },
+        );
+    }
+
+    /// The graph edge of an entry: workload → service from the client's side, service →
+    /// workload from the server's.
+    fn edge(
+        &self,
+        r: &Reporter,
+        src: &Workload,
+        dst: &Workload,
+        svc: &(String, String, String),
+        o: &graph::Observation,
+    ) {
+        let workload = |w: &Workload| graph::Node {
+            id: format!("workload:{}/{}", w.namespace, w.name),
+            kind: "workload",
+            name: w.name.clone(),
+            namespace: w.namespace.clone(),
+            app: w.app.clone(),
+            version: w.version.clone(),
+        };
+        let service = graph::Node {
+            id: format!("service:{}", svc.0),
+            kind: "service",
+            name: svc.1.clone(),
+            namespace: svc.2.clone(),
+            app: String::new(),
+            version: String::new(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut g = self.graph.lock().unwrap();
+        if r.inbound {
+            g.record(&service, &workload(dst), o, now);
+        } else {
+            g.record(&workload(src), &service, o, now);
+        }
+    }
+
+    /// The service graph over the last `window` seconds.
+    pub fn graph_view(&self, window: u64) -> graph::View {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.graph.lock().unwrap().view(window, now)
     }
 
     fn tcp(&self, res: &Resolver, r: &Reporter, me: &Workload, e: &data::TcpAccessLogEntry) {
@@ -383,6 +452,21 @@ impl Telemetry {
                 received,
                 opened,
                 closed,
+            },
+        );
+        self.edge(
+            r,
+            &src,
+            &dst,
+            &svc,
+            &graph::Observation {
+                requests: opened as u64,
+                error: false,
+                mtls: policy == "mutual_tls",
+                sent: received,
+                received: sent,
+                latency_ms: None,
+                protocol: "tcp",
             },
         );
     }
