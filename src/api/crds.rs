@@ -93,8 +93,8 @@ fn schema_of<T: JsonSchema>() -> Value {
             s.meta_schema = None;
         })
         .with_transform(schemars::transform::AddNullable::default())
-        .with_transform(kube::core::schema::StructuralSchemaRewriter)
-        .with_transform(kube::core::schema::OptionalEnum)
+        .with_transform(kube_core::schema::StructuralSchemaRewriter)
+        .with_transform(kube_core::schema::OptionalEnum)
         .into_generator();
     let mut v = generator.into_root_schema_for::<T>().to_value();
     if let Value::Object(m) = &mut v {
