@@ -97,15 +97,13 @@ fn start(dir: &Path) -> Pilotfish {
     Pilotfish { proc, xds, http }
 }
 
-fn metric(p: &Pilotfish, name: &str) -> f64 {
-    let (_, text) = http_get(&p.http, "/metrics").unwrap_or_default();
-    text.lines()
-        .filter(|l| {
-            l.starts_with(name)
-                && (l.len() == name.len() || l[name.len()..].starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+/// A figure of `/debug/telemetryz` (a JSON pointer, e.g. `/entries`).
+fn metric(p: &Pilotfish, pointer: &str) -> f64 {
+    let (_, text) = http_get(&p.http, "/debug/telemetryz").unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v.pointer(pointer)
+        .and_then(|x| x.as_f64())
+        .unwrap_or(f64::NAN)
 }
 
 /// The 10 reporters (inbound sides of svc-0..9) and, per reporter, batches of 100 entries
@@ -212,7 +210,7 @@ fn main() {
     let warm = fleet(&[200]);
     let sent = flood(&rt, &p, &warm, 20_000.0, 1.5);
     std::thread::sleep(Duration::from_secs(2));
-    let series = metric(&p, "pilotfish_telemetry_series");
+    let series = metric(&p, "/series/http");
     let (rss1, _) = rss_mb(pid);
     println!(
         "series: {series} after {} entries; RSS {rss0:.1} MB -> {rss1:.1} MB (+{:.1} MB for {series} series, {:.0} bytes each)",
@@ -225,6 +223,27 @@ fn main() {
         (SERVICES * CLIENTS) as f64,
         "one series per (client, service)"
     );
+    let t = Instant::now();
+    let mut text = Vec::new();
+    let code = match ureq::get(&format!("http://{}/metrics", p.http))
+        .timeout(Duration::from_secs(120))
+        .call()
+    {
+        Ok(r) => {
+            let c = r.status();
+            let _ = std::io::Read::read_to_end(&mut r.into_reader(), &mut text);
+            c
+        }
+        Err(_) => 0,
+    };
+    let took = t.elapsed();
+    let (_, hwm) = rss_mb(pid);
+    println!(
+        "one /metrics scrape of those series: {code}, {:.1} MB of text in {:.2} s (streamed; pilotfish peak RSS so far {hwm:.1} MB)",
+        text.len() as f64 / 1048576.0,
+        took.as_secs_f64()
+    );
+    drop(text);
 
     // 2. The ramp.
     let fleet = fleet(&[200, 503]);
@@ -235,8 +254,8 @@ fn main() {
     );
     for rate in &rates {
         let (e0, d0, c0) = (
-            metric(&p, "pilotfish_telemetry_entries_total"),
-            metric(&p, "pilotfish_telemetry_dropped_entries_total"),
+            metric(&p, "/entries"),
+            metric(&p, "/dropped_entries"),
             cpu_seconds(pid),
         );
         let t = Instant::now();
@@ -244,8 +263,8 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         let wall = t.elapsed().as_secs_f64();
         let (e1, d1, c1) = (
-            metric(&p, "pilotfish_telemetry_entries_total"),
-            metric(&p, "pilotfish_telemetry_dropped_entries_total"),
+            metric(&p, "/entries"),
+            metric(&p, "/dropped_entries"),
             cpu_seconds(pid),
         );
         let (done, dropped, cpu) = (e1 - e0, d1 - d0, c1 - c0);
@@ -274,7 +293,7 @@ fn main() {
     println!("capacity (highest step in full, nothing dropped): {capacity:.0} entries/s");
 
     // 3. Overload: 10× for 10 s.
-    let (d0, _) = (metric(&p, "pilotfish_telemetry_dropped_entries_total"), ());
+    let (d0, _) = (metric(&p, "/dropped_entries"), ());
     let sent = flood(&rt, &p, &fleet, (capacity * 10.0).max(100_000.0), 10.0);
     std::thread::sleep(Duration::from_secs(1));
     let (rss, hwm) = rss_mb(pid);
@@ -283,7 +302,7 @@ fn main() {
         (capacity * 10.0).max(100_000.0),
         sent.entries.load(Ordering::Relaxed),
         sent.pushed_back.load(Ordering::Relaxed),
-        metric(&p, "pilotfish_telemetry_dropped_entries_total") - d0
+        metric(&p, "/dropped_entries") - d0
     );
     assert!(p.proc.pid() > 0);
 
@@ -308,7 +327,7 @@ fn main() {
             latency_ms: Some((w % 100) as f64),
             protocol: "http",
         };
-        for k in 0..5 {
+        for k in 0..2 {
             g.record(
                 &node(format!("workload:default/w{w}"), "workload"),
                 &node(format!("service:s{}", (w + k) % 10), "service"),

@@ -43,6 +43,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/certz", get(certz))
         .route("/debug/authorizationz", get(authorizationz))
         .route("/debug/graphz", get(graphz))
+        .route("/debug/telemetryz", get(telemetryz))
         .with_state(state)
 }
 
@@ -153,20 +154,47 @@ async fn ready(State(s): State<DebugState>) -> Response {
 }
 
 async fn metrics(State(s): State<DebugState>) -> Response {
+    let mut head = s.metrics.encode();
+    let eof = head.rfind("# EOF").unwrap_or(head.len());
+    let tail = head.split_off(eof);
+    // The Istio series can be hundreds of megabytes of text: streamed in chunks from a
+    // snapshot, never held whole.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::convert::Infallible>>(4);
+    let telemetry = s.telemetry.clone();
+    tokio::task::spawn_blocking(move || {
+        let send = |t: String| tx.blocking_send(Ok(bytes::Bytes::from(t))).is_ok();
+        if !send(head) {
+            return;
+        }
+        if let Some(t) = telemetry {
+            let mut open = true;
+            t.render(256 * 1024, &mut |chunk| {
+                if open && !chunk.is_empty() {
+                    open = send(chunk);
+                }
+            });
+            if !open {
+                return;
+            }
+        }
+        send(tail);
+    });
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        {
-            let mut text = s.metrics.encode();
-            if let Some(t) = &s.telemetry {
-                t.render_into(&mut text);
-            }
-            text
-        },
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
         .into_response()
+}
+
+/// The access-log pipeline's own figures (entries, drops, series, queue).
+async fn telemetryz(State(s): State<DebugState>) -> Response {
+    match &s.telemetry {
+        Some(t) => Json(t.status()).into_response(),
+        None => (axum::http::StatusCode::NOT_FOUND, "telemetry is off\n").into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 use store::{HttpObservation, Store, TcpObservation};
 use tokio::sync::watch;
 
-/// Messages waiting for the worker at most (each up to Envoy's 16 KiB buffer of entries).
-pub const QUEUE: usize = 1024;
+/// Messages waiting for the worker at most (each up to Envoy's 16 KiB buffer of entries,
+/// about 100 entries and 100 KiB decoded): about 130 ms of 100,000 entries/s.
+pub const QUEUE: usize = 128;
 /// Open TCP connections whose byte counts are tracked at most (for deltas between the
 /// periodic entries).
 const MAX_TCP_CONNS: usize = 100_000;
@@ -471,28 +472,55 @@ impl Telemetry {
         );
     }
 
-    /// Appends the metrics to an OpenMetrics text (before its `# EOF`).
-    pub fn render_into(&self, text: &mut String) {
-        let eof = text.rfind("# EOF").unwrap_or(text.len());
-        let tail = text.split_off(eof);
-        let store = self.store.lock().unwrap();
-        store.render(text);
-        let (h, t) = store.len();
+    /// The pipeline's own figures, for `/debug/telemetryz`.
+    pub fn status(&self) -> serde_json::Value {
+        let (h, t, overflow) = {
+            let s = self.store.lock().unwrap();
+            let (h, t) = s.len();
+            (h, t, s.overflow_entries)
+        };
+        let queued = self
+            .queue
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|q| QUEUE - q.capacity())
+            .unwrap_or(0);
+        let g = self.graph.lock().unwrap();
+        serde_json::json!({
+            "entries": self.counts.entries.load(Ordering::Relaxed),
+            "dropped_entries": self.counts.dropped.load(Ordering::Relaxed),
+            "overflow_entries": overflow,
+            "refused_streams": self.counts.refused_streams.load(Ordering::Relaxed),
+            "series": {"http": h, "tcp": t, "max": self.store.lock().unwrap().max_series},
+            "graph_edges": g.len(),
+            "graph_dropped": g.dropped,
+            "queued_messages": queued,
+            "queue_capacity": QUEUE,
+        })
+    }
+
+    /// The Istio series and the pipeline's own counters as OpenMetrics text (no `# EOF`),
+    /// in chunks of about `chunk` bytes, from a snapshot (ingest goes on meanwhile).
+    pub fn render(&self, chunk: usize, emit: &mut dyn FnMut(String)) {
+        let (snap, overflow, (h, t)) = {
+            let s = self.store.lock().unwrap();
+            (s.snapshot(), s.overflow_entries, s.len())
+        };
+        snap.render(chunk, emit);
         let c = &self.counts;
-        use std::fmt::Write;
-        let _ = write!(
-            text,
+        emit(format!(
             "# HELP pilotfish_telemetry_entries Access-log entries received from sidecars.\n# TYPE pilotfish_telemetry_entries counter\npilotfish_telemetry_entries_total {}\n\
              # HELP pilotfish_telemetry_dropped_entries Access-log entries dropped because the ingest queue was full.\n# TYPE pilotfish_telemetry_dropped_entries counter\npilotfish_telemetry_dropped_entries_total {}\n\
-             # HELP pilotfish_telemetry_overflow_entries Entries counted in an overflow series (the series cap was reached).\n# TYPE pilotfish_telemetry_overflow_entries counter\npilotfish_telemetry_overflow_entries_total {}\n\
+             # HELP pilotfish_telemetry_overflow_entries Entries counted in an overflow series (the series cap was reached).\n# TYPE pilotfish_telemetry_overflow_entries counter\npilotfish_telemetry_overflow_entries_total {overflow}\n\
              # HELP pilotfish_telemetry_refused_streams Access-log streams refused (identity not proven).\n# TYPE pilotfish_telemetry_refused_streams counter\npilotfish_telemetry_refused_streams_total {}\n\
-             # HELP pilotfish_telemetry_series Istio metric series held.\n# TYPE pilotfish_telemetry_series gauge\npilotfish_telemetry_series{{kind=\"http\"}} {h}\npilotfish_telemetry_series{{kind=\"tcp\"}} {t}\n",
+             # HELP pilotfish_telemetry_series Istio metric series held.\n# TYPE pilotfish_telemetry_series gauge\npilotfish_telemetry_series{{kind=\"http\"}} {h}\npilotfish_telemetry_series{{kind=\"tcp\"}} {t}\n\
+             # HELP pilotfish_graph_edges Service-graph edges held.\n# TYPE pilotfish_graph_edges gauge\npilotfish_graph_edges {}\n",
             c.entries.load(Ordering::Relaxed),
             c.dropped.load(Ordering::Relaxed),
-            store.overflow_entries,
             c.refused_streams.load(Ordering::Relaxed),
-        );
-        text.push_str(&tail);
+            self.graph.lock().unwrap().len(),
+        ));
     }
 }
 

@@ -235,139 +235,160 @@ impl Store {
         s.closed += o.closed as u64;
     }
 
-    /// Every HTTP series (label values in `LABELS` order), sorted.
-    pub fn http_series(&self) -> Vec<(&[Str; 25], &HttpSeries)> {
-        let mut v: Vec<_> = self
+    /// A copy of every series, sorted, to render without holding the store.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut http: Vec<(Box<[Str; 25]>, HttpSeries)> = self
             .http
             .map
             .values()
             .flatten()
-            .map(|(k, s)| (&**k, s))
+            .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
-    }
-
-    /// Every TCP series, sorted.
-    pub fn tcp_series(&self) -> Vec<(&[Str; 25], &TcpSeries)> {
-        let mut v: Vec<_> = self
+        http.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut tcp: Vec<(Box<[Str; 25]>, TcpSeries)> = self
             .tcp
             .map
             .values()
             .flatten()
-            .map(|(k, s)| (&**k, s))
+            .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
-        v.sort_by(|a, b| a.0.cmp(b.0));
-        v
+        tcp.sort_by(|a, b| a.0.cmp(&b.0));
+        Snapshot { http, tcp }
     }
 
-    /// The OpenMetrics text of every series (no `# EOF`).
+    /// The OpenMetrics text of every series (no `# EOF`), in one string (tests).
     pub fn render(&self, out: &mut String) {
-        let http = self.http_series();
-        let tcp = self.tcp_series();
-        let labels = |k: &[Str; 25], tcp: bool| {
-            let mut s = String::with_capacity(600);
-            for (i, (name, v)) in LABELS.iter().zip(k.iter()).enumerate() {
-                if tcp && NOT_TCP.contains(&i) {
-                    continue;
-                }
-                if !s.is_empty() {
-                    s.push(',');
-                }
-                s.push_str(name);
-                s.push_str("=\"");
-                escape(&mut s, v);
-                s.push('"');
-            }
-            s
-        };
-        let http_labels: Vec<String> = http.iter().map(|(k, _)| labels(k, false)).collect();
-        let tcp_labels: Vec<String> = tcp.iter().map(|(k, _)| labels(k, true)).collect();
-        if !http.is_empty() {
-            out.push_str("# HELP istio_requests Requests, as Istio counts them (from the sidecars' access logs).\n# TYPE istio_requests counter\n");
-            for (l, (_, s)) in http_labels.iter().zip(&http) {
-                let _ = writeln!(out, "istio_requests_total{{{l}}} {}", s.requests);
-            }
-            hist(
-                out,
-                "istio_request_duration_milliseconds",
-                "Request duration in milliseconds.",
-                &DURATION_BUCKETS,
-                http_labels
-                    .iter()
-                    .zip(http.iter().map(|(_, s)| &s.duration)),
-            );
-            hist(
-                out,
-                "istio_request_bytes",
-                "HTTP request body sizes in bytes.",
-                &BYTES_BUCKETS,
-                http_labels
-                    .iter()
-                    .zip(http.iter().map(|(_, s)| &s.request_bytes)),
-            );
-            hist(
-                out,
-                "istio_response_bytes",
-                "HTTP response body sizes in bytes.",
-                &BYTES_BUCKETS,
-                http_labels
-                    .iter()
-                    .zip(http.iter().map(|(_, s)| &s.response_bytes)),
-            );
-        }
-        if !tcp.is_empty() {
-            let counter = |out: &mut String, name: &str, help: &str, f: fn(&TcpSeries) -> u64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for (l, (_, s)) in tcp_labels.iter().zip(&tcp) {
-                    let _ = writeln!(out, "{name}_total{{{l}}} {}", f(s));
-                }
-            };
-            counter(
-                out,
-                "istio_tcp_sent_bytes",
-                "Bytes sent back on TCP connections (responses).",
-                |s| s.sent,
-            );
-            counter(
-                out,
-                "istio_tcp_received_bytes",
-                "Bytes received on TCP connections (requests).",
-                |s| s.received,
-            );
-            counter(
-                out,
-                "istio_tcp_connections_opened",
-                "TCP connections opened.",
-                |s| s.opened,
-            );
-            counter(
-                out,
-                "istio_tcp_connections_closed",
-                "TCP connections closed.",
-                |s| s.closed,
-            );
-        }
+        self.snapshot()
+            .render(usize::MAX, &mut |chunk| out.push_str(&chunk));
     }
 }
 
-fn hist<'a, const N: usize>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    bounds: &[f64; N],
-    series: impl Iterator<Item = (&'a String, &'a Hist<N>)>,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (l, h) in series {
-        let mut cum = 0;
-        for (i, b) in bounds.iter().enumerate() {
-            cum += h.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{b}\"}} {cum}");
+/// Every series at one moment.
+pub struct Snapshot {
+    pub http: Vec<(Box<[Str; 25]>, HttpSeries)>,
+    pub tcp: Vec<(Box<[Str; 25]>, TcpSeries)>,
+}
+
+fn label_text(k: &[Str; 25], tcp: bool) -> String {
+    let mut s = String::with_capacity(600);
+    for (i, (name, v)) in LABELS.iter().zip(k.iter()).enumerate() {
+        if tcp && NOT_TCP.contains(&i) {
+            continue;
         }
-        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
-        let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
+        if !s.is_empty() {
+            s.push(',');
+        }
+        s.push_str(name);
+        s.push_str("=\"");
+        escape(&mut s, v);
+        s.push('"');
+    }
+    s
+}
+
+impl Snapshot {
+    /// The OpenMetrics text of every series (no `# EOF`), handed to `emit` in chunks of
+    /// about `chunk` bytes: a scrape of 10,000 series with their histograms is hundreds of
+    /// megabytes of text, which is streamed, never held whole.
+    pub fn render(&self, chunk: usize, emit: &mut dyn FnMut(String)) {
+        let mut out = String::new();
+        let mut flush = |out: &mut String, force: bool| {
+            if force || out.len() >= chunk {
+                emit(std::mem::take(out));
+            }
+        };
+        let http_labels: Vec<String> = self
+            .http
+            .iter()
+            .map(|(k, _)| label_text(k, false))
+            .collect();
+        let tcp_labels: Vec<String> = self.tcp.iter().map(|(k, _)| label_text(k, true)).collect();
+        if !self.http.is_empty() {
+            out.push_str("# HELP istio_requests Requests, as Istio counts them (from the sidecars' access logs).\n# TYPE istio_requests counter\n");
+            for (l, (_, s)) in http_labels.iter().zip(&self.http) {
+                let _ = writeln!(out, "istio_requests_total{{{l}}} {}", s.requests);
+                flush(&mut out, false);
+            }
+            let hists: [(&str, &str, fn(&HttpSeries) -> (&[u64], f64, u64), &[f64]); 3] = [
+                (
+                    "istio_request_duration_milliseconds",
+                    "Request duration in milliseconds.",
+                    |s| (&s.duration.counts, s.duration.sum, s.duration.count),
+                    &DURATION_BUCKETS,
+                ),
+                (
+                    "istio_request_bytes",
+                    "HTTP request body sizes in bytes.",
+                    |s| {
+                        (
+                            &s.request_bytes.counts,
+                            s.request_bytes.sum,
+                            s.request_bytes.count,
+                        )
+                    },
+                    &BYTES_BUCKETS,
+                ),
+                (
+                    "istio_response_bytes",
+                    "HTTP response body sizes in bytes.",
+                    |s| {
+                        (
+                            &s.response_bytes.counts,
+                            s.response_bytes.sum,
+                            s.response_bytes.count,
+                        )
+                    },
+                    &BYTES_BUCKETS,
+                ),
+            ];
+            for (name, help, get, bounds) in hists {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+                for (l, (_, s)) in http_labels.iter().zip(&self.http) {
+                    let (counts, sum, count) = get(s);
+                    let mut cum = 0;
+                    for (i, b) in bounds.iter().enumerate() {
+                        cum += counts.get(i).copied().unwrap_or(0);
+                        let _ = writeln!(out, "{name}_bucket{{{l},le=\"{b}\"}} {cum}");
+                    }
+                    let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+                    let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
+                    let _ = writeln!(out, "{name}_count{{{l}}} {count}");
+                    flush(&mut out, false);
+                }
+            }
+        }
+        if !self.tcp.is_empty() {
+            let counters: [(&str, &str, fn(&TcpSeries) -> u64); 4] = [
+                (
+                    "istio_tcp_sent_bytes",
+                    "Bytes sent back on TCP connections (responses).",
+                    |s| s.sent,
+                ),
+                (
+                    "istio_tcp_received_bytes",
+                    "Bytes received on TCP connections (requests).",
+                    |s| s.received,
+                ),
+                (
+                    "istio_tcp_connections_opened",
+                    "TCP connections opened.",
+                    |s| s.opened,
+                ),
+                (
+                    "istio_tcp_connections_closed",
+                    "TCP connections closed.",
+                    |s| s.closed,
+                ),
+            ];
+            for (name, help, f) in counters {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+                for (l, (_, s)) in tcp_labels.iter().zip(&self.tcp) {
+                    let _ = writeln!(out, "{name}_total{{{l}}} {}", f(s));
+                    flush(&mut out, false);
+                }
+            }
+        }
+        flush(&mut out, true);
     }
 }
 
