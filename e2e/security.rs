@@ -594,3 +594,158 @@ async fn credential_secrets_go_only_to_their_namespace_and_never_to_debug_pages(
     );
     assert!(!format!("{:?}", w.objects).contains("KEY-PEM-SECRET"));
 }
+
+/// A `pilotfish serve` on free loopback ports with the debug port at `http` (extra flags);
+/// killed on drop.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve_process(dir: &std::path::Path, http: &str, extra: &[&str]) -> Serve {
+    std::fs::create_dir_all(dir.join("config")).unwrap();
+    let p = |n: u16| format!("127.0.0.1:{n}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["serve", "--config-dir"])
+        .arg(dir.join("config"))
+        .args(["--xds-address", &p(free_port()), "--http-address", http])
+        .args([
+            "--secure-xds-address",
+            &p(free_port()),
+            "--authz-address",
+            "",
+        ])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Serve(child)
+}
+
+/// (status, body) of GET `path` on `addr`, with a bearer token when given.
+fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut r = ureq::get(&format!("http://{addr}{path}")).timeout(Duration::from_secs(5));
+    if let Some(t) = token {
+        r = r.set("authorization", &format!("Bearer {t}"));
+    }
+    match r.call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Outside loopback the debug pages need a bearer token (made into the state directory,
+/// mode 0600, or given by file); probes and metrics stay open; on loopback all is open.
+#[test]
+fn debug_pages_outside_loopback_need_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _s = serve_process(dir.path(), &format!("0.0.0.0:{port}"), &[]);
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&addr, "/ready", None).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for open in ["/ready", "/healthz", "/metrics"] {
+        assert_eq!(get(&addr, open, None).0, 200, "{open} is open");
+    }
+    let token_file = dir.path().join("state").join("debug-token");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    for page in [
+        "/debug/configz",
+        "/debug/syncz",
+        "/debug/certz",
+        "/debug/graphz",
+        "/debug",
+    ] {
+        let (code, body) = get(&addr, page, None);
+        assert_eq!(code, 401, "{page} without a token: {body}");
+        assert!(!body.contains('{'), "a refusal shows nothing: {body}");
+        assert_eq!(
+            get(&addr, page, Some("not-the-token-at-all")).0,
+            401,
+            "{page}"
+        );
+        assert_eq!(
+            get(&addr, page, Some(&token)).0,
+            200,
+            "{page} with the token"
+        );
+    }
+    assert!(
+        !get(&addr, "/metrics", None).1.contains(&token),
+        "the token leaks"
+    );
+
+    // A token given by file; a short one is refused at start.
+    let d2 = tempfile::tempdir().unwrap();
+    let f = d2.path().join("t");
+    std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+    let port2 = free_port();
+    let _s2 = serve_process(
+        d2.path(),
+        &format!("0.0.0.0:{port2}"),
+        &["--debug-token-file", f.to_str().unwrap()],
+    );
+    let addr2 = format!("127.0.0.1:{port2}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&addr2, "/ready", None).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        get(&addr2, "/debug/configz", Some("0123456789abcdef0123")).0,
+        200
+    );
+    assert_eq!(get(&addr2, "/debug/configz", None).0, 401);
+    std::fs::write(&f, "short").unwrap();
+    let d3 = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d3.path().join("config")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(["serve", "--config-dir"])
+        .arg(d3.path().join("config"))
+        .args([
+            "--http-address",
+            &format!("0.0.0.0:{}", free_port()),
+            "--debug-token-file",
+        ])
+        .arg(&f)
+        .arg("--state-dir")
+        .arg(d3.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 16"));
+
+    // Loopback: open.
+    let d4 = tempfile::tempdir().unwrap();
+    let port4 = free_port();
+    let _s4 = serve_process(d4.path(), &format!("127.0.0.1:{port4}"), &[]);
+    let addr4 = format!("127.0.0.1:{port4}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&addr4, "/ready", None).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&addr4, "/debug/configz", None).0, 200);
+}

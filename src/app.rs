@@ -136,6 +136,17 @@ pub struct ServeArgs {
     /// --secure-xds-address when it names an address (not 0.0.0.0).
     #[arg(long)]
     pub authz_advertise_address: Option<String>,
+    /// The bearer token the debug pages need when --http-address is not loopback (a file
+    /// holding it). Without it pilotfish makes one into `<state-dir>/debug-token` (0600).
+    #[arg(long)]
+    pub debug_token_file: Option<PathBuf>,
+    /// Paths of the debug port open without the token (comma separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/ready,/healthz,/metrics"
+    )]
+    pub debug_open_paths: Vec<String>,
     /// Sidecars stream their access logs to pilotfish, which serves Istio's request
     /// metrics from them on /metrics.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -910,7 +921,14 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             },
         )
     };
+    let debug_token: Option<Arc<str>> = if http_addr.ip().is_loopback() {
+        None
+    } else {
+        Some(debug_token(a.debug_token_file.as_deref(), &a.ca.state_dir)?.into())
+    };
     let debug = crate::debug::router(DebugState {
+        token: debug_token,
+        open_paths: Arc::new(a.debug_open_paths.clone()),
         current: rx.clone(),
         metrics: metrics.clone(),
         conns,
@@ -1234,6 +1252,39 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     secure_task.abort();
     info!("pilotfish stopped");
     Ok(())
+}
+
+/// The debug port's bearer token: the file's (trimmed), else `<state-dir>/debug-token`,
+/// made (32 random bytes, hex, mode 0600) when missing.
+fn debug_token(
+    file: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<String> {
+    if let Some(f) = file {
+        let t = std::fs::read_to_string(f)
+            .with_context(|| format!("--debug-token-file {}", f.display()))?
+            .trim()
+            .to_string();
+        if t.len() < 16 {
+            anyhow::bail!(
+                "--debug-token-file {}: the token must be at least 16 characters",
+                f.display()
+            );
+        }
+        return Ok(t);
+    }
+    let path = state_dir.join("debug-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if t.trim().len() >= 16 {
+            return Ok(t.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let t = hex::encode(rand::random::<[u8; 32]>());
+    crate::source::last_good::write_owner_only(&path, t.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    info!(path = %path.display(), "debug pages need a bearer token (the port is not loopback); it is in this file");
+    Ok(t)
 }
 
 /// A tonic service served next to xDS by the own HTTP/2 server, for paths under `prefix`.

@@ -25,6 +25,10 @@ pub struct DebugState {
     pub ca: Option<Arc<crate::ca::Ca>>,
     /// Istio's request metrics, appended to /metrics.
     pub telemetry: Option<Arc<crate::telemetry::Telemetry>>,
+    /// Bearer token the debug pages need (None: open, the port is on loopback).
+    pub token: Option<Arc<str>>,
+    /// Paths open without the token (`/ready`, `/healthz`, `/metrics` by default).
+    pub open_paths: Arc<Vec<String>>,
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -44,7 +48,54 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/authorizationz", get(authorizationz))
         .route("/debug/graphz", get(graphz))
         .route("/debug/telemetryz", get(telemetryz))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// Outside loopback the debug pages need `authorization: Bearer <token>` (compared in
+/// constant time); the open paths (probes, metrics) do not. A refusal says nothing else.
+async fn authenticate(
+    State(s): State<DebugState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(token) = &s.token else {
+        return next.run(req).await;
+    };
+    if s.open_paths.iter().any(|p| p == req.uri().path()) {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .unwrap_or("");
+    // Equal digests, compared without an early exit: the time says nothing of the token.
+    use sha2::Digest;
+    let (a, b) = (
+        sha2::Sha256::digest(given.as_bytes()),
+        sha2::Sha256::digest(token.as_bytes()),
+    );
+    if a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+    {
+        return next.run(req).await;
+    }
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a bearer token is required (see --debug-token-file)\n",
+    )
+        .into_response()
 }
 
 /// Per connected proxy (or the one `proxyID` names): which AuthorizationPolicies and
