@@ -1332,3 +1332,119 @@ fn credential_name_must_name_a_secret_with_the_needed_keys() {
     let (_, errs) = pilotfish::api::parse_file("s.yaml", bad64);
     assert!(errs.iter().any(|e| e.field == "data.ca.crt"), "{errs:?}");
 }
+
+/// Header names Envoy would NACK the whole route configuration for (pseudo-headers and
+/// `host`) are config errors naming the field, not a NACK at the sidecar.
+#[test]
+fn unmodifiable_headers_are_refused_by_name() {
+    for (ops, field) in [
+        (
+            "headers: {request: {set: {':path': /x}}}",
+            "spec.http[0].headers.request.set.:path",
+        ),
+        (
+            "headers: {request: {add: {Host: b}}}",
+            "spec.http[0].headers.request.add.Host",
+        ),
+        (
+            "headers: {response: {remove: [':status']}}",
+            "spec.http[0].headers.response.remove.:status",
+        ),
+        (
+            "headers: {request: {set: {'bad header': x}}}",
+            "spec.http[0].headers.request.set.bad header",
+        ),
+    ] {
+        let text = vs(&format!(
+            "  - {ops}\n    route:\n    - destination:\n        host: reviews\n"
+        ));
+        let (_, errs) = pilotfish::api::parse_file("h.yaml", &text);
+        one_error(&errs, "h.yaml", "VirtualService default/reviews", field);
+    }
+    // A per-destination header too; an ordinary one passes.
+    let text = vs("  - route:\n    - destination:\n        host: reviews\n      headers: {request: {set: {':authority': x, x-ok: fine}}}\n");
+    let (_, errs) = pilotfish::api::parse_file("h.yaml", &text);
+    one_error(
+        &errs,
+        "h.yaml",
+        "VirtualService default/reviews",
+        "spec.http[0].route[0].headers.request.set.:authority",
+    );
+}
+
+/// `pilotfish analyze`: validation plus the analyzers users rely on, with Istio's codes.
+#[test]
+fn analyze_reports_istios_everyday_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        join(&[
+            SERVICE,
+            WORKLOADS,
+            DESTINATION_RULE,
+            // A host no service has.
+            &vs("  - route:\n    - destination:\n        host: nowhere\n").replace("name: reviews\n  namespace", "name: lost\n  namespace"),
+            // Two VirtualServices for one host.
+            &good_vs("1s"),
+            &good_vs("2s").replace("name: reviews\n  namespace", "name: reviews-again\n  namespace"),
+            // A subset no DestinationRule defines.
+            &vs("  - route:\n    - destination:\n        host: reviews\n        subset: v9\n").replace("hosts:\n  - reviews", "hosts:\n  - reviews.other").replace("name: reviews\n  namespace", "name: nosubset\n  namespace"),
+            // A port without a protocol name.
+            "apiVersion: v1\nkind: Service\nmetadata: {name: plain, namespace: default}\nspec:\n  ports: [{name: web, port: 80}]\n",
+        ]),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .arg("analyze")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let has = |code: &str, object: &str, text: &str| {
+        out.lines()
+            .any(|l| l.contains(&format!("[{code}]")) && l.contains(object) && l.contains(text))
+    };
+    assert!(
+        has("IST0101", "VirtualService default/lost", "nowhere"),
+        "{out}"
+    );
+    assert!(
+        has(
+            "IST0109",
+            "VirtualService default/reviews-again",
+            "already routed"
+        ),
+        "{out}"
+    );
+    assert!(
+        has("IST0101", "VirtualService default/nosubset", "v9"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("Info [IST0118]")
+            && l.contains("Service default/plain")
+            && l.contains("\"web\"")),
+        "{out}"
+    );
+    // A clean directory.
+    let (code, _, _) = pilotfish_validate(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join("bookinfo"),
+    );
+    assert_eq!(code, 0);
+    let o = Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .arg("analyze")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join("bookinfo"),
+        )
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("No validation issues found"), "{out}");
+}

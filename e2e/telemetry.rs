@@ -299,6 +299,16 @@ fn requests_are_counted_with_istios_labels() {
         let got = delta(&now, "istio_requests_total", l);
         println!("istio_requests_total{l:?}: {got} (want {n})");
     }
+    for r in ["source", "destination"] {
+        println!(
+            "TCP closed ({r}): {}",
+            delta(
+                &now,
+                "istio_tcp_connections_closed_total",
+                &[("reporter", r), ("source_workload", "a")]
+            )
+        );
+    }
     assert!(settled, "counts differ (above)\n{}", cp.log_tail(20));
 
     // The destination side's labels: verified principals, mutual TLS, the registry's
@@ -350,6 +360,7 @@ fn requests_are_counted_with_istios_labels() {
     }
     dashboards_find_their_series(&now);
     service_graph(&cp);
+    istioctl_commands(&cp, &mesh);
 
     // Durations: every request's duration is within its measured call time.
     let dsum = delta(
@@ -683,4 +694,215 @@ fn an_overloaded_sink_drops_and_counts_and_sidecars_keep_serving() {
         "the flood never exceeded the sink: {st}"
     );
     assert!(peak < 512.0, "pilotfish's memory grew to {peak} MB");
+}
+
+fn pilotfish(args: &[&str]) -> (i32, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pilotfish"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    )
+}
+
+/// A proxy (a plain ADS client) that NACKs the clusters it is sent, with `error`.
+fn nacking_proxy(xds: &str, ip: &str, error: &str) -> std::thread::JoinHandle<()> {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use envoy_types::pb::google::rpc::Status;
+    let (xds, ip, error) = (xds.to_string(), ip.to_string(), error.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let node = Node {
+                id: format!("sidecar~{ip}~nacker.default~default.svc.cluster.local"),
+                ..Default::default()
+            };
+            let cds = "type.googleapis.com/envoy.config.cluster.v3.Cluster".to_string();
+            tx.send(DiscoveryRequest {
+                node: Some(node),
+                type_url: cds.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            let mut s = c
+                .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            let r = s.message().await.unwrap().unwrap();
+            tx.send(DiscoveryRequest {
+                type_url: cds,
+                response_nonce: r.nonce.clone(),
+                error_detail: Some(Status {
+                    code: 3,
+                    message: error,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+            // Stay connected a while so the status can be read.
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            drop(tx);
+        })
+    })
+}
+
+/// `pilotfish proxy-status` and `proxy-config` against the running pilotfish, with the
+/// sidecars above and one proxy that NACKs.
+fn istioctl_commands(cp: &ControlPlane, mesh: &Mesh) {
+    let debug = cp.http_address.clone();
+    let _nacker = nacking_proxy(
+        &cp.xds_address,
+        &mesh.addr(99).to_string(),
+        "cluster foo: bad weights for the test",
+    );
+    let mut out = String::new();
+    let ok = wait_until(Duration::from_secs(10), || {
+        out = pilotfish(&["proxy-status", "--debug-address", &debug]).1;
+        out.contains("nacker.default")
+    });
+    println!("{out}");
+    assert!(ok, "{out}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(out.lines().next().unwrap().starts_with("NAME"), "{out}");
+    for p in ["a.default", "b.default"] {
+        let r = row(p);
+        assert_eq!(
+            r.matches("SYNCED").count(),
+            5,
+            "{p} is synced on CDS, LDS, EDS, RDS and SDS: {r}"
+        );
+    }
+    assert!(row("nacker.default").contains("NACKED"), "{out}");
+    assert!(
+        out.contains("nacker.default CDS: cluster foo: bad weights for the test"),
+        "{out}"
+    );
+    let (code, one) = pilotfish(&["proxy-status", "a.default", "--debug-address", &debug]);
+    assert_eq!(code, 0);
+    assert_eq!(one.lines().count(), 2, "{one}");
+
+    let (code, clusters) = pilotfish(&[
+        "proxy-config",
+        "clusters",
+        "a.default",
+        "--debug-address",
+        &debug,
+    ]);
+    println!("{clusters}");
+    assert_eq!(code, 0, "{clusters}");
+    assert!(clusters.lines().next().unwrap().starts_with("SERVICE FQDN"));
+    assert!(
+        clusters
+            .lines()
+            .any(|l| l.starts_with("b.default.svc.cluster.local")
+                && l.contains("8080")
+                && l.contains("outbound")
+                && l.contains("EDS")),
+        "{clusters}"
+    );
+    let (_, endpoints) = pilotfish(&[
+        "proxy-config",
+        "endpoints",
+        "a.default",
+        "--debug-address",
+        &debug,
+    ]);
+    assert!(
+        endpoints.contains(&format!("{}:8080", mesh.addr(11))) && endpoints.contains("HEALTHY"),
+        "{endpoints}"
+    );
+    let (_, listeners) = pilotfish(&[
+        "proxy-config",
+        "listeners",
+        "a.default",
+        "--debug-address",
+        &debug,
+    ]);
+    assert!(
+        listeners.contains("15001")
+            && listeners.contains("15006")
+            && listeners.contains("Route: 8080"),
+        "{listeners}"
+    );
+    let (_, routes) = pilotfish(&[
+        "proxy-config",
+        "routes",
+        "a.default",
+        "--debug-address",
+        &debug,
+    ]);
+    assert!(
+        routes.lines().next().unwrap().starts_with("NAME"),
+        "{routes}"
+    );
+    assert!(routes.contains("8080"), "{routes}");
+    let (_, json) = pilotfish(&[
+        "proxy-config",
+        "clusters",
+        "a.default",
+        "-o",
+        "json",
+        "--debug-address",
+        &debug,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["name"] == "outbound|8080||b.default.svc.cluster.local"));
+    let (_, secrets) = pilotfish(&[
+        "proxy-config",
+        "secrets",
+        "a.default",
+        "--debug-address",
+        &debug,
+    ]);
+    println!("{secrets}");
+    assert!(
+        secrets
+            .lines()
+            .any(|l| l.starts_with("default") && l.contains(A)),
+        "{secrets}"
+    );
+    assert!(
+        secrets
+            .lines()
+            .any(|l| l.starts_with("ROOTCA") && l.contains("signing")),
+        "{secrets}"
+    );
+    assert!(!secrets.contains("PRIVATE KEY"));
+    let (code, e) = pilotfish(&[
+        "proxy-config",
+        "clusters",
+        "nobody",
+        "--debug-address",
+        &debug,
+    ]);
+    assert_ne!(code, 0);
+    assert!(e.contains("no connected proxy matches"), "{e}");
 }

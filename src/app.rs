@@ -1574,19 +1574,27 @@ async fn shutdown_signal() {
     }
 }
 
-pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
-    // The same pipeline as `serve`: parse, validate, then cross-reference checks.
+/// The World `serve` would build from these files: parse, validate, then cross-reference
+/// checks (for `validate` and `analyze`).
+pub fn world_from_paths(
+    paths: &[PathBuf],
+    mesh_config: Option<&std::path::Path>,
+) -> anyhow::Result<Arc<crate::model::World>> {
     let mut mesh = MeshConfig {
         // `serve` turns the built-in provider on by default: check policies as it would.
         builtin_authz: Some("pilotfish:15012".into()),
         ..Default::default()
     };
-    if let Some(path) = &a.mesh_config {
+    if let Some(path) = mesh_config {
         load_mesh_config(path, &mut mesh)?;
     }
     let mut index = Index::new(mesh);
-    index.reset(parse_all(crate::source::file::read_tree(&a.paths)?));
-    let world = index.snapshot();
+    index.reset(parse_all(crate::source::file::read_tree(paths)?));
+    Ok(Arc::new(index.snapshot()))
+}
+
+pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let world = world_from_paths(&a.paths, a.mesh_config.as_deref())?;
     for e in &world.errors {
         println!("{e}");
     }

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod bootstrap;
 pub mod ca;
 pub mod check;
+pub mod cli;
 pub mod debug;
 pub mod envoy_json;
 pub mod inject;

@@ -34,6 +34,12 @@ enum Cmd {
     Iptables(pilotfish::iptables::IptablesArgs),
     /// Print the CustomResourceDefinitions of the Istio kinds pilotfish reads (crds/istio.yaml).
     Crds,
+    /// Per connected proxy and type: SYNCED, STALE, NACKED (with the error) or NOT SENT.
+    ProxyStatus(pilotfish::cli::ProxyStatusArgs),
+    /// The clusters, listeners, routes, endpoints or secrets a proxy is served.
+    ProxyConfig(pilotfish::cli::ProxyConfigArgs),
+    /// Validation plus Istio's everyday analyzers, offline (exit 1 on an error).
+    Analyze(pilotfish::cli::AnalyzeArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +52,9 @@ fn main() -> ExitCode {
         Cmd::Check(a) => pilotfish::check::run(a),
         Cmd::Bootstrap(a) => pilotfish::bootstrap::run(a),
         Cmd::Iptables(a) => pilotfish::iptables::run(a),
+        Cmd::ProxyStatus(a) => pilotfish::cli::proxy_status(a),
+        Cmd::ProxyConfig(a) => pilotfish::cli::proxy_config(a),
+        Cmd::Analyze(a) => pilotfish::cli::analyze(a),
         Cmd::Crds => {
             print!("{}", pilotfish::api::crds::render());
             Ok(ExitCode::SUCCESS)

@@ -252,6 +252,38 @@ pub fn validate(r: &Resource) -> Problems {
     v.p
 }
 
+/// Header names Envoy refuses to set or remove (it NACKs the whole route configuration):
+/// pseudo-headers (`:path`, `:authority`, ...) and `host` (rewrite them with `rewrite`).
+fn header_ops(v: &mut V, f: &str, h: Option<&super::networking::Headers>) {
+    let Some(h) = h else {
+        return;
+    };
+    for (side, ops) in [("request", &h.request), ("response", &h.response)] {
+        let Some(ops) = ops else {
+            continue;
+        };
+        let names = ops
+            .set
+            .keys()
+            .map(|k| ("set", k))
+            .chain(ops.add.keys().map(|k| ("add", k)))
+            .chain(ops.remove.iter().map(|k| ("remove", k)));
+        for (op, k) in names {
+            if k.is_empty() || k.starts_with(':') || k.eq_ignore_ascii_case("host") {
+                v.bad(
+                    format!("{f}.{side}.{op}.{k}"),
+                    "pseudo-headers and host cannot be set or removed (use rewrite for the path and authority)",
+                );
+            } else if !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                v.bad(format!("{f}.{side}.{op}.{k}"), "invalid header name");
+            }
+        }
+    }
+}
+
 fn virtual_service(v: &mut V, vs: &VirtualService) {
     if vs.hosts.is_empty() {
         v.bad("spec.hosts", "at least one host is required");
@@ -314,7 +346,9 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             }
         }
         let mut total = 0i64;
+        header_ops(v, &format!("{f}.headers"), h.headers.as_ref());
         for (j, d) in h.route.iter().enumerate() {
+            header_ops(v, &format!("{f}.route[{j}].headers"), d.headers.as_ref());
             v.dest(format!("{f}.route[{j}].destination"), &d.destination);
             if d.weight < 0 {
                 v.bad(
