@@ -157,9 +157,21 @@ fn requests_are_counted_with_istios_labels() {
             && call(&a, "http://d:9000/", "").0 == 200
     });
     assert!(up, "the mesh never converged\n{}", cp.log_tail(30));
-    // Let the warm-up requests' entries arrive, then count from here.
-    std::thread::sleep(Duration::from_secs(2));
-    let before = samples(&cp);
+    // Let the warm-up requests' entries arrive (a sidecar's log stream may connect after
+    // its first requests), then count from here: wait until the totals stop moving.
+    let settled_total = |s: &[Sample]| {
+        total(s, "istio_requests_total", &[]) + total(s, "istio_tcp_connections_closed_total", &[])
+    };
+    let mut before = samples(&cp);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = samples(&cp);
+        let still = settled_total(&now) == settled_total(&before);
+        before = now;
+        if still {
+            break;
+        }
+    }
 
     let mut took = 0.0;
     let mut codes = BTreeMap::new();
@@ -361,6 +373,7 @@ fn requests_are_counted_with_istios_labels() {
     dashboards_find_their_series(&now);
     service_graph(&cp);
     istioctl_commands(&cp, &mesh);
+    dashboard_in_a_browser(&cp, &mesh, dir.path());
 
     // Durations: every request's duration is within its measured call time.
     let dsum = delta(
@@ -724,9 +737,15 @@ fn nacking_proxy(xds: &str, ip: &str, error: &str) -> std::thread::JoinHandle<()
             .build()
             .unwrap();
         rt.block_on(async {
-            let mut c = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
-                .await
-                .unwrap();
+            let mut c = loop {
+                match AggregatedDiscoveryServiceClient::connect(format!("http://{xds}")).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        eprintln!("nacking proxy: connect: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            };
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             let node = Node {
                 id: format!("sidecar~{ip}~nacker.default~default.svc.cluster.local"),
@@ -759,7 +778,7 @@ fn nacking_proxy(xds: &str, ip: &str, error: &str) -> std::thread::JoinHandle<()
             .await
             .unwrap();
             // Stay connected a while so the status can be read.
-            tokio::time::sleep(Duration::from_secs(20)).await;
+            tokio::time::sleep(Duration::from_secs(40)).await;
             drop(tx);
         })
     })
@@ -777,7 +796,8 @@ fn istioctl_commands(cp: &ControlPlane, mesh: &Mesh) {
     let mut out = String::new();
     let ok = wait_until(Duration::from_secs(10), || {
         out = pilotfish(&["proxy-status", "--debug-address", &debug]).1;
-        out.contains("nacker.default")
+        out.lines()
+            .any(|l| l.starts_with("nacker.default") && l.contains("NACKED"))
     });
     println!("{out}");
     assert!(ok, "{out}");
@@ -905,4 +925,110 @@ fn istioctl_commands(cp: &ControlPlane, mesh: &Mesh) {
     ]);
     assert_ne!(code, 0);
     assert!(e.contains("no connected proxy matches"), "{e}");
+}
+
+/// The dashboard at `/ui` in a real browser (Debian's Chromium, headless): the graph shows
+/// the traffic's edges with their rates and a chosen node's panel, the proxies page a NACK
+/// with its error and the object it blames, the config page a broken file's field error.
+/// Screenshots of each page go to `target/ui-screenshots/`.
+fn dashboard_in_a_browser(cp: &ControlPlane, mesh: &Mesh, config_dir: &std::path::Path) {
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    write(
+        config_dir,
+        "broken.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: broken}\nspec:\n  hosts: [c]\n  http:\n  - timeout: soon\n    route: [{destination: {host: c}}]\n",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || cp
+            .get("/debug/configz")
+            .map(|r| r.1.contains("broken.yaml"))
+            .unwrap_or(false)),
+        "the broken file is not reported"
+    );
+    let _nacker = nacking_proxy(
+        &cp.xds_address,
+        &mesh.addr(98).to_string(),
+        "cluster outbound|8080||b.default.svc.cluster.local: rejected for the test",
+    );
+    assert!(wait_until(Duration::from_secs(10), || cp
+        .get("/debug/syncz")
+        .map(|r| r.1.contains("rejected for the test"))
+        .unwrap_or(false)));
+    let base = format!("http://{}/ui", cp.http_address);
+
+    let dom = support::browse(
+        &format!("{base}#/graph?node=workload:default/a&window=1m"),
+        &shots.join("graph.png"),
+    )
+    .unwrap();
+    assert!(
+        dom.contains("data-loaded=\"graph\""),
+        "the graph page did not load: {}",
+        &dom[..dom.len().min(2000)]
+    );
+    assert!(
+        dom.contains("data-source=\"workload:default/a\" data-target=\"service:b.default.svc.cluster.local\""),
+        "no edge a -> b drawn"
+    );
+    assert!(dom.contains(
+        "data-source=\"service:b.default.svc.cluster.local\" data-target=\"workload:default/b-1\""
+    ));
+    let edge_texts: Vec<&str> = dom.split("<text").filter(|t| t.contains(" rps")).collect();
+    assert!(
+        !edge_texts.is_empty() && edge_texts.iter().any(|t| !t.contains(">0.00 rps")),
+        "rates are zero"
+    );
+    assert!(
+        dom.contains("<h3 id=\"panel-title\">workload:default/a</h3>"),
+        "the chosen node's panel"
+    );
+    assert!(
+        dom.contains("Outbound") && dom.contains("service:b.default.svc.cluster.local</td>"),
+        "the panel lists a's outbound traffic"
+    );
+
+    let dom = support::browse(&format!("{base}#/proxies"), &shots.join("proxies.png")).unwrap();
+    assert!(dom.contains("data-loaded=\"proxies\""));
+    let row = dom
+        .split("<tr")
+        .find(|r| r.contains("nacker.default"))
+        .unwrap_or("");
+    assert!(row.contains("class=\"NACKED\""), "the NACK shows: {row}");
+    assert!(
+        row.contains("rejected for the test"),
+        "with its error: {row}"
+    );
+    assert!(
+        row.contains("blamed: VirtualService default/b"),
+        "and the object blamed: {row}"
+    );
+    assert!(dom
+        .split("<tr")
+        .any(|r| r.contains("a.default") && r.matches("class=\"SYNCED\"").count() == 5));
+
+    let dom = support::browse(&format!("{base}#/config"), &shots.join("config.png")).unwrap();
+    assert!(dom.contains("data-loaded=\"config\""));
+    let err = dom
+        .split("<tr")
+        .find(|r| r.contains("broken.yaml"))
+        .unwrap_or("");
+    assert!(
+        err.contains("spec.http[0].timeout") && err.contains("VirtualService default/broken"),
+        "the field error: {err}"
+    );
+    assert!(dom.contains("class=\"accepted\""));
+    for page in ["graph", "proxies", "config"] {
+        let png = shots.join(format!("{page}.png"));
+        assert!(
+            std::fs::metadata(&png)
+                .map(|m| m.len() > 10_000)
+                .unwrap_or(false),
+            "{page} screenshot"
+        );
+    }
+    println!("dashboard screenshots in {}", shots.display());
+    std::fs::remove_file(config_dir.join("broken.yaml")).unwrap();
 }

@@ -182,6 +182,71 @@ pub fn ensure_host_tools() -> Result<(), String> {
     .clone()
 }
 
+/// Debian's Chromium for the browser tests, installed with apt-get when missing (root).
+pub fn chromium_bin() -> Result<PathBuf, String> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = PathBuf::from("/usr/bin/chromium");
+        let works = || tool_works("/usr/bin/chromium", "--version");
+        if works() {
+            return Ok(bin);
+        }
+        if !is_root() {
+            return Err("chromium missing and not root".into());
+        }
+        with_file_lock(&tools_dir().join("apt.lock"), || {
+            if works() {
+                return Ok(bin.clone());
+            }
+            eprintln!("e2e: installing Debian's chromium with apt-get");
+            let o = sh(
+                "export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium || \
+                 (apt-get update -q && apt-get install -y -q chromium)",
+                Duration::from_secs(900),
+            );
+            if works() {
+                Ok(bin.clone())
+            } else {
+                Err(format!("apt-get install chromium failed: {}", o.describe()))
+            }
+        })
+    })
+    .clone()
+}
+
+/// Headless Chromium on `url`: the DOM after its scripts ran (`--dump-dom`), and a
+/// screenshot written to `png` (1400×900).
+pub fn browse(url: &str, png: &Path) -> Result<String, String> {
+    let bin = chromium_bin()?;
+    let base = [
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--hide-scrollbars",
+        "--window-size=1400,900",
+        "--virtual-time-budget=6000",
+    ];
+    let dom = cmd::run(
+        Command::new(&bin).args(base).arg("--dump-dom").arg(url),
+        Duration::from_secs(90),
+    );
+    if !dom.ok() {
+        return Err(dom.describe());
+    }
+    let shot = cmd::run(
+        Command::new(&bin)
+            .args(base)
+            .arg(format!("--screenshot={}", png.display()))
+            .arg(url),
+        Duration::from_secs(90),
+    );
+    if !png.exists() {
+        return Err(shot.describe());
+    }
+    Ok(dom.stdout)
+}
+
 fn is_elf(p: &Path) -> bool {
     use std::io::Read;
     let mut magic = [0u8; 4];

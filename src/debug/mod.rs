@@ -48,11 +48,44 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/authorizationz", get(authorizationz))
         .route("/debug/graphz", get(graphz))
         .route("/debug/telemetryz", get(telemetryz))
+        .route(
+            "/ui",
+            get(|| async { ui_asset("text/html; charset=utf-8", UI_HTML) }),
+        )
+        .route(
+            "/ui/",
+            get(|| async { ui_asset("text/html; charset=utf-8", UI_HTML) }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { ui_asset("text/javascript; charset=utf-8", UI_JS) }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ))
         .with_state(state)
+}
+
+/// The dashboard (`/ui`): a static page and its script, built into the binary. They hold no
+/// data (the script fetches the debug pages, with the token when one is needed), so they are
+/// served without the token; nothing is loaded from anywhere else (CSP `'self'`).
+const UI_HTML: &str = include_str!("ui/index.html");
+const UI_JS: &str = include_str!("ui/app.js");
+
+fn ui_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// Outside loopback the debug pages need `authorization: Bearer <token>` (compared in
@@ -65,7 +98,8 @@ async fn authenticate(
     let Some(token) = &s.token else {
         return next.run(req).await;
     };
-    if s.open_paths.iter().any(|p| p == req.uri().path()) {
+    let path = req.uri().path();
+    if s.open_paths.iter().any(|p| p == path) || path == "/ui" || path.starts_with("/ui/") {
         return next.run(req).await;
     }
     let given = req
