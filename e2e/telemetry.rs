@@ -138,7 +138,20 @@ fn requests_are_counted_with_istios_labels() {
             d = mesh.addr(13),
         ),
     );
-    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let logs = tempfile::tempdir().unwrap();
+    let log_file = logs.path().join("access.log");
+    let cp = ControlPlane::start_with(
+        &mesh,
+        dir.path(),
+        &[
+            "--debounce-ms",
+            "50",
+            "--access-log-file",
+            log_file.to_str().unwrap(),
+            "--access-log-max-bytes",
+            "16384",
+        ],
+    );
     let b = mesh.start_pod(PodSpec::new("b").host(11).service_account("b").secure(&cp));
     let c = mesh.start_pod(PodSpec::new("c").host(12).service_account("c").secure(&cp));
     let d = mesh.start_pod(PodSpec::new("d").host(13).service_account("d").secure(&cp));
@@ -370,6 +383,7 @@ fn requests_are_counted_with_istios_labels() {
         };
         assert_eq!(l["connection_security_policy"], want, "{l:?}");
     }
+    json_access_log(&log_file);
     dashboards_find_their_series(&now);
     service_graph(&cp);
     istioctl_commands(&cp, &mesh);
@@ -1031,4 +1045,52 @@ fn dashboard_in_a_browser(cp: &ControlPlane, mesh: &Mesh, config_dir: &std::path
     }
     println!("dashboard screenshots in {}", shots.display());
     std::fs::remove_file(config_dir.join("broken.yaml")).unwrap();
+}
+
+/// `--access-log-file`: every entry as a JSON line, rotated by size.
+fn json_access_log(file: &std::path::Path) {
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut lines = Vec::new();
+    let files: Vec<std::path::PathBuf> = std::iter::once(file.to_path_buf())
+        .chain((1..=20).map(|i| file.with_extension(format!("log.{i}"))))
+        .filter(|f| f.exists())
+        .collect();
+    println!("JSON access log files: {}", files.len());
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        if f != file {
+            assert!(std::fs::metadata(&f)
+                .map(|m| m.len() <= 16384)
+                .unwrap_or(true));
+        }
+        for l in text.lines() {
+            lines.push(
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}")),
+            );
+        }
+    }
+    assert!(
+        file.with_extension("log.1").exists(),
+        "no rotation at 16 KiB"
+    );
+    let n503 = lines
+        .iter()
+        .filter(|l| {
+            l["reporter"] == "source"
+                && l["source_workload"] == "a"
+                && l["destination_service"] == "b.default.svc.cluster.local"
+                && l["response_code"] == "503"
+                && l["method"] == "GET"
+                && l["path"] == "/?status=503"
+        })
+        .count();
+    println!(
+        "JSON access log: {} lines kept, {n503} for a -> b 503",
+        lines.len()
+    );
+    assert_eq!(n503, 5, "the 503s in the JSON log");
+    assert!(lines.iter().any(|l| l["protocol"] == "tcp"
+        && l["event"] == "TcpConnectionEnd"
+        && l["destination_workload"] == "d-1"));
+    assert!(lines.iter().all(|l| !l.to_string().contains("PRIVATE KEY")));
 }

@@ -159,6 +159,15 @@ pub struct ServeArgs {
     /// quiet for an hour make room.
     #[arg(long, default_value_t = 2_000)]
     pub graph_max_edges: usize,
+    /// Also write every access-log entry as a JSON line to this file.
+    #[arg(long)]
+    pub access_log_file: Option<PathBuf>,
+    /// Rotate the JSON access log past this size (bytes): FILE becomes FILE.1, and so on.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub access_log_max_bytes: u64,
+    /// Rotated JSON access logs kept.
+    #[arg(long, default_value_t = 3)]
+    pub access_log_keep: u32,
     #[command(flatten)]
     pub ca: CaArgs,
 }
@@ -911,6 +920,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         a.telemetry_max_series,
         a.graph_max_edges,
     );
+    if let Some(f) = &a.access_log_file {
+        telemetry
+            .log_to_file(f.clone(), a.access_log_max_bytes, a.access_log_keep)
+            .with_context(|| format!("--access-log-file {}", f.display()))?;
+    }
     telemetry.start();
     let sink = |require_peer: bool| {
         envoy_types::pb::envoy::service::accesslog::v3::access_log_service_server::AccessLogServiceServer::new(

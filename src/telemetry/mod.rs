@@ -16,6 +16,7 @@
 //! counted (`pilotfish_telemetry_dropped_entries_total`). Envoy's own gRPC logger buffers
 //! and drops on its side too, never blocking a request.
 
+pub mod file_log;
 pub mod graph;
 pub mod labels;
 pub mod sink;
@@ -83,6 +84,8 @@ pub struct Telemetry {
     /// Bytes already counted per open TCP connection (reporter id, stream id).
     tcp: Mutex<HashMap<(String, String), (u64, u64)>>,
     queue: Mutex<Option<tokio::sync::mpsc::Sender<Batch>>>,
+    /// The JSON access log, when asked for.
+    pub file_log: Mutex<Option<file_log::FileLog>>,
 }
 
 impl Telemetry {
@@ -102,7 +105,20 @@ impl Telemetry {
             resolver: Mutex::new(None),
             tcp: Mutex::new(HashMap::new()),
             queue: Mutex::new(None),
+            file_log: Mutex::new(None),
         })
+    }
+
+    /// Also writes every entry as a JSON line to `path` (rotated past `max_bytes`, `keep`
+    /// old files).
+    pub fn log_to_file(
+        &self,
+        path: std::path::PathBuf,
+        max_bytes: u64,
+        keep: u32,
+    ) -> std::io::Result<()> {
+        *self.file_log.lock().unwrap() = Some(file_log::FileLog::new(path, max_bytes, keep)?);
+        Ok(())
     }
 
     /// Starts the worker thread; `submit` queues for it from then on.
@@ -115,6 +131,11 @@ impl Telemetry {
             .spawn(move || {
                 while let Some(b) = rx.blocking_recv() {
                     me.process(&b);
+                    if rx.is_empty() {
+                        if let Some(l) = me.file_log.lock().unwrap().as_mut() {
+                            l.flush();
+                        }
+                    }
                 }
             })
             .expect("telemetry thread");
@@ -343,6 +364,23 @@ impl Telemetry {
                 response_bytes: resp.response_body_bytes,
             },
         );
+        if let Some(l) = self.file_log.lock().unwrap().as_mut() {
+            l.write(&serde_json::json!({
+                "start_time": c.start_time.as_ref().map(|t| t.seconds as f64 + t.nanos as f64 / 1e9),
+                "reporter": labels.v[0],
+                "source_workload": src.name, "source_namespace": src.namespace, "source_principal": src.principal,
+                "destination_service": svc.0, "destination_workload": dst.name, "destination_namespace": dst.namespace,
+                "destination_principal": dst.principal,
+                "protocol": if grpc { "grpc" } else { "http" },
+                "method": envoy_types::pb::envoy::config::core::v3::RequestMethod::try_from(req.request_method).map(|m| m.as_str_name()).unwrap_or("-"),
+                "authority": req.authority, "path": req.path,
+                "response_code": code, "grpc_status": grpc_status, "response_flags": flags,
+                "duration_ms": duration_ms,
+                "request_bytes": req.request_body_bytes, "response_bytes": resp.response_body_bytes,
+                "connection_security_policy": policy,
+                "upstream_cluster": c.upstream_cluster,
+            }));
+        }
         let error = code == "0"
             || code.starts_with('5')
             || (grpc && !grpc_status.is_empty() && grpc_status != "0");
@@ -455,6 +493,21 @@ impl Telemetry {
                 closed,
             },
         );
+        if let Some(l) = self.file_log.lock().unwrap().as_mut() {
+            l.write(&serde_json::json!({
+                "start_time": c.start_time.as_ref().map(|t| t.seconds as f64 + t.nanos as f64 / 1e9),
+                "reporter": labels.v[0],
+                "event": format!("{kind:?}"),
+                "source_workload": src.name, "source_namespace": src.namespace, "source_principal": src.principal,
+                "destination_service": svc.0, "destination_workload": dst.name, "destination_namespace": dst.namespace,
+                "destination_principal": dst.principal,
+                "protocol": "tcp",
+                "received_bytes": received, "sent_bytes": sent,
+                "response_flags": flags,
+                "connection_security_policy": policy,
+                "upstream_cluster": c.upstream_cluster,
+            }));
+        }
         self.edge(
             r,
             &src,
