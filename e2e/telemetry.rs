@@ -1094,3 +1094,116 @@ fn json_access_log(file: &std::path::Path) {
         && l["destination_workload"] == "d-1"));
     assert!(lines.iter().all(|l| !l.to_string().contains("PRIVATE KEY")));
 }
+
+/// On the TLS port the sink takes a log stream only with a mesh certificate whose identity is
+/// the one the node claims: a proxy reports only as itself.
+#[tokio::test]
+async fn the_tls_sink_takes_only_a_proxy_reporting_as_itself() {
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use envoy_types::pb::envoy::service::accesslog::v3::access_log_service_client::AccessLogServiceClient;
+    use envoy_types::pb::envoy::service::accesslog::v3::stream_access_logs_message::{
+        HttpAccessLogEntries, Identifier, LogEntries,
+    };
+    use envoy_types::pb::envoy::service::accesslog::v3::StreamAccessLogsMessage;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let dir = tempfile::tempdir().unwrap();
+    let cp = tokio::task::spawn_blocking({
+        let d = dir.path().to_path_buf();
+        move || ControlPlane::start_local(&d, &[])
+    })
+    .await
+    .unwrap();
+    let ca = pilotfish::ca::Ca::load_or_create(&pilotfish::ca::CaConfig {
+        state_dir: cp.state_dir(),
+        ..Default::default()
+    })
+    .unwrap();
+    let svid = ca
+        .mint(
+            &pilotfish::ca::Identity {
+                namespace: "default".into(),
+                service_account: "a".into(),
+            },
+            Duration::from_secs(600),
+        )
+        .unwrap();
+    let root = std::fs::read_to_string(cp.state_dir().join("root-cert.pem")).unwrap();
+    let channel = |cert: bool| {
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&root))
+            .domain_name("pilotfish");
+        if cert {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &svid.cert_chain_pem,
+                &svid.key_pem,
+            ));
+        }
+        tonic::transport::Channel::from_shared(format!("https://{}", cp.secure_address))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let message = |sa: &str| {
+        let meta = |v: &str| Value {
+            kind: Some(Kind::StringValue(v.into())),
+        };
+        StreamAccessLogsMessage {
+            identifier: Some(Identifier {
+                node: Some(Node {
+                    id: "sidecar~10.9.9.9~a.default~default.svc.cluster.local".into(),
+                    metadata: Some(Struct {
+                        fields: [
+                            ("NAMESPACE".to_string(), meta("default")),
+                            ("SERVICE_ACCOUNT".to_string(), meta(sa)),
+                        ]
+                        .into(),
+                    }),
+                    ..Default::default()
+                }),
+                log_name: "pilotfish-outbound".into(),
+            }),
+            log_entries: Some(LogEntries::HttpLogs(HttpAccessLogEntries {
+                log_entry: vec![als::entry(
+                    "10.9.9.9",
+                    "10.9.9.10",
+                    "outbound|80||x.default.svc.cluster.local",
+                    200,
+                    5,
+                )],
+            })),
+        }
+    };
+    let send = |ch: tonic::transport::Endpoint, m: StreamAccessLogsMessage| async move {
+        let mut c = AccessLogServiceClient::new(ch.connect().await.unwrap());
+        c.stream_access_logs(tokio_stream::iter(vec![m])).await
+    };
+    let status = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&cp.get("/debug/telemetryz").unwrap().1).unwrap();
+        (
+            v["entries"].as_u64().unwrap(),
+            v["refused_streams"].as_u64().unwrap(),
+        )
+    };
+    // As itself: taken.
+    let r = send(channel(true), message("a")).await;
+    assert!(r.is_ok(), "{r:?}");
+    let taken = wait_until(Duration::from_secs(5), || status().0 == 1);
+    assert!(taken, "the entry was not taken: {:?}", status());
+    // Claiming another service account than its certificate's: refused.
+    let r = send(channel(true), message("b")).await;
+    assert_eq!(
+        r.as_ref().err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied),
+        "{r:?}"
+    );
+    // Without a certificate: refused.
+    let r = send(channel(false), message("a")).await;
+    assert_eq!(
+        r.as_ref().err().map(|s| s.code()),
+        Some(tonic::Code::PermissionDenied),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status(), (1, 2), "one entry taken, two streams refused");
+}
