@@ -1004,6 +1004,40 @@ fn dashboard_in_a_browser(cp: &ControlPlane, mesh: &Mesh, config_dir: &std::path
         "the panel lists a's outbound traffic"
     );
 
+    // A real click on a node (Playwright driving the same Chromium) opens its panel.
+    support::chromium_bin().unwrap();
+    let py = support::playwright_python().unwrap();
+    let o = support::run(
+        std::process::Command::new(py)
+            .arg(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("e2e")
+                    .join("ui_click.py"),
+            )
+            .arg(format!("{base}#/graph?window=1m"))
+            .arg("service:b.default.svc.cluster.local")
+            .arg(shots.join("graph-click.png")),
+        Duration::from_secs(120),
+    );
+    println!("{}", o.stdout);
+    assert!(o.ok(), "click: {}", o.describe());
+    assert!(
+        o.stdout
+            .contains("TITLE: service:b.default.svc.cluster.local"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("workload:default/a") && o.stdout.contains("workload:default/b-1"),
+        "inbound from a, outbound to b-1: {}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("VirtualService default/b"),
+        "the config that applies: {}",
+        o.stdout
+    );
+
     let dom = support::browse(&format!("{base}#/proxies"), &shots.join("proxies.png")).unwrap();
     assert!(dom.contains("data-loaded=\"proxies\""));
     let row = dom

@@ -214,6 +214,44 @@ pub fn chromium_bin() -> Result<PathBuf, String> {
     .clone()
 }
 
+/// A Python with Playwright (a venv in the tools cache, made when missing), to drive
+/// Debian's Chromium (Playwright's own browser download cannot work here).
+pub fn playwright_python() -> Result<PathBuf, String> {
+    static PY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PY.get_or_init(|| {
+        let venv = tools_dir().join("pw-venv");
+        let py = venv.join("bin").join("python3");
+        let works = || {
+            Command::new(&py)
+                .args(["-c", "import playwright.sync_api"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        if works() {
+            return Ok(py);
+        }
+        with_file_lock(&tools_dir().join("pw.lock"), || {
+            if works() {
+                return Ok(py.clone());
+            }
+            let o = sh(
+                &format!(
+                    "python3 -m venv {v} && {v}/bin/pip install -q playwright",
+                    v = venv.display()
+                ),
+                Duration::from_secs(900),
+            );
+            if works() {
+                Ok(py.clone())
+            } else {
+                Err(format!("installing playwright failed: {}", o.describe()))
+            }
+        })
+    })
+    .clone()
+}
+
 /// Headless Chromium on `url`: the DOM after its scripts ran (`--dump-dom`), and a
 /// screenshot written to `png` (1400×900).
 pub fn browse(url: &str, png: &Path) -> Result<String, String> {
