@@ -1145,6 +1145,13 @@ fn two_replicas_one_leader_takes_over() {
     );
     // And status writes: a second VirtualService for the same host passes the webhook (it
     // checks one object alone) and the survivor's status write says why it is not served.
+    conflicting_virtual_service_gets_a_status(&api, survivor);
+}
+
+/// Applies a second VirtualService for `reviews` (`reviews-2`) and waits for the leader's
+/// status on it: generation 1, `Accepted` `False`, naming the VirtualService that has the
+/// host.
+fn conflicting_virtual_service_gets_a_status(api: &KubeApi, cp: &ControlPlane) {
     let o = api.apply(&REVIEWS.replace(
         "name: reviews, namespace: default}\nspec:\n  hosts",
         "name: reviews-2, namespace: default}\nspec:\n  hosts",
@@ -1165,9 +1172,37 @@ fn two_replicas_one_leader_takes_over() {
     });
     assert!(
         written && st.contains("already routed by VirtualService default/reviews"),
-        "the survivor writes no status: {st:?}\n{}",
-        survivor.log_tail(20)
+        "no status written: {st:?}\n{}",
+        cp.log_tail(20)
     );
+}
+
+/// A kubeconfig like the admin's that authenticates as the service account `sa` of
+/// `pilotfish-system` (a TokenRequest token), written into `dir`.
+fn kubeconfig_as(api: &KubeApi, sa: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let token = api.kubectl(&[
+        "create",
+        "token",
+        sa,
+        "-n",
+        "pilotfish-system",
+        "--duration",
+        "1h",
+    ]);
+    assert!(token.ok(), "{}", token.describe());
+    let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
+    let admin_token = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("the admin kubeconfig has a token")
+        .to_string();
+    let kubeconfig = dir.join(format!("kubeconfig-{sa}"));
+    std::fs::write(
+        &kubeconfig,
+        admin.replace(&admin_token, token.stdout.trim()),
+    )
+    .unwrap();
+    kubeconfig
 }
 
 /// The chart's least-privilege RBAC is enough: pilotfish running with the chart's service
@@ -1195,29 +1230,8 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     assert!(o.ok(), "{}", o.describe());
     let o = api.apply(&rendered.stdout);
     assert!(o.ok(), "the chart: {}", o.describe());
-    let token = api.kubectl(&[
-        "create",
-        "token",
-        "pilotfish",
-        "-n",
-        "pilotfish-system",
-        "--duration",
-        "1h",
-    ]);
-    assert!(token.ok(), "{}", token.describe());
-    let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
-    let admin_token = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .expect("the admin kubeconfig has a token")
-        .to_string();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        admin.replace(&admin_token, token.stdout.trim()),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig_as(&api, "pilotfish", dir.path());
 
     let config = tempfile::tempdir().unwrap();
     let port = support::mesh::free_port(std::net::Ipv4Addr::LOCALHOST);
@@ -1257,25 +1271,7 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     // for one host is refused by pilotfish and says so.
     let o = api.apply(REVIEWS);
     assert!(o.ok(), "{}", o.describe());
-    let o = api.apply(&REVIEWS.replace(
-        "name: reviews, namespace: default}\nspec:\n  hosts",
-        "name: reviews-2, namespace: default}\nspec:\n  hosts",
-    ));
-    assert!(o.ok(), "{}", o.describe());
-    let mut st = String::new();
-    let written = wait_until(READY, || {
-        st = api
-            .kubectl(&[
-                "get",
-                "virtualservice",
-                "reviews-2",
-                "-o",
-                "jsonpath={.status.conditions[0].status}",
-            ])
-            .stdout;
-        st == "False"
-    });
-    assert!(written, "no status written: {st:?}\n{}", cp.log_tail(30));
+    conflicting_virtual_service_gets_a_status(&api, &cp);
     let o = api.kubectl(&["get", "secret", "pilotfish-ca", "-n", "pilotfish-system"]);
     assert!(o.ok(), "no CA Secret: {}", o.describe());
     let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
@@ -1394,21 +1390,8 @@ fn nothing_is_served_before_every_kind_has_listed() {
     let o = api.apply(&rbac(false));
     assert!(o.ok(), "{}", o.describe());
     assert!(api.apply(REVIEWS).ok());
-    let token = api.kubectl(&["create", "token", "limited", "-n", "pilotfish-system"]);
-    assert!(token.ok(), "{}", token.describe());
-    let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
-    let admin_token = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token: "))
-        .unwrap()
-        .to_string();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        admin.replace(&admin_token, token.stdout.trim()),
-    )
-    .unwrap();
+    let kubeconfig = kubeconfig_as(&api, "limited", dir.path());
     let config = tempfile::tempdir().unwrap();
     let cp = ControlPlane::start_local_unready(
         config.path(),

@@ -637,6 +637,15 @@ fn serve_process(dir: &std::path::Path, http: &str, extra: &[&str]) -> Serve {
     Serve(child)
 }
 
+/// Waits (30 s at most) until `/ready` on `addr` answers 200.
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(addr, "/ready", None).0 != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// (status, body) of GET `path` on `addr`, with a bearer token when given.
 fn get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let mut r = ureq::get(&format!("http://{addr}{path}")).timeout(Duration::from_secs(5));
@@ -658,11 +667,7 @@ fn debug_pages_outside_loopback_need_a_token() {
     let port = free_port();
     let _s = serve_process(dir.path(), &format!("0.0.0.0:{port}"), &[]);
     let addr = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&addr, "/ready", None).0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr);
     for open in ["/ready", "/healthz", "/metrics"] {
         assert_eq!(get(&addr, open, None).0, 200, "{open} is open");
     }
@@ -708,11 +713,7 @@ fn debug_pages_outside_loopback_need_a_token() {
         &["--debug-token-file", f.to_str().unwrap()],
     );
     let addr2 = format!("127.0.0.1:{port2}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&addr2, "/ready", None).0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr2);
     assert_eq!(
         get(&addr2, "/debug/configz", Some("0123456789abcdef0123")).0,
         200
@@ -742,10 +743,6 @@ fn debug_pages_outside_loopback_need_a_token() {
     let port4 = free_port();
     let _s4 = serve_process(d4.path(), &format!("127.0.0.1:{port4}"), &[]);
     let addr4 = format!("127.0.0.1:{port4}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(&addr4, "/ready", None).0 != 200 {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&addr4);
     assert_eq!(get(&addr4, "/debug/configz", None).0, 200);
 }

@@ -108,21 +108,11 @@ while True:
 print(len(req), n)
 "#;
 
-const A: &str = "spiffe://cluster.local/ns/default/sa/a";
-const B: &str = "spiffe://cluster.local/ns/default/sa/b";
-
-#[test]
-fn requests_are_counted_with_istios_labels() {
-    if !need_root("telemetry") {
-        return;
-    }
-    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mesh = Mesh::new();
-    let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "registry.yaml",
-        &format!(
+/// Services b (HTTP; a VirtualService aborts `/fault` with 500), c (HTTP) and d (raw TCP
+/// on 9000 to the app's 8080), their workloads b-1, c-1, d-1 at hosts 11, 12, 13 (sidecars
+/// with certificates).
+fn registry(mesh: &Mesh) -> String {
+    format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
              apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, version: v1, security.istio.io/tlsMode: istio}}\n---\n\
              apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec:\n  clusterIP: {vc}\n  selector: {{app: c}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
@@ -136,8 +126,21 @@ fn requests_are_counted_with_istios_labels() {
             b = mesh.addr(11),
             c = mesh.addr(12),
             d = mesh.addr(13),
-        ),
-    );
+        )
+}
+
+const A: &str = "spiffe://cluster.local/ns/default/sa/a";
+const B: &str = "spiffe://cluster.local/ns/default/sa/b";
+
+#[test]
+fn requests_are_counted_with_istios_labels() {
+    if !need_root("telemetry") {
+        return;
+    }
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "registry.yaml", &registry(&mesh));
     let logs = tempfile::tempdir().unwrap();
     let log_file = logs.path().join("access.log");
     let cp = ControlPlane::start_with(
@@ -604,16 +607,7 @@ fn an_overloaded_sink_drops_and_counts_and_sidecars_keep_serving() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mesh = Mesh::new();
     let dir = tempfile::tempdir().unwrap();
-    write(
-        dir.path(),
-        "registry.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
-             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n",
-            vb = mesh.vip(0),
-            b = mesh.addr(11),
-        ),
-    );
+    write(dir.path(), "registry.yaml", &registry(&mesh));
     let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
     let _b = mesh.start_pod(PodSpec::new("b").host(11).service_account("b").secure(&cp));
     let a = mesh.start_pod(PodSpec::new("a").host(10).service_account("a").secure(&cp));
