@@ -34,9 +34,11 @@ use std::time::{Duration, Instant};
 use store::{HttpObservation, Store, TcpObservation};
 use tokio::sync::watch;
 
-/// Messages waiting for the worker at most (each up to Envoy's 16 KiB buffer of entries,
-/// about 100 entries and 100 KiB decoded): about 130 ms of 100,000 entries/s.
-pub const QUEUE: usize = 128;
+/// Messages waiting for the worker at most.
+pub const QUEUE: usize = 1024;
+/// Entries waiting for the worker at most, whatever the size of the messages they came in
+/// (about 1 KiB each decoded: ~16 MiB; ~80 ms of 200,000 entries/s).
+pub const QUEUED_ENTRIES: u64 = 16_384;
 /// Open TCP connections whose byte counts are tracked at most (for deltas between the
 /// periodic entries).
 const MAX_TCP_CONNS: usize = 100_000;
@@ -65,12 +67,28 @@ pub struct Batch {
     pub entries: Entries,
 }
 
+impl Batch {
+    /// Entries in it.
+    pub fn len(&self) -> u64 {
+        (match &self.entries {
+            Entries::Http(v) => v.len(),
+            Entries::Tcp(v) => v.len(),
+        }) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Counters of the pipeline itself.
 #[derive(Default)]
 pub struct Counts {
     pub entries: AtomicU64,
     pub dropped: AtomicU64,
     pub refused_streams: AtomicU64,
+    /// Entries waiting for the worker now.
+    pub queued: AtomicU64,
 }
 
 pub struct Telemetry {
@@ -131,6 +149,7 @@ impl Telemetry {
             .spawn(move || {
                 while let Some(b) = rx.blocking_recv() {
                     me.process(&b);
+                    me.counts.queued.fetch_sub(b.len(), Ordering::Relaxed);
                     if rx.is_empty() {
                         if let Some(l) = me.file_log.lock().unwrap().as_mut() {
                             l.flush();
@@ -144,14 +163,13 @@ impl Telemetry {
     /// Queues a message's entries for the worker, or drops and counts them when the queue
     /// is full. Without a worker (tests), processes them at once.
     pub fn submit(&self, b: Batch) {
-        let n = match &b.entries {
-            Entries::Http(v) => v.len(),
-            Entries::Tcp(v) => v.len(),
-        } as u64;
+        let n = b.len();
         let q = self.queue.lock().unwrap().clone();
         match q {
             Some(q) => {
-                if q.try_send(b).is_err() {
+                let queued = self.counts.queued.fetch_add(n, Ordering::Relaxed);
+                if queued + n > QUEUED_ENTRIES || q.try_send(b).is_err() {
+                    self.counts.queued.fetch_sub(n, Ordering::Relaxed);
                     self.counts.dropped.fetch_add(n, Ordering::Relaxed);
                 }
             }
@@ -532,13 +550,7 @@ impl Telemetry {
             let (h, t) = s.len();
             (h, t, s.overflow_entries)
         };
-        let queued = self
-            .queue
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|q| QUEUE - q.capacity())
-            .unwrap_or(0);
+        let queued = self.counts.queued.load(Ordering::Relaxed);
         let g = self.graph.lock().unwrap();
         serde_json::json!({
             "entries": self.counts.entries.load(Ordering::Relaxed),
@@ -548,8 +560,8 @@ impl Telemetry {
             "series": {"http": h, "tcp": t, "max": self.store.lock().unwrap().max_series},
             "graph_edges": g.len(),
             "graph_dropped": g.dropped,
-            "queued_messages": queued,
-            "queue_capacity": QUEUE,
+            "queued_entries": queued,
+            "queue_capacity_entries": QUEUED_ENTRIES,
         })
     }
 
