@@ -173,6 +173,57 @@ fn requests_are_counted_with_istios_labels() {
             && call(&a, "http://d:9000/", "").0 == 200
     });
     assert!(up, "the mesh never converged\n{}", cp.log_tail(30));
+    // Every sidecar's log streams work before counting starts: Envoy's gRPC logger makes
+    // its stream at its first entry, and the entries sent on a stream that could not be
+    // made yet (the TLS cluster still warming) are lost. Warm up until each reporter and
+    // direction has delivered.
+    let live = |s: &[Sample]| {
+        [
+            ("istio_requests_total", "source", "source_workload", "a"),
+            ("istio_requests_total", "source", "source_workload", "c-1"),
+            (
+                "istio_requests_total",
+                "destination",
+                "destination_workload",
+                "b-1",
+            ),
+            (
+                "istio_requests_total",
+                "destination",
+                "destination_workload",
+                "c-1",
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "source",
+                "source_workload",
+                "a",
+            ),
+            (
+                "istio_tcp_connections_closed_total",
+                "destination",
+                "destination_workload",
+                "d-1",
+            ),
+        ]
+        .iter()
+        .all(|(m, r, k, v)| total(s, m, &[("reporter", r), (k, v)]) > 0.0)
+    };
+    let streams = wait_until(Duration::from_secs(60), || {
+        if live(&samples(&cp)) {
+            return true;
+        }
+        call(&a, "http://b:8080/", "");
+        call(&c, "http://b:8080/", "");
+        call(&a, "http://c:8080/", "");
+        call(&a, "http://d:9000/", "");
+        false
+    });
+    assert!(
+        streams,
+        "not every sidecar's access logs arrive\n{}",
+        cp.log_tail(30)
+    );
     // Let the warm-up requests' entries arrive (a sidecar's log stream may connect after
     // its first requests), then count from here: wait until the totals stop moving.
     let settled_total = |s: &[Sample]| {
@@ -336,6 +387,40 @@ fn requests_are_counted_with_istios_labels() {
                 &[("reporter", r), ("source_workload", "a")]
             )
         );
+    }
+    if !settled {
+        for (n, l, v) in now.iter().filter(|(n, l, _)| {
+            n == "istio_requests_total"
+                && l.get("reporter").map(String::as_str) == Some("destination")
+        }) {
+            let was = before
+                .iter()
+                .find(|(bn, bl, _)| bn == n && bl == l)
+                .map(|x| x.2)
+                .unwrap_or(0.0);
+            println!("destination series: +{} {:?}", v - was, l);
+        }
+        println!("telemetryz: {:?}", cp.get("/debug/telemetryz"));
+        for p in [&a, &b, &c, &d] {
+            println!("{:?}", p.envoy_stats("access_log"));
+            println!("{:?}", p.envoy_stats("pilotfish-telemetry"));
+            let log = std::fs::read_to_string(p.envoy_log()).unwrap_or_default();
+            for l in log
+                .lines()
+                .filter(|l| l.contains("grpc") || l.contains("access") || l.contains("telemetry"))
+                .take(20)
+            {
+                println!("envoy: {l}");
+            }
+        }
+        let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
+        for l in log
+            .lines()
+            .filter(|l| l.contains("access") || l.contains("refused") || l.contains("WARN"))
+            .take(20)
+        {
+            println!("pilotfish: {l}");
+        }
     }
     assert!(settled, "counts differ (above)\n{}", cp.log_tail(20));
 
@@ -542,10 +627,15 @@ fn service_graph(cp: &ControlPlane) {
     };
     let ab = edge("workload:default/a", "service:b.default.svc.cluster.local");
     println!("edge a -> b: {ab}");
-    // 20 + 3 forged (200), 5 (503), 2 (404), 4 fault-injected (500), plus warm-up calls.
-    assert!(ab["requests"].as_u64().unwrap() >= 34, "{ab}");
-    let err = ab["error_rate"].as_f64().unwrap();
-    assert!(err > 0.15 && err < 0.35, "9 of about 35 failed: {ab}");
+    // 20 + 3 forged (200), 5 (503), 2 (404), 4 fault-injected (500), plus the warm-up
+    // calls (successes, however many the streams took to come up).
+    let requests = ab["requests"].as_u64().unwrap();
+    assert!(requests >= 34, "{ab}");
+    let errors = (ab["error_rate"].as_f64().unwrap() * requests as f64).round() as u64;
+    assert!(
+        (9..=11).contains(&errors),
+        "9 failed, {errors} counted: {ab}"
+    );
     assert!(ab["requests_per_second"].as_f64().unwrap() > 0.0);
     assert!(
         ab["p50_ms"].as_f64().is_some() && ab["p99_ms"].as_f64().is_some(),

@@ -100,7 +100,19 @@ impl AccessLogService for Sink {
             .and_then(|c| spiffe_identity(&c, &self.trust_domain));
         let mut stream = req.into_inner();
         let mut reporter: Option<Arc<Reporter>> = None;
-        while let Some(msg) = stream.message().await? {
+        loop {
+            let msg = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    let who = reporter
+                        .as_ref()
+                        .map(|r| r.proxy.id.clone())
+                        .unwrap_or_default();
+                    warn!(proxy = %who, error = %e, "access-log stream failed");
+                    return Err(e);
+                }
+            };
             if let Some(id) = msg.identifier {
                 if reporter.is_none() {
                     reporter = Some(Arc::new(self.reporter(id, peer.clone())?));
@@ -121,7 +133,7 @@ impl AccessLogService for Sink {
                 entries,
             });
         }
-        debug!("access-log stream ended");
+        debug!(proxy = %reporter.as_ref().map(|r| r.proxy.id.clone()).unwrap_or_default(), "access-log stream ended");
         Ok(Response::new(StreamAccessLogsResponse {}))
     }
 }

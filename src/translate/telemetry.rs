@@ -63,22 +63,6 @@ fn common(to: LogTo) -> grpc_al::CommonGrpcAccessLogConfig {
             seconds: 0,
             nanos: 500_000_000,
         }),
-        // A stream that cannot be made (pilotfish restarting, the TLS cluster still
-        // warming) is tried again with backoff rather than its entries dropped at once.
-        grpc_stream_retry_policy: Some(core::RetryPolicy {
-            retry_back_off: Some(core::BackoffStrategy {
-                base_interval: Some(pbw::Duration {
-                    seconds: 0,
-                    nanos: 200_000_000,
-                }),
-                max_interval: Some(pbw::Duration {
-                    seconds: 5,
-                    nanos: 0,
-                }),
-            }),
-            num_retries: Some(pbw::UInt32Value { value: 20 }),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
