@@ -137,6 +137,9 @@ def main():
     p.add_argument("--listen", default="0.0.0.0")
     p.add_argument("--fail-all", action="store_true")
     p.add_argument("--ext-authz", action="store_true")
+    p.add_argument("--tls-port", type=int, help="also serve HTTPS here (with --tls-cert/--tls-key)")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
     a = p.parse_args()
     fail_all = a.fail_all or os.environ.get("APP_FAIL_ALL", "") not in ("", "0")
 
@@ -151,6 +154,16 @@ def main():
             self.server_name, self.server_port = self.server_address[:2]
 
     srv = Server((a.listen, a.port), make_handler(a.name, fail_all, a.ext_authz))
+    if a.tls_port:
+        import ssl
+        import threading
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+        tls = Server((a.listen, a.tls_port), make_handler(a.name, fail_all, a.ext_authz))
+        tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
+        threading.Thread(target=tls.serve_forever, daemon=True).start()
+        print(f"app {a.name} serving TLS on {a.listen}:{a.tls_port}", file=sys.stderr, flush=True)
     print(f"app {a.name} listening on {a.listen}:{a.port}", file=sys.stderr, flush=True)
     try:
         srv.serve_forever()

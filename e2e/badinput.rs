@@ -1448,3 +1448,61 @@ fn analyze_reports_istios_everyday_findings() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("No validation issues found"), "{out}");
 }
+
+/// Gateway features that are not translated are config errors naming the field (fail
+/// closed), each in a file of its own; the good Gateway beside them is still served.
+#[test]
+fn unsupported_gateway_features_are_errors_naming_the_field() {
+    let gw = |servers: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}"
+        )
+    };
+    let cases: &[(&str, &str)] = &[
+        (
+            "  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: AUTO_PASSTHROUGH}\n",
+            "spec.servers[0].tls.mode",
+        ),
+        (
+            "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, credentialName: c}\n",
+            "spec.servers[0].tls.mode",
+        ),
+        (
+            "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE}\n",
+            "spec.servers[0].tls",
+        ),
+        (
+            "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: c, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256]}\n",
+            "spec.servers[0].tls.cipherSuites",
+        ),
+        (
+            "  - port: {number: 3306, name: mysql, protocol: MYSQL}\n    hosts: [\"*\"]\n",
+            "spec.servers[0].port.protocol",
+        ),
+        (
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n    bind: 127.0.0.1\n",
+            "spec.servers[0].bind",
+        ),
+        (
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n  - port: {number: 81, name: http, protocol: HTTP}\n    hosts: [b.example.com]\n",
+            "spec.servers[1].port.name",
+        ),
+        (
+            "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"a.*.com\"]\n",
+            "spec.servers[0].hosts[0]",
+        ),
+    ];
+    for (servers, field) in cases {
+        let w = world(&[("gw.yaml", &gw(servers))]);
+        one_error(&w.errors, "gw.yaml", "Gateway default/gw", field);
+        assert!(w.gateways.is_empty(), "a refused Gateway is not served");
+    }
+    // A mesh VirtualService with TLS routes (sidecars do not route TLS by SNI yet).
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t}\nspec:\n  hosts: [a.example.com]\n  tls:\n  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: a.example.com}}]\n";
+    let w = world(&[("vs.yaml", vs)]);
+    assert!(
+        w.errors.iter().any(|e| e.field == "spec.tls"),
+        "{}",
+        dump(&w.errors)
+    );
+}

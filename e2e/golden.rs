@@ -32,6 +32,8 @@ struct ProxyDef {
     labels: &'static [(&'static str, &'static str)],
     /// Authenticated with certificates (mTLS-capable).
     mtls: bool,
+    /// A gateway (`router~` node), not a sidecar.
+    router: bool,
 }
 
 /// The default client: a sleep pod at 10.0.0.1 that no service selects.
@@ -40,6 +42,7 @@ const SLEEP: ProxyDef = ProxyDef {
     ip: "10.0.0.1",
     labels: &[("app", "sleep"), ("version", "v1")],
     mtls: false,
+    router: false,
 };
 /// The sleep pod with a certificate.
 const SLEEP_MTLS: ProxyDef = ProxyDef {
@@ -47,6 +50,7 @@ const SLEEP_MTLS: ProxyDef = ProxyDef {
     ip: "10.0.0.1",
     labels: &[("app", "sleep"), ("version", "v1")],
     mtls: true,
+    router: false,
 };
 /// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
 const REVIEWS_MTLS: ProxyDef = ProxyDef {
@@ -58,18 +62,30 @@ const REVIEWS_MTLS: ProxyDef = ProxyDef {
         ("security.istio.io/tlsMode", "istio"),
     ],
     mtls: true,
+    router: false,
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
     ip: "10.0.0.2",
     labels: &[("app", "productpage"), ("version", "v1")],
     mtls: false,
+    router: false,
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
     ip: "10.0.0.3",
     labels: &[("app", "ratings"), ("version", "v1")],
     mtls: false,
+    router: false,
+};
+
+/// An ingress gateway pod with a certificate.
+const INGRESS: ProxyDef = ProxyDef {
+    name: "istio-ingressgateway",
+    ip: "10.0.9.1",
+    labels: &[("istio", "ingressgateway")],
+    mtls: true,
+    router: true,
 };
 
 struct Case {
@@ -152,6 +168,10 @@ const CASES: &[Case] = &[
         proxies: &[RATINGS],
         ..case("authz")
     },
+    Case {
+        proxies: &[INGRESS],
+        ..case("gateway")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -171,8 +191,9 @@ fn find_case(name: &str) -> &'static Case {
 
 fn proxy(p: &ProxyDef) -> Proxy {
     let pod = format!("{}-6d8f9c-x2x7q", p.name);
+    let kind = if p.router { "router" } else { "sidecar" };
     Proxy {
-        id: format!("sidecar~{}~{pod}.default~default.svc.cluster.local", p.ip),
+        id: format!("{kind}~{}~{pod}.default~default.svc.cluster.local", p.ip),
         namespace: "default".into(),
         labels: p
             .labels
@@ -183,6 +204,7 @@ fn proxy(p: &ProxyDef) -> Proxy {
         service_account: "default".into(),
         workload_name: pod,
         mtls: p.mtls,
+        router: p.router,
     }
 }
 
@@ -350,6 +372,7 @@ golden!(
     tls_credential,
     sidecar_scope,
     authz,
+    gateway,
 );
 
 #[test]

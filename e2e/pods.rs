@@ -26,6 +26,7 @@ fn args(delta: bool) -> BootstrapArgs {
         output: None,
         root_cert: None,
         token_file: None,
+        gateway: false,
         xds_server_name: "pilotfish".into(),
     }
 }

@@ -575,7 +575,24 @@ pub fn world_from_files(files: &[(&str, &str)], mesh: MeshConfig) -> World {
 
 /// Check a world's translation for consistency before it is served.
 pub fn consistency(world: &World) -> Result<(), Vec<String>> {
-    translate::check(&translate::generate(world, &check_proxy()))
+    translate::check(&translate::generate(world, &check_proxy()))?;
+    // Each Gateway, as a proxy it selects (in its namespace, with its selector's labels)
+    // would get it.
+    for g in &world.gateways {
+        let proxy = Proxy {
+            namespace: g.key.namespace.clone(),
+            labels: g.selector.clone(),
+            mtls: true,
+            router: true,
+            ..Default::default()
+        };
+        translate::check(&translate::generate(world, &proxy)).map_err(|e| {
+            e.into_iter()
+                .map(|e| format!("gateway {}: {e}", g.key))
+                .collect::<Vec<_>>()
+        })?;
+    }
+    Ok(())
 }
 
 /// The proxy whose config the consistency check looks at.

@@ -71,6 +71,10 @@ pub struct BootstrapArgs {
     /// Secure mode: the name to verify pilotfish's certificate against.
     #[arg(long, default_value = "pilotfish")]
     pub xds_server_name: String,
+    /// A standalone gateway rather than a sidecar: the node type is Istio's `router`, and
+    /// Gateway resources whose selector matches --labels configure it (no traffic capture).
+    #[arg(long)]
+    pub gateway: bool,
 }
 
 /// Parses `k=v,k=v` (an empty string is no labels).
@@ -104,11 +108,16 @@ fn split_host_port(addr: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// Istio's proxy node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`.
+/// Istio's proxy node id: `sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local` (`router~...`
+/// for a gateway).
 pub fn node_id(a: &BootstrapArgs) -> String {
     format!(
-        "sidecar~{}~{}.{}~{}.svc.cluster.local",
-        a.ip, a.workload, a.namespace, a.namespace
+        "{}~{}~{}.{}~{}.svc.cluster.local",
+        if a.gateway { "router" } else { "sidecar" },
+        a.ip,
+        a.workload,
+        a.namespace,
+        a.namespace
     )
 }
 

@@ -515,20 +515,22 @@ impl Mesh {
 
         trace(&format!("pod {}: app answers", spec.name));
         if spec.sidecar {
-            // Interception first, as Istio's init container does.
-            let o = run(
-                pod.netns_cmd()
-                    .arg(pilotfish_bin())
-                    .arg("iptables")
-                    .args(&spec.iptables_args),
-                Duration::from_secs(60),
-            );
-            assert!(
-                o.ok(),
-                "pod {}: pilotfish iptables: {}",
-                spec.name,
-                o.describe()
-            );
+            // Interception first, as Istio's init container does (a gateway has none).
+            if !spec.gateway {
+                let o = run(
+                    pod.netns_cmd()
+                        .arg(pilotfish_bin())
+                        .arg("iptables")
+                        .args(&spec.iptables_args),
+                    Duration::from_secs(60),
+                );
+                assert!(
+                    o.ok(),
+                    "pod {}: pilotfish iptables: {}",
+                    spec.name,
+                    o.describe()
+                );
+            }
 
             let bootstrap = dir.join("envoy.json");
             let labels = spec
@@ -552,6 +554,9 @@ impl Mesh {
             }
             if spec.delta {
                 b.arg("--delta");
+            }
+            if spec.gateway {
+                b.arg("--gateway");
             }
             if let Some(sec) = &spec.secure {
                 // Root and token where uid 1337 can read them (the control plane's state dir
@@ -691,6 +696,8 @@ pub struct PodSpec {
     pub host: Option<u8>,
     /// Connect to the TLS xDS port with a token (see [`PodSpec::secure`]).
     pub secure: Option<Secure>,
+    /// A standalone gateway: Envoy with a `--gateway` bootstrap and no traffic capture.
+    pub gateway: bool,
 }
 
 /// How a secure sidecar authenticates.
@@ -717,7 +724,15 @@ impl PodSpec {
             envoy_args: vec![],
             host: None,
             secure: None,
+            gateway: false,
         }
+    }
+    /// A gateway pod: its Envoy is a standalone gateway (`pilotfish bootstrap --gateway`,
+    /// node type `router`) configured by Gateway resources, with no iptables capture.
+    pub fn gateway(mut self) -> Self {
+        self.gateway = true;
+        self.sidecar = true;
+        self
     }
     /// Connect to the control plane's TLS port with a bearer token for the pod's service
     /// account, and so get certificates (mTLS).

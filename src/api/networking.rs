@@ -459,9 +459,30 @@ spec! {
         pub port: ServicePort,
         #[serde(default)] pub bind: String,
         #[serde(default)] pub hosts: Vec<String>,
-        pub tls: Option<serde_json::Value>,
+        pub tls: Option<ServerTlsSettings>,
         #[serde(default)] pub default_endpoint: String,
         #[serde(default)] pub name: String,
+    }
+}
+
+spec! {
+    /// A Gateway server's TLS settings (Istio's `ServerTLSSettings`).
+    pub struct ServerTlsSettings {
+        #[serde(default)] pub https_redirect: bool,
+        pub mode: Option<String>,
+        pub server_certificate: Option<String>,
+        pub private_key: Option<String>,
+        pub ca_certificates: Option<String>,
+        pub ca_crl: Option<String>,
+        pub credential_name: Option<String>,
+        #[serde(default)] pub credential_names: Vec<String>,
+        #[serde(default)] pub tls_certificates: Vec<serde_json::Value>,
+        #[serde(default)] pub subject_alt_names: Vec<String>,
+        #[serde(default)] pub verify_certificate_spki: Vec<String>,
+        #[serde(default)] pub verify_certificate_hash: Vec<String>,
+        pub min_protocol_version: Option<String>,
+        pub max_protocol_version: Option<String>,
+        #[serde(default)] pub cipher_suites: Vec<String>,
     }
 }
 

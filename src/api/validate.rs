@@ -174,6 +174,7 @@ pub fn validate(r: &Resource) -> Problems {
         Spec::DestinationRule(dr) => destination_rule(&mut v, dr),
         Spec::ServiceEntry(se) => service_entry(&mut v, se),
         Spec::Sidecar(sc) => sidecar(&mut v, sc),
+        Spec::Gateway(g) => gateway(&mut v, g),
         Spec::PeerAuthentication(pa) => {
             let ok = |m: &Option<String>| {
                 m.as_deref()
@@ -492,8 +493,227 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             }
         }
     }
-    if !vs.tls.is_empty() {
-        v.bad("spec.tls", "TLS routes are not supported yet");
+    if !vs.tls.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
+        v.bad(
+            "spec.tls",
+            "TLS routes are supported on gateways only yet (list the gateways, without mesh)",
+        );
+    }
+    for (i, t) in vs.tls.iter().enumerate() {
+        let f = format!("spec.tls[{i}]");
+        if t.matches.is_empty() {
+            v.bad(format!("{f}.match"), "required (sniHosts)");
+        }
+        for (j, m) in t.matches.iter().enumerate() {
+            let mf = format!("{f}.match[{j}]");
+            if m.sni_hosts.is_empty() {
+                v.bad(format!("{mf}.sniHosts"), "required");
+            }
+            for (field, set) in [
+                ("destinationSubnets", !m.destination_subnets.is_empty()),
+                ("sourceLabels", !m.source_labels.is_empty()),
+                ("gateways", !m.gateways.is_empty()),
+                ("sourceNamespace", !m.source_namespace.is_empty()),
+            ] {
+                if set {
+                    v.bad(format!("{mf}.{field}"), "not supported yet");
+                }
+            }
+            if let Some(p) = m.port {
+                v.port(format!("{mf}.port"), p);
+            }
+        }
+        if t.route.is_empty() {
+            v.bad(format!("{f}.route"), "required");
+        }
+        if t.route.len() > 1 {
+            v.bad(
+                format!("{f}.route"),
+                "one destination per TLS route is supported yet",
+            );
+        }
+        for (j, d) in t.route.iter().enumerate() {
+            v.dest(format!("{f}.route[{j}].destination"), &d.destination);
+        }
+    }
+}
+
+/// A Gateway: what is translated, and a named error for everything else.
+fn gateway(v: &mut V, g: &Gateway) {
+    if g.servers.is_empty() {
+        v.bad("spec.servers", "at least one server is required");
+    }
+    if g.selector.is_empty() {
+        v.bad(
+            "spec.selector",
+            "required: the labels of the gateway proxies this applies to",
+        );
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut port_names = std::collections::BTreeSet::new();
+    for (i, s) in g.servers.iter().enumerate() {
+        let f = format!("spec.servers[{i}]");
+        v.port(format!("{f}.port.number"), s.port.number);
+        if !s.name.is_empty() && !names.insert(s.name.clone()) {
+            v.bad(format!("{f}.name"), "server names must be unique");
+        }
+        // Port names name the HTTPS route configurations (as in Istio, which requires
+        // them unique too).
+        if !s.port.name.is_empty() && !port_names.insert(s.port.name.clone()) {
+            v.bad(
+                format!("{f}.port.name"),
+                format!("port name {:?} is used by another server", s.port.name),
+            );
+        }
+        if !s.bind.is_empty() {
+            v.bad(format!("{f}.bind"), "not supported yet");
+        }
+        if !s.default_endpoint.is_empty() {
+            v.bad(format!("{f}.defaultEndpoint"), "not supported yet");
+        }
+        if s.port.target_port.is_some() {
+            v.bad(format!("{f}.port.targetPort"), "not supported yet");
+        }
+        if s.hosts.is_empty() {
+            v.bad(format!("{f}.hosts"), "at least one host is required");
+        }
+        for (j, h) in s.hosts.iter().enumerate() {
+            let (ns, host) = h.split_once('/').unwrap_or(("*", h));
+            let ns_ok = ns == "*"
+                || ns == "."
+                || (!ns.is_empty()
+                    && ns.len() <= 63
+                    && ns
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
+            if !ns_ok {
+                v.bad(
+                    format!("{f}.hosts[{j}]"),
+                    format!("namespace {ns:?} is not *, . or a namespace name"),
+                );
+            }
+            let host_ok = host == "*"
+                || (!host.is_empty()
+                    && !host[1..].contains('*')
+                    && host
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*')));
+            if !host_ok {
+                v.bad(
+                    format!("{f}.hosts[{j}]"),
+                    format!("{host:?} is not a host name (a leading * is the only wildcard)"),
+                );
+            }
+        }
+        let proto = s.port.protocol.to_ascii_uppercase();
+        let mode = s.tls.as_ref().and_then(|t| t.mode.as_deref()).unwrap_or("");
+        match proto.as_str() {
+            "HTTP" | "HTTP2" | "GRPC" => {
+                if s.tls.as_ref().is_some_and(|t| t.mode.is_some()) {
+                    v.bad(
+                        format!("{f}.tls.mode"),
+                        format!("a {proto} server takes no TLS mode (use HTTPS)"),
+                    );
+                }
+            }
+            "HTTPS" => {
+                if !matches!(mode, "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+                    v.bad(
+                        format!("{f}.tls.mode"),
+                        format!(
+                            "an HTTPS server needs mode SIMPLE, MUTUAL or ISTIO_MUTUAL, not {mode:?}"
+                        ),
+                    );
+                }
+            }
+            "TLS" => {
+                if mode != "PASSTHROUGH" {
+                    v.bad(
+                        format!("{f}.tls.mode"),
+                        format!("TLS servers support mode PASSTHROUGH only yet, not {mode:?}"),
+                    );
+                }
+            }
+            _ => v.bad(
+                format!("{f}.port.protocol"),
+                format!(
+                    "{:?} servers are not supported yet (HTTP, HTTP2, GRPC, HTTPS, TLS)",
+                    s.port.protocol
+                ),
+            ),
+        }
+        let Some(t) = &s.tls else { continue };
+        let tf = format!("{f}.tls");
+        if t.https_redirect && proto != "HTTP" {
+            v.bad(format!("{tf}.httpsRedirect"), "applies to HTTP servers");
+        }
+        for (field, set) in [
+            ("caCrl", t.ca_crl.is_some()),
+            ("credentialNames", !t.credential_names.is_empty()),
+            ("tlsCertificates", !t.tls_certificates.is_empty()),
+            (
+                "verifyCertificateSpki",
+                !t.verify_certificate_spki.is_empty(),
+            ),
+            (
+                "verifyCertificateHash",
+                !t.verify_certificate_hash.is_empty(),
+            ),
+            ("cipherSuites", !t.cipher_suites.is_empty()),
+        ] {
+            if set {
+                v.bad(format!("{tf}.{field}"), "not supported yet");
+            }
+        }
+        for (field, val) in [
+            ("minProtocolVersion", &t.min_protocol_version),
+            ("maxProtocolVersion", &t.max_protocol_version),
+        ] {
+            if let Some(x) = val {
+                if !matches!(
+                    x.as_str(),
+                    "TLS_AUTO" | "TLSV1_0" | "TLSV1_1" | "TLSV1_2" | "TLSV1_3"
+                ) {
+                    v.bad(format!("{tf}.{field}"), format!("unknown version {x:?}"));
+                }
+            }
+        }
+        let files = t.server_certificate.is_some() || t.private_key.is_some();
+        match mode {
+            "SIMPLE" | "MUTUAL" => {
+                if t.credential_name.is_some() && (files || t.ca_certificates.is_some()) {
+                    v.bad(
+                        format!("{tf}.credentialName"),
+                        "credentialName and certificate file paths are mutually exclusive",
+                    );
+                } else if t.credential_name.is_none()
+                    && (t.server_certificate.is_none() || t.private_key.is_none())
+                {
+                    v.bad(
+                        format!("{tf}"),
+                        "needs credentialName, or serverCertificate and privateKey",
+                    );
+                }
+                if mode == "MUTUAL" && t.credential_name.is_none() && t.ca_certificates.is_none() {
+                    v.bad(
+                        format!("{tf}.caCertificates"),
+                        "MUTUAL needs the CA that signs client certificates",
+                    );
+                }
+                if mode == "SIMPLE" && !t.subject_alt_names.is_empty() {
+                    v.bad(format!("{tf}.subjectAltNames"), "applies to MUTUAL only");
+                }
+            }
+            "ISTIO_MUTUAL" | "PASSTHROUGH" => {
+                if files || t.credential_name.is_some() || t.ca_certificates.is_some() {
+                    v.bad(
+                        format!("{tf}"),
+                        format!("{mode} takes no certificates (credentialName or files)"),
+                    );
+                }
+            }
+            _ => {}
+        }
     }
 }
 

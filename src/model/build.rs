@@ -169,6 +169,20 @@ pub fn build_world(
         }));
     }
 
+    let gateways = cx
+        .of_kind(Kind::Gateway)
+        .filter_map(|r| {
+            let Spec::Gateway(g) = &r.spec else {
+                return None;
+            };
+            Some(Arc::new(GatewayCfg {
+                key: r.key.clone(),
+                selector: g.selector.clone(),
+                servers: g.servers.clone(),
+            }))
+        })
+        .collect();
+
     let authz = authorization_policies(&mut cx, &services);
     let mut request_authn = Vec::new();
     for r in cx.of_kind(Kind::RequestAuthentication) {
@@ -209,6 +223,7 @@ pub fn build_world(
         destination_rules,
         peer_authn,
         sidecars,
+        gateways,
         authz,
         request_authn,
         jwks: Default::default(),
@@ -713,6 +728,31 @@ fn virtual_service(
             );
         }
     }
+    for (i, t) in spec.tls.iter_mut().enumerate() {
+        for (j, d) in t.route.iter_mut().enumerate() {
+            check(
+                cx,
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &mut d.destination,
+            );
+        }
+    }
+    // `name` and `ns/name` bind gateways (a short name is of the VirtualService's
+    // namespace); `mesh`, or no gateways at all, binds the sidecars.
+    let gateways: Vec<String> = if vs.gateways.is_empty() {
+        vec!["mesh".to_string()]
+    } else {
+        vs.gateways
+            .iter()
+            .map(|g| {
+                if g == "mesh" || g.contains('/') {
+                    g.clone()
+                } else {
+                    format!("{ns}/{g}")
+                }
+            })
+            .collect()
+    };
     let mut hosts = Vec::new();
     for (i, h) in vs.hosts.iter().enumerate() {
         let f = fqdn(h, &ns, cx.domain);
@@ -727,8 +767,7 @@ fn virtual_service(
         return None;
     }
     // Only VirtualServices bound to the mesh (no gateways, or "mesh") apply to sidecars.
-    let for_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
-    if !for_mesh {
+    if !gateways.iter().any(|g| g == "mesh") {
         hosts.clear();
     }
     for h in &hosts {
@@ -738,6 +777,7 @@ fn virtual_service(
         key: r.key.clone(),
         hosts,
         spec,
+        gateways,
     })
 }
 

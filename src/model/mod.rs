@@ -423,6 +423,31 @@ pub struct VirtualSvc {
     pub hosts: Vec<String>,
     /// Spec with every destination host rewritten to its FQDN.
     pub spec: networking::VirtualService,
+    /// What it is bound to: `mesh` (sidecars) and gateways as `namespace/name`.
+    pub gateways: Vec<String>,
+}
+
+impl VirtualSvc {
+    /// Bound to the gateway `ns/name`.
+    pub fn binds(&self, gateway: &str) -> bool {
+        self.gateways.iter().any(|g| g == gateway)
+    }
+}
+
+/// A Gateway: the standalone proxies it selects (by labels, in any namespace, as Istio
+/// does by default) and its servers, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayCfg {
+    pub key: ObjectKey,
+    pub selector: BTreeMap<String, String>,
+    pub servers: Vec<networking::GatewayServer>,
+}
+
+impl GatewayCfg {
+    /// `namespace/name`, as VirtualServices bind it.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.key.namespace, self.key.name)
+    }
 }
 
 /// What differs between two Worlds' route inputs (see `World::route_change`).
@@ -459,6 +484,8 @@ pub struct World {
     pub peer_authn: Vec<Arc<PeerAuthn>>,
     /// Sidecars, in (namespace, name) order.
     pub sidecars: Vec<Arc<SidecarCfg>>,
+    /// Gateways, in (namespace, name) order.
+    pub gateways: Vec<Arc<GatewayCfg>>,
     /// AuthorizationPolicies, in (namespace, name) order.
     pub authz: Vec<Arc<AuthzPolicy>>,
     /// RequestAuthentications, in (namespace, name) order.
@@ -771,6 +798,9 @@ pub struct Proxy {
     /// The proxy authenticated and can get certificates over SDS: it may speak mTLS.
     /// Without it, no config refers to a secret it would wait for in vain.
     pub mtls: bool,
+    /// A standalone gateway (node type `router`), configured by Gateway resources rather
+    /// than as a sidecar.
+    pub router: bool,
 }
 
 impl Proxy {
@@ -782,6 +812,7 @@ impl Proxy {
         };
         let parts: Vec<&str> = id.split('~').collect();
         if parts.len() == 4 {
+            p.router = parts[0] == "router";
             p.ips = vec![parts[1].to_string()];
             if let Some((pod, ns)) = parts[2].rsplit_once('.') {
                 p.workload_name = pod.to_string();

@@ -232,7 +232,7 @@ pub fn hcm_with(
     )
 }
 
-fn listener_filter<T: Message + Name>(name: &str, m: T) -> ListenerFilter {
+pub(crate) fn listener_filter<T: Message + Name>(name: &str, m: T) -> ListenerFilter {
     ListenerFilter {
         name: name.into(),
         config_type: Some(ls::listener_filter::ConfigType::TypedConfig(any(m))),

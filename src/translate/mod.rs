@@ -14,6 +14,7 @@ pub mod canon;
 pub mod cluster;
 pub mod endpoint;
 pub mod ext_authz;
+pub mod gateway;
 pub mod jwt;
 pub mod listener;
 pub mod rbac;
@@ -54,8 +55,29 @@ pub fn inbound_name(port: u32) -> String {
     format!("inbound|{port}||")
 }
 
-/// Generate the whole config of one sidecar.
+/// The scope of a gateway: the whole registry (Sidecar resources do not apply).
+pub fn gateway_scope(world: &World) -> crate::model::Scope {
+    crate::model::Scope {
+        sidecar: None,
+        hosts: None,
+        allow_any: world.mesh.allow_any,
+    }
+}
+
+/// Generate the whole config of one proxy (a sidecar, or a gateway).
 pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
+    if proxy.router {
+        let scope = gateway_scope(world);
+        let (mut listeners, mut routes) = gateway::generate(world, proxy);
+        listeners.sort_by(|a, b| a.name.cmp(&b.name));
+        routes.sort_by(|a, b| a.name.cmp(&b.name));
+        return ProxyConfig {
+            clusters: cluster::outbound(world, &scope, proxy.mtls),
+            endpoints: endpoint::all(world, &scope),
+            listeners,
+            routes,
+        };
+    }
     let scope = world.scope(&proxy.namespace, &proxy.labels);
     let mut clusters = cluster::outbound(world, &scope, proxy.mtls);
     clusters.extend(cluster::inbound(world, proxy));

@@ -11,28 +11,28 @@ use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 
 const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
 
-fn sds(name: &str) -> tls::SdsSecretConfig {
+pub(crate) fn sds(name: &str) -> tls::SdsSecretConfig {
     tls::SdsSecretConfig {
         name: name.into(),
         sds_config: ads(),
     }
 }
 
-fn socket<T: prost::Message + prost::Name>(ctx: T) -> core::TransportSocket {
+pub(crate) fn socket<T: prost::Message + prost::Name>(ctx: T) -> core::TransportSocket {
     core::TransportSocket {
         name: TLS_SOCKET.into(),
         config_type: Some(core::transport_socket::ConfigType::TypedConfig(any(ctx))),
     }
 }
 
-fn file(path: &str) -> Option<core::DataSource> {
+pub(crate) fn file(path: &str) -> Option<core::DataSource> {
     Some(core::DataSource {
         specifier: Some(core::data_source::Specifier::Filename(path.into())),
         ..Default::default()
     })
 }
 
-fn san_matchers(sans: &[String]) -> Vec<tls::SubjectAltNameMatcher> {
+pub(crate) fn san_matchers(sans: &[String]) -> Vec<tls::SubjectAltNameMatcher> {
     sans.iter()
         .map(|s| tls::SubjectAltNameMatcher {
             san_type: if s.starts_with("spiffe://") {

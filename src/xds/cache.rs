@@ -118,6 +118,7 @@ fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
 }
 
 type RouteKey = (String, BTreeMap<String, String>);
+type GatewayKey = (String, BTreeMap<String, String>, bool);
 
 /// A set of resource names a proxy subscribed to, interned: the 2,000 proxies of a class
 /// that ask for the same 6,000 endpoint names share one set instead of holding a copy each.
@@ -400,6 +401,10 @@ pub struct Generation {
     routes: Mutex<HashMap<RouteKey, RouteCell>>,
     /// Inbound clusters and listener per inbound key (its whole input).
     inbound: Mutex<HashMap<translate::listener::InboundKey, InboundMaps>>,
+    /// Gateway listeners and route configurations per (namespace, labels, mTLS): the whole
+    /// input of gateway generation besides the World. Rebuilt with every generation
+    /// (gateways are few).
+    gateways: Mutex<HashMap<GatewayKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
     /// Resolved views (sorted resources + version) per (layers, filter).
@@ -692,6 +697,7 @@ impl Generation {
             outbound: Default::default(),
             routes: Default::default(),
             inbound: Default::default(),
+            gateways: Default::default(),
             route_label_keys,
             resolved: Default::default(),
             diffs: Default::default(),
@@ -803,6 +809,9 @@ impl Generation {
     }
 
     fn lookup(&self, proxy: &Proxy, build: bool, vhds: bool) -> Option<Arc<ProxyResources>> {
+        if proxy.router {
+            return self.lookup_gateway(proxy, build);
+        }
         let w = &*self.world;
         let okey = (w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
@@ -886,6 +895,46 @@ impl Generation {
         if let Some(v) = vhosts {
             by_type.insert(VHOST, vec![v]);
         }
+        Some(Arc::new(ProxyResources { by_type }))
+    }
+
+    /// A gateway's resources: the unscoped outbound clusters and endpoints (shared with
+    /// sidecars of that class) and its own listeners and routes (inline, also on VHDS
+    /// streams: the listeners name route configurations, not VHDS).
+    fn lookup_gateway(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
+        let w = &*self.world;
+        let okey = (translate::gateway_scope(w), proxy.mtls);
+        let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
+        let out = match built {
+            Some(o) => o,
+            None if build => self.outbound_for(okey.0, okey.1),
+            None => return None,
+        };
+        let gkey: GatewayKey = (proxy.namespace.clone(), proxy.labels.clone(), proxy.mtls);
+        let (listeners, routes) = {
+            let mut memo = lock_or_skip(&self.gateways, build)?;
+            if !build && !memo.contains_key(&gkey) {
+                return None;
+            }
+            memo.entry(gkey)
+                .or_insert_with_key(|(ns, labels, mtls)| {
+                    let class = Proxy {
+                        namespace: ns.clone(),
+                        labels: labels.clone(),
+                        mtls: *mtls,
+                        router: true,
+                        ..Default::default()
+                    };
+                    let (l, r) = translate::gateway::generate(w, &class);
+                    (Arc::new(listener_map(l)), Arc::new(route_map(r)))
+                })
+                .clone()
+        };
+        let mut by_type = HashMap::new();
+        by_type.insert(CLUSTER, vec![out.clusters.clone()]);
+        by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
+        by_type.insert(LISTENER, vec![listeners]);
+        by_type.insert(ROUTE, vec![routes]);
         Some(Arc::new(ProxyResources { by_type }))
     }
 

@@ -1,0 +1,360 @@
+//! Ingress gateway end to end: a standalone stock Envoy (`pilotfish bootstrap --gateway`,
+//! node type `router`) configured by a Gateway resource, reached from a pod outside the mesh
+//! (no sidecar): HTTP redirected to HTTPS, HTTPS with a certificate from a Secret (over
+//! SDS) and from files, MUTUAL refusing clients without an accepted certificate, SNI
+//! passthrough to a TLS backend, and a VirtualService bound to the gateway splitting 80/20.
+#[path = "support/mod.rs"]
+mod support;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use support::{need_root, wait_until, write_file as write, ControlPlane, Mesh, Pod, PodSpec};
+
+const READY: Duration = Duration::from_secs(60);
+
+/// A test CA standing for a public one, and leaf certificates it signs.
+struct TestCa {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name
+            .push(DnType::CommonName, "gateway test CA");
+        let cert = p.self_signed(&key).unwrap();
+        TestCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    /// (certificate PEM, key PEM) for these DNS names.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.distinguished_name.push(DnType::CommonName, names[0]);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn yaml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn config(mesh: &Mesh, ca: &TestCa, shop: &(String, String), files: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-v1}}\nspec:\n  address: {b1}\n  serviceAccount: b\n  labels: {{app: b, version: v1, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-v2}}\nspec:\n  address: {b2}\n  serviceAccount: b\n  labels: {{app: b, version: v2, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: b}}\nspec:\n  host: b\n  subsets:\n  - {{name: v1, labels: {{version: v1}}}}\n  - {{name: v2, labels: {{version: v2}}}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: tlsback}}\nspec:\n  clusterIP: {vt}\n  selector: {{app: tlsback}}\n  ports: [{{name: tls, port: 8443}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: tlsback}}\nspec:\n  address: {t}\n  labels: {{app: tlsback}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: shop-cert}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {crt}\n  tls.key: {key}\n  ca.crt: {cacrt}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: shop}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n\
+         \x20 - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: [shop.example.com]\n    tls: {{httpsRedirect: true}}\n\
+         \x20 - port: {{number: 8080, name: http-plain, protocol: HTTP}}\n    hosts: [plain.example.com]\n\
+         \x20 - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, credentialName: shop-cert}}\n\
+         \x20 - port: {{number: 8443, name: https-files, protocol: HTTPS}}\n    hosts: [files.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {fc}, privateKey: {fk}}}\n\
+         \x20 - port: {{number: 9443, name: https-mutual, protocol: HTTPS}}\n    hosts: [partner.example.com]\n    tls: {{mode: MUTUAL, credentialName: shop-cert, subjectAltNames: [partner.example]}}\n\
+         \x20 - port: {{number: 10443, name: tls-passthrough, protocol: TLS}}\n    hosts: [\"*.backend.example.com\"]\n    tls: {{mode: PASSTHROUGH}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [shop.example.com, files.example.com, partner.example.com, plain.example.com]\n  gateways: [shop]\n  http:\n  - route:\n    - {{destination: {{host: b, subset: v1}}, weight: 80}}\n    - {{destination: {{host: b, subset: v2}}, weight: 20}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [secure.backend.example.com]\n  gateways: [default/shop]\n  tls:\n  - match: [{{sniHosts: [secure.backend.example.com]}}]\n    route: [{{destination: {{host: tlsback, port: {{number: 8443}}}}}}]\n",
+        vb = mesh.vip(0),
+        vt = mesh.vip(1),
+        b1 = mesh.addr(11),
+        b2 = mesh.addr(12),
+        t = mesh.addr(13),
+        crt = yaml_str(&shop.0),
+        key = yaml_str(&shop.1),
+        cacrt = yaml_str(&ca.pem),
+        fc = files.join("tls.crt").display(),
+        fk = files.join("tls.key").display(),
+    )
+}
+
+/// curl from the outside client to the gateway, `host` resolved to the gateway's address.
+fn call(client: &Pod, gw: &Pod, url: &str, host_port: &str, extra: &[&str]) -> (u16, String) {
+    let resolve = format!("{host_port}:{}", gw.ip);
+    let mut args = vec!["-m", "5", "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    client.curl(url, &args)
+}
+
+/// The app that answered (`e2e/app.py` puts its name in the body).
+fn answered_by(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let ca = TestCa::new();
+    let shop = ca.leaf(&["shop.example.com", "partner.example.com"]);
+    let files_cert = ca.leaf(&["files.example.com"]);
+    let backend = ca.leaf(&["secure.backend.example.com"]);
+    let partner = ca.leaf(&["partner.example"]);
+    let stranger = ca.leaf(&["stranger.example"]);
+
+    // Files the gateway's Envoy (uid 1337) and the pods read.
+    let certs = mesh.dir().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in [
+        ("tls.crt", &files_cert.0),
+        ("tls.key", &files_cert.1),
+        ("backend.crt", &backend.0),
+        ("backend.key", &backend.1),
+        ("ca.pem", &ca.pem),
+        ("partner.crt", &partner.0),
+        ("partner.key", &partner.1),
+        ("stranger.crt", &stranger.0),
+        ("stranger.key", &stranger.1),
+    ] {
+        let p = certs.join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "shop.yaml", &config(&mesh, &ca, &shop, &certs));
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    assert_eq!(
+        support::config_errors(&cp),
+        serde_json::json!([]),
+        "the config is valid"
+    );
+
+    let _b1 = mesh.start_pod(
+        PodSpec::new("b-v1")
+            .host(11)
+            .label("app", "b")
+            .label("version", "v1")
+            .service_account("b")
+            .secure(&cp),
+    );
+    let _b2 = mesh.start_pod(
+        PodSpec::new("b-v2")
+            .host(12)
+            .label("app", "b")
+            .label("version", "v2")
+            .service_account("b")
+            .secure(&cp),
+    );
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let _tlsback = mesh.start_pod(
+        PodSpec::new("tlsback")
+            .host(13)
+            .sidecar(false)
+            .app_arg("--tls-port")
+            .app_arg("8443")
+            .app_arg("--tls-cert")
+            .app_arg(&s(&certs.join("backend.crt")))
+            .app_arg("--tls-key")
+            .app_arg(&s(&certs.join("backend.key"))),
+    );
+    let gw = mesh.start_pod(
+        PodSpec::new("ingress")
+            .host(20)
+            .port(7070)
+            .label("istio", "ingressgateway")
+            .service_account("ingress")
+            .gateway()
+            .secure(&cp),
+    );
+    let client = mesh.start_pod(PodSpec::new("client").host(30).sidecar(false));
+    let cacert = s(&certs.join("ca.pem"));
+
+    // HTTPS with the Secret's certificate (SDS), verified against the test CA.
+    let up = wait_until(READY, || {
+        call(
+            &client,
+            &gw,
+            "https://shop.example.com:8443/",
+            "shop.example.com:8443",
+            &["--cacert", &cacert],
+        )
+        .0 == 200
+    });
+    assert!(
+        up,
+        "the gateway never served HTTPS\n{}\n--- gateway ---\n{}",
+        cp.log_tail(30),
+        gw.logs()
+    );
+
+    // The VirtualService bound to the gateway splits 80/20 across the subsets.
+    let mut v1 = 0;
+    let n = 100;
+    for _ in 0..n {
+        let (code, body) = call(
+            &client,
+            &gw,
+            "https://shop.example.com:8443/",
+            "shop.example.com:8443",
+            &["--cacert", &cacert],
+        );
+        assert_eq!(code, 200, "{body}");
+        match answered_by(&body).as_str() {
+            "b-v1" => v1 += 1,
+            "b-v2" => {}
+            other => panic!("answered by {other:?}: {body}"),
+        }
+    }
+    println!("80/20 split at the gateway: {v1} of {n} to v1");
+    assert!(
+        (65..=93).contains(&v1),
+        "{v1} of {n} to v1, expected about 80"
+    );
+
+    // The file certificate (the Secret's does not name files.example.com, so a verified
+    // handshake shows the file one was served).
+    let (code, body) = call(
+        &client,
+        &gw,
+        "https://files.example.com:8443/",
+        "files.example.com:8443",
+        &["--cacert", &cacert],
+    );
+    assert_eq!(code, 200, "file certificate: {body}");
+
+    // HTTP: redirected to HTTPS for shop.example.com, served for plain.example.com.
+    let (code, body) = call(
+        &client,
+        &gw,
+        "http://shop.example.com:8080/",
+        "shop.example.com:8080",
+        &["-D", "-"],
+    );
+    assert_eq!(code, 301, "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("location: https://shop.example.com"),
+        "{body}"
+    );
+    let (code, body) = call(
+        &client,
+        &gw,
+        "http://plain.example.com:8080/",
+        "plain.example.com:8080",
+        &[],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(answered_by(&body).starts_with("b-v"), "{body}");
+    // A host no VirtualService binds: 404 from the gateway.
+    let (code, _) = call(
+        &client,
+        &gw,
+        "http://other.example.com:8080/",
+        "other.example.com:8080",
+        &[],
+    );
+    assert_eq!(code, 404);
+
+    // MUTUAL: no client certificate, or one without the accepted SAN, is refused; the
+    // partner's certificate passes.
+    let url = "https://partner.example.com:9443/";
+    let hp = "partner.example.com:9443";
+    let (code, body) = call(&client, &gw, url, hp, &["--cacert", &cacert]);
+    assert_ne!(code, 200, "no client certificate: {body}");
+    let (code, body) = call(
+        &client,
+        &gw,
+        url,
+        hp,
+        &[
+            "--cacert",
+            &cacert,
+            "--cert",
+            &s(&certs.join("stranger.crt")),
+            "--key",
+            &s(&certs.join("stranger.key")),
+        ],
+    );
+    assert_ne!(code, 200, "a certificate without the SAN: {body}");
+    let (code, body) = call(
+        &client,
+        &gw,
+        url,
+        hp,
+        &[
+            "--cacert",
+            &cacert,
+            "--cert",
+            &s(&certs.join("partner.crt")),
+            "--key",
+            &s(&certs.join("partner.key")),
+        ],
+    );
+    assert_eq!(code, 200, "the partner's certificate: {body}");
+
+    // PASSTHROUGH: the backend's own certificate (verified for its name) answers, so the
+    // gateway routed by SNI without terminating TLS.
+    let (code, body) = call(
+        &client,
+        &gw,
+        "https://secure.backend.example.com:10443/",
+        "secure.backend.example.com:10443",
+        &["--cacert", &cacert],
+    );
+    assert_eq!(code, 200, "passthrough: {body}");
+    assert_eq!(answered_by(&body), "tlsback", "{body}");
+
+    // The gateway's names are Istio's.
+    let dump = gw.envoy_admin("/config_dump");
+    for name in [
+        "0.0.0.0_8080",
+        "0.0.0.0_8443",
+        "0.0.0.0_9443",
+        "0.0.0.0_10443",
+        "http.8080",
+        "https.8443.https.shop.default",
+        "https.8443.https-files.shop.default",
+        "https.9443.https-mutual.shop.default",
+        "outbound|8080|v1|b.default.svc.cluster.local",
+    ] {
+        assert!(dump.contains(name), "no {name} in the gateway's config");
+    }
+    assert!(
+        !dump.contains("BEGIN PRIVATE KEY"),
+        "config_dump shows no keys"
+    );
+
+    // A Gateway with a mode pilotfish does not translate is an error naming the field, and
+    // what is served stays as it was.
+    write(
+        dir.path(),
+        "broken.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: eastwest}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: AUTO_PASSTHROUGH}\n",
+    );
+    let reported = wait_until(Duration::from_secs(10), || {
+        support::config_errors(&cp)
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["field"] == "spec.servers[0].tls.mode"))
+    });
+    assert!(reported, "{}", support::config_errors(&cp));
+    let (code, body) = call(
+        &client,
+        &gw,
+        "https://shop.example.com:8443/",
+        "shop.example.com:8443",
+        &["--cacert", &cacert],
+    );
+    assert_eq!(code, 200, "still served: {body}");
+    assert!(!gw.envoy_admin("/config_dump").contains("0.0.0.0_15443"));
+}

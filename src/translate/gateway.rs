@@ -1,0 +1,442 @@
+//! Gateways: the config of a standalone Envoy (node type `router`, `pilotfish bootstrap
+//! --gateway`) from the Gateway resources whose selector its labels match, in any
+//! namespace (Istio's default).
+//!
+//! ```text
+//!  Gateway servers, by port ─► listener 0.0.0.0_<port> (tls_inspector when TLS)
+//!    HTTP  (all on the port) ─► one chain ─► RDS http.<port>
+//!    HTTPS (each server)     ─► chain by SNI, TLS context ─► RDS https.<port>.<server>.<gw>.<ns>
+//!    TLS PASSTHROUGH         ─► chain per VirtualService tls route's sniHosts ─► tcp_proxy
+//!  VirtualServices bound to the gateway (`gateways: [ns/name]`) ─► virtual hosts <host>:<port>
+//! ```
+//!
+//! Clusters and endpoints are the unscoped outbound ones every sidecar has (a Sidecar
+//! resource does not apply to a gateway); the gateway has no capture listeners.
+
+use super::telemetry::LogTo;
+use super::*;
+use crate::api::networking::{GatewayServer, ServerTlsSettings};
+use crate::model::{GatewayCfg, Proxy, VirtualSvc, World};
+use envoy_types::pb::envoy::config::listener::v3::{self as ls, FilterChain, FilterChainMatch};
+use envoy_types::pb::envoy::config::route::v3 as rt;
+use envoy_types::pb::envoy::extensions::filters::http::{
+    cors::v3 as cors, fault::v3 as fault, router::v3 as router,
+};
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The Gateways that select this proxy, in (namespace, name) order.
+pub fn selecting<'w>(world: &'w World, proxy: &Proxy) -> Vec<&'w GatewayCfg> {
+    world
+        .gateways
+        .iter()
+        .filter(|g| !g.selector.is_empty() && crate::model::selects(&g.selector, &proxy.labels))
+        .map(|g| &**g)
+        .collect()
+}
+
+/// One server of one gateway.
+#[derive(Clone, Copy)]
+struct Srv<'w> {
+    gw: &'w GatewayCfg,
+    index: usize,
+    s: &'w GatewayServer,
+}
+
+impl Srv<'_> {
+    fn protocol(&self) -> String {
+        self.s.port.protocol.to_ascii_uppercase()
+    }
+    fn tls(&self) -> Option<&ServerTlsSettings> {
+        self.s.tls.as_ref()
+    }
+    fn mode(&self) -> &str {
+        self.tls().and_then(|t| t.mode.as_deref()).unwrap_or("")
+    }
+    /// Istio's route name of an HTTPS server: `https.<port>.<port name>.<gateway>.<ns>`
+    /// (the server's name, or its index, when the port has no name).
+    fn https_route_name(&self) -> String {
+        let name = if !self.s.port.name.is_empty() {
+            self.s.port.name.clone()
+        } else if !self.s.name.is_empty() {
+            self.s.name.clone()
+        } else {
+            format!("server-{}", self.index)
+        };
+        format!(
+            "https.{}.{name}.{}.{}",
+            self.s.port.number, self.gw.key.name, self.gw.key.namespace
+        )
+    }
+}
+
+/// Listeners and route configurations of a gateway proxy.
+pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::RouteConfiguration>) {
+    let mut by_port: BTreeMap<u32, Vec<Srv>> = BTreeMap::new();
+    for gw in selecting(world, proxy) {
+        for (index, s) in gw.servers.iter().enumerate() {
+            by_port
+                .entry(s.port.number)
+                .or_default()
+                .push(Srv { gw, index, s });
+        }
+    }
+    let log = super::telemetry::log_cluster(&world.mesh, proxy.mtls).map(|cluster| LogTo {
+        cluster,
+        inbound: false,
+    });
+    let mut listeners = Vec::new();
+    let mut routes = Vec::new();
+    for (port, servers) in by_port {
+        let mut chains = Vec::new();
+        let mut tls_chains = false;
+        let mut seen_sni: BTreeSet<String> = BTreeSet::new();
+        // TLS first: chains matched by SNI; the plain HTTP chain (no match) comes last.
+        for srv in servers.iter().filter(|s| s.protocol() == "HTTPS") {
+            if srv.mode() == "ISTIO_MUTUAL" && !proxy.mtls {
+                // No mesh certificate to serve with: the chain would wait for it forever.
+                continue;
+            }
+            let names = server_names(&srv.s.hosts);
+            if names.iter().any(|n| !seen_sni.insert(n.clone()))
+                || (names.is_empty() && !seen_sni.insert("*".into()))
+            {
+                // Envoy refuses two chains with the same match: the first server wins.
+                continue;
+            }
+            let rname = srv.https_route_name();
+            let mut rc = route_config(&rname);
+            rc.virtual_hosts = vhosts(world, proxy, &[*srv], port);
+            routes.push(rc);
+            chains.push(FilterChain {
+                name: rname.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: names,
+                    ..Default::default()
+                }),
+                filters: vec![gateway_hcm(&rname, log)],
+                transport_socket: Some(downstream_tls(srv.tls().expect("validated"))),
+                ..Default::default()
+            });
+            tls_chains = true;
+        }
+        for srv in servers.iter().filter(|s| s.protocol() == "TLS") {
+            for (sni, cluster) in passthrough_routes(world, srv, port) {
+                if !seen_sni.insert(sni.clone()) {
+                    continue;
+                }
+                chains.push(FilterChain {
+                    name: format!("passthrough|{sni}"),
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: vec![sni],
+                        ..Default::default()
+                    }),
+                    filters: vec![listener::tcp_proxy_logged(&cluster, &cluster, log)],
+                    ..Default::default()
+                });
+                tls_chains = true;
+            }
+        }
+        let http: Vec<Srv> = servers
+            .iter()
+            .filter(|s| matches!(s.protocol().as_str(), "HTTP" | "HTTP2" | "GRPC"))
+            .copied()
+            .collect();
+        if !http.is_empty() {
+            let rname = format!("http.{port}");
+            let mut rc = route_config(&rname);
+            rc.virtual_hosts = vhosts(world, proxy, &http, port);
+            routes.push(rc);
+            chains.push(FilterChain {
+                name: rname.clone(),
+                filters: vec![gateway_hcm(&rname, log)],
+                ..Default::default()
+            });
+        }
+        if chains.is_empty() {
+            continue;
+        }
+        listeners.push(ls::Listener {
+            name: format!("0.0.0.0_{port}"),
+            address: socket("0.0.0.0", port),
+            filter_chains: chains,
+            listener_filters: if tls_chains {
+                vec![listener::listener_filter(
+                    "envoy.filters.listener.tls_inspector",
+                    tls_inspector::TlsInspector::default(),
+                )]
+            } else {
+                Vec::new()
+            },
+            traffic_direction: core::TrafficDirection::Outbound as i32,
+            ..Default::default()
+        });
+    }
+    (listeners, routes)
+}
+
+fn route_config(name: &str) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: name.into(),
+        validate_clusters: boolv(false),
+        ..Default::default()
+    }
+}
+
+/// SNI names of a TLS server's hosts (`ns/` dropped); none (any name) when one is `*`.
+fn server_names(hosts: &[String]) -> Vec<String> {
+    let names: Vec<String> = hosts.iter().map(|h| strip_ns(h).1.to_string()).collect();
+    if names.iter().any(|n| n == "*") {
+        return Vec::new();
+    }
+    let mut names = names;
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `ns/host` → (ns, host); no prefix is any namespace.
+fn strip_ns(h: &str) -> (&str, &str) {
+    h.split_once('/').unwrap_or(("*", h))
+}
+
+/// `pattern` (a host, `*`, or `*.suffix`) covers `host` (which may itself be a wildcard).
+fn covers(pattern: &str, host: &str) -> bool {
+    if pattern == "*" || pattern == host {
+        return true;
+    }
+    match pattern.strip_prefix('*') {
+        Some(suffix) => {
+            let h = host.strip_prefix('*').unwrap_or(host);
+            h.ends_with(suffix) && h.len() > suffix.len() || (host.starts_with('*') && h == suffix)
+        }
+        None => false,
+    }
+}
+
+/// The host a VirtualService host gets on a server, if the server takes it: the more
+/// specific of the two (a `*` VirtualService host on a server for `a.example.com` answers
+/// `a.example.com` only). `ns/` on the server host limits the VirtualService's namespace
+/// (`.`: the gateway's own).
+fn bound_host(srv: &Srv, vs: &VirtualSvc, vs_host: &str) -> Option<String> {
+    for h in &srv.s.hosts {
+        let (ns, pattern) = strip_ns(h);
+        let ns_ok = match ns {
+            "*" => true,
+            "." => vs.key.namespace == srv.gw.key.namespace,
+            n => vs.key.namespace == n,
+        };
+        if !ns_ok {
+            continue;
+        }
+        if covers(pattern, vs_host) {
+            return Some(vs_host.to_string());
+        }
+        if covers(vs_host, pattern) {
+            return Some(pattern.to_string());
+        }
+    }
+    None
+}
+
+/// Virtual hosts of servers sharing one route configuration: for each VirtualService bound
+/// to a server's gateway, in order, each of its hosts the server takes. A domain goes to
+/// the first VirtualService that claims it (Envoy refuses a domain twice).
+fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv], port: u32) -> Vec<rt::VirtualHost> {
+    let mut used = BTreeSet::new();
+    let mut out = Vec::new();
+    for vs in &world.virtual_services {
+        if vs.spec.http.is_empty() {
+            continue;
+        }
+        for srv in servers {
+            if !vs.binds(&srv.gw.name()) {
+                continue;
+            }
+            let redirect = srv.tls().is_some_and(|t| t.https_redirect);
+            for h in &vs.spec.hosts {
+                let Some(host) = bound_host(srv, vs, h) else {
+                    continue;
+                };
+                if !used.insert(host.clone()) {
+                    continue;
+                }
+                let domains = if host == "*" {
+                    vec!["*".to_string()]
+                } else {
+                    vec![host.clone(), format!("{host}:*")]
+                };
+                out.push(rt::VirtualHost {
+                    name: format!("{host}:{port}"),
+                    domains,
+                    routes: route::vs_routes(world, proxy, &vs.spec, port),
+                    require_tls: if redirect {
+                        rt::virtual_host::TlsRequirementType::All as i32
+                    } else {
+                        0
+                    },
+                    include_request_attempt_count: true,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// SNI → cluster for a PASSTHROUGH server: the `tls` routes of VirtualServices bound to its
+/// gateway whose sniHosts the server takes (and whose port, if set, is this one).
+fn passthrough_routes(world: &World, srv: &Srv, port: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for vs in &world.virtual_services {
+        if !vs.binds(&srv.gw.name()) {
+            continue;
+        }
+        for t in &vs.spec.tls {
+            let Some(d) = t.route.first() else { continue };
+            for m in t
+                .matches
+                .iter()
+                .filter(|m| m.port.is_none_or(|p| p == port))
+            {
+                for sni in &m.sni_hosts {
+                    if let Some(host) = bound_host(srv, vs, sni) {
+                        out.push((host, route::dest_cluster(world, &d.destination, port)));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The connection manager of a gateway server: fault and CORS filters (VirtualService
+/// features), the router; the gateway is the edge, so it uses the peer's address and
+/// clears a client's `x-forwarded-client-cert`.
+fn gateway_hcm(route_name: &str, log: Option<LogTo>) -> ls::Filter {
+    listener::filter(
+        "envoy.filters.network.http_connection_manager",
+        hcm::HttpConnectionManager {
+            stat_prefix: format!("outbound_0.0.0.0_{route_name}"),
+            codec_type: hcm::http_connection_manager::CodecType::Auto as i32,
+            http_filters: vec![
+                listener::http_filter("envoy.filters.http.fault", fault::HttpFault::default()),
+                listener::http_filter("envoy.filters.http.cors", cors::Cors::default()),
+                listener::http_filter("envoy.filters.http.router", router::Router::default()),
+            ],
+            route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+                hcm::Rds {
+                    config_source: ads(),
+                    route_config_name: route_name.into(),
+                },
+            )),
+            access_log: log.map(super::telemetry::http_log).into_iter().collect(),
+            use_remote_address: boolv(true),
+            forward_client_cert_details:
+                hcm::http_connection_manager::ForwardClientCertDetails::Sanitize as i32,
+            normalize_path: boolv(true),
+            ..Default::default()
+        },
+    )
+}
+
+fn tls_version(v: Option<&str>) -> i32 {
+    use tlsv3::tls_parameters::TlsProtocol;
+    (match v {
+        Some("TLSV1_0") => TlsProtocol::TlSv10,
+        Some("TLSV1_1") => TlsProtocol::TlSv11,
+        Some("TLSV1_2") => TlsProtocol::TlSv12,
+        Some("TLSV1_3") => TlsProtocol::TlSv13,
+        _ => TlsProtocol::TlsAuto,
+    }) as i32
+}
+
+/// The server side of an HTTPS server: SIMPLE (a certificate), MUTUAL (and a client
+/// certificate signed by the given CA, optionally with given SANs), ISTIO_MUTUAL (the
+/// gateway's mesh certificate; clients with mesh certificates). `credentialName` is the
+/// Secret of the gateway's namespace, over SDS (`kubernetes://<name>`, CA
+/// `kubernetes://<name>-cacert`); otherwise files on the gateway's disk.
+fn downstream_tls(t: &ServerTlsSettings) -> core::TransportSocket {
+    use tlsv3::common_tls_context::ValidationContextType as Vct;
+    let mode = t.mode.as_deref().unwrap_or("SIMPLE");
+    if mode == "ISTIO_MUTUAL" {
+        return tls::istio_downstream();
+    }
+    let mut ctx = tlsv3::CommonTlsContext {
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        tls_params: Some(tlsv3::TlsParameters {
+            tls_minimum_protocol_version: tls_version(t.min_protocol_version.as_deref()),
+            tls_maximum_protocol_version: tls_version(t.max_protocol_version.as_deref()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (cert_sds, ca_sds) = match &t.credential_name {
+        Some(n) => {
+            let (c, ca) = tls::credential_sds_names(n);
+            (Some(c), Some(ca))
+        }
+        None => (None, None),
+    };
+    match &cert_sds {
+        Some(c) => ctx.tls_certificate_sds_secret_configs = vec![tls::sds(c)],
+        None => {
+            ctx.tls_certificates = vec![tlsv3::TlsCertificate {
+                certificate_chain: tls::file(t.server_certificate.as_deref().unwrap_or_default()),
+                private_key: tls::file(t.private_key.as_deref().unwrap_or_default()),
+                ..Default::default()
+            }]
+        }
+    }
+    let mutual = mode == "MUTUAL";
+    if mutual {
+        let sans = tlsv3::CertificateValidationContext {
+            match_typed_subject_alt_names: tls::san_matchers(&t.subject_alt_names),
+            ..Default::default()
+        };
+        ctx.validation_context_type = Some(match ca_sds {
+            Some(ca) => Vct::CombinedValidationContext(
+                tlsv3::common_tls_context::CombinedCertificateValidationContext {
+                    default_validation_context: Some(sans),
+                    validation_context_sds_secret_config: Some(tls::sds(&ca)),
+                    ..Default::default()
+                },
+            ),
+            None => Vct::ValidationContext(tlsv3::CertificateValidationContext {
+                trusted_ca: tls::file(t.ca_certificates.as_deref().unwrap_or_default()),
+                ..sans
+            }),
+        });
+    }
+    tls::socket(tlsv3::DownstreamTlsContext {
+        common_tls_context: Some(ctx),
+        require_client_certificate: boolv(mutual),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_hosts() {
+        assert!(covers("*", "a.example.com"));
+        assert!(covers("*.example.com", "a.example.com"));
+        assert!(covers("*.example.com", "*.b.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(!covers("a.example.com", "b.example.com"));
+        assert!(covers("a.example.com", "a.example.com"));
+    }
+
+    #[test]
+    fn server_names_drop_namespaces_and_any() {
+        assert_eq!(
+            server_names(&["ns/a.com".into(), "b.com".into()]),
+            vec!["a.com".to_string(), "b.com".to_string()]
+        );
+        assert!(server_names(&["*/*".into()]).is_empty());
+    }
+}
