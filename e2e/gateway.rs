@@ -358,3 +358,160 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     assert_eq!(code, 200, "still served: {body}");
     assert!(!gw.envoy_admin("/config_dump").contains("0.0.0.0_15443"));
 }
+
+fn egress_config(mesh: &Mesh, ca_path: &Path, with_entry: bool) -> String {
+    let registry = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: istio-egressgateway}}\nspec:\n  clusterIP: {vg}\n  selector: {{istio: egressgateway}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n  - {{name: https, port: 443, targetPort: 8443}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: istio-egressgateway}}\nspec:\n  address: {g}\n  serviceAccount: istio-egressgateway\n  labels: {{istio: egressgateway, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: istio-egressgateway}}\nspec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 80, name: https-port-for-tls-origination, protocol: HTTPS}}\n    hosts: [api.external.example]\n    tls: {{mode: ISTIO_MUTUAL}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: egressgateway-for-external}}\nspec:\n  host: istio-egressgateway\n  subsets:\n  - name: external\n    trafficPolicy:\n      portLevelSettings:\n      - port: {{number: 80}}\n        tls: {{mode: ISTIO_MUTUAL, sni: api.external.example}}\n",
+        vg = mesh.vip(0),
+        g = mesh.addr(20),
+    );
+    if !with_entry {
+        return registry;
+    }
+    // Istio's "egress gateway with TLS origination" task, with a test CA standing for the
+    // public ones and a static address for the external host (no DNS here).
+    format!(
+        "{registry}---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: external}}\nspec:\n  hosts: [api.external.example]\n  addresses: [240.240.0.5]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  - {{number: 443, name: https, protocol: HTTPS}}\n  endpoints:\n  - {{address: {ext}, ports: {{http: 8080, https: 8443}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: direct-external-through-egress-gateway}}\nspec:\n  hosts: [api.external.example]\n  gateways: [istio-egressgateway, mesh]\n  http:\n  - match: [{{gateways: [mesh], port: 80}}]\n    route:\n    - destination: {{host: istio-egressgateway.default.svc.cluster.local, subset: external, port: {{number: 80}}}}\n  - match: [{{gateways: [istio-egressgateway], port: 80}}]\n    route:\n    - destination: {{host: api.external.example, port: {{number: 443}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: originate-tls-for-external}}\nspec:\n  host: api.external.example\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 443}}\n      tls: {{mode: SIMPLE, caCertificates: {ca}, sni: api.external.example}}\n",
+        ext = mesh.addr(13),
+        ca = ca_path.display(),
+    )
+}
+
+/// Istio's egress-gateway pattern under REGISTRY_ONLY: the sidecar sends plain HTTP for an
+/// external host to the egress gateway over mutual TLS (SNI the external host), and the
+/// gateway originates TLS to the external server (verified with the CA the
+/// DestinationRule names). Without the ServiceEntry the call fails, and the external
+/// server's address is not reachable directly.
+#[test]
+fn egress_gateway_originates_tls_under_registry_only() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let ca = TestCa::new();
+    let external = ca.leaf(&["api.external.example"]);
+    let certs = mesh.dir().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in [
+        ("ca.pem", &ca.pem),
+        ("ext.crt", &external.0),
+        ("ext.key", &external.1),
+    ] {
+        let p = certs.join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let meshcfg = tempfile::tempdir().unwrap();
+    write(
+        meshcfg.path(),
+        "mesh.yaml",
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    write(
+        dir.path(),
+        "egress.yaml",
+        &egress_config(&mesh, &certs.join("ca.pem"), true),
+    );
+    let mesh_file = meshcfg.path().join("mesh.yaml");
+    let cp = ControlPlane::start_with(
+        &mesh,
+        dir.path(),
+        &[
+            "--debounce-ms",
+            "50",
+            "--mesh-config",
+            mesh_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(support::config_errors(&cp), serde_json::json!([]));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let ext = mesh.start_pod(
+        PodSpec::new("external")
+            .host(13)
+            .sidecar(false)
+            .app_arg("--tls-port")
+            .app_arg("8443")
+            .app_arg("--tls-cert")
+            .app_arg(&s(&certs.join("ext.crt")))
+            .app_arg("--tls-key")
+            .app_arg(&s(&certs.join("ext.key"))),
+    );
+    let egw = mesh.start_pod(
+        PodSpec::new("egress")
+            .host(20)
+            .port(7070)
+            .label("istio", "egressgateway")
+            .service_account("istio-egressgateway")
+            .gateway()
+            .secure(&cp),
+    );
+    let a = mesh.start_pod(PodSpec::new("a").host(10).service_account("a").secure(&cp));
+    a.hosts(&[("api.external.example", "240.240.0.5")]);
+
+    let url = "http://api.external.example/";
+    let ok = wait_until(READY, || {
+        let (code, body) = a.curl(url, &["-m", "5"]);
+        code == 200 && answered_by(&body) == "external"
+    });
+    assert!(
+        ok,
+        "the external host is not reached through the egress gateway: {:?}\n{}\n{}\n{}",
+        a.curl(url, &["-m", "5"]),
+        cp.log_tail(20),
+        egw.logs(),
+        a.logs()
+    );
+    // The gateway listens on the Service's target port (80 -> 8080), took the request over
+    // mutual TLS, and sent it on over TLS; the sidecar went to the gateway, not direct.
+    let dump = egw.envoy_admin("/config_dump");
+    assert!(dump.contains("0.0.0.0_8080"), "bound to the target port");
+    let gw_rq = egw
+        .envoy_stat("cluster.outbound|443||api.external.example.upstream_rq_total")
+        .unwrap_or(0);
+    assert!(gw_rq >= 1, "the gateway's stats show the request");
+    let gw_tls = egw
+        .envoy_stat("cluster.outbound|443||api.external.example.ssl.handshake")
+        .unwrap_or(0);
+    assert!(gw_tls >= 1, "the gateway originated TLS");
+    let via = a
+        .envoy_stat(
+            "cluster.outbound|80|external|istio-egressgateway.default.svc.cluster.local.upstream_rq_total",
+        )
+        .unwrap_or(0);
+    assert!(via >= 1, "the sidecar sent it to the egress gateway");
+    let listener_ssl = egw
+        .envoy_stats("listener.0.0.0.0_8080.ssl.handshake")
+        .iter()
+        .map(|(_, v)| *v)
+        .sum::<u64>();
+    assert!(
+        listener_ssl >= 1,
+        "the sidecar's connection to the gateway is TLS"
+    );
+    println!(
+        "egress: sidecar->gateway requests {via}, gateway->external requests {gw_rq}, TLS handshakes in {listener_ssl} out {gw_tls}"
+    );
+
+    // REGISTRY_ONLY: the external server's own address is not reachable from the pod.
+    let (code, _) = a.curl(&format!("https://{}:8443/", ext.ip), &["-m", "5", "-k"]);
+    assert_ne!(code, 200, "a direct call to the external address passes");
+
+    // Without the ServiceEntry (and the rules naming it) the call fails.
+    write(
+        dir.path(),
+        "egress.yaml",
+        &egress_config(&mesh, &certs.join("ca.pem"), false),
+    );
+    let blocked = wait_until(Duration::from_secs(20), || {
+        a.curl(url, &["-m", "5"]).0 != 200
+    });
+    assert!(blocked, "still reachable without the ServiceEntry");
+}

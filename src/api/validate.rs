@@ -339,12 +339,6 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             if let Some(p) = m.port {
                 v.port(format!("{mf}.port"), p);
             }
-            if !m.gateways.is_empty() {
-                v.bad(
-                    format!("{mf}.gateways"),
-                    "gateway matches are not supported yet",
-                );
-            }
         }
         let mut total = 0i64;
         header_ops(v, &format!("{f}.headers"), h.headers.as_ref());
@@ -512,7 +506,6 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             for (field, set) in [
                 ("destinationSubnets", !m.destination_subnets.is_empty()),
                 ("sourceLabels", !m.source_labels.is_empty()),
-                ("gateways", !m.gateways.is_empty()),
                 ("sourceNamespace", !m.source_namespace.is_empty()),
             ] {
                 if set {

@@ -738,21 +738,30 @@ fn virtual_service(
         }
     }
     // `name` and `ns/name` bind gateways (a short name is of the VirtualService's
-    // namespace); `mesh`, or no gateways at all, binds the sidecars.
+    // namespace); `mesh`, or no gateways at all, binds the sidecars. Match blocks name
+    // gateways the same way: resolved here, translation compares whole names.
+    let resolve = |g: &String| {
+        if g == "mesh" || g.contains('/') {
+            g.clone()
+        } else {
+            format!("{ns}/{g}")
+        }
+    };
     let gateways: Vec<String> = if vs.gateways.is_empty() {
         vec!["mesh".to_string()]
     } else {
-        vs.gateways
-            .iter()
-            .map(|g| {
-                if g == "mesh" || g.contains('/') {
-                    g.clone()
-                } else {
-                    format!("{ns}/{g}")
-                }
-            })
-            .collect()
+        vs.gateways.iter().map(resolve).collect()
     };
+    for h in spec.http.iter_mut() {
+        for m in h.matches.iter_mut() {
+            m.gateways = m.gateways.iter().map(resolve).collect();
+        }
+    }
+    for t in spec.tls.iter_mut() {
+        for m in t.matches.iter_mut() {
+            m.gateways = m.gateways.iter().map(resolve).collect();
+        }
+    }
     let mut hosts = Vec::new();
     for (i, h) in vs.hosts.iter().enumerate() {
         let f = fqdn(h, &ns, cx.domain);

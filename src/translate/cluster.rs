@@ -176,7 +176,11 @@ fn apply_tls(
         .unwrap_or_default();
     let sans = || tls::expected_identities(svc, &world.mesh.trust_domain, &extra);
     match t.and_then(|t| t.mode.as_deref()) {
-        Some("ISTIO_MUTUAL") => c.transport_socket = Some(tls::istio_upstream(&sni, &sans())),
+        // An explicit `sni` wins: the egress gateway pattern routes on it.
+        Some("ISTIO_MUTUAL") => {
+            let sni = t.and_then(|t| t.sni.clone()).unwrap_or(sni);
+            c.transport_socket = Some(tls::istio_upstream(&sni, &sans()))
+        }
         Some("SIMPLE") | Some("MUTUAL")
             if t.and_then(|t| t.credential_name.as_deref()).is_some() =>
         {

@@ -57,7 +57,7 @@ impl Srv<'_> {
     }
     /// Istio's route name of an HTTPS server: `https.<port>.<port name>.<gateway>.<ns>`
     /// (the server's name, or its index, when the port has no name).
-    fn https_route_name(&self) -> String {
+    fn https_route_name(&self, bind: u32) -> String {
         let name = if !self.s.port.name.is_empty() {
             self.s.port.name.clone()
         } else if !self.s.name.is_empty() {
@@ -66,8 +66,8 @@ impl Srv<'_> {
             format!("server-{}", self.index)
         };
         format!(
-            "https.{}.{name}.{}.{}",
-            self.s.port.number, self.gw.key.name, self.gw.key.namespace
+            "https.{bind}.{name}.{}.{}",
+            self.gw.key.name, self.gw.key.namespace
         )
     }
 }
@@ -78,7 +78,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
     for gw in selecting(world, proxy) {
         for (index, s) in gw.servers.iter().enumerate() {
             by_port
-                .entry(s.port.number)
+                .entry(bind_port(world, proxy, s.port.number))
                 .or_default()
                 .push(Srv { gw, index, s });
         }
@@ -106,9 +106,9 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
                 // Envoy refuses two chains with the same match: the first server wins.
                 continue;
             }
-            let rname = srv.https_route_name();
+            let rname = srv.https_route_name(port);
             let mut rc = route_config(&rname);
-            rc.virtual_hosts = vhosts(world, proxy, &[*srv], port);
+            rc.virtual_hosts = vhosts(world, proxy, &[*srv]);
             routes.push(rc);
             chains.push(FilterChain {
                 name: rname.clone(),
@@ -123,7 +123,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             tls_chains = true;
         }
         for srv in servers.iter().filter(|s| s.protocol() == "TLS") {
-            for (sni, cluster) in passthrough_routes(world, srv, port) {
+            for (sni, cluster) in passthrough_routes(world, srv) {
                 if !seen_sni.insert(sni.clone()) {
                     continue;
                 }
@@ -147,7 +147,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
         if !http.is_empty() {
             let rname = format!("http.{port}");
             let mut rc = route_config(&rname);
-            rc.virtual_hosts = vhosts(world, proxy, &http, port);
+            rc.virtual_hosts = vhosts(world, proxy, &http);
             routes.push(rc);
             chains.push(FilterChain {
                 name: rname.clone(),
@@ -175,6 +175,26 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
         });
     }
     (listeners, routes)
+}
+
+/// The port a server listens on: as in Istio, the target port of the Service port that
+/// reaches this gateway (a Service `port: 443` with `targetPort: 8443` whose endpoints
+/// include the gateway's address: it listens on 8443, so Envoy needs no privilege), else
+/// the server's own port. Listener and route names use it (`0.0.0.0_8443`, `http.8080`);
+/// VirtualService port matches and virtual host names use the server's port.
+pub fn bind_port(world: &World, proxy: &Proxy, port: u32) -> u32 {
+    let index = world.index_addresses();
+    for ip in &proxy.ips {
+        for (host, i) in index.get(ip).into_iter().flatten() {
+            let Some(svc) = world.services.get(host) else {
+                continue;
+            };
+            if let (Some(sp), Some(ep)) = (svc.port(port), svc.endpoints.get(*i)) {
+                return svc.endpoint_port(sp, ep);
+            }
+        }
+    }
+    port
 }
 
 fn route_config(name: &str) -> rt::RouteConfiguration {
@@ -244,7 +264,7 @@ fn bound_host(srv: &Srv, vs: &VirtualSvc, vs_host: &str) -> Option<String> {
 /// Virtual hosts of servers sharing one route configuration: for each VirtualService bound
 /// to a server's gateway, in order, each of its hosts the server takes. A domain goes to
 /// the first VirtualService that claims it (Envoy refuses a domain twice).
-fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv], port: u32) -> Vec<rt::VirtualHost> {
+fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost> {
     let mut used = BTreeSet::new();
     let mut out = Vec::new();
     for vs in &world.virtual_services {
@@ -255,6 +275,7 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv], port: u32) -> Vec<rt::V
             if !vs.binds(&srv.gw.name()) {
                 continue;
             }
+            let port = srv.s.port.number;
             let redirect = srv.tls().is_some_and(|t| t.https_redirect);
             for h in &vs.spec.hosts {
                 let Some(host) = bound_host(srv, vs, h) else {
@@ -271,7 +292,7 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv], port: u32) -> Vec<rt::V
                 out.push(rt::VirtualHost {
                     name: format!("{host}:{port}"),
                     domains,
-                    routes: route::vs_routes(world, proxy, &vs.spec, port),
+                    routes: route::vs_routes(world, proxy, &vs.spec, port, &srv.gw.name()),
                     require_tls: if redirect {
                         rt::virtual_host::TlsRequirementType::All as i32
                     } else {
@@ -288,7 +309,8 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv], port: u32) -> Vec<rt::V
 
 /// SNI → cluster for a PASSTHROUGH server: the `tls` routes of VirtualServices bound to its
 /// gateway whose sniHosts the server takes (and whose port, if set, is this one).
-fn passthrough_routes(world: &World, srv: &Srv, port: u32) -> Vec<(String, String)> {
+fn passthrough_routes(world: &World, srv: &Srv) -> Vec<(String, String)> {
+    let port = srv.s.port.number;
     let mut out = Vec::new();
     for vs in &world.virtual_services {
         if !vs.binds(&srv.gw.name()) {
@@ -296,11 +318,10 @@ fn passthrough_routes(world: &World, srv: &Srv, port: u32) -> Vec<(String, Strin
         }
         for t in &vs.spec.tls {
             let Some(d) = t.route.first() else { continue };
-            for m in t
-                .matches
-                .iter()
-                .filter(|m| m.port.is_none_or(|p| p == port))
-            {
+            for m in t.matches.iter().filter(|m| {
+                m.port.is_none_or(|p| p == port)
+                    && (m.gateways.is_empty() || m.gateways.contains(&srv.gw.name()))
+            }) {
                 for sni in &m.sni_hosts {
                     if let Some(host) = bound_host(srv, vs, sni) {
                         out.push((host, route::dest_cluster(world, &d.destination, port)));

@@ -99,7 +99,7 @@ pub fn service_vhost(
     domains: Vec<String>,
 ) -> rt::VirtualHost {
     let routes = match world.virtual_service_for(&svc.hostname) {
-        Some(vs) => vs_routes(world, proxy, &vs.spec, port),
+        Some(vs) => vs_routes(world, proxy, &vs.spec, port, "mesh"),
         None => vec![default_route(world, svc, port)],
     };
     rt::VirtualHost {
@@ -483,19 +483,23 @@ fn retry_policy(r: Option<&net::HttpRetry>) -> Option<rt::RetryPolicy> {
     })
 }
 
-fn source_applies(m: &net::HttpMatchRequest, proxy: &Proxy, port: u32) -> bool {
-    (m.source_labels.is_empty() || selects(&m.source_labels, &proxy.labels))
+fn source_applies(m: &net::HttpMatchRequest, proxy: &Proxy, port: u32, bound: &str) -> bool {
+    (m.gateways.is_empty() || m.gateways.iter().any(|g| g == bound))
+        && (m.source_labels.is_empty() || selects(&m.source_labels, &proxy.labels))
         && (m.source_namespace.is_empty() || m.source_namespace == proxy.namespace)
         && m.port.is_none_or(|p| p == port)
 }
 
-/// Routes of a VirtualService for one listener port. Each match block becomes one Envoy
-/// route, in order; match blocks not applicable to this proxy or port are dropped.
+/// Routes of a VirtualService for one listener port, where it is bound as `bound` (`mesh`
+/// for sidecars, `ns/name` for a gateway). Each match block becomes one Envoy route, in
+/// order; match blocks not applicable to this proxy, port or gateway are dropped (a route
+/// whose every match block is for elsewhere is dropped with them).
 pub fn vs_routes(
     world: &World,
     proxy: &Proxy,
     vs: &net::VirtualService,
     port: u32,
+    bound: &str,
 ) -> Vec<rt::Route> {
     let mut out = Vec::new();
     for (i, h) in vs.http.iter().enumerate() {
@@ -504,7 +508,7 @@ pub fn vs_routes(
         } else {
             h.matches
                 .iter()
-                .filter(|m| source_applies(m, proxy, port))
+                .filter(|m| source_applies(m, proxy, port, bound))
                 .map(Some)
                 .collect()
         };

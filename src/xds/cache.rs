@@ -118,7 +118,7 @@ fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
 }
 
 type RouteKey = (String, BTreeMap<String, String>);
-type GatewayKey = (String, BTreeMap<String, String>, bool);
+type GatewayKey = (String, BTreeMap<String, String>, Vec<String>, bool);
 
 /// A set of resource names a proxy subscribed to, interned: the 2,000 proxies of a class
 /// that ask for the same 6,000 endpoint names share one set instead of holding a copy each.
@@ -401,8 +401,8 @@ pub struct Generation {
     routes: Mutex<HashMap<RouteKey, RouteCell>>,
     /// Inbound clusters and listener per inbound key (its whole input).
     inbound: Mutex<HashMap<translate::listener::InboundKey, InboundMaps>>,
-    /// Gateway listeners and route configurations per (namespace, labels, mTLS): the whole
-    /// input of gateway generation besides the World. Rebuilt with every generation
+    /// Gateway listeners and route configurations per (namespace, labels, addresses, mTLS):
+    /// the whole input of gateway generation besides the World. Rebuilt with every generation
     /// (gateways are few).
     gateways: Mutex<HashMap<GatewayKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
@@ -910,17 +910,23 @@ impl Generation {
             None if build => self.outbound_for(okey.0, okey.1),
             None => return None,
         };
-        let gkey: GatewayKey = (proxy.namespace.clone(), proxy.labels.clone(), proxy.mtls);
+        let gkey: GatewayKey = (
+            proxy.namespace.clone(),
+            proxy.labels.clone(),
+            proxy.ips.clone(),
+            proxy.mtls,
+        );
         let (listeners, routes) = {
             let mut memo = lock_or_skip(&self.gateways, build)?;
             if !build && !memo.contains_key(&gkey) {
                 return None;
             }
             memo.entry(gkey)
-                .or_insert_with_key(|(ns, labels, mtls)| {
+                .or_insert_with_key(|(ns, labels, ips, mtls)| {
                     let class = Proxy {
                         namespace: ns.clone(),
                         labels: labels.clone(),
+                        ips: ips.clone(),
                         mtls: *mtls,
                         router: true,
                         ..Default::default()
