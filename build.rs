@@ -32,6 +32,8 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/extensions/access_loggers/grpc/v3/als.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
+    "envoy/extensions/filters/udp/dns_filter/v3/dns_filter.proto",
+    "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
     "envoy/service/discovery/v3/discovery.proto",
 ];
 

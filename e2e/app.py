@@ -130,6 +130,40 @@ def make_handler(name, fail_all, ext_authz=False):
     return Handler
 
 
+def serve_dns(listen, port, answers):
+    """A minimal authoritative DNS server (UDP): A records for `answers`, an empty NOERROR
+    for other types of a known name, NXDOMAIN for anything else."""
+    import socket
+    import struct
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((listen, port))
+    while True:
+        data, peer = sock.recvfrom(4096)
+        try:
+            qid, _flags, qd = struct.unpack(">HHH", data[:6])
+            i, labels = 12, []
+            while data[i]:
+                n = data[i]
+                labels.append(data[i + 1 : i + 1 + n].decode())
+                i += 1 + n
+            qtype, _qclass = struct.unpack(">HH", data[i + 1 : i + 5])
+            question = data[12 : i + 5]
+        except Exception:
+            continue
+        name = ".".join(labels).lower()
+        ip = answers.get(name)
+        print(f"dns query {name} type {qtype} from {peer[0]}", file=sys.stderr, flush=True)
+        if ip is None:
+            out = struct.pack(">HHHHHH", qid, 0x8183, 1, 0, 0, 0) + question
+        elif qtype == 1:
+            rr = struct.pack(">HHHIH", 0xC00C, 1, 1, 30, 4) + socket.inet_aton(ip)
+            out = struct.pack(">HHHHHH", qid, 0x8580, 1, 1, 0, 0) + question + rr
+        else:
+            out = struct.pack(">HHHHHH", qid, 0x8580, 1, 0, 0, 0) + question
+        sock.sendto(out, peer)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", required=True)
@@ -140,6 +174,8 @@ def main():
     p.add_argument("--tls-port", type=int, help="also serve HTTPS here (with --tls-cert/--tls-key)")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--dns-port", type=int, help="also answer DNS (UDP) here, for --dns-answer names")
+    p.add_argument("--dns-answer", action="append", default=[], help="NAME=IPV4 (repeatable)")
     a = p.parse_args()
     fail_all = a.fail_all or os.environ.get("APP_FAIL_ALL", "") not in ("", "0")
 
@@ -154,9 +190,12 @@ def main():
             self.server_name, self.server_port = self.server_address[:2]
 
     srv = Server((a.listen, a.port), make_handler(a.name, fail_all, a.ext_authz))
+    if a.dns_port:
+        answers = dict(x.split("=", 1) for x in a.dns_answer)
+        threading.Thread(target=serve_dns, args=(a.listen, a.dns_port, answers), daemon=True).start()
+        print(f"app {a.name} answering DNS on {a.listen}:{a.dns_port}", file=sys.stderr, flush=True)
     if a.tls_port:
         import ssl
-        import threading
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)

@@ -34,6 +34,8 @@ struct ProxyDef {
     mtls: bool,
     /// A gateway (`router~` node), not a sidecar.
     router: bool,
+    /// Captures DNS (node metadata `DNS_CAPTURE`).
+    dns: bool,
 }
 
 /// The default client: a sleep pod at 10.0.0.1 that no service selects.
@@ -43,6 +45,7 @@ const SLEEP: ProxyDef = ProxyDef {
     labels: &[("app", "sleep"), ("version", "v1")],
     mtls: false,
     router: false,
+    dns: false,
 };
 /// The sleep pod with a certificate.
 const SLEEP_MTLS: ProxyDef = ProxyDef {
@@ -51,6 +54,7 @@ const SLEEP_MTLS: ProxyDef = ProxyDef {
     labels: &[("app", "sleep"), ("version", "v1")],
     mtls: true,
     router: false,
+    dns: false,
 };
 /// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
 const REVIEWS_MTLS: ProxyDef = ProxyDef {
@@ -63,6 +67,7 @@ const REVIEWS_MTLS: ProxyDef = ProxyDef {
     ],
     mtls: true,
     router: false,
+    dns: false,
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
@@ -70,6 +75,7 @@ const PRODUCTPAGE: ProxyDef = ProxyDef {
     labels: &[("app", "productpage"), ("version", "v1")],
     mtls: false,
     router: false,
+    dns: false,
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
@@ -77,8 +83,18 @@ const RATINGS: ProxyDef = ProxyDef {
     labels: &[("app", "ratings"), ("version", "v1")],
     mtls: false,
     router: false,
+    dns: false,
 };
 
+/// The sleep pod, capturing DNS.
+const SLEEP_DNS: ProxyDef = ProxyDef {
+    name: "sleep-dns",
+    ip: "10.0.0.1",
+    labels: &[("app", "sleep"), ("version", "v1")],
+    mtls: false,
+    router: false,
+    dns: true,
+};
 /// An ingress gateway pod with a certificate.
 const INGRESS: ProxyDef = ProxyDef {
     name: "istio-ingressgateway",
@@ -86,6 +102,7 @@ const INGRESS: ProxyDef = ProxyDef {
     labels: &[("istio", "ingressgateway")],
     mtls: true,
     router: true,
+    dns: false,
 };
 
 struct Case {
@@ -172,6 +189,10 @@ const CASES: &[Case] = &[
         proxies: &[INGRESS],
         ..case("gateway")
     },
+    Case {
+        proxies: &[SLEEP_DNS],
+        ..case("dns")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -205,6 +226,7 @@ fn proxy(p: &ProxyDef) -> Proxy {
         workload_name: pod,
         mtls: p.mtls,
         router: p.router,
+        dns: p.dns,
     }
 }
 
@@ -373,6 +395,7 @@ golden!(
     sidecar_scope,
     authz,
     gateway,
+    dns,
 );
 
 #[test]

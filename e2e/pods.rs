@@ -27,6 +27,7 @@ fn args(delta: bool) -> BootstrapArgs {
         root_cert: None,
         token_file: None,
         gateway: false,
+        dns_capture: false,
         xds_server_name: "pilotfish".into(),
     }
 }

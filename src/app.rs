@@ -151,6 +151,10 @@ pub struct ServeArgs {
     /// metrics from them on /metrics.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub telemetry: bool,
+    /// Where ServiceEntry hosts without addresses get the virtual IPs that sidecar DNS
+    /// answers with (IPv4 CIDR, /8 to /30).
+    #[arg(long, default_value = "240.240.0.0/16", value_parser = parse_vip_range)]
+    pub dns_vip_range: (u32, u8),
     /// Istio metric label sets kept at most (HTTP and TCP together); past it, new label
     /// sets are counted in an overflow series per reporter.
     #[arg(long, default_value_t = 10_000)]
@@ -811,6 +815,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         (!addr.ip().is_unspecified()).then(|| addr.to_string())
     });
     mesh.telemetry = a.telemetry;
+    mesh.dns_vip_range = a.dns_vip_range;
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
@@ -1640,4 +1645,20 @@ pub fn validate(a: ValidateArgs) -> anyhow::Result<ExitCode> {
         );
         Ok(ExitCode::from(1))
     }
+}
+
+/// `A.B.C.D/N` (N in 8..=30) as (network address, N).
+pub fn parse_vip_range(s: &str) -> Result<(u32, u8), String> {
+    let (ip, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected an IPv4 CIDR such as 240.240.0.0/16"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|_| format!("{s:?}: not an IPv4 address"))?;
+    let n: u8 = n.parse().map_err(|_| format!("{s:?}: bad prefix length"))?;
+    if !(8..=30).contains(&n) {
+        return Err(format!("{s:?}: the prefix length must be 8 to 30"));
+    }
+    let mask = u32::MAX << (32 - n);
+    Ok((u32::from(ip) & mask, n))
 }

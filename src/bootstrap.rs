@@ -75,6 +75,11 @@ pub struct BootstrapArgs {
     /// Gateway resources whose selector matches --labels configure it (no traffic capture).
     #[arg(long)]
     pub gateway: bool,
+    /// The sidecar answers its workload's DNS (node metadata `DNS_CAPTURE: "true"`, as
+    /// Istio's `ISTIO_META_DNS_CAPTURE`): pilotfish sends it a DNS listener on
+    /// 127.0.0.1:15053 (pair with `pilotfish iptables --redirect-dns`).
+    #[arg(long)]
+    pub dns_capture: bool,
 }
 
 /// Parses `k=v,k=v` (an empty string is no labels).
@@ -223,6 +228,7 @@ fn render_checked(a: &BootstrapArgs) -> anyhow::Result<Value> {
                 "INTERCEPTION_MODE": "REDIRECT",
                 "CLUSTER_ID": a.cluster_id,
                 "ISTIO_VERSION": "pilotfish",
+                "DNS_CAPTURE": if a.dns_capture { "true" } else { "false" },
                 "PROXY_CONFIG": {}
             }
         },

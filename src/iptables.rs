@@ -34,7 +34,16 @@ pub struct IptablesArgs {
     /// Inbound ports redirected: `*` for all, or a comma list (empty: none).
     #[arg(long, default_value = "*")]
     pub include_inbound_ports: String,
+    /// Also redirect the app's DNS (UDP 53, any destination) to the sidecar's DNS listener;
+    /// the proxy's own lookups (its uid/gid) go out as they are.
+    #[arg(long)]
+    pub redirect_dns: bool,
+    /// Where the sidecar answers DNS (127.0.0.1).
+    #[arg(long, default_value_t = 15053)]
+    pub dns_port: u16,
 }
+
+pub const OUTPUT_DNS: &str = "ISTIO_OUTPUT_DNS";
 
 pub const INBOUND: &str = "ISTIO_INBOUND";
 pub const IN_REDIRECT: &str = "ISTIO_IN_REDIRECT";
@@ -208,6 +217,30 @@ pub fn try_rules(a: &IptablesArgs) -> anyhow::Result<Vec<Vec<String>>> {
         ]));
     }
     v.push(r(&["-A", OUTPUT, "-j", REDIRECT]));
+    if a.redirect_dns {
+        let port = a.dns_port.to_string();
+        v.push(r(&["-N", OUTPUT_DNS]));
+        v.push(r(&[
+            "-A", "OUTPUT", "-p", "udp", "--dport", "53", "-j", OUTPUT_DNS,
+        ]));
+        for (kind, id) in [("--uid-owner", &uid), ("--gid-owner", &gid)] {
+            v.push(r(&[
+                "-A", OUTPUT_DNS, "-m", "owner", kind, id, "-j", "RETURN",
+            ]));
+        }
+        v.push(r(&[
+            "-A",
+            OUTPUT_DNS,
+            "-p",
+            "udp",
+            "--dport",
+            "53",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &port,
+        ]));
+    }
     Ok(v)
 }
 
@@ -283,6 +316,23 @@ mod tests {
 
     fn lines(a: &IptablesArgs) -> Vec<String> {
         rules(a).iter().map(|r| r.join(" ")).collect()
+    }
+
+    #[test]
+    fn dns_redirect_spares_the_proxy() {
+        let got = lines(&parse(&["--redirect-dns"]));
+        let tail: Vec<&str> = got.iter().rev().take(5).rev().map(String::as_str).collect();
+        assert_eq!(
+            tail,
+            [
+                "-t nat -N ISTIO_OUTPUT_DNS",
+                "-t nat -A OUTPUT -p udp --dport 53 -j ISTIO_OUTPUT_DNS",
+                "-t nat -A ISTIO_OUTPUT_DNS -m owner --uid-owner 1337 -j RETURN",
+                "-t nat -A ISTIO_OUTPUT_DNS -m owner --gid-owner 1337 -j RETURN",
+                "-t nat -A ISTIO_OUTPUT_DNS -p udp --dport 53 -j REDIRECT --to-ports 15053",
+            ]
+        );
+        assert!(!lines(&parse(&[])).iter().any(|l| l.contains("udp")));
     }
 
     #[test]

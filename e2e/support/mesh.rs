@@ -452,7 +452,10 @@ impl Mesh {
         // own loopback and fail at once.
         fs::write(
             etc.join("resolv.conf"),
-            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            format!(
+                "nameserver {}\noptions timeout:1 attempts:1\n",
+                spec.nameserver.as_deref().unwrap_or("127.0.0.1")
+            ),
         )
         .unwrap();
 
@@ -521,6 +524,7 @@ impl Mesh {
                     pod.netns_cmd()
                         .arg(pilotfish_bin())
                         .arg("iptables")
+                        .args(spec.dns.then_some("--redirect-dns"))
                         .args(&spec.iptables_args),
                     Duration::from_secs(60),
                 );
@@ -557,6 +561,9 @@ impl Mesh {
             }
             if spec.gateway {
                 b.arg("--gateway");
+            }
+            if spec.dns {
+                b.arg("--dns-capture");
             }
             if let Some(sec) = &spec.secure {
                 // Root and token where uid 1337 can read them (the control plane's state dir
@@ -698,6 +705,10 @@ pub struct PodSpec {
     pub secure: Option<Secure>,
     /// A standalone gateway: Envoy with a `--gateway` bootstrap and no traffic capture.
     pub gateway: bool,
+    /// The sidecar answers the app's DNS (`--redirect-dns`, `--dns-capture`).
+    pub dns: bool,
+    /// The pod's resolver (resolv.conf); None: 127.0.0.1 (nothing answers).
+    pub nameserver: Option<String>,
 }
 
 /// How a secure sidecar authenticates.
@@ -725,7 +736,20 @@ impl PodSpec {
             host: None,
             secure: None,
             gateway: false,
+            dns: false,
+            nameserver: None,
         }
+    }
+    /// The sidecar answers the app's DNS: iptables redirects UDP 53 to it and its node
+    /// metadata asks pilotfish for the DNS listener.
+    pub fn dns(mut self) -> Self {
+        self.dns = true;
+        self
+    }
+    /// The pod's resolv.conf names this server.
+    pub fn nameserver(mut self, ip: &str) -> Self {
+        self.nameserver = Some(ip.to_string());
+        self
     }
     /// A gateway pod: its Envoy is a standalone gateway (`pilotfish bootstrap --gateway`,
     /// node type `router`) configured by Gateway resources, with no iptables capture.

@@ -92,6 +92,7 @@ impl Injector {
             token_file: Some(format!("{TOKEN_DIR}/token").into()),
             xds_server_name: self.opts.xds_server_name.clone(),
             gateway: false,
+            dns_capture: true,
         };
         let mut b = crate::bootstrap::render(&args);
         // The pod's own name and address, expanded by Kubernetes from the container's env.

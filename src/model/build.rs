@@ -103,6 +103,8 @@ pub fn build_world(
         services.insert(s.hostname.clone(), Arc::new(s));
     }
 
+    allocate_vips(&mut services, mesh.dns_vip_range);
+
     let mut destination_rules: BTreeMap<String, Arc<DestRule>> = BTreeMap::new();
     let drs: Vec<_> = cx.of_kind(Kind::DestinationRule).cloned().collect();
     for r in drs {
@@ -550,6 +552,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
             mesh_external: false,
             endpoints,
             origin: r.key.clone(),
+            auto_vip: None,
         });
     }
     out
@@ -642,6 +645,7 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                 mesh_external: se.location.as_deref() != Some("MESH_INTERNAL"),
                 endpoints: eps,
                 origin: r.key.clone(),
+                auto_vip: None,
             });
         }
     }
@@ -862,4 +866,35 @@ fn credentials_ok(cx: &mut Ctx<'_>, r: &Arc<Resource>, dr: &networking::Destinat
         }
     }
     cx.bad.len() == before
+}
+
+/// Virtual IPs for ServiceEntry hosts without addresses (not wildcards), for the sidecars'
+/// DNS: each host starts at a slot from a hash of its name in the range and takes the next
+/// free one, hosts in name order. The same hosts always get the same addresses (across
+/// restarts and replicas); a host keeps its address when others come and go unless they
+/// collide on the way to it.
+pub fn allocate_vips(services: &mut BTreeMap<String, Arc<Service>>, range: (u32, u8)) {
+    use sha2::{Digest, Sha256};
+    let (base, prefix) = range;
+    let size = 1u64 << (32 - u32::from(prefix.min(30)));
+    // Not the network's first and last addresses.
+    let usable = size - 2;
+    let mut taken: BTreeSet<u64> = BTreeSet::new();
+    for svc in services.values_mut() {
+        // Not for resolution NONE: traffic to the address would pass through to it.
+        let wants = svc.origin.kind == Kind::ServiceEntry
+            && svc.vips.is_empty()
+            && svc.resolution != Resolution::Passthrough
+            && !svc.hostname.starts_with('*');
+        if !wants || taken.len() as u64 >= usable {
+            continue;
+        }
+        let d = Sha256::digest(svc.hostname.as_bytes());
+        let mut slot = u64::from_be_bytes(d[..8].try_into().unwrap()) % usable;
+        while !taken.insert(slot) {
+            slot = (slot + 1) % usable;
+        }
+        let ip = std::net::Ipv4Addr::from(base.wrapping_add(1 + slot as u32));
+        Arc::make_mut(svc).auto_vip = Some(ip.to_string());
+    }
 }

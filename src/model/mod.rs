@@ -44,6 +44,9 @@ pub struct MeshConfig {
     pub builtin_authz: Option<String>,
     /// Sidecars stream access logs to pilotfish (`--telemetry`); off in a bare MeshConfig.
     pub telemetry: bool,
+    /// Where ServiceEntries without addresses get their virtual IPs for the sidecars' DNS
+    /// (`--dns-vip-range`, Istio's `240.240.0.0/16`): (network address, prefix length).
+    pub dns_vip_range: (u32, u8),
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
@@ -206,6 +209,7 @@ impl Default for MeshConfig {
             other_providers: Vec::new(),
             builtin_authz: None,
             telemetry: false,
+            dns_vip_range: (u32::from(std::net::Ipv4Addr::new(240, 240, 0, 0)), 16),
         }
     }
 }
@@ -376,6 +380,9 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// The object that defined it.
     pub origin: ObjectKey,
+    /// A ServiceEntry host without addresses: the virtual IP sidecar DNS answers with
+    /// (allocated from the mesh's range, stable across restarts).
+    pub auto_vip: Option<String>,
 }
 
 impl Endpoint {
@@ -801,6 +808,9 @@ pub struct Proxy {
     /// A standalone gateway (node type `router`), configured by Gateway resources rather
     /// than as a sidecar.
     pub router: bool,
+    /// The proxy answers its workload's DNS (node metadata `DNS_CAPTURE: "true"`, as
+    /// Istio's `ISTIO_META_DNS_CAPTURE`): it gets the DNS listener.
+    pub dns: bool,
 }
 
 impl Proxy {
@@ -829,6 +839,7 @@ impl Proxy {
         if let Some(w) = s("WORKLOAD_NAME") {
             p.workload_name = w;
         }
+        p.dns = s("DNS_CAPTURE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
         if let Some(ips) = s("INSTANCE_IPS") {
             p.ips = ips
                 .split(',')
@@ -866,6 +877,33 @@ mod tests {
         let w = ix.snapshot();
         assert!(w.errors.is_empty(), "{:?}", w.errors);
         w
+    }
+
+    fn entry(host: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {n}}}\nspec:\n  hosts: [{host}]\n  resolution: DNS\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n---\n", n = host.replace('.', "-"))
+    }
+
+    #[test]
+    fn auto_allocated_addresses_are_stable_and_distinct() {
+        let hosts: Vec<String> = (0..300).map(|i| format!("h{i}.example")).collect();
+        let all: String = hosts.iter().map(|h| entry(h)).collect();
+        let vip = |w: &World, h: &str| w.services[h].auto_vip.clone().unwrap();
+        let a = world(&all);
+        let b = world(&all);
+        let mut seen = std::collections::BTreeSet::new();
+        for h in &hosts {
+            assert_eq!(vip(&a, h), vip(&b, h), "same input, same address");
+            assert!(vip(&a, h).starts_with("240.240."), "{}", vip(&a, h));
+            assert!(seen.insert(vip(&a, h)), "distinct");
+        }
+        // Hosts coming and going leave the others' addresses (no collisions on the way).
+        let fewer: String = hosts[..150].iter().map(|h| entry(h)).collect();
+        let c = world(&fewer);
+        let kept = hosts[..150]
+            .iter()
+            .filter(|h| vip(&a, h) == vip(&c, h))
+            .count();
+        assert!(kept >= 145, "{kept} of 150 kept their address");
     }
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -12,6 +12,7 @@
 pub mod authz;
 pub mod canon;
 pub mod cluster;
+pub mod dns;
 pub mod endpoint;
 pub mod ext_authz;
 pub mod gateway;
@@ -83,6 +84,9 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     clusters.extend(cluster::inbound(world, proxy));
     clusters.sort_by(|a, b| a.name.cmp(&b.name));
     let mut listeners = listener::outbound(world, &scope, proxy.mtls);
+    if proxy.dns {
+        listeners.push(dns::listener(world, &scope));
+    }
     let key = listener::inbound_key(world, proxy);
     listeners.push(listener::inbound_from(&key));
     listeners.sort_by(|a, b| a.name.cmp(&b.name));

@@ -669,6 +669,8 @@ struct Outbound {
     clusters: Arc<TypeMap>,
     endpoints: Arc<TypeMap>,
     listeners: Arc<TypeMap>,
+    /// The DNS listener, for proxies that capture DNS.
+    dns: Arc<TypeMap>,
 }
 
 impl Generation {
@@ -769,11 +771,13 @@ impl Generation {
                     .as_ref()
                     .and_then(|c| Some((c, c.outbound.get(key)?)));
                 let listeners = listener_map(translate::listener::outbound(w, scope, *mtls));
+                let dns = listener_map(vec![translate::dns::listener(w, scope)]);
                 if let Some((_, o)) = prev.filter(|(c, _)| c.only_vs) {
                     return Arc::new(Outbound {
                         clusters: o.clusters.clone(),
                         endpoints: o.endpoints.clone(),
                         listeners: reuse(listeners, Some(&o.listeners)),
+                        dns: reuse(dns, Some(&o.dns)),
                     });
                 }
                 let clusters = map(translate::cluster::outbound(w, scope, *mtls), |c| &c.name);
@@ -784,6 +788,7 @@ impl Generation {
                         prev.map(|(_, o)| &o.endpoints),
                     ),
                     listeners: reuse(listeners, prev.map(|(_, o)| &o.listeners)),
+                    dns: reuse(dns, prev.map(|(_, o)| &o.dns)),
                 })
             })
             .clone()
@@ -890,7 +895,11 @@ impl Generation {
         let mut by_type = HashMap::new();
         by_type.insert(CLUSTER, vec![out.clusters.clone(), in_clusters]);
         by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
-        by_type.insert(LISTENER, vec![out.listeners.clone(), in_listeners]);
+        let mut listeners = vec![out.listeners.clone(), in_listeners];
+        if proxy.dns {
+            listeners.push(out.dns.clone());
+        }
+        by_type.insert(LISTENER, listeners);
         by_type.insert(ROUTE, vec![routes, in_routes]);
         if let Some(v) = vhosts {
             by_type.insert(VHOST, vec![v]);
