@@ -12,7 +12,8 @@ Every response is JSON: {"name", "method", "path", "headers", "body"} and carrie
     ?flaky=KEY&fail=2      the first 2 requests carrying KEY get 503, later ones succeed
                            (counter per process and per KEY)
 
-`--fail-all` (or env APP_FAIL_ALL=1) makes every request answer 503 (outlier detection).
+`--fail-all` (or env APP_FAIL_ALL=1) makes every request answer 503 (outlier detection);
+`--fail-file PATH` does so while PATH exists (a test fails and heals the app at run time).
 
 `--ext-authz` makes it an HTTP ext_authz server instead (Envoy's `http_service`): a request
 with `x-ext-authz: allow` gets 200 and `x-ext-authz-check-result: allowed`; any other gets
@@ -38,7 +39,7 @@ FLAKY_LOCK = threading.Lock()
 EXT_AUTHZ_COUNT = [0]
 
 
-def make_handler(name, fail_all, ext_authz=False):
+def make_handler(name, fail_all, ext_authz=False, fail_file=None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "pilotfish-test-app"
@@ -82,7 +83,7 @@ def make_handler(name, fail_all, ext_authz=False):
                     FLAKY[key] = seen + 1
                 if seen < fail:
                     status = 503
-            if fail_all:
+            if fail_all or (fail_file and os.path.exists(fail_file)):
                 status = 503
             if ext_authz:
                 verdict = self.headers.get("x-ext-authz", "")
@@ -170,6 +171,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--listen", default="0.0.0.0")
     p.add_argument("--fail-all", action="store_true")
+    p.add_argument("--fail-file", help="answer 503 while this file exists")
     p.add_argument("--ext-authz", action="store_true")
     p.add_argument("--tls-port", type=int, help="also serve HTTPS here (with --tls-cert/--tls-key)")
     p.add_argument("--tls-cert")
@@ -189,7 +191,7 @@ def main():
             socketserver.TCPServer.server_bind(self)
             self.server_name, self.server_port = self.server_address[:2]
 
-    srv = Server((a.listen, a.port), make_handler(a.name, fail_all, a.ext_authz))
+    srv = Server((a.listen, a.port), make_handler(a.name, fail_all, a.ext_authz, a.fail_file))
     if a.dns_port:
         answers = dict(x.split("=", 1) for x in a.dns_answer)
         threading.Thread(target=serve_dns, args=(a.listen, a.dns_port, answers), daemon=True).start()
@@ -199,7 +201,7 @@ def main():
 
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.tls_cert, a.tls_key)
-        tls = Server((a.listen, a.tls_port), make_handler(a.name, fail_all, a.ext_authz))
+        tls = Server((a.listen, a.tls_port), make_handler(a.name, fail_all, a.ext_authz, a.fail_file))
         tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
         threading.Thread(target=tls.serve_forever, daemon=True).start()
         print(f"app {a.name} serving TLS on {a.listen}:{a.tls_port}", file=sys.stderr, flush=True)

@@ -36,6 +36,8 @@ struct ProxyDef {
     router: bool,
     /// Captures DNS (node metadata `DNS_CAPTURE`).
     dns: bool,
+    /// `region/zone/subzone` (node.locality).
+    locality: &'static str,
 }
 
 /// The default client: a sleep pod at 10.0.0.1 that no service selects.
@@ -46,6 +48,7 @@ const SLEEP: ProxyDef = ProxyDef {
     mtls: false,
     router: false,
     dns: false,
+    locality: "",
 };
 /// The sleep pod with a certificate.
 const SLEEP_MTLS: ProxyDef = ProxyDef {
@@ -55,6 +58,7 @@ const SLEEP_MTLS: ProxyDef = ProxyDef {
     mtls: true,
     router: false,
     dns: false,
+    locality: "",
 };
 /// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
 const REVIEWS_MTLS: ProxyDef = ProxyDef {
@@ -68,6 +72,7 @@ const REVIEWS_MTLS: ProxyDef = ProxyDef {
     mtls: true,
     router: false,
     dns: false,
+    locality: "",
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
@@ -76,6 +81,7 @@ const PRODUCTPAGE: ProxyDef = ProxyDef {
     mtls: false,
     router: false,
     dns: false,
+    locality: "",
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
@@ -84,6 +90,7 @@ const RATINGS: ProxyDef = ProxyDef {
     mtls: false,
     router: false,
     dns: false,
+    locality: "",
 };
 
 /// The sleep pod, capturing DNS.
@@ -94,6 +101,17 @@ const SLEEP_DNS: ProxyDef = ProxyDef {
     mtls: false,
     router: false,
     dns: true,
+    locality: "",
+};
+/// The sleep pod in us-east/zone1/sub1.
+const SLEEP_EAST: ProxyDef = ProxyDef {
+    name: "sleep-east",
+    ip: "10.0.0.1",
+    labels: &[("app", "sleep"), ("version", "v1")],
+    mtls: false,
+    router: false,
+    dns: false,
+    locality: "us-east/zone1/sub1",
 };
 /// An ingress gateway pod with a certificate.
 const INGRESS: ProxyDef = ProxyDef {
@@ -103,6 +121,7 @@ const INGRESS: ProxyDef = ProxyDef {
     mtls: true,
     router: true,
     dns: false,
+    locality: "",
 };
 
 struct Case {
@@ -193,6 +212,10 @@ const CASES: &[Case] = &[
         proxies: &[SLEEP_DNS],
         ..case("dns")
     },
+    Case {
+        proxies: &[SLEEP, SLEEP_EAST],
+        ..case("locality")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -227,6 +250,7 @@ fn proxy(p: &ProxyDef) -> Proxy {
         mtls: p.mtls,
         router: p.router,
         dns: p.dns,
+        locality: p.locality.to_string(),
     }
 }
 
@@ -396,6 +420,7 @@ golden!(
     authz,
     gateway,
     dns,
+    locality,
 );
 
 #[test]

@@ -28,6 +28,7 @@ fn args(delta: bool) -> BootstrapArgs {
         token_file: None,
         gateway: false,
         dns_capture: false,
+        locality: String::new(),
         xds_server_name: "pilotfish".into(),
     }
 }

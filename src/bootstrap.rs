@@ -80,6 +80,10 @@ pub struct BootstrapArgs {
     /// 127.0.0.1:15053 (pair with `pilotfish iptables --redirect-dns`).
     #[arg(long)]
     pub dns_capture: bool,
+    /// The proxy's locality, `region/zone/subzone` (node.locality), for locality-aware load
+    /// balancing; on Kubernetes, the node's topology labels.
+    #[arg(long, default_value = "")]
+    pub locality: String,
 }
 
 /// Parses `k=v,k=v` (an empty string is no labels).
@@ -218,6 +222,11 @@ fn render_checked(a: &BootstrapArgs) -> anyhow::Result<Value> {
         "node": {
             "id": node_id(a),
             "cluster": node_cluster(a),
+            "locality": {
+                "region": a.locality.split('/').next().unwrap_or(""),
+                "zone": a.locality.split('/').nth(1).unwrap_or(""),
+                "sub_zone": a.locality.split('/').nth(2).unwrap_or(""),
+            },
             "metadata": {
                 "NAMESPACE": a.namespace,
                 "LABELS": labels,

@@ -565,6 +565,9 @@ impl Mesh {
             if spec.dns {
                 b.arg("--dns-capture");
             }
+            if let Some(l) = &spec.locality {
+                b.args(["--locality", l]);
+            }
             if let Some(sec) = &spec.secure {
                 // Root and token where uid 1337 can read them (the control plane's state dir
                 // is private).
@@ -709,6 +712,8 @@ pub struct PodSpec {
     pub dns: bool,
     /// The pod's resolver (resolv.conf); None: 127.0.0.1 (nothing answers).
     pub nameserver: Option<String>,
+    /// The sidecar's locality, `region/zone/subzone` (bootstrap `--locality`).
+    pub locality: Option<String>,
 }
 
 /// How a secure sidecar authenticates.
@@ -738,7 +743,13 @@ impl PodSpec {
             gateway: false,
             dns: false,
             nameserver: None,
+            locality: None,
         }
+    }
+    /// The sidecar's locality (`region/zone/subzone`).
+    pub fn locality(mut self, l: &str) -> Self {
+        self.locality = Some(l.to_string());
+        self
     }
     /// The sidecar answers the app's DNS: iptables redirects UDP 53 to it and its node
     /// metadata asks pilotfish for the DNS listener.

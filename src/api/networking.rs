@@ -300,8 +300,35 @@ spec! {
     pub struct LoadBalancerSettings {
         pub simple: Option<String>,
         pub consistent_hash: Option<ConsistentHash>,
-        pub locality_lb_setting: Option<serde_json::Value>,
+        pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
         pub warmup_duration_secs: Option<String>,
+    }
+}
+
+spec! {
+    /// Locality-aware load balancing (Istio's `LocalityLoadBalancerSetting`).
+    pub struct LocalityLoadBalancerSetting {
+        #[serde(default)] pub distribute: Vec<LocalityDistribute>,
+        #[serde(default)] pub failover: Vec<LocalityFailover>,
+        #[serde(default)] pub failover_priority: Vec<String>,
+        pub enabled: Option<bool>,
+    }
+}
+
+spec! {
+    /// Traffic from `from` (`region/zone/subzone`, `*` wildcards) is spread over the `to`
+    /// localities by weight (percent).
+    pub struct LocalityDistribute {
+        #[serde(default)] pub from: String,
+        #[serde(default)] pub to: BTreeMap<String, u32>,
+    }
+}
+
+spec! {
+    /// When a region's endpoints are unhealthy, go to this region next.
+    pub struct LocalityFailover {
+        #[serde(default)] pub from: String,
+        #[serde(default)] pub to: String,
     }
 }
 

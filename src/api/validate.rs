@@ -822,8 +822,50 @@ fn load_balancer(v: &mut V, f: &str, lb: &LoadBalancerSettings) {
             v.dur(format!("{f}.consistentHash.httpCookie.ttl"), &c.ttl);
         }
     }
-    if lb.locality_lb_setting.is_some() {
-        v.bad(format!("{f}.localityLbSetting"), "not supported yet");
+    if let Some(l) = &lb.locality_lb_setting {
+        let lf = format!("{f}.localityLbSetting");
+        if !l.distribute.is_empty() && !l.failover.is_empty() {
+            v.bad(
+                lf.clone(),
+                "distribute and failover are mutually exclusive (as in Istio)",
+            );
+        }
+        for (i, d) in l.distribute.iter().enumerate() {
+            if d.from.is_empty() || d.from.split('/').count() > 3 {
+                v.bad(
+                    format!("{lf}.distribute[{i}].from"),
+                    "a locality region/zone/subzone (`*` matches any)",
+                );
+            }
+            let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+            if total != 100 {
+                v.bad(
+                    format!("{lf}.distribute[{i}].to"),
+                    format!("weights sum to {total}, not 100"),
+                );
+            }
+            for k in d.to.keys() {
+                if k.is_empty() || k.split('/').count() > 3 {
+                    v.bad(
+                        format!("{lf}.distribute[{i}].to.{k}"),
+                        "a locality region/zone/subzone (`*` matches any)",
+                    );
+                }
+            }
+        }
+        for (i, fo) in l.failover.iter().enumerate() {
+            for (field, x) in [("from", &fo.from), ("to", &fo.to)] {
+                if x.is_empty() || x.contains('/') {
+                    v.bad(format!("{lf}.failover[{i}].{field}"), "a region (no zone)");
+                }
+            }
+            if fo.from == fo.to {
+                v.bad(format!("{lf}.failover[{i}].to"), "must differ from `from`");
+            }
+        }
+        if !l.failover_priority.is_empty() {
+            v.bad(format!("{lf}.failoverPriority"), "not supported yet");
+        }
     }
 }
 

@@ -93,6 +93,7 @@ impl Injector {
             xds_server_name: self.opts.xds_server_name.clone(),
             gateway: false,
             dns_capture: true,
+            locality: String::new(),
         };
         let mut b = crate::bootstrap::render(&args);
         // The pod's own name and address, expanded by Kubernetes from the container's env.

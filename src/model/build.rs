@@ -386,6 +386,7 @@ fn selected_workloads(
                     namespace: ns.to_string(),
                     weight: w.weight.unwrap_or(1).max(1),
                     origin: r.key.to_string(),
+                    locality: locality_of(&w.locality, &w.labels),
                 }),
             Spec::Pod(p) if selects(selector, &r.meta.labels) && !p.status.pod_ip.is_empty() => {
                 out.push(pod_endpoint(r, p))
@@ -409,6 +410,7 @@ fn pod_endpoint(r: &Resource, p: &k8s::PodBody) -> Endpoint {
         namespace: r.key.namespace.clone(),
         weight: 1,
         origin: r.key.to_string(),
+        locality: locality_of("", &r.meta.labels),
     }
 }
 
@@ -499,6 +501,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                         namespace: ns.clone(),
                         weight: 1,
                         origin: e.key.to_string(),
+                        locality: locality_of("", &labels),
                     });
                 }
             }
@@ -519,6 +522,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                         endpoints.push(Endpoint {
                             address: a.ip.clone(),
                             ports: pmap.clone(),
+                            locality: locality_of("", &labels),
                             labels,
                             service_account: if sa.is_empty() { "default".into() } else { sa },
                             namespace: ns.clone(),
@@ -603,6 +607,7 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                 namespace: ns.clone(),
                 weight: w.weight.unwrap_or(1).max(1),
                 origin: r.key.to_string(),
+                locality: locality_of(&w.locality, &w.labels),
             })
             .collect();
         if let Some(sel) = &se.workload_selector {
@@ -633,6 +638,7 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                     namespace: ns.clone(),
                     weight: 1,
                     origin: r.key.to_string(),
+                    locality: String::new(),
                 });
             }
             out.push(Service {

@@ -365,6 +365,27 @@ pub struct Endpoint {
     pub weight: u32,
     /// Where it came from (`WorkloadEntry ns/name`, `Pod ns/name`, `Endpoints ns/name`).
     pub origin: String,
+    /// `region/zone/subzone` (empty parts unknown): WorkloadEntry `locality`, else the
+    /// `topology.kubernetes.io/region|zone` and `topology.istio.io/subzone` labels, else
+    /// Istio's `istio-locality` label (`region.zone.subzone`).
+    pub locality: String,
+}
+
+/// A workload's locality from its labels (see `Endpoint::locality`), `explicit` first.
+pub fn locality_of(explicit: &str, labels: &BTreeMap<String, String>) -> String {
+    if !explicit.is_empty() {
+        return explicit.to_string();
+    }
+    let l = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    let (r, z, s) = (
+        l("topology.kubernetes.io/region"),
+        l("topology.kubernetes.io/zone"),
+        l("topology.istio.io/subzone"),
+    );
+    if !(r.is_empty() && z.is_empty() && s.is_empty()) {
+        return format!("{r}/{z}/{s}").trim_end_matches('/').to_string();
+    }
+    l("istio-locality").replace('.', "/")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
@@ -679,6 +700,30 @@ impl World {
             })
     }
 
+    /// The locality a proxy's endpoints are computed for: its own, when it has one and some
+    /// DestinationRule makes load balancing locality-aware (outlier detection, as in Istio);
+    /// else None, and every proxy of a scope shares one set of endpoints.
+    pub fn locality_class<'p>(&self, proxy: &'p Proxy) -> Option<&'p str> {
+        if proxy.locality.is_empty() {
+            return None;
+        }
+        let tp_has = |tp: &networking::TrafficPolicy| {
+            tp.outlier_detection.is_some()
+                || tp
+                    .port_level_settings
+                    .iter()
+                    .any(|p| p.outlier_detection.is_some())
+        };
+        let any = self.destination_rules.values().any(|d| {
+            d.spec.traffic_policy.as_ref().is_some_and(tp_has)
+                || d.spec
+                    .subsets
+                    .iter()
+                    .any(|s| s.traffic_policy.as_ref().is_some_and(tp_has))
+        });
+        any.then_some(proxy.locality.as_str())
+    }
+
     /// What a workload sees of the mesh.
     pub fn scope(&self, ns: &str, labels: &BTreeMap<String, String>) -> Scope {
         let Some(sc) = self.sidecar_for(ns, labels) else {
@@ -811,6 +856,9 @@ pub struct Proxy {
     /// The proxy answers its workload's DNS (node metadata `DNS_CAPTURE: "true"`, as
     /// Istio's `ISTIO_META_DNS_CAPTURE`): it gets the DNS listener.
     pub dns: bool,
+    /// `region/zone/subzone` (the node's locality, else its labels'): where locality-aware
+    /// load balancing starts from.
+    pub locality: String,
 }
 
 impl Proxy {

@@ -134,7 +134,7 @@ fn service_cluster(
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::StrictDns);
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
             c.load_assignment = Some(crate::translate::endpoint::assignment(
-                world, &name, svc, sp, dr, subset,
+                world, &name, svc, sp, dr, subset, None,
             ));
         }
         Resolution::Passthrough => {
@@ -144,6 +144,19 @@ fn service_cluster(
     }
     if svc.resolution != Resolution::Passthrough {
         apply_lb(&mut c, eff.load_balancer.as_ref());
+        // `distribute` weighs localities (the weights come with each proxy's endpoints).
+        if crate::translate::endpoint::locality_lb(dr, subset, sp.port)
+            .is_some_and(|l| !l.distribute.is_empty())
+        {
+            c.common_lb_config = Some(cluster::CommonLbConfig {
+                locality_config_specifier: Some(
+                    cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        cluster::common_lb_config::LocalityWeightedLbConfig {},
+                    ),
+                ),
+                ..c.common_lb_config.take().unwrap_or_default()
+            });
+        }
     }
     apply_pool(&mut c, eff.connection_pool.as_ref(), sp.protocol);
     if let Some(od) = &eff.outlier_detection {

@@ -1,6 +1,7 @@
 //! EDS: one ClusterLoadAssignment per EDS cluster, endpoints filtered by subset labels.
 
 use super::*;
+use crate::api::networking::LocalityLoadBalancerSetting;
 use crate::model::{selects, DestRule, Resolution, Service, ServicePort};
 use envoy_types::pb::envoy::config::endpoint::v3 as ep;
 
@@ -42,7 +43,71 @@ pub fn lb_endpoint_tls(addr: &str, port: u32, weight: u32, mtls: bool) -> ep::Lb
     }
 }
 
-/// Endpoints of one (service, port, subset).
+/// The locality-aware load balancing in force for one (host, subset, port), if any: as in
+/// Istio, it applies where the effective policy has outlier detection (which is what moves
+/// traffic on when local endpoints fail) and is not disabled.
+pub fn locality_lb(
+    dr: Option<&DestRule>,
+    subset: &str,
+    port: u32,
+) -> Option<LocalityLoadBalancerSetting> {
+    let e = super::cluster::effective(dr, subset, port);
+    e.outlier_detection.as_ref()?;
+    let setting = e
+        .load_balancer
+        .and_then(|lb| lb.locality_lb_setting)
+        .unwrap_or_default();
+    (setting.enabled != Some(false)).then_some(setting)
+}
+
+/// `pattern` (`region/zone/subzone`, `*` or missing parts match anything) matches `loc`.
+fn locality_matches(pattern: &str, loc: &str) -> bool {
+    let mut l = loc.split('/');
+    for p in pattern.split('/') {
+        let part = l.next().unwrap_or("");
+        if p == "*" {
+            return true;
+        }
+        if p != part {
+            return false;
+        }
+    }
+    true
+}
+
+fn parts(loc: &str) -> [&str; 3] {
+    let mut it = loc.split('/');
+    [
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+        it.next().unwrap_or(""),
+    ]
+}
+
+/// Priority (0 first) of endpoints in `to` for a proxy in `from`, as Istio orders them:
+/// the same subzone, zone, region, a failover region, then the rest. Dense after sorting.
+fn locality_level(from: &str, to: &str, setting: &LocalityLoadBalancerSetting) -> u32 {
+    let (f, t) = (parts(from), parts(to));
+    if f[0] == t[0] && f[1] == t[1] && f[2] == t[2] {
+        0
+    } else if f[0] == t[0] && f[1] == t[1] {
+        1
+    } else if f[0] == t[0] {
+        2
+    } else if setting
+        .failover
+        .iter()
+        .any(|fo| fo.from == f[0] && fo.to == t[0])
+    {
+        3
+    } else {
+        4
+    }
+}
+
+/// Endpoints of one (service, port, subset), grouped by locality; for a proxy in `from`
+/// where locality-aware load balancing applies, with priorities (failover) or weights
+/// (distribute) relative to it.
 pub fn assignment(
     world: &World,
     name: &str,
@@ -50,42 +115,94 @@ pub fn assignment(
     sp: &ServicePort,
     dr: Option<&DestRule>,
     subset: &str,
+    from: Option<&str>,
 ) -> ep::ClusterLoadAssignment {
     let labels = dr
         .and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset))
         .map(|s| &s.labels);
-    let lb_endpoints: Vec<ep::LbEndpoint> = svc
+    let mut by_locality: std::collections::BTreeMap<&str, Vec<ep::LbEndpoint>> = Default::default();
+    for e in svc
         .endpoints
         .iter()
         .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
-        .map(|e| {
-            let port = svc.endpoint_port(sp, e);
-            // Auto mTLS only where the workload has a sidecar and accepts mTLS on the port.
-            let mtls = !svc.mesh_external
-                && e.in_mesh()
-                && world.mtls_mode(&e.namespace, &e.labels, port)
-                    != crate::model::MtlsMode::Disable;
-            lb_endpoint_tls(&e.address, port, e.weight, mtls)
-        })
-        .collect();
+    {
+        let port = svc.endpoint_port(sp, e);
+        // Auto mTLS only where the workload has a sidecar and accepts mTLS on the port.
+        let mtls = !svc.mesh_external
+            && e.in_mesh()
+            && world.mtls_mode(&e.namespace, &e.labels, port) != crate::model::MtlsMode::Disable;
+        by_locality
+            .entry(e.locality.as_str())
+            .or_default()
+            .push(lb_endpoint_tls(&e.address, port, e.weight, mtls));
+    }
+    let setting = from
+        .filter(|f| !f.is_empty())
+        .and_then(|f| Some((f, locality_lb(dr, subset, sp.port)?)));
+    let mut groups: Vec<ep::LocalityLbEndpoints> = Vec::new();
+    let distribute = setting
+        .as_ref()
+        .and_then(|(f, s)| s.distribute.iter().find(|d| locality_matches(&d.from, f)));
+    for (loc, lb_endpoints) in by_locality {
+        let [region, zone, sub_zone] = parts(loc);
+        let mut g = ep::LocalityLbEndpoints {
+            locality: (!loc.is_empty()).then(|| core::Locality {
+                region: region.into(),
+                zone: zone.into(),
+                sub_zone: sub_zone.into(),
+            }),
+            lb_endpoints,
+            ..Default::default()
+        };
+        if let Some(d) = distribute {
+            // Each `to` weight is shared by the endpoint localities it matches; localities
+            // no `to` names get nothing (as in Istio).
+            let all: Vec<&str> = svc.endpoints.iter().map(|e| e.locality.as_str()).collect();
+            let mut weight = 0u32;
+            for (pattern, w) in &d.to {
+                if locality_matches(pattern, loc) {
+                    let mut matched: Vec<&str> = all
+                        .iter()
+                        .copied()
+                        .filter(|l| locality_matches(pattern, l))
+                        .collect();
+                    matched.sort();
+                    matched.dedup();
+                    weight += w * 1000 / matched.len().max(1) as u32;
+                }
+            }
+            if weight == 0 {
+                continue;
+            }
+            g.load_balancing_weight = u32v(weight);
+        } else if let Some((f, s)) = &setting {
+            g.priority = locality_level(f, loc, s);
+        }
+        groups.push(g);
+    }
+    // Envoy wants priorities 0..n without gaps.
+    let mut levels: Vec<u32> = groups.iter().map(|g| g.priority).collect();
+    levels.sort();
+    levels.dedup();
+    for g in &mut groups {
+        g.priority = levels.iter().position(|l| *l == g.priority).unwrap_or(0) as u32;
+    }
     ep::ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: if lb_endpoints.is_empty() {
-            vec![]
-        } else {
-            vec![ep::LocalityLbEndpoints {
-                lb_endpoints,
-                ..Default::default()
-            }]
-        },
+        endpoints: groups,
         ..Default::default()
     }
 }
 
-/// Every EDS resource of the mesh (shared by all sidecars), sorted by name.
-pub fn all(world: &World, scope: &crate::model::Scope) -> Vec<ep::ClusterLoadAssignment> {
+/// Every EDS resource of the mesh (shared by all sidecars of a scope, and of a locality
+/// where locality-aware load balancing applies), sorted by name.
+pub fn all(
+    world: &World,
+    scope: &crate::model::Scope,
+    from: Option<&str>,
+) -> Vec<ep::ClusterLoadAssignment> {
     let mut out: Vec<_> = services(world, scope)
-        .flat_map(|svc| for_service(world, svc))
+        .flat_map(|svc| for_service(world, svc, from))
         .collect();
     out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out
@@ -120,7 +237,11 @@ pub fn names(svc: &Service, dr: Option<&DestRule>) -> Vec<String> {
 
 /// The assignments of one service (see `names`). They read the service, its
 /// DestinationRule and the mTLS settings of its endpoints' namespaces, nothing else.
-pub fn for_service(world: &World, svc: &Service) -> Vec<ep::ClusterLoadAssignment> {
+pub fn for_service(
+    world: &World,
+    svc: &Service,
+    from: Option<&str>,
+) -> Vec<ep::ClusterLoadAssignment> {
     let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
     let mut out = Vec::new();
     for sp in &svc.ports {
@@ -131,6 +252,7 @@ pub fn for_service(world: &World, svc: &Service) -> Vec<ep::ClusterLoadAssignmen
             sp,
             dr,
             "",
+            from,
         ));
         for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
             out.push(assignment(
@@ -140,6 +262,7 @@ pub fn for_service(world: &World, svc: &Service) -> Vec<ep::ClusterLoadAssignmen
                 sp,
                 dr,
                 &s.name,
+                from,
             ));
         }
     }

@@ -74,7 +74,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
         routes.sort_by(|a, b| a.name.cmp(&b.name));
         return ProxyConfig {
             clusters: cluster::outbound(world, &scope, proxy.mtls),
-            endpoints: endpoint::all(world, &scope),
+            endpoints: endpoint::all(world, &scope, world.locality_class(proxy)),
             listeners,
             routes,
         };
@@ -95,7 +95,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     ProxyConfig {
         clusters,
-        endpoints: endpoint::all(world, &scope),
+        endpoints: endpoint::all(world, &scope, world.locality_class(proxy)),
         listeners,
         routes,
     }

@@ -118,6 +118,9 @@ fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
 }
 
 type RouteKey = (String, BTreeMap<String, String>);
+/// An outbound class: the proxy's scope, whether it has certificates, and its locality
+/// where locality-aware load balancing applies (see `World::locality_class`).
+type OutKey = (Scope, bool, Option<String>);
 type GatewayKey = (String, BTreeMap<String, String>, Vec<String>, bool);
 
 /// A set of resource names a proxy subscribed to, interned: the 2,000 proxies of a class
@@ -393,7 +396,7 @@ pub struct Generation {
     pub world: Arc<World>,
     /// Outbound clusters, endpoints and listeners per (scope, mTLS capability): shared by
     /// every proxy that sees the same part of the mesh.
-    outbound: Mutex<HashMap<(Scope, bool), Arc<Outbound>>>,
+    outbound: Mutex<HashMap<OutKey, Arc<Outbound>>>,
     /// Route configurations per (namespace, labels): the whole input of route generation
     /// (sourceLabels matches and the Sidecar scope derive from them).
     /// A cell per class, filled outside the lock: classes build in parallel, and streams of
@@ -647,7 +650,7 @@ pub type Diff = (Vec<Res>, Vec<String>);
 /// whole World: its objects and indexes need not outlive it) and its outbound sets.
 struct Carry {
     inputs: EndpointInputs,
-    outbound: HashMap<(Scope, bool), Arc<Outbound>>,
+    outbound: HashMap<OutKey, Arc<Outbound>>,
     /// The previous route classes' virtual hosts, and the hosts whose virtual hosts may
     /// have changed since (None: any of them).
     routes: HashMap<RouteKey, Arc<RouteParts>>,
@@ -756,16 +759,16 @@ impl Generation {
         // config thread, not on the first async worker that asks.
         let _ = g.world.index_addresses();
         let scope = g.world.scope("", &BTreeMap::new());
-        g.outbound_for(scope, false);
+        g.outbound_for((scope, false, None));
         g
     }
 
-    fn outbound_for(&self, scope: Scope, mtls: bool) -> Arc<Outbound> {
+    fn outbound_for(&self, key: OutKey) -> Arc<Outbound> {
         let mut memo = self.outbound.lock().unwrap();
         let w = &*self.world;
-        memo.entry((scope, mtls))
+        memo.entry(key)
             .or_insert_with_key(|key| {
-                let (scope, mtls) = key;
+                let (scope, mtls, locality) = key;
                 let prev = self
                     .carry
                     .as_ref()
@@ -784,7 +787,12 @@ impl Generation {
                 Arc::new(Outbound {
                     clusters: reuse(clusters, prev.map(|(_, o)| &o.clusters)),
                     endpoints: reuse(
-                        endpoint_map(w, scope, prev.map(|(c, o)| (&c.inputs, &*o.endpoints))),
+                        endpoint_map(
+                            w,
+                            scope,
+                            prev.map(|(c, o)| (&c.inputs, &*o.endpoints)),
+                            locality.as_deref(),
+                        ),
                         prev.map(|(_, o)| &o.endpoints),
                     ),
                     listeners: reuse(listeners, prev.map(|(_, o)| &o.listeners)),
@@ -818,11 +826,15 @@ impl Generation {
             return self.lookup_gateway(proxy, build);
         }
         let w = &*self.world;
-        let okey = (w.scope(&proxy.namespace, &proxy.labels), proxy.mtls);
+        let okey = (
+            w.scope(&proxy.namespace, &proxy.labels),
+            proxy.mtls,
+            w.locality_class(proxy).map(str::to_string),
+        );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
         let out = match built {
             Some(o) => o,
-            None if build => self.outbound_for(okey.0, okey.1),
+            None if build => self.outbound_for(okey),
             None => return None,
         };
         // Routes depend on the namespace and the route-relevant labels only; generating for a
@@ -912,11 +924,15 @@ impl Generation {
     /// streams: the listeners name route configurations, not VHDS).
     fn lookup_gateway(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
         let w = &*self.world;
-        let okey = (translate::gateway_scope(w), proxy.mtls);
+        let okey = (
+            translate::gateway_scope(w),
+            proxy.mtls,
+            w.locality_class(proxy).map(str::to_string),
+        );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
         let out = match built {
             Some(o) => o,
-            None if build => self.outbound_for(okey.0, okey.1),
+            None if build => self.outbound_for(okey),
             None => return None,
         };
         let gkey: GatewayKey = (
@@ -1116,7 +1132,12 @@ fn reuse(mut new: TypeMap, old: Option<&Arc<TypeMap>>) -> Arc<TypeMap> {
 /// The endpoints of `scope`, translating only services whose inputs changed since `prev`
 /// (the previous World and its endpoints map for the same class): the others' assignments
 /// are taken as they were.
-fn endpoint_map(w: &World, scope: &Scope, prev: Option<(&EndpointInputs, &TypeMap)>) -> TypeMap {
+fn endpoint_map(
+    w: &World,
+    scope: &Scope,
+    prev: Option<(&EndpointInputs, &TypeMap)>,
+    locality: Option<&str>,
+) -> TypeMap {
     // Assignments read the service, its DestinationRule and the mTLS settings.
     let prev = prev.filter(|(pw, _)| pw.peer_authn == w.peer_authn && pw.mesh == w.mesh);
     let mut out = TypeMap::new();
@@ -1134,7 +1155,7 @@ fn endpoint_map(w: &World, scope: &Scope, prev: Option<(&EndpointInputs, &TypeMa
                 }
             }
         }
-        for cla in translate::endpoint::for_service(w, svc) {
+        for cla in translate::endpoint::for_service(w, svc, locality) {
             let r = encode(&cla.cluster_name, &cla);
             out.insert(cla.cluster_name, r);
         }

@@ -195,7 +195,18 @@ pub fn proxy_from_node(node: &Node) -> Proxy {
         .as_ref()
         .map(struct_to_json)
         .unwrap_or_default();
-    Proxy::from_node(&node.id, &meta)
+    let mut p = Proxy::from_node(&node.id, &meta);
+    if let Some(l) = &node.locality {
+        if !(l.region.is_empty() && l.zone.is_empty() && l.sub_zone.is_empty()) {
+            p.locality = format!("{}/{}/{}", l.region, l.zone, l.sub_zone)
+                .trim_end_matches('/')
+                .to_string();
+        }
+    }
+    if p.locality.is_empty() {
+        p.locality = crate::model::locality_of("", &p.labels);
+    }
+    p
 }
 
 /// State shared by both protocol variants for one stream.
