@@ -1274,6 +1274,36 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     conflicting_virtual_service_gets_a_status(&api, &cp);
     let o = api.kubectl(&["get", "secret", "pilotfish-ca", "-n", "pilotfish-system"]);
     assert!(o.ok(), "no CA Secret: {}", o.describe());
+    // credentialName from a Secret of the cluster: TLS Secrets are read (with the chart's
+    // rights), other Secrets never; the key never shows on the debug pages.
+    let o = api.apply(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: partner-tls, namespace: default}\ntype: kubernetes.io/tls\n\
+         stringData:\n  tls.crt: \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"\n  tls.key: \"-----BEGIN PRIVATE KEY-----\\nKEY-MATERIAL-XYZ\\n-----END PRIVATE KEY-----\\n\"\n  ca.crt: \"-----BEGIN CERTIFICATE-----\\nBBBB\\n-----END CERTIFICATE-----\\n\"\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: app-password, namespace: default}\ntype: Opaque\nstringData: {password: hunter2-OPAQUE}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: partner, namespace: default}\nspec:\n  hosts: [api.partner.example]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{number: 443, name: tls, protocol: TLS}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: partner, namespace: default}\nspec:\n  host: api.partner.example\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: partner-tls}\n",
+    );
+    assert!(o.ok(), "{}", o.describe());
+    let read = wait_until(READY, || {
+        let (_, body) = cp.get("/debug/configz").unwrap_or_default();
+        body.contains("\"partner-tls\"")
+            && body.contains("\"DestinationRule\"")
+            && body.contains("\"partner\"")
+    });
+    let (_, body) = cp.get("/debug/configz").unwrap_or_default();
+    assert!(
+        read,
+        "the TLS Secret and the DestinationRule were not read: {body}"
+    );
+    let errors = support::config_errors(&cp);
+    assert!(
+        !errors.to_string().contains("partner"),
+        "credentialName resolves: {errors}"
+    );
+    assert!(!body.contains("app-password"), "an Opaque Secret was read");
+    for leaked in ["KEY-MATERIAL-XYZ", "hunter2"] {
+        assert!(!body.contains(leaked), "{leaked} shows on /debug/configz");
+    }
     let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
     assert!(
         !log.to_lowercase().contains("forbidden"),
@@ -1370,7 +1400,7 @@ fn nothing_is_served_before_every_kind_has_listed() {
              apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: limited, namespace: pilotfish-system}}\n---\n\
              apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: limited}}\nrules:\n\
              - {{apiGroups: [networking.istio.io, security.istio.io], resources: ['*'], verbs: [get, list, watch]}}\n\
-             - {{apiGroups: [''], resources: [services, pods, namespaces], verbs: [get, list, watch]}}\n{}\
+             - {{apiGroups: [''], resources: [services, pods, namespaces, secrets], verbs: [get, list, watch]}}\n{}\
              ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: limited}}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: limited}}\n\
              subjects: [{{kind: ServiceAccount, name: limited, namespace: pilotfish-system}}]\n---\n\

@@ -35,7 +35,19 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     ("", "v1", "Pod"),
     ("", "v1", "Namespace"),
     ("discovery.k8s.io", "v1", "EndpointSlice"),
+    // TLS Secrets only (field selector below): `credentialName` of gateways and
+    // DestinationRules; served over SDS to proxies of the Secret's namespace only.
+    ("", "v1", "Secret"),
 ];
+
+/// What a kind's watch lists: every object, except Secrets (the TLS ones only: a service
+/// account token or an app's password is never read).
+fn watch_config(kind: &str) -> watcher::Config {
+    match kind {
+        "Secret" => watcher::Config::default().fields("type=kubernetes.io/tls"),
+        _ => watcher::Config::default(),
+    }
+}
 
 /// What the watchers saw since the config loop last looked.
 #[derive(Default)]
@@ -135,7 +147,7 @@ async fn watch_kind(
     use futures::StreamExt;
     let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &ar);
     let kind = ar.kind.clone();
-    let mut stream = watcher::watcher(api, watcher::Config::default())
+    let mut stream = watcher::watcher(api, watch_config(&kind))
         .default_backoff()
         .boxed();
     // Objects of a relist in progress.
