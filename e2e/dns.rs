@@ -129,3 +129,59 @@ fn sidecar_answers_dns_without_an_agent() {
         "same address after a restart"
     );
 }
+
+/// The Sidecar resource's listeners with real pods: b's app listens on 8080 while its
+/// service port is 9080 (an ingress listener with `defaultEndpoint: 127.0.0.1:8080`), and a
+/// client whose Sidecar has an egress listener on 9080 for `b` only (REGISTRY_ONLY) reaches
+/// b but not c, which shares the port.
+#[test]
+fn sidecar_ingress_and_per_port_egress_listeners() {
+    if !need_root("sidecar listeners") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 9080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  labels: {{app: b}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec:\n  clusterIP: {vc}\n  selector: {{app: c}}\n  ports: [{{name: http, port: 9080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: c-1}}\nspec:\n  address: {c}\n  ports: {{http: 8080}}\n  labels: {{app: c}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: b}}\nspec:\n  workloadSelector: {{labels: {{app: b}}}}\n  ingress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    defaultEndpoint: 127.0.0.1:8080\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: a}}\nspec:\n  workloadSelector: {{labels: {{app: a}}}}\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n  egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    hosts: [./b]\n  - hosts: [./c]\n",
+        vb = mesh.vip(0),
+        vc = mesh.vip(1),
+        b = mesh.addr(11),
+        c = mesh.addr(12),
+    );
+    write(dir.path(), "registry.yaml", &config);
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    let _b = mesh.start_pod(PodSpec::new("b").host(11).control_plane(&cp));
+    let _c = mesh.start_pod(PodSpec::new("c").host(12).control_plane(&cp));
+    let a = mesh.start_pod(PodSpec::new("a").host(10).control_plane(&cp));
+    a.hosts(&[
+        ("b", &mesh.vip(0).to_string()),
+        ("c", &mesh.vip(1).to_string()),
+    ]);
+    // b's service port 9080 reaches its app on 8080 through the ingress listener.
+    let ok = wait_until(READY, || {
+        let (code, body) = a.curl("http://b:9080/", &["-m", "5"]);
+        code == 200 && body.contains("\"b\"")
+    });
+    assert!(
+        ok,
+        "{:?}\n{}",
+        a.curl("http://b:9080/", &["-m", "5"]),
+        cp.log_tail(20)
+    );
+    // c on the same port is not in a's 9080 listener: REGISTRY_ONLY blocks it.
+    let (code, body) = a.curl("http://c:9080/", &["-m", "5"]);
+    assert_eq!(
+        code, 502,
+        "c is outside a's egress listener on 9080: {body}"
+    );
+    let dump = a.envoy_admin("/config_dump");
+    assert!(
+        dump.contains("outbound|9080||c.default.svc.cluster.local"),
+        "c's cluster is still there (the catch-all listener sees it)"
+    );
+}

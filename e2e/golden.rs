@@ -216,6 +216,10 @@ const CASES: &[Case] = &[
         proxies: &[SLEEP, SLEEP_EAST],
         ..case("locality")
     },
+    Case {
+        proxies: &[RATINGS],
+        ..case("sidecar_listeners")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -421,6 +425,7 @@ golden!(
     gateway,
     dns,
     locality,
+    sidecar_listeners,
 );
 
 #[test]

@@ -516,10 +516,22 @@ spec! {
 spec! {
     pub struct Sidecar {
         pub workload_selector: Option<LabelSelector>,
-        #[serde(default)] pub ingress: Vec<serde_json::Value>,
+        #[serde(default)] pub ingress: Vec<IstioIngressListener>,
         #[serde(default)] pub egress: Vec<IstioEgressListener>,
         pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
         pub inbound_connection_pool: Option<ConnectionPoolSettings>,
+    }
+}
+
+spec! {
+    /// A Sidecar's inbound port: traffic to `port` goes to `defaultEndpoint`.
+    pub struct IstioIngressListener {
+        pub port: ServicePort,
+        #[serde(default)] pub bind: String,
+        pub capture_mode: Option<String>,
+        #[serde(default)] pub default_endpoint: String,
+        pub tls: Option<serde_json::Value>,
+        pub connection_pool: Option<serde_json::Value>,
     }
 }
 

@@ -1020,18 +1020,86 @@ mod tests {
 }
 
 fn sidecar(v: &mut V, sc: &Sidecar) {
-    if !sc.ingress.is_empty() {
-        v.bad("spec.ingress", "ingress listeners are not supported yet");
+    let mut in_ports = std::collections::BTreeSet::new();
+    for (i, l) in sc.ingress.iter().enumerate() {
+        let f = format!("spec.ingress[{i}]");
+        v.port(format!("{f}.port.number"), l.port.number);
+        if !in_ports.insert(l.port.number) {
+            v.bad(
+                format!("{f}.port.number"),
+                "another ingress listener has this port",
+            );
+        }
+        for (field, set) in [
+            ("bind", !l.bind.is_empty()),
+            ("tls", l.tls.is_some()),
+            ("connectionPool", l.connection_pool.is_some()),
+            ("port.targetPort", l.port.target_port.is_some()),
+        ] {
+            if set {
+                v.bad(format!("{f}.{field}"), "not supported yet");
+            }
+        }
+        if let Some(m) = &l.capture_mode {
+            if !matches!(m.as_str(), "DEFAULT" | "IPTABLES") {
+                v.bad(
+                    format!("{f}.captureMode"),
+                    format!("{m:?} is not supported yet (DEFAULT, IPTABLES)"),
+                );
+            }
+        }
+        let ok = l.default_endpoint.rsplit_once(':').is_some_and(|(h, p)| {
+            matches!(h, "127.0.0.1" | "0.0.0.0" | "[::1]") && p.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            v.bad(
+                format!("{f}.defaultEndpoint"),
+                "must be 127.0.0.1:PORT or 0.0.0.0:PORT (unix sockets are not supported yet)",
+            );
+        }
     }
     if sc.inbound_connection_pool.is_some() {
         v.bad("spec.inboundConnectionPool", "not supported yet");
     }
+    let mut out_ports = std::collections::BTreeSet::new();
+    let mut catch_all = 0;
     for (i, e) in sc.egress.iter().enumerate() {
-        if e.port.is_some() || !e.bind.is_empty() || e.capture_mode.is_some() {
-            v.bad(
-                format!("spec.egress[{i}]"),
-                "only hosts are supported in egress listeners yet (no port, bind, captureMode)",
-            );
+        match &e.port {
+            Some(p) => {
+                v.port(format!("spec.egress[{i}].port.number"), p.number);
+                if !out_ports.insert(p.number) {
+                    v.bad(
+                        format!("spec.egress[{i}].port.number"),
+                        "another egress listener has this port",
+                    );
+                }
+            }
+            None => {
+                catch_all += 1;
+                if catch_all > 1 {
+                    v.bad(
+                        format!("spec.egress[{i}]"),
+                        "only one egress listener may have no port",
+                    );
+                }
+            }
+        }
+        if !e.bind.is_empty() && e.bind.parse::<std::net::IpAddr>().is_err() {
+            v.bad(format!("spec.egress[{i}].bind"), "not an IP address");
+        }
+        if let Some(m) = &e.capture_mode {
+            if !matches!(m.as_str(), "DEFAULT" | "IPTABLES" | "NONE") {
+                v.bad(
+                    format!("spec.egress[{i}].captureMode"),
+                    format!("unknown mode {m:?}"),
+                );
+            }
+            if m == "NONE" && e.port.is_none() {
+                v.bad(
+                    format!("spec.egress[{i}].captureMode"),
+                    "NONE needs a port (the app calls the listener directly)",
+                );
+            }
         }
         if e.hosts.is_empty() {
             v.bad(

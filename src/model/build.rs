@@ -163,6 +163,35 @@ pub fn build_world(
                 .iter()
                 .flat_map(|e| e.hosts.iter().cloned())
                 .collect(),
+            egress: sc
+                .egress
+                .iter()
+                .map(|e| EgressCfg {
+                    port: e.port.as_ref().map(|p| p.number),
+                    bind: e.bind.clone(),
+                    capture_none: e.capture_mode.as_deref() == Some("NONE"),
+                    hosts: e.hosts.clone(),
+                })
+                .collect(),
+            ingress: sc
+                .ingress
+                .iter()
+                .filter_map(|l| {
+                    let (host, port) = l.default_endpoint.rsplit_once(':')?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    Some((
+                        l.port.number,
+                        Protocol::from_name(&l.port.protocol.to_ascii_lowercase(), ""),
+                        // The app listens on every address: loopback reaches it.
+                        if host == "0.0.0.0" {
+                            "127.0.0.1".to_string()
+                        } else {
+                            host.to_string()
+                        },
+                        port.parse().ok()?,
+                    ))
+                })
+                .collect(),
             allow_any: sc
                 .outbound_traffic_policy
                 .as_ref()

@@ -244,10 +244,32 @@ pub struct SidecarCfg {
     pub namespace: String,
     /// None: the namespace default (or the mesh default in the root namespace).
     pub selector: Option<BTreeMap<String, String>>,
-    /// `namespace/host` patterns; empty: everything.
+    /// `namespace/host` patterns of every egress listener; empty: everything.
     pub egress_hosts: Vec<String>,
+    /// The egress listeners (port, bind address, capture mode NONE, host patterns).
+    pub egress: Vec<EgressCfg>,
+    /// Ingress listeners: port, protocol, and where the app listens (`defaultEndpoint`).
+    pub ingress: Vec<(u32, Protocol, String, u32)>,
     /// outboundTrafficPolicy override (true: ALLOW_ANY).
     pub allow_any: Option<bool>,
+}
+
+/// One egress listener of a Sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EgressCfg {
+    pub port: Option<u32>,
+    pub bind: String,
+    /// captureMode NONE: the listener binds its port (the app calls it directly).
+    pub capture_none: bool,
+    pub hosts: Vec<String>,
+}
+
+/// The hosts one egress listener port sees, and how it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortScope {
+    pub hosts: std::collections::BTreeSet<String>,
+    pub bind: Option<String>,
+    pub bind_to_port: bool,
 }
 
 /// What one proxy sees of the mesh (Sidecar scoping). The hosts set already includes every
@@ -255,14 +277,30 @@ pub struct SidecarCfg {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     pub sidecar: Option<ObjectKey>,
-    /// None: every host.
+    /// Every host any egress listener sees (clusters, endpoints, DNS); None: every host.
     pub hosts: Option<std::collections::BTreeSet<String>>,
     pub allow_any: bool,
+    /// Egress listeners with a port: what that port's listener and routes see.
+    pub ports: BTreeMap<u32, PortScope>,
+    /// What the other ports see (the egress listener without a port; empty when there is
+    /// none); None: `hosts`.
+    pub default_hosts: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Scope {
     pub fn includes(&self, host: &str) -> bool {
         self.hosts.as_ref().is_none_or(|h| h.contains(host))
+    }
+
+    /// `host` is visible on the outbound listener of `port`.
+    pub fn includes_on(&self, host: &str, port: u32) -> bool {
+        match self.ports.get(&port) {
+            Some(p) => p.hosts.contains(host),
+            None => match &self.default_hosts {
+                Some(d) => d.contains(host),
+                None => self.includes(host),
+            },
+        }
     }
 }
 
@@ -731,6 +769,8 @@ impl World {
                 sidecar: None,
                 hosts: None,
                 allow_any: self.mesh.allow_any,
+                ports: BTreeMap::new(),
+                default_hosts: None,
             };
         };
         let allow_any = sc.allow_any.unwrap_or(self.mesh.allow_any);
@@ -739,13 +779,49 @@ impl World {
                 sidecar: Some(sc.key.clone()),
                 hosts: None,
                 allow_any,
+                ports: BTreeMap::new(),
+                default_hosts: None,
             };
         }
+        let mut union = std::collections::BTreeSet::new();
+        let mut ports = BTreeMap::new();
+        let mut default_hosts = std::collections::BTreeSet::new();
+        for e in &sc.egress {
+            let set = self.visible(sc, &e.hosts);
+            union.extend(set.iter().cloned());
+            match e.port {
+                Some(p) => {
+                    ports.insert(
+                        p,
+                        PortScope {
+                            hosts: set,
+                            bind: (!e.bind.is_empty())
+                                .then(|| e.bind.clone())
+                                .or_else(|| e.capture_none.then(|| "127.0.0.1".to_string())),
+                            bind_to_port: e.capture_none,
+                        },
+                    );
+                }
+                None => default_hosts = set,
+            }
+        }
+        Scope {
+            sidecar: Some(sc.key.clone()),
+            hosts: Some(union),
+            allow_any,
+            ports,
+            default_hosts: Some(default_hosts),
+        }
+    }
+
+    /// The hosts egress `patterns` of a Sidecar see, with every destination a visible
+    /// VirtualService routes or mirrors to.
+    fn visible(&self, sc: &SidecarCfg, patterns: &[String]) -> std::collections::BTreeSet<String> {
         let mut hosts: std::collections::BTreeSet<String> = self
             .services
             .values()
             .filter(|svc| {
-                sc.egress_hosts
+                patterns
                     .iter()
                     .any(|p| egress_match(p, &sc.namespace, svc, &self.mesh.domain))
             })
@@ -769,11 +845,7 @@ impl World {
                 hosts.extend(dests.chain(tcp).collect::<Vec<_>>());
             }
         }
-        Scope {
-            sidecar: Some(sc.key.clone()),
-            hosts: Some(hosts),
-            allow_any,
-        }
+        hosts
     }
 
     /// The mutual TLS mode a workload's port accepts: workload policy (port level, then

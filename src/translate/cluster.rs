@@ -433,8 +433,13 @@ pub fn inbound_from(key: &listener::InboundKey) -> Vec<Cluster> {
         }),
         ..Default::default()
     }];
-    for &(port, proto, _) in &key.ports {
+    for (i, &(port, proto, _)) in key.ports.iter().enumerate() {
         let name = inbound_name(port);
+        let (host, target) = key
+            .endpoints
+            .get(i)
+            .map(|(h, p)| (h.as_str(), *p))
+            .unwrap_or(("127.0.0.1", port));
         let mut c = Cluster {
             name: name.clone(),
             cluster_discovery_type: discovery(cluster::DiscoveryType::Static),
@@ -442,7 +447,7 @@ pub fn inbound_from(key: &listener::InboundKey) -> Vec<Cluster> {
             load_assignment: Some(ep::ClusterLoadAssignment {
                 cluster_name: name,
                 endpoints: vec![ep::LocalityLbEndpoints {
-                    lb_endpoints: vec![endpoint::lb_endpoint("127.0.0.1", port, 1)],
+                    lb_endpoints: vec![endpoint::lb_endpoint(host, target, 1)],
                     ..Default::default()
                 }],
                 ..Default::default()

@@ -277,7 +277,11 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         .values()
         .filter(|s| scope.includes(&s.hostname))
     {
-        for sp in &svc.ports {
+        for sp in svc
+            .ports
+            .iter()
+            .filter(|sp| scope.includes_on(&svc.hostname, sp.port))
+        {
             let e = ports.entry(sp.port).or_default();
             if sp.protocol.is_http() || sp.protocol == Protocol::Unknown {
                 e.0 = true;
@@ -288,11 +292,15 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         }
     }
     for (port, (has_http, tcp_svcs)) in ports {
-        let name = format!("0.0.0.0_{port}");
+        // A Sidecar egress listener with a bind address (or capture mode NONE: the app
+        // calls it directly) listens there.
+        let ps = scope.ports.get(&port);
+        let bind = ps.and_then(|p| p.bind.as_deref()).unwrap_or("0.0.0.0");
+        let name = format!("{bind}_{port}");
         let mut l = ls::Listener {
             name: name.clone(),
-            address: socket("0.0.0.0", port),
-            bind_to_port: boolv(false),
+            address: socket(bind, port),
+            bind_to_port: boolv(ps.is_some_and(|p| p.bind_to_port)),
             traffic_direction: core::TrafficDirection::Outbound as i32,
             ..Default::default()
         };
@@ -342,14 +350,14 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
                 http_inspector::HttpInspector::default(),
             ));
             l.filter_chains.push(FilterChain {
-                name: format!("0.0.0.0_{port}_http"),
+                name: format!("{name}_http"),
                 filter_chain_match: http_chain_match(),
                 filters: vec![hcm_filter()],
                 ..Default::default()
             });
         }
         l.default_filter_chain = Some(FilterChain {
-            name: format!("0.0.0.0_{port}_tcp"),
+            name: format!("{name}_tcp"),
             filters: vec![fallback_filter],
             ..Default::default()
         });
@@ -384,6 +392,9 @@ pub fn inbound_ports(world: &World, proxy: &Proxy) -> Vec<(u32, Protocol)> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct InboundKey {
     pub ports: Vec<(u32, Protocol, MtlsMode)>,
+    /// Where the app answers each port (same order as `ports`): loopback and the port
+    /// itself, or a Sidecar ingress listener's `defaultEndpoint`.
+    pub endpoints: Vec<(String, u32)>,
     pub default_mode: MtlsMode,
     /// The proxy has certificates (see `Proxy::mtls`).
     pub mtls: bool,
@@ -402,7 +413,25 @@ pub struct InboundKey {
 }
 
 pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
-    let ports = inbound_ports(world, proxy);
+    // A Sidecar with ingress listeners says which ports the workload serves, and where.
+    let ingress = world
+        .sidecar_for(&proxy.namespace, &proxy.labels)
+        .map(|s| s.ingress.clone())
+        .filter(|i| !i.is_empty());
+    let (ports, endpoints): (Vec<(u32, Protocol)>, Vec<(String, u32)>) = match ingress {
+        Some(i) => i
+            .into_iter()
+            .map(|(port, proto, host, target)| ((port, proto), (host, target)))
+            .unzip(),
+        None => {
+            let ports = inbound_ports(world, proxy);
+            let eps = ports
+                .iter()
+                .map(|(p, _)| ("127.0.0.1".to_string(), *p))
+                .collect();
+            (ports, eps)
+        }
+    };
     let workload = world.authz_for_workload(&proxy.namespace, &proxy.labels);
     InboundKey {
         authz: ports
@@ -424,6 +453,7 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
             })
             .collect(),
         default_mode: world.mtls_mode(&proxy.namespace, &proxy.labels, 0),
+        endpoints,
         mtls: proxy.mtls,
         log: super::telemetry::log_cluster(&world.mesh, proxy.mtls),
     }

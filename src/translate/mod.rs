@@ -62,6 +62,8 @@ pub fn gateway_scope(world: &World) -> crate::model::Scope {
         sidecar: None,
         hosts: None,
         allow_any: world.mesh.allow_any,
+        ports: Default::default(),
+        default_hosts: None,
     }
 }
 

@@ -50,7 +50,11 @@ pub fn layout<'w>(world: &'w World, proxy: &Proxy) -> Vec<Layout<'w>> {
         .values()
         .filter(|s| scope.includes(&s.hostname))
     {
-        for sp in &svc.ports {
+        for sp in svc
+            .ports
+            .iter()
+            .filter(|sp| scope.includes_on(&svc.hostname, sp.port))
+        {
             if sp.protocol.is_http() || sp.protocol == crate::model::Protocol::Unknown {
                 by_port.entry(sp.port).or_default().push(svc);
             }
