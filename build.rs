@@ -33,6 +33,7 @@ const ROOTS: &[&str] = &[
     "envoy/extensions/access_loggers/grpc/v3/als.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",
     "envoy/extensions/filters/udp/dns_filter/v3/dns_filter.proto",
+    "envoy/extensions/filters/network/sni_cluster/v3/sni_cluster.proto",
     "envoy/extensions/network/dns_resolver/cares/v3/cares_dns_resolver.proto",
     "envoy/service/discovery/v3/discovery.proto",
 ];

@@ -1460,7 +1460,7 @@ fn unsupported_gateway_features_are_errors_naming_the_field() {
     };
     let cases: &[(&str, &str)] = &[
         (
-            "  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: AUTO_PASSTHROUGH}\n",
+            "  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: SIMPLE, credentialName: c}\n",
             "spec.servers[0].tls.mode",
         ),
         (

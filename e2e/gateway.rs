@@ -335,12 +335,12 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
         "config_dump shows no keys"
     );
 
-    // A Gateway with a mode pilotfish does not translate is an error naming the field, and
-    // what is served stays as it was.
+    // A Gateway with a mode pilotfish does not translate (TLS termination on a TLS server)
+    // is an error naming the field, and what is served stays as it was.
     write(
         dir.path(),
         "broken.yaml",
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: eastwest}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: AUTO_PASSTHROUGH}\n",
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: eastwest}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 15443, name: tls, protocol: TLS}\n    hosts: [\"*.local\"]\n    tls: {mode: SIMPLE, credentialName: shop-cert}\n",
     );
     let reported = wait_until(Duration::from_secs(10), || {
         support::config_errors(&cp)
@@ -514,4 +514,87 @@ fn egress_gateway_originates_tls_under_registry_only() {
         a.curl(url, &["-m", "5"]).0 != 200
     });
     assert!(blocked, "still reachable without the ServiceEntry");
+}
+
+/// Multi-network on one bridge: b's endpoint is on network n2, the client on n1. The
+/// client's sidecar reaches b only through n2's east-west gateway (AUTO_PASSTHROUGH on
+/// 15443, SNI-routed), with mutual TLS end to end: b's sidecar sees the client's own
+/// identity, and the gateway holds no certificate in the path. (Two bridges that cannot
+/// route to each other, and remote registries: not done yet.)
+#[test]
+fn east_west_gateway_carries_mtls_between_networks() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let gw_ip = mesh.addr(20);
+    let config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: {vb}\n  selector: {{app: b}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: b-1}}\nspec:\n  address: {b}\n  network: n2\n  serviceAccount: b\n  labels: {{app: b, security.istio.io/tlsMode: istio}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: istio-eastwestgateway, labels: {{topology.istio.io/network: n2}}}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  externalIPs: [{gw_ip}]\n  ports: [{{name: tls, port: 15443}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: cross-network-gateway}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  servers:\n  - port: {{number: 15443, name: tls, protocol: TLS}}\n    tls: {{mode: AUTO_PASSTHROUGH}}\n    hosts: [\"*.local\"]\n",
+        vb = mesh.vip(0),
+        b = mesh.addr(11),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "mesh.yaml", &config);
+    let cp = ControlPlane::start_with(
+        &mesh,
+        dir.path(),
+        &["--debounce-ms", "50", "--network", "n1"],
+    );
+    assert_eq!(support::config_errors(&cp), serde_json::json!([]));
+    let _b = mesh.start_pod(
+        PodSpec::new("b")
+            .host(11)
+            .service_account("b")
+            .network("n2")
+            .secure(&cp),
+    );
+    let gw = mesh.start_pod(
+        PodSpec::new("eastwest")
+            .host(20)
+            .port(7070)
+            .label("istio", "eastwestgateway")
+            .service_account("istio-eastwestgateway")
+            .network("n2")
+            .gateway()
+            .secure(&cp),
+    );
+    let a = mesh.start_pod(PodSpec::new("a").host(10).service_account("a").secure(&cp));
+    a.hosts(&[("b", &mesh.vip(0).to_string())]);
+    let ok = wait_until(READY, || a.curl("http://b:8080/", &["-m", "5"]).0 == 200);
+    assert!(
+        ok,
+        "{:?}\n{}\n{}",
+        a.curl("http://b:8080/", &["-m", "5"]),
+        cp.log_tail(20),
+        gw.logs()
+    );
+    // The client's only endpoint for b is the gateway; the gateway's SNI cluster took it.
+    let clusters = a.envoy_admin("/clusters");
+    assert!(
+        clusters.contains(&format!(
+            "outbound|8080||b.default.svc.cluster.local::{gw_ip}:15443"
+        )),
+        "b is reached through the gateway"
+    );
+    assert!(
+        !clusters.contains(&format!(
+            "outbound|8080||b.default.svc.cluster.local::{}:8080",
+            mesh.addr(11)
+        )),
+        "not directly"
+    );
+    let via = gw
+        .envoy_stat("cluster.outbound_.8080_._.b.default.svc.cluster.local.upstream_cx_total")
+        .unwrap_or(0);
+    assert!(via >= 1, "the gateway's SNI cluster carried the connection");
+    // mTLS end to end: b's sidecar saw a's certificate (the gateway did not terminate).
+    let (_, body) = a.curl("http://b:8080/", &["-m", "5"]);
+    assert!(
+        body.contains("spiffe://cluster.local/ns/default/sa/a"),
+        "b sees a's identity: {body}"
+    );
+    println!("east-west: {via} connection(s) through the gateway, mTLS end to end");
 }

@@ -38,6 +38,8 @@ struct ProxyDef {
     dns: bool,
     /// `region/zone/subzone` (node.locality).
     locality: &'static str,
+    /// Node metadata NETWORK.
+    network: &'static str,
 }
 
 /// The default client: a sleep pod at 10.0.0.1 that no service selects.
@@ -49,6 +51,7 @@ const SLEEP: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "",
+    network: "",
 };
 /// The sleep pod with a certificate.
 const SLEEP_MTLS: ProxyDef = ProxyDef {
@@ -59,6 +62,7 @@ const SLEEP_MTLS: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "",
+    network: "",
 };
 /// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
 const REVIEWS_MTLS: ProxyDef = ProxyDef {
@@ -73,6 +77,7 @@ const REVIEWS_MTLS: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "",
+    network: "",
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
@@ -82,6 +87,7 @@ const PRODUCTPAGE: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "",
+    network: "",
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
@@ -91,6 +97,7 @@ const RATINGS: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "",
+    network: "",
 };
 
 /// The sleep pod, capturing DNS.
@@ -102,6 +109,7 @@ const SLEEP_DNS: ProxyDef = ProxyDef {
     router: false,
     dns: true,
     locality: "",
+    network: "",
 };
 /// The sleep pod in us-east/zone1/sub1.
 const SLEEP_EAST: ProxyDef = ProxyDef {
@@ -112,6 +120,29 @@ const SLEEP_EAST: ProxyDef = ProxyDef {
     router: false,
     dns: false,
     locality: "us-east/zone1/sub1",
+    network: "",
+};
+/// The sleep pod on network n1.
+const SLEEP_N1: ProxyDef = ProxyDef {
+    name: "sleep-n1",
+    ip: "10.0.0.1",
+    labels: &[("app", "sleep"), ("version", "v1")],
+    mtls: true,
+    router: false,
+    dns: false,
+    locality: "",
+    network: "n1",
+};
+/// The east-west gateway of network n2.
+const EASTWEST_N2: ProxyDef = ProxyDef {
+    name: "istio-eastwestgateway",
+    ip: "10.2.0.50",
+    labels: &[("istio", "eastwestgateway")],
+    mtls: true,
+    router: true,
+    dns: false,
+    locality: "",
+    network: "n2",
 };
 /// An ingress gateway pod with a certificate.
 const INGRESS: ProxyDef = ProxyDef {
@@ -122,6 +153,7 @@ const INGRESS: ProxyDef = ProxyDef {
     router: true,
     dns: false,
     locality: "",
+    network: "",
 };
 
 struct Case {
@@ -220,6 +252,10 @@ const CASES: &[Case] = &[
         proxies: &[RATINGS],
         ..case("sidecar_listeners")
     },
+    Case {
+        proxies: &[SLEEP_N1, EASTWEST_N2],
+        ..case("multi_network")
+    },
 ];
 
 fn repo() -> PathBuf {
@@ -255,6 +291,7 @@ fn proxy(p: &ProxyDef) -> Proxy {
         router: p.router,
         dns: p.dns,
         locality: p.locality.to_string(),
+        network: p.network.to_string(),
     }
 }
 
@@ -426,6 +463,7 @@ golden!(
     dns,
     locality,
     sidecar_listeners,
+    multi_network,
 );
 
 #[test]

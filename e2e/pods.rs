@@ -29,6 +29,7 @@ fn args(delta: bool) -> BootstrapArgs {
         gateway: false,
         dns_capture: false,
         locality: String::new(),
+        network: String::new(),
         xds_server_name: "pilotfish".into(),
     }
 }

@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// answers with (IPv4 CIDR, /8 to /30).
     #[arg(long, default_value = "240.240.0.0/16", value_parser = parse_vip_range)]
     pub dns_vip_range: (u32, u8),
+    /// This cluster's network: endpoints and proxies that name none are on it; endpoints on
+    /// other networks are reached through those networks' east-west gateways.
+    #[arg(long, default_value = "")]
+    pub network: String,
     /// Istio metric label sets kept at most (HTTP and TCP together); past it, new label
     /// sets are counted in an overflow series per reporter.
     #[arg(long, default_value_t = 10_000)]
@@ -816,6 +820,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     });
     mesh.telemetry = a.telemetry;
     mesh.dns_vip_range = a.dns_vip_range;
+    mesh.network = a.network.clone();
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }

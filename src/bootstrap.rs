@@ -84,6 +84,10 @@ pub struct BootstrapArgs {
     /// balancing; on Kubernetes, the node's topology labels.
     #[arg(long, default_value = "")]
     pub locality: String,
+    /// The proxy's network (node metadata `NETWORK`, Istio's `ISTIO_META_NETWORK`): endpoints
+    /// on other networks are reached through their east-west gateways.
+    #[arg(long, default_value = "")]
+    pub network: String,
 }
 
 /// Parses `k=v,k=v` (an empty string is no labels).
@@ -238,6 +242,7 @@ fn render_checked(a: &BootstrapArgs) -> anyhow::Result<Value> {
                 "CLUSTER_ID": a.cluster_id,
                 "ISTIO_VERSION": "pilotfish",
                 "DNS_CAPTURE": if a.dns_capture { "true" } else { "false" },
+                "NETWORK": a.network,
                 "PROXY_CONFIG": {}
             }
         },

@@ -568,6 +568,9 @@ impl Mesh {
             if let Some(l) = &spec.locality {
                 b.args(["--locality", l]);
             }
+            if let Some(n) = &spec.network {
+                b.args(["--network", n]);
+            }
             if let Some(sec) = &spec.secure {
                 // Root and token where uid 1337 can read them (the control plane's state dir
                 // is private).
@@ -714,6 +717,8 @@ pub struct PodSpec {
     pub nameserver: Option<String>,
     /// The sidecar's locality, `region/zone/subzone` (bootstrap `--locality`).
     pub locality: Option<String>,
+    /// The sidecar's network (bootstrap `--network`).
+    pub network: Option<String>,
 }
 
 /// How a secure sidecar authenticates.
@@ -744,7 +749,13 @@ impl PodSpec {
             dns: false,
             nameserver: None,
             locality: None,
+            network: None,
         }
+    }
+    /// The sidecar's network (node metadata NETWORK).
+    pub fn network(mut self, n: &str) -> Self {
+        self.network = Some(n.to_string());
+        self
     }
     /// The sidecar's locality (`region/zone/subzone`).
     pub fn locality(mut self, l: &str) -> Self {

@@ -16,6 +16,9 @@ pub struct ServiceSpec {
     pub cluster_ip: String,
     #[serde(default, rename = "type")]
     pub service_type: String,
+    /// External addresses (an east-west gateway's, for multi-network meshes).
+    #[serde(default, rename = "externalIPs")]
+    pub external_ips: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

@@ -620,10 +620,12 @@ fn gateway(v: &mut V, g: &Gateway) {
                 }
             }
             "TLS" => {
-                if mode != "PASSTHROUGH" {
+                if !matches!(mode, "PASSTHROUGH" | "AUTO_PASSTHROUGH") {
                     v.bad(
                         format!("{f}.tls.mode"),
-                        format!("TLS servers support mode PASSTHROUGH only yet, not {mode:?}"),
+                        format!(
+                            "TLS servers support modes PASSTHROUGH and AUTO_PASSTHROUGH only yet, not {mode:?}"
+                        ),
                     );
                 }
             }
@@ -697,7 +699,7 @@ fn gateway(v: &mut V, g: &Gateway) {
                     v.bad(format!("{tf}.subjectAltNames"), "applies to MUTUAL only");
                 }
             }
-            "ISTIO_MUTUAL" | "PASSTHROUGH" => {
+            "ISTIO_MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH" => {
                 if files || t.credential_name.is_some() || t.ca_certificates.is_some() {
                     v.bad(
                         format!("{tf}"),

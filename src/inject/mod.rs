@@ -94,6 +94,7 @@ impl Injector {
             gateway: false,
             dns_capture: true,
             locality: String::new(),
+            network: String::new(),
         };
         let mut b = crate::bootstrap::render(&args);
         // The pod's own name and address, expanded by Kubernetes from the container's env.

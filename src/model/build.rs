@@ -104,6 +104,21 @@ pub fn build_world(
     }
 
     allocate_vips(&mut services, mesh.dns_vip_range);
+    // Endpoints without a network: their label's, else this cluster's.
+    for svc in services.values_mut() {
+        if svc.endpoints.iter().any(|e| e.network.is_empty()) {
+            for e in &mut Arc::make_mut(svc).endpoints {
+                if e.network.is_empty() {
+                    e.network = e
+                        .labels
+                        .get("topology.istio.io/network")
+                        .cloned()
+                        .unwrap_or_else(|| mesh.network.clone());
+                }
+            }
+        }
+    }
+    let network_gateways = network_gateways(&cx);
 
     let mut destination_rules: BTreeMap<String, Arc<DestRule>> = BTreeMap::new();
     let drs: Vec<_> = cx.of_kind(Kind::DestinationRule).cloned().collect();
@@ -255,6 +270,7 @@ pub fn build_world(
         peer_authn,
         sidecars,
         gateways,
+        network_gateways,
         authz,
         request_authn,
         jwks: Default::default(),
@@ -416,6 +432,7 @@ fn selected_workloads(
                     weight: w.weight.unwrap_or(1).max(1),
                     origin: r.key.to_string(),
                     locality: locality_of(&w.locality, &w.labels),
+                    network: w.network.clone(),
                 }),
             Spec::Pod(p) if selects(selector, &r.meta.labels) && !p.status.pod_ip.is_empty() => {
                 out.push(pod_endpoint(r, p))
@@ -440,6 +457,7 @@ fn pod_endpoint(r: &Resource, p: &k8s::PodBody) -> Endpoint {
         weight: 1,
         origin: r.key.to_string(),
         locality: locality_of("", &r.meta.labels),
+        network: String::new(),
     }
 }
 
@@ -531,6 +549,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                         weight: 1,
                         origin: e.key.to_string(),
                         locality: locality_of("", &labels),
+                        network: String::new(),
                     });
                 }
             }
@@ -552,6 +571,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                             address: a.ip.clone(),
                             ports: pmap.clone(),
                             locality: locality_of("", &labels),
+                            network: String::new(),
                             labels,
                             service_account: if sa.is_empty() { "default".into() } else { sa },
                             namespace: ns.clone(),
@@ -637,6 +657,7 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                 weight: w.weight.unwrap_or(1).max(1),
                 origin: r.key.to_string(),
                 locality: locality_of(&w.locality, &w.labels),
+                network: w.network.clone(),
             })
             .collect();
         if let Some(sel) = &se.workload_selector {
@@ -668,6 +689,7 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                     weight: 1,
                     origin: r.key.to_string(),
                     locality: String::new(),
+                    network: String::new(),
                 });
             }
             out.push(Service {
@@ -932,4 +954,29 @@ pub fn allocate_vips(services: &mut BTreeMap<String, Arc<Service>>, range: (u32,
         let ip = std::net::Ipv4Addr::from(base.wrapping_add(1 + slot as u32));
         Arc::make_mut(svc).auto_vip = Some(ip.to_string());
     }
+}
+
+/// East-west gateways by network: Services labelled `topology.istio.io/network` with a
+/// port 15443, at their external addresses (`externalIPs`).
+fn network_gateways(cx: &Ctx<'_>) -> BTreeMap<String, Vec<(String, u32)>> {
+    let mut out: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    for r in cx.of_kind(Kind::Service) {
+        let Spec::Service(s) = &r.spec else { continue };
+        let Some(net) = r.meta.labels.get("topology.istio.io/network") else {
+            continue;
+        };
+        if !s.ports.iter().any(|p| p.port == 15443) {
+            continue;
+        }
+        for ip in &s.external_ips {
+            out.entry(net.clone())
+                .or_default()
+                .push((ip.clone(), 15443));
+        }
+    }
+    for v in out.values_mut() {
+        v.sort();
+        v.dedup();
+    }
+    out
 }

@@ -47,6 +47,8 @@ pub struct MeshConfig {
     /// Where ServiceEntries without addresses get their virtual IPs for the sidecars' DNS
     /// (`--dns-vip-range`, Istio's `240.240.0.0/16`): (network address, prefix length).
     pub dns_vip_range: (u32, u8),
+    /// This cluster's network (`--network`): endpoints and proxies without one are on it.
+    pub network: String,
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
@@ -210,6 +212,7 @@ impl Default for MeshConfig {
             builtin_authz: None,
             telemetry: false,
             dns_vip_range: (u32::from(std::net::Ipv4Addr::new(240, 240, 0, 0)), 16),
+            network: String::new(),
         }
     }
 }
@@ -407,6 +410,9 @@ pub struct Endpoint {
     /// `topology.kubernetes.io/region|zone` and `topology.istio.io/subzone` labels, else
     /// Istio's `istio-locality` label (`region.zone.subzone`).
     pub locality: String,
+    /// The network it is on: WorkloadEntry `network`, else the `topology.istio.io/network`
+    /// label, else the mesh's own network.
+    pub network: String,
 }
 
 /// A workload's locality from its labels (see `Endpoint::locality`), `explicit` first.
@@ -552,6 +558,9 @@ pub struct World {
     pub sidecars: Vec<Arc<SidecarCfg>>,
     /// Gateways, in (namespace, name) order.
     pub gateways: Vec<Arc<GatewayCfg>>,
+    /// Each network's east-west gateways (address, port): Services labelled
+    /// `topology.istio.io/network` with port 15443 and external addresses.
+    pub network_gateways: BTreeMap<String, Vec<(String, u32)>>,
     /// AuthorizationPolicies, in (namespace, name) order.
     pub authz: Vec<Arc<AuthzPolicy>>,
     /// RequestAuthentications, in (namespace, name) order.
@@ -762,6 +771,30 @@ impl World {
         any.then_some(proxy.locality.as_str())
     }
 
+    /// The network a proxy's endpoints are computed for: its own, when endpoints are on
+    /// more than one network (then those of other networks are reached through their
+    /// network's gateway); else None.
+    pub fn network_class<'p>(&'p self, proxy: &'p Proxy) -> Option<&'p str> {
+        let multi = self
+            .services
+            .values()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.network != self.mesh.network);
+        if !multi {
+            return None;
+        }
+        let own = if !proxy.network.is_empty() {
+            proxy.network.as_str()
+        } else {
+            proxy
+                .labels
+                .get("topology.istio.io/network")
+                .map(String::as_str)
+                .unwrap_or(&self.mesh.network)
+        };
+        Some(own)
+    }
+
     /// What a workload sees of the mesh.
     pub fn scope(&self, ns: &str, labels: &BTreeMap<String, String>) -> Scope {
         let Some(sc) = self.sidecar_for(ns, labels) else {
@@ -931,6 +964,8 @@ pub struct Proxy {
     /// `region/zone/subzone` (the node's locality, else its labels'): where locality-aware
     /// load balancing starts from.
     pub locality: String,
+    /// Node metadata `NETWORK` (Istio's `ISTIO_META_NETWORK`); empty: the mesh's network.
+    pub network: String,
 }
 
 impl Proxy {
@@ -960,6 +995,7 @@ impl Proxy {
             p.workload_name = w;
         }
         p.dns = s("DNS_CAPTURE").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        p.network = s("NETWORK").unwrap_or_default();
         if let Some(ips) = s("INSTANCE_IPS") {
             p.ips = ips
                 .split(',')

@@ -134,7 +134,7 @@ fn service_cluster(
             c.cluster_discovery_type = discovery(cluster::DiscoveryType::StrictDns);
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
             c.load_assignment = Some(crate::translate::endpoint::assignment(
-                world, &name, svc, sp, dr, subset, None,
+                world, &name, svc, sp, dr, subset, None, None,
             ));
         }
         Resolution::Passthrough => {

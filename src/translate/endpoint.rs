@@ -116,16 +116,31 @@ pub fn assignment(
     dr: Option<&DestRule>,
     subset: &str,
     from: Option<&str>,
+    net: Option<&str>,
 ) -> ep::ClusterLoadAssignment {
     let labels = dr
         .and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset))
         .map(|s| &s.labels);
     let mut by_locality: std::collections::BTreeMap<&str, Vec<ep::LbEndpoint>> = Default::default();
+    // Endpoints on another network than the proxy's: reached through that network's
+    // east-west gateway (mutual TLS, the SNI names the cluster), weighted by how many there
+    // are; without a gateway, or without a sidecar to speak mTLS, they are left out.
+    let mut remote: std::collections::BTreeMap<(&str, &str), u32> = Default::default();
     for e in svc
         .endpoints
         .iter()
         .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
     {
+        if let Some(n) = net {
+            if e.network != n {
+                if e.in_mesh() && !svc.mesh_external {
+                    *remote
+                        .entry((e.locality.as_str(), e.network.as_str()))
+                        .or_default() += e.weight.max(1);
+                }
+                continue;
+            }
+        }
         let port = svc.endpoint_port(sp, e);
         // Auto mTLS only where the workload has a sidecar and accepts mTLS on the port.
         let mtls = !svc.mesh_external
@@ -135,6 +150,14 @@ pub fn assignment(
             .entry(e.locality.as_str())
             .or_default()
             .push(lb_endpoint_tls(&e.address, port, e.weight, mtls));
+    }
+    for ((loc, network), weight) in remote {
+        for (addr, port) in world.network_gateways.get(network).into_iter().flatten() {
+            by_locality
+                .entry(loc)
+                .or_default()
+                .push(lb_endpoint_tls(addr, *port, weight, true));
+        }
     }
     let setting = from
         .filter(|f| !f.is_empty())
@@ -200,9 +223,10 @@ pub fn all(
     world: &World,
     scope: &crate::model::Scope,
     from: Option<&str>,
+    net: Option<&str>,
 ) -> Vec<ep::ClusterLoadAssignment> {
     let mut out: Vec<_> = services(world, scope)
-        .flat_map(|svc| for_service(world, svc, from))
+        .flat_map(|svc| for_service(world, svc, from, net))
         .collect();
     out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out
@@ -241,6 +265,7 @@ pub fn for_service(
     world: &World,
     svc: &Service,
     from: Option<&str>,
+    net: Option<&str>,
 ) -> Vec<ep::ClusterLoadAssignment> {
     let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);
     let mut out = Vec::new();
@@ -253,6 +278,7 @@ pub fn for_service(
             dr,
             "",
             from,
+            net,
         ));
         for s in dr.map(|d| d.spec.subsets.as_slice()).unwrap_or_default() {
             out.push(assignment(
@@ -263,6 +289,7 @@ pub fn for_service(
                 dr,
                 &s.name,
                 from,
+                net,
             ));
         }
     }

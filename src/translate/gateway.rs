@@ -17,6 +17,8 @@ use super::telemetry::LogTo;
 use super::*;
 use crate::api::networking::{GatewayServer, ServerTlsSettings};
 use crate::model::{GatewayCfg, Proxy, VirtualSvc, World};
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::endpoint::v3 as ep;
 use envoy_types::pb::envoy::config::listener::v3::{self as ls, FilterChain, FilterChainMatch};
 use envoy_types::pb::envoy::config::route::v3 as rt;
 use envoy_types::pb::envoy::extensions::filters::http::{
@@ -24,6 +26,7 @@ use envoy_types::pb::envoy::extensions::filters::http::{
 };
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3 as sni_cluster;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tlsv3;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -122,7 +125,40 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             });
             tls_chains = true;
         }
-        for srv in servers.iter().filter(|s| s.protocol() == "TLS") {
+        for srv in servers
+            .iter()
+            .filter(|s| s.protocol() == "TLS" && s.mode() == "AUTO_PASSTHROUGH")
+        {
+            // East-west: the SNI a sidecar set (`outbound_.<port>_.<subset>_.<host>`) names
+            // the cluster of this network's endpoints (see `sni_clusters`); mTLS passes
+            // through end to end.
+            let names = server_names(&srv.s.hosts);
+            if names.iter().any(|n| !seen_sni.insert(n.clone()))
+                || (names.is_empty() && !seen_sni.insert("*".into()))
+            {
+                continue;
+            }
+            chains.push(FilterChain {
+                name: format!("auto-passthrough|{port}"),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: names,
+                    ..Default::default()
+                }),
+                filters: vec![
+                    listener::filter(
+                        "envoy.filters.network.sni_cluster",
+                        sni_cluster::SniCluster::default(),
+                    ),
+                    listener::tcp_proxy_logged("auto_passthrough", BLACKHOLE, log),
+                ],
+                ..Default::default()
+            });
+            tls_chains = true;
+        }
+        for srv in servers
+            .iter()
+            .filter(|s| s.protocol() == "TLS" && s.mode() == "PASSTHROUGH")
+        {
             for (sni, cluster) in passthrough_routes(world, srv) {
                 if !seen_sni.insert(sni.clone()) {
                     continue;
@@ -436,6 +472,91 @@ fn downstream_tls(t: &ServerTlsSettings) -> core::TransportSocket {
         require_client_certificate: boolv(mutual),
         ..Default::default()
     })
+}
+
+/// The network a gateway proxy is on (node metadata, label, else the mesh's).
+pub fn network_of(world: &World, proxy: &Proxy) -> String {
+    if !proxy.network.is_empty() {
+        return proxy.network.clone();
+    }
+    proxy
+        .labels
+        .get("topology.istio.io/network")
+        .cloned()
+        .unwrap_or_else(|| world.mesh.network.clone())
+}
+
+/// A gateway with an AUTO_PASSTHROUGH server needs the SNI clusters.
+pub fn has_auto_passthrough(world: &World, proxy: &Proxy) -> bool {
+    selecting(world, proxy).iter().any(|g| {
+        g.servers.iter().any(|s| {
+            s.port.protocol.eq_ignore_ascii_case("TLS")
+                && s.tls.as_ref().and_then(|t| t.mode.as_deref()) == Some("AUTO_PASSTHROUGH")
+        })
+    })
+}
+
+/// Istio's SNI clusters of an east-west gateway: `outbound_.<port>_.<subset>_.<host>` for
+/// every service port and subset of the registry, with the endpoints on the gateway's own
+/// network only, in plaintext TCP (the sidecars' mTLS passes through).
+pub fn sni_clusters(
+    world: &World,
+    network: &str,
+) -> (Vec<Cluster>, Vec<ep::ClusterLoadAssignment>) {
+    let mut clusters = Vec::new();
+    let mut cla = Vec::new();
+    for svc in world
+        .services
+        .values()
+        .filter(|s| s.resolution == crate::model::Resolution::Static && !s.mesh_external)
+    {
+        let dr = world.destination_rules.get(&svc.hostname);
+        let subsets: Vec<(&str, Option<&BTreeMap<String, String>>)> = std::iter::once(("", None))
+            .chain(
+                dr.map(|d| d.spec.subsets.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| (s.name.as_str(), Some(&s.labels))),
+            )
+            .collect();
+        for sp in &svc.ports {
+            for (subset, labels) in &subsets {
+                let name = tls::istio_sni(sp.port, subset, &svc.hostname);
+                let lb_endpoints: Vec<ep::LbEndpoint> = svc
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.network == network)
+                    .filter(|e| labels.is_none_or(|l| crate::model::selects(l, &e.labels)))
+                    .map(|e| endpoint::lb_endpoint(&e.address, svc.endpoint_port(sp, e), e.weight))
+                    .collect();
+                clusters.push(Cluster {
+                    name: name.clone(),
+                    cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                        cluster::DiscoveryType::Eds as i32,
+                    )),
+                    eds_cluster_config: Some(cluster::EdsClusterConfig {
+                        eds_config: ads(),
+                        service_name: name.clone(),
+                    }),
+                    connect_timeout: Some(secs(10)),
+                    ..Default::default()
+                });
+                cla.push(ep::ClusterLoadAssignment {
+                    cluster_name: name,
+                    endpoints: if lb_endpoints.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![ep::LocalityLbEndpoints {
+                            lb_endpoints,
+                            ..Default::default()
+                        }]
+                    },
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    (clusters, cla)
 }
 
 #[cfg(test)]

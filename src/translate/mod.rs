@@ -74,9 +74,23 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
         let (mut listeners, mut routes) = gateway::generate(world, proxy);
         listeners.sort_by(|a, b| a.name.cmp(&b.name));
         routes.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut clusters = cluster::outbound(world, &scope, proxy.mtls);
+        let mut endpoints = endpoint::all(
+            world,
+            &scope,
+            world.locality_class(proxy),
+            world.network_class(proxy),
+        );
+        if gateway::has_auto_passthrough(world, proxy) {
+            let (c, e) = gateway::sni_clusters(world, &gateway::network_of(world, proxy));
+            clusters.extend(c);
+            endpoints.extend(e);
+            clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            endpoints.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        }
         return ProxyConfig {
-            clusters: cluster::outbound(world, &scope, proxy.mtls),
-            endpoints: endpoint::all(world, &scope, world.locality_class(proxy)),
+            clusters,
+            endpoints,
             listeners,
             routes,
         };
@@ -97,7 +111,12 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     ProxyConfig {
         clusters,
-        endpoints: endpoint::all(world, &scope, world.locality_class(proxy)),
+        endpoints: endpoint::all(
+            world,
+            &scope,
+            world.locality_class(proxy),
+            world.network_class(proxy),
+        ),
         listeners,
         routes,
     }

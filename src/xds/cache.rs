@@ -119,9 +119,13 @@ fn set_version<'a>(items: impl Iterator<Item = &'a Res>) -> String {
 
 type RouteKey = (String, BTreeMap<String, String>);
 /// An outbound class: the proxy's scope, whether it has certificates, and its locality
-/// where locality-aware load balancing applies (see `World::locality_class`).
-type OutKey = (Scope, bool, Option<String>);
-type GatewayKey = (String, BTreeMap<String, String>, Vec<String>, bool);
+/// where locality-aware load balancing applies (see `World::locality_class`), and its
+/// network where endpoints are on several (see `World::network_class`).
+type OutKey = (Scope, bool, Option<String>, Option<String>);
+type GatewayKey = (String, BTreeMap<String, String>, Vec<String>, bool, String);
+/// A gateway class's listeners, routes, and its SNI clusters and their endpoints
+/// (east-west gateways; empty otherwise).
+type GatewayMaps = (Arc<TypeMap>, Arc<TypeMap>, Arc<TypeMap>, Arc<TypeMap>);
 
 /// A set of resource names a proxy subscribed to, interned: the 2,000 proxies of a class
 /// that ask for the same 6,000 endpoint names share one set instead of holding a copy each.
@@ -407,7 +411,7 @@ pub struct Generation {
     /// Gateway listeners and route configurations per (namespace, labels, addresses, mTLS):
     /// the whole input of gateway generation besides the World. Rebuilt with every generation
     /// (gateways are few).
-    gateways: Mutex<HashMap<GatewayKey, (Arc<TypeMap>, Arc<TypeMap>)>>,
+    gateways: Mutex<HashMap<GatewayKey, GatewayMaps>>,
     /// Label keys that matter to route generation (see `World::route_label_keys`).
     route_label_keys: std::collections::BTreeSet<String>,
     /// Resolved views (sorted resources + version) per (layers, filter).
@@ -666,6 +670,7 @@ struct EndpointInputs {
     destination_rules: BTreeMap<String, Arc<crate::model::DestRule>>,
     peer_authn: Vec<Arc<crate::model::PeerAuthn>>,
     mesh: crate::model::MeshConfig,
+    network_gateways: BTreeMap<String, Vec<(String, u32)>>,
 }
 
 struct Outbound {
@@ -748,6 +753,7 @@ impl Generation {
                     destination_rules: pw.destination_rules.clone(),
                     peer_authn: pw.peer_authn.clone(),
                     mesh: pw.mesh.clone(),
+                    network_gateways: pw.network_gateways.clone(),
                 },
                 outbound: p.outbound.lock().unwrap().clone(),
                 routes: prev_routes,
@@ -759,7 +765,7 @@ impl Generation {
         // config thread, not on the first async worker that asks.
         let _ = g.world.index_addresses();
         let scope = g.world.scope("", &BTreeMap::new());
-        g.outbound_for((scope, false, None));
+        g.outbound_for((scope, false, None, None));
         g
     }
 
@@ -768,7 +774,7 @@ impl Generation {
         let w = &*self.world;
         memo.entry(key)
             .or_insert_with_key(|key| {
-                let (scope, mtls, locality) = key;
+                let (scope, mtls, locality, network) = key;
                 let prev = self
                     .carry
                     .as_ref()
@@ -792,6 +798,7 @@ impl Generation {
                             scope,
                             prev.map(|(c, o)| (&c.inputs, &*o.endpoints)),
                             locality.as_deref(),
+                            network.as_deref(),
                         ),
                         prev.map(|(_, o)| &o.endpoints),
                     ),
@@ -830,6 +837,7 @@ impl Generation {
             w.scope(&proxy.namespace, &proxy.labels),
             proxy.mtls,
             w.locality_class(proxy).map(str::to_string),
+            w.network_class(proxy).map(str::to_string),
         );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
         let out = match built {
@@ -928,6 +936,7 @@ impl Generation {
             translate::gateway_scope(w),
             proxy.mtls,
             w.locality_class(proxy).map(str::to_string),
+            w.network_class(proxy).map(str::to_string),
         );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
         let out = match built {
@@ -940,30 +949,45 @@ impl Generation {
             proxy.labels.clone(),
             proxy.ips.clone(),
             proxy.mtls,
+            proxy.network.clone(),
         );
-        let (listeners, routes) = {
+        let (listeners, routes, sni_clusters, sni_endpoints) = {
             let mut memo = lock_or_skip(&self.gateways, build)?;
             if !build && !memo.contains_key(&gkey) {
                 return None;
             }
             memo.entry(gkey)
-                .or_insert_with_key(|(ns, labels, ips, mtls)| {
+                .or_insert_with_key(|(ns, labels, ips, mtls, network)| {
                     let class = Proxy {
                         namespace: ns.clone(),
                         labels: labels.clone(),
                         ips: ips.clone(),
                         mtls: *mtls,
+                        network: network.clone(),
                         router: true,
                         ..Default::default()
                     };
                     let (l, r) = translate::gateway::generate(w, &class);
-                    (Arc::new(listener_map(l)), Arc::new(route_map(r)))
+                    let (c, e) = if translate::gateway::has_auto_passthrough(w, &class) {
+                        translate::gateway::sni_clusters(
+                            w,
+                            &translate::gateway::network_of(w, &class),
+                        )
+                    } else {
+                        Default::default()
+                    };
+                    (
+                        Arc::new(listener_map(l)),
+                        Arc::new(route_map(r)),
+                        Arc::new(map(c, |c| &c.name)),
+                        Arc::new(map(e, |e| &e.cluster_name)),
+                    )
                 })
                 .clone()
         };
         let mut by_type = HashMap::new();
-        by_type.insert(CLUSTER, vec![out.clusters.clone()]);
-        by_type.insert(ENDPOINT, vec![out.endpoints.clone()]);
+        by_type.insert(CLUSTER, vec![out.clusters.clone(), sni_clusters]);
+        by_type.insert(ENDPOINT, vec![out.endpoints.clone(), sni_endpoints]);
         by_type.insert(LISTENER, vec![listeners]);
         by_type.insert(ROUTE, vec![routes]);
         Some(Arc::new(ProxyResources { by_type }))
@@ -1137,9 +1161,14 @@ fn endpoint_map(
     scope: &Scope,
     prev: Option<(&EndpointInputs, &TypeMap)>,
     locality: Option<&str>,
+    network: Option<&str>,
 ) -> TypeMap {
     // Assignments read the service, its DestinationRule and the mTLS settings.
-    let prev = prev.filter(|(pw, _)| pw.peer_authn == w.peer_authn && pw.mesh == w.mesh);
+    let prev = prev.filter(|(pw, _)| {
+        pw.peer_authn == w.peer_authn
+            && pw.mesh == w.mesh
+            && pw.network_gateways == w.network_gateways
+    });
     let mut out = TypeMap::new();
     for svc in translate::endpoint::services(w, scope) {
         let dr = w.destination_rules.get(&svc.hostname);
@@ -1155,7 +1184,7 @@ fn endpoint_map(
                 }
             }
         }
-        for cla in translate::endpoint::for_service(w, svc, locality) {
+        for cla in translate::endpoint::for_service(w, svc, locality, network) {
             let r = encode(&cla.cluster_name, &cla);
             out.insert(cla.cluster_name, r);
         }
