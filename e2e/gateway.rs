@@ -36,6 +36,17 @@ impl TestCa {
         }
     }
 
+    /// An intermediate CA under this one: (certificate PEM, key PEM).
+    fn intermediate(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// (certificate PEM, key PEM) for these DNS names.
     fn leaf(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
@@ -597,4 +608,221 @@ fn east_west_gateway_carries_mtls_between_networks() {
         "b sees a's identity: {body}"
     );
     println!("east-west: {via} connection(s) through the gateway, mTLS end to end");
+}
+
+/// A pilotfish of one cluster, signing under its own intermediate of the shared root.
+fn cluster_cp(
+    mesh: &Mesh,
+    config: &Path,
+    root: &TestCa,
+    name: &str,
+    extra: &[&str],
+) -> ControlPlane {
+    let (cert, key) = root.intermediate(&format!("{name} intermediate"));
+    let ca = mesh.dir().join(format!("{name}-ca"));
+    fs::create_dir_all(&ca).unwrap();
+    for (f, t) in [
+        ("ca-cert.pem", &cert),
+        ("ca-key.pem", &key),
+        ("cert-chain.pem", &root.pem),
+    ] {
+        fs::write(ca.join(f), t).unwrap();
+    }
+    let s = |f: &str| ca.join(f).to_str().unwrap().to_string();
+    let (c, k, ch) = (s("ca-cert.pem"), s("ca-key.pem"), s("cert-chain.pem"));
+    let mut args = vec![
+        "--debounce-ms",
+        "50",
+        "--ca-cert",
+        &c,
+        "--ca-key",
+        &k,
+        "--ca-chain",
+        &ch,
+    ];
+    args.extend_from_slice(extra);
+    let cp = ControlPlane::start_with(mesh, config, &args);
+    // Pods verify pilotfish's serving certificate against the shared root.
+    fs::write(cp.state_dir().join("root-cert.pem"), &root.pem).unwrap();
+    cp
+}
+
+/// One mesh over two clusters on two networks (two bridges with no route between them):
+/// each cluster's pilotfish reads the other's registry (`--remote-cluster`), both sign
+/// under intermediates of one root, and cluster 2's east-west gateway (its only address
+/// cluster 1 can reach) carries cluster 1's calls to cluster 2's endpoints with mTLS end to
+/// end. A VirtualService of cluster 1 sends `jason` to cluster 2's v2 only; other requests
+/// reach both clusters.
+#[test]
+fn two_clusters_on_two_networks_are_one_mesh() {
+    if !need_root("gateway") {
+        return;
+    }
+    let m1 = Mesh::new();
+    let m2 = m1.another();
+    let root = TestCa::new();
+    // Cluster 2's east-west gateway: on cluster 2's bridge, plus an address on cluster 1's
+    // (standing for a public address).
+    let ew_public = m1.addr(250).to_string();
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let reviews_dr = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+    write(
+        d1.path(),
+        "cluster1.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  clusterIP: {v}\n  selector: {{app: reviews}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1}}\nspec:\n  address: {r1}\n  serviceAccount: reviews\n  labels: {{app: reviews, version: v1, security.istio.io/tlsMode: istio}}\n---\n\
+             {reviews_dr}---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews}}}}]\n",
+            v = m1.vip(0),
+            r1 = m1.addr(11),
+        ),
+    );
+    write(
+        d2.path(),
+        "cluster2.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  clusterIP: {v}\n  selector: {{app: reviews}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v2}}\nspec:\n  address: {r2}\n  serviceAccount: reviews\n  labels: {{app: reviews, version: v2, security.istio.io/tlsMode: istio}}\n---\n\
+             {reviews_dr}---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: istio-eastwestgateway, labels: {{topology.istio.io/network: n2}}}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  externalIPs: [{ew_public}]\n  ports: [{{name: tls, port: 15443}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: cross-network-gateway}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  servers:\n  - port: {{number: 15443, name: tls, protocol: TLS}}\n    tls: {{mode: AUTO_PASSTHROUGH}}\n    hosts: [\"*.local\"]\n",
+            v = m2.vip(0),
+            r2 = m2.addr(11),
+        ),
+    );
+    let remote2 = format!("c2={},network=n2", d2.path().display());
+    let remote1 = format!("c1={},network=n1", d1.path().display());
+    let cp1 = cluster_cp(
+        &m1,
+        d1.path(),
+        &root,
+        "c1",
+        &["--network", "n1", "--remote-cluster", &remote2],
+    );
+    let cp2 = cluster_cp(
+        &m2,
+        d2.path(),
+        &root,
+        "c2",
+        &["--network", "n2", "--remote-cluster", &remote1],
+    );
+    assert_eq!(support::config_errors(&cp1), serde_json::json!([]));
+    assert_eq!(support::config_errors(&cp2), serde_json::json!([]));
+
+    let _r1 = m1.start_pod(
+        PodSpec::new("reviews-v1")
+            .host(11)
+            .label("app", "reviews")
+            .label("version", "v1")
+            .service_account("reviews")
+            .secure(&cp1),
+    );
+    let _r2 = m2.start_pod(
+        PodSpec::new("reviews-v2")
+            .host(11)
+            .label("app", "reviews")
+            .label("version", "v2")
+            .service_account("reviews")
+            .secure(&cp2),
+    );
+    let ew = m2.start_pod(
+        PodSpec::new("eastwest")
+            .host(20)
+            .port(7070)
+            .label("istio", "eastwestgateway")
+            .service_account("istio-eastwestgateway")
+            .gateway()
+            .secure(&cp2),
+    );
+    // The gateway's public leg, on cluster 1's bridge.
+    let host_if = format!("pf{}ew{}", m1.n(), m2.n());
+    support::run(
+        std::process::Command::new("ip").args([
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth1", "netns", &ew.netns,
+        ]),
+        Duration::from_secs(10),
+    );
+    for args in [
+        vec!["ip", "link", "set", &host_if, "master", m1.bridge()],
+        vec!["ip", "link", "set", &host_if, "up"],
+    ] {
+        assert!(support::run(
+            std::process::Command::new(args[0]).args(&args[1..]),
+            Duration::from_secs(10)
+        )
+        .ok());
+    }
+    let cidr = format!("{ew_public}/24");
+    for args in [
+        vec![
+            "ip", "netns", "exec", &ew.netns, "ip", "addr", "add", &cidr, "dev", "eth1",
+        ],
+        vec![
+            "ip", "netns", "exec", &ew.netns, "ip", "link", "set", "eth1", "up",
+        ],
+    ] {
+        assert!(support::run(
+            std::process::Command::new(args[0]).args(&args[1..]),
+            Duration::from_secs(10)
+        )
+        .ok());
+    }
+    let sleep = m1.start_pod(
+        PodSpec::new("sleep")
+            .host(10)
+            .service_account("sleep")
+            .secure(&cp1),
+    );
+    sleep.hosts(&[("reviews", &m1.vip(0).to_string())]);
+
+    // The networks cannot reach each other except through the gateway's public address.
+    let (code, _) = sleep.curl(&format!("http://{}:8080/", m2.addr(11)), &["-m", "3"]);
+    assert_ne!(code, 200, "cluster 2's pod is reachable directly");
+
+    let who = |extra: &[&str]| {
+        let mut args = vec!["-m", "5"];
+        args.extend_from_slice(extra);
+        let (code, body) = sleep.curl("http://reviews:8080/", &args);
+        let name = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        (code, name, body)
+    };
+    let up = wait_until(READY, || who(&["-H", "end-user: jason"]).1 == "reviews-v2");
+    assert!(
+        up,
+        "jason never reached cluster 2: {:?}\n{}\n{}",
+        who(&["-H", "end-user: jason"]),
+        cp1.log_tail(20),
+        ew.logs()
+    );
+    for _ in 0..10 {
+        let (code, name, body) = who(&["-H", "end-user: jason"]);
+        assert_eq!((code, name.as_str()), (200, "reviews-v2"), "{body}");
+        assert!(
+            body.contains("spiffe://cluster.local/ns/default/sa/sleep"),
+            "mTLS end to end: cluster 2's sidecar sees the caller: {body}"
+        );
+    }
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..40 {
+        match who(&[]).1.as_str() {
+            "reviews-v1" => v1 += 1,
+            "reviews-v2" => v2 += 1,
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    println!("two clusters: without the header, {v1} to cluster 1's v1, {v2} to cluster 2's v2");
+    assert!(v1 > 0 && v2 > 0, "both clusters answer: {v1} / {v2}");
+    let via = ew
+        .envoy_stat(
+            "cluster.outbound_.8080_.v2_.reviews.default.svc.cluster.local.upstream_cx_total",
+        )
+        .unwrap_or(0);
+    assert!(
+        via >= 1,
+        "the gateway's v2 SNI cluster carried jason's calls"
+    );
 }

@@ -159,6 +159,11 @@ pub struct ServeArgs {
     /// other networks are reached through those networks' east-west gateways.
     #[arg(long, default_value = "")]
     pub network: String,
+    /// Another cluster's registry, read from a directory of its objects (Services,
+    /// Endpoints, EndpointSlices, Pods, WorkloadEntries): `NAME=DIR[,network=NET]`;
+    /// repeatable. Its services join this cluster's of the same name.
+    #[arg(long = "remote-cluster", value_parser = crate::model::remote::parse_remote)]
+    pub remote_clusters: Vec<crate::model::remote::RemoteCluster>,
     /// Istio metric label sets kept at most (HTTP and TCP together); past it, new label
     /// sets are counted in an overflow series per reporter.
     #[arg(long, default_value_t = 10_000)]
@@ -322,7 +327,9 @@ pub fn token(a: TokenArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("--namespace and --service-account must be non-empty and contain no ':'");
     }
-    let (_, tokens) = a.ca.load()?;
+    // The token key only: a CA is neither needed nor made (a state directory of a
+    // pilotfish with a plug-in CA must not get a stray root).
+    let tokens = crate::ca::token::LocalTokens::load_or_create(&a.ca.state_dir)?;
     let id = Identity {
         namespace: a.namespace,
         service_account: a.service_account,
@@ -445,6 +452,7 @@ fn apply_changed(
     applied: &mut HashMap<String, u64>,
     changed: crate::source::file::Changed,
     last_good: Option<&crate::source::last_good::LastGood>,
+    remotes: &[crate::model::remote::RemoteCluster],
 ) -> bool {
     let crate::source::file::Changed { files, gone } = changed;
     let mut any = false;
@@ -465,9 +473,16 @@ fn apply_changed(
                 continue;
             }
         };
+        // A remote cluster's file: its registry only, renamed and labelled.
+        let remote = remotes
+            .iter()
+            .find(|c| std::path::Path::new(&f).starts_with(&c.dir));
         any |= apply_unit(index, applied, f, &text, |name, first, r, e| {
             if let Some(lg) = last_good {
                 lg.keep_or_mend(name, &text, first, r, e);
+            }
+            if let Some(c) = remote {
+                crate::model::remote::as_remote(r, c);
             }
         });
     }
@@ -624,6 +639,7 @@ pub struct KubeSource {
 #[allow(clippy::too_many_arguments)]
 fn config_loop(
     dir: PathBuf,
+    remotes: Vec<crate::model::remote::RemoteCluster>,
     state_dir: Option<PathBuf>,
     mesh: MeshConfig,
     debounce: Duration,
@@ -659,6 +675,12 @@ fn config_loop(
         };
     })?;
     watcher.watch(&dir, notify::RecursiveMode::Recursive)?;
+    for r in &remotes {
+        watcher.watch(&r.dir, notify::RecursiveMode::Recursive)?;
+    }
+    let roots: Vec<PathBuf> = std::iter::once(dir.clone())
+        .chain(remotes.iter().map(|r| r.dir.clone()))
+        .collect();
     // The JWKS source: fetched key sets come back through the same wake-up (an empty
     // change event) and enter the index before the next snapshot.
     let jwks_wanted: crate::source::jwks::Wanted = Default::default();
@@ -691,7 +713,7 @@ fn config_loop(
         let whole = partial.is_none();
         let read = match partial {
             Some(changed) => Ok(changed),
-            None => crate::source::file::read_tree(std::slice::from_ref(&dir)).map(|files| {
+            None => crate::source::file::read_tree(&roots).map(|files| {
                 let now: HashSet<&str> = files.iter().map(|(f, _)| f.as_str()).collect();
                 let gone = applied
                     .keys()
@@ -705,7 +727,13 @@ fn config_loop(
             Ok(changed) => {
                 let dir_ms = t_dir.elapsed().as_millis() as u64;
                 let t0 = Instant::now();
-                let mut any = apply_changed(&mut index, &mut applied, changed, last_good.as_ref());
+                let mut any = apply_changed(
+                    &mut index,
+                    &mut applied,
+                    changed,
+                    last_good.as_ref(),
+                    &remotes,
+                );
                 any |= index.set_jwks(jwks_fetched.lock().unwrap().clone());
                 if let Some(k) = &kube {
                     any |= apply_kube(&mut index, &mut kube_applied, k.take());
@@ -824,6 +852,15 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
+    for r in &a.remote_clusters {
+        if !r.dir.is_dir() {
+            anyhow::bail!(
+                "--remote-cluster {}: directory {} does not exist",
+                r.name,
+                r.dir.display()
+            );
+        }
+    }
     let xds_addr: SocketAddr = a
         .xds_address
         .parse()
@@ -853,10 +890,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         );
     }
     {
-        let (dir, m, state) = (
+        let (dir, m, state, remotes) = (
             a.config_dir.clone(),
             metrics.clone(),
             a.ca.state_dir.clone(),
+            a.remote_clusters.clone(),
         );
         let (d, dm) = (
             Duration::from_millis(a.debounce_ms),
@@ -865,7 +903,9 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         std::thread::Builder::new()
             .name("config".into())
             .spawn(move || {
-                if let Err(e) = config_loop(dir, Some(state), mesh, d, dm, tx, m, kube_source) {
+                if let Err(e) =
+                    config_loop(dir, remotes, Some(state), mesh, d, dm, tx, m, kube_source)
+                {
                     error!(error = %format!("{e:#}"), "config loop stopped");
                 }
             })?;

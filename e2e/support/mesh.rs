@@ -298,13 +298,23 @@ pub struct Mesh {
     bridge: String,
     dir: Option<tempfile::TempDir>,
     used_hosts: Mutex<BTreeSet<u8>>,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl Mesh {
     /// Claims N, creates the bridge. Panics with a clear message on failure.
     pub fn new() -> Mesh {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        Mesh::build(Some(serial))
+    }
+
+    /// A second mesh (another bridge and subnet, no route to this one) for the same test:
+    /// two clusters on two networks.
+    pub fn another(&self) -> Mesh {
+        Mesh::build(None)
+    }
+
+    fn build(serial: Option<MutexGuard<'static, ()>>) -> Mesh {
         if let Err(e) = super::ensure_host_tools() {
             panic!("Mesh::new: {e}");
         }

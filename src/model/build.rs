@@ -94,7 +94,15 @@ pub fn build_world(
         .into_iter()
         .chain(service_entries(&mut cx))
     {
-        if let Some(prev) = services.get(&s.hostname) {
+        if let Some(prev) = services.get_mut(&s.hostname) {
+            // The same Kubernetes Service in several clusters is one service: its
+            // endpoints are all of theirs (the first cluster's addresses stay its VIPs).
+            if prev.origin.kind == Kind::Service && s.origin.kind == Kind::Service {
+                let p = Arc::make_mut(prev);
+                p.endpoints.extend(s.endpoints);
+                dedup_endpoints(&mut p.endpoints);
+                continue;
+            }
             let r = objects[&s.origin].clone();
             let reason = format!("host {} is already defined by {}", s.hostname, prev.origin);
             cx.err(&r, "", reason);
@@ -595,9 +603,11 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
         } else {
             vec![spec.cluster_ip.clone()]
         };
+        // A remote cluster's objects are named `<name>@<cluster>` (see `remote`).
+        let base = r.key.name.split('@').next().unwrap_or_default();
         out.push(Service {
-            hostname: format!("{}.{}.svc.{}", r.key.name, ns, cx.domain),
-            name: r.key.name.clone(),
+            hostname: format!("{}.{}.svc.{}", base, ns, cx.domain),
+            name: base.to_string(),
             namespace: ns.clone(),
             vips,
             ports,

@@ -9,6 +9,7 @@
 mod authz;
 mod build;
 mod index;
+pub mod remote;
 
 pub use authz::{
     AuthzAction, AuthzPolicy, AuthzTarget, JwtProviderCfg, PortPolicies, RequestAuthn,

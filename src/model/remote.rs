@@ -1,0 +1,80 @@
+//! Remote clusters (`pilotfish serve --remote-cluster NAME=DIR`): what pilotfish reads of
+//! another cluster is its registry only (Services, Endpoints, EndpointSlices, Pods,
+//! WorkloadEntries), as istiod reads remote clusters; routing and policy come from this
+//! cluster's config. Each object is renamed `<name>@<cluster>` (so it never collides with
+//! this cluster's object of the same name) and labelled with its cluster and network; a
+//! Service of the same namespace and name in several clusters is one service whose
+//! endpoints are all of theirs (see `build::build_world`).
+
+use crate::api::{Kind, Resource};
+
+/// A remote cluster: its name, and the network its workloads are on (empty: this one's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCluster {
+    pub name: String,
+    pub dir: std::path::PathBuf,
+    pub network: String,
+}
+
+/// `NAME=DIR[,network=NET]`.
+pub fn parse_remote(s: &str) -> Result<RemoteCluster, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=DIR[,network=NET]"))?;
+    let mut parts = rest.split(',');
+    let dir = parts.next().unwrap_or_default();
+    let mut network = String::new();
+    for p in parts {
+        match p.split_once('=') {
+            Some(("network", n)) => network = n.to_string(),
+            _ => return Err(format!("{s:?}: unknown option {p:?} (network=NET)")),
+        }
+    }
+    let ok = |x: &str| {
+        !x.is_empty()
+            && x.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+    };
+    if !ok(name) || dir.is_empty() {
+        return Err(format!(
+            "{s:?}: a cluster name ([A-Za-z0-9._-]) and a directory"
+        ));
+    }
+    Ok(RemoteCluster {
+        name: name.to_string(),
+        dir: dir.into(),
+        network,
+    })
+}
+
+/// Keeps the registry objects of a remote cluster's file, renamed and labelled.
+pub fn as_remote(resources: &mut Vec<Resource>, cluster: &RemoteCluster) {
+    resources.retain(|r| {
+        matches!(
+            r.key.kind,
+            Kind::Service | Kind::Endpoints | Kind::EndpointSlice | Kind::Pod | Kind::WorkloadEntry
+        )
+    });
+    for r in resources.iter_mut() {
+        r.key.name = format!("{}@{}", r.key.name, cluster.name);
+        r.meta.name = r.key.name.clone();
+        let labels = &mut r.meta.labels;
+        labels.insert("topology.istio.io/cluster".into(), cluster.name.clone());
+        if !cluster.network.is_empty() && matches!(r.key.kind, Kind::Pod | Kind::WorkloadEntry) {
+            labels
+                .entry("topology.istio.io/network".into())
+                .or_insert_with(|| cluster.network.clone());
+        }
+        if let Some(svc) = labels.get_mut("kubernetes.io/service-name") {
+            *svc = format!("{svc}@{}", cluster.name);
+        }
+        // A WorkloadEntry's endpoint labels are its spec's.
+        if let crate::api::Spec::WorkloadEntry(w) = &mut r.spec {
+            w.labels
+                .insert("topology.istio.io/cluster".into(), cluster.name.clone());
+            if w.network.is_empty() {
+                w.network = cluster.network.clone();
+            }
+        }
+    }
+}
