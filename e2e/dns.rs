@@ -76,6 +76,11 @@ fn sidecar_answers_dns_without_an_agent() {
         a.logs()
     );
     assert_eq!(resolve(&a, "b.default"), vec![vip.clone()]);
+    // The global name: the same service (across clusters), in DNS and in routing.
+    assert_eq!(resolve(&a, "b.default.global"), vec![vip.clone()]);
+    let (code, body) = a.curl("http://b.default.global:8080/", &["-m", "5"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"b\""), "{body}");
     let (code, body) = a.curl("http://b.default.svc.cluster.local:8080/", &["-m", "5"]);
     assert_eq!(code, 200, "{body}");
 

@@ -164,6 +164,10 @@ pub struct ServeArgs {
     /// repeatable. Its services join this cluster's of the same name.
     #[arg(long = "remote-cluster", value_parser = crate::model::remote::parse_remote)]
     pub remote_clusters: Vec<crate::model::remote::RemoteCluster>,
+    /// Global names `name.ns.<suffix>` for Kubernetes services, across clusters (sidecar
+    /// DNS and virtual hosts); empty turns them off.
+    #[arg(long, default_value = "global")]
+    pub global_suffix: String,
     /// Istio metric label sets kept at most (HTTP and TCP together); past it, new label
     /// sets are counted in an overflow series per reporter.
     #[arg(long, default_value_t = 10_000)]
@@ -849,6 +853,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     mesh.telemetry = a.telemetry;
     mesh.dns_vip_range = a.dns_vip_range;
     mesh.network = a.network.clone();
+    mesh.global_suffix = a.global_suffix.clone();
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }

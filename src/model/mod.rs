@@ -50,6 +50,9 @@ pub struct MeshConfig {
     pub dns_vip_range: (u32, u8),
     /// This cluster's network (`--network`): endpoints and proxies without one are on it.
     pub network: String,
+    /// Global names `name.ns.<suffix>` (`--global-suffix`, `global`; empty: none) name a
+    /// Kubernetes service across clusters, in sidecar DNS and virtual hosts.
+    pub global_suffix: String,
 }
 
 /// An ext_authz server (MeshConfig `envoyExtAuthzGrpc` / `envoyExtAuthzHttp`).
@@ -214,6 +217,7 @@ impl Default for MeshConfig {
             telemetry: false,
             dns_vip_range: (u32::from(std::net::Ipv4Addr::new(240, 240, 0, 0)), 16),
             network: String::new(),
+            global_suffix: "global".into(),
         }
     }
 }

@@ -66,6 +66,12 @@ pub fn table(world: &World, scope: &Scope) -> Vec<(String, Vec<String>)> {
         if let Some(short) = svc.hostname.strip_suffix(&kube_suffix) {
             names.push(format!("{short}.{}.svc", svc.namespace));
             names.push(format!("{short}.{}", svc.namespace));
+            if !world.mesh.global_suffix.is_empty() {
+                names.push(format!(
+                    "{short}.{}.{}",
+                    svc.namespace, world.mesh.global_suffix
+                ));
+            }
         }
         for n in names {
             if seen.insert(n.clone()) {

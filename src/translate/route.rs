@@ -67,11 +67,10 @@ pub fn layout<'w>(world: &'w World, proxy: &Proxy) -> Vec<Layout<'w>> {
             let hosts = svcs
                 .into_iter()
                 .filter_map(|svc| {
-                    let domains: Vec<String> =
-                        domains(svc, port, &proxy.namespace, &world.mesh.domain)
-                            .into_iter()
-                            .filter(|d| used.insert(d.clone()))
-                            .collect();
+                    let domains: Vec<String> = domains(svc, port, &proxy.namespace, &world.mesh)
+                        .into_iter()
+                        .filter(|d| used.insert(d.clone()))
+                        .collect();
                     (!domains.is_empty()).then_some((svc, domains))
                 })
                 .collect();
@@ -146,12 +145,21 @@ pub fn fallback_vhost(allow_any: bool) -> rt::VirtualHost {
 }
 
 /// Host names a virtual host answers, as Istio lays them out.
-pub fn domains(svc: &Service, port: u32, proxy_ns: &str, domain: &str) -> Vec<String> {
+pub fn domains(
+    svc: &Service,
+    port: u32,
+    proxy_ns: &str,
+    mesh: &crate::model::MeshConfig,
+) -> Vec<String> {
     let mut names = vec![svc.hostname.clone()];
-    let kube_suffix = format!(".{}.svc.{domain}", svc.namespace);
+    let kube_suffix = format!(".{}.svc.{}", svc.namespace, mesh.domain);
     if let Some(short) = svc.hostname.strip_suffix(&kube_suffix) {
         names.push(format!("{short}.{}.svc", svc.namespace));
         names.push(format!("{short}.{}", svc.namespace));
+        // The global name (`name.ns.global`): the same service, across clusters.
+        if !mesh.global_suffix.is_empty() {
+            names.push(format!("{short}.{}.{}", svc.namespace, mesh.global_suffix));
+        }
         if svc.namespace == proxy_ns {
             names.push(short.to_string());
         }
