@@ -281,37 +281,24 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     // partner's certificate passes.
     let url = "https://partner.example.com:9443/";
     let hp = "partner.example.com:9443";
+    let with_cert = |who: &str| {
+        let (c, k) = (
+            s(&certs.join(format!("{who}.crt"))),
+            s(&certs.join(format!("{who}.key"))),
+        );
+        call(
+            &client,
+            &gw,
+            url,
+            hp,
+            &["--cacert", &cacert, "--cert", &c, "--key", &k],
+        )
+    };
     let (code, body) = call(&client, &gw, url, hp, &["--cacert", &cacert]);
     assert_ne!(code, 200, "no client certificate: {body}");
-    let (code, body) = call(
-        &client,
-        &gw,
-        url,
-        hp,
-        &[
-            "--cacert",
-            &cacert,
-            "--cert",
-            &s(&certs.join("stranger.crt")),
-            "--key",
-            &s(&certs.join("stranger.key")),
-        ],
-    );
+    let (code, body) = with_cert("stranger");
     assert_ne!(code, 200, "a certificate without the SAN: {body}");
-    let (code, body) = call(
-        &client,
-        &gw,
-        url,
-        hp,
-        &[
-            "--cacert",
-            &cacert,
-            "--cert",
-            &s(&certs.join("partner.crt")),
-            "--key",
-            &s(&certs.join("partner.key")),
-        ],
-    );
+    let (code, body) = with_cert("partner");
     assert_eq!(code, 200, "the partner's certificate: {body}");
 
     // PASSTHROUGH: the backend's own certificate (verified for its name) answers, so the

@@ -833,18 +833,7 @@ impl Generation {
             return self.lookup_gateway(proxy, build);
         }
         let w = &*self.world;
-        let okey = (
-            w.scope(&proxy.namespace, &proxy.labels),
-            proxy.mtls,
-            w.locality_class(proxy).map(str::to_string),
-            w.network_class(proxy).map(str::to_string),
-        );
-        let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
-        let out = match built {
-            Some(o) => o,
-            None if build => self.outbound_for(okey),
-            None => return None,
-        };
+        let out = self.outbound_of(w.scope(&proxy.namespace, &proxy.labels), proxy, build)?;
         // Routes depend on the namespace and the route-relevant labels only; generating for a
         // class proxy built from exactly the key keeps the key the whole input.
         let labels: BTreeMap<String, String> = proxy
@@ -927,23 +916,29 @@ impl Generation {
         Some(Arc::new(ProxyResources { by_type }))
     }
 
-    /// A gateway's resources: the unscoped outbound clusters and endpoints (shared with
-    /// sidecars of that class) and its own listeners and routes (inline, also on VHDS
-    /// streams: the listeners name route configurations, not VHDS).
-    fn lookup_gateway(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
+    /// The outbound class of a proxy seeing `scope` (built on demand when `build`).
+    fn outbound_of(&self, scope: Scope, proxy: &Proxy, build: bool) -> Option<Arc<Outbound>> {
         let w = &*self.world;
         let okey = (
-            translate::gateway_scope(w),
+            scope,
             proxy.mtls,
             w.locality_class(proxy).map(str::to_string),
             w.network_class(proxy).map(str::to_string),
         );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
-        let out = match built {
-            Some(o) => o,
-            None if build => self.outbound_for(okey),
-            None => return None,
-        };
+        match built {
+            Some(o) => Some(o),
+            None if build => Some(self.outbound_for(okey)),
+            None => None,
+        }
+    }
+
+    /// A gateway's resources: the unscoped outbound clusters and endpoints (shared with
+    /// sidecars of that class) and its own listeners and routes (inline, also on VHDS
+    /// streams: the listeners name route configurations, not VHDS).
+    fn lookup_gateway(&self, proxy: &Proxy, build: bool) -> Option<Arc<ProxyResources>> {
+        let w = &*self.world;
+        let out = self.outbound_of(translate::gateway_scope(w), proxy, build)?;
         let gkey: GatewayKey = (
             proxy.namespace.clone(),
             proxy.labels.clone(),
