@@ -660,9 +660,16 @@ fn two_clusters_on_two_networks_are_one_mesh() {
             "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews}}\nspec:\n  clusterIP: {v}\n  selector: {{app: reviews}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
              apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: reviews-v1}}\nspec:\n  address: {r1}\n  serviceAccount: reviews\n  labels: {{app: reviews, version: v1, security.istio.io/tlsMode: istio}}\n---\n\
              {reviews_dr}---\n\
-             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews}}}}]\n",
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{headers: {{end-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: reviews, subset: v2}}}}]\n  - route: [{{destination: {{host: reviews}}}}]\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: ratings}}\nspec:\n  clusterIP: {vr}\n  selector: {{app: ratings}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ratings-1}}\nspec:\n  address: {ra}\n  serviceAccount: ratings\n  labels: {{app: ratings, security.istio.io/tlsMode: istio}}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {{name: istio-eastwestgateway, labels: {{topology.istio.io/network: n1}}}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  externalIPs: [{ew1_public}]\n  ports: [{{name: tls, port: 15443}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: cross-network-gateway}}\nspec:\n  selector: {{istio: eastwestgateway}}\n  servers:\n  - port: {{number: 15443, name: tls, protocol: TLS}}\n    tls: {{mode: AUTO_PASSTHROUGH}}\n    hosts: [\"*.local\"]\n",
             v = m1.vip(0),
             r1 = m1.addr(11),
+            vr = m1.vip(1),
+            ra = m1.addr(12),
+            ew1_public = m2.addr(251),
         ),
     );
     write(
@@ -723,38 +730,32 @@ fn two_clusters_on_two_networks_are_one_mesh() {
             .secure(&cp2),
     );
     // The gateway's public leg, on cluster 1's bridge.
-    let host_if = format!("pf{}ew{}", m1.n(), m2.n());
-    support::run(
-        std::process::Command::new("ip").args([
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth1", "netns", &ew.netns,
-        ]),
-        Duration::from_secs(10),
+    public_leg(&ew, &m1, &m2, &ew_public);
+    // Cluster 1's east-west gateway and ratings, which cluster 2 does not have at all.
+    let _ratings = m1.start_pod(
+        PodSpec::new("ratings-1")
+            .host(12)
+            .label("app", "ratings")
+            .service_account("ratings")
+            .secure(&cp1),
     );
-    for args in [
-        vec!["ip", "link", "set", &host_if, "master", m1.bridge()],
-        vec!["ip", "link", "set", &host_if, "up"],
-    ] {
-        assert!(support::run(
-            std::process::Command::new(args[0]).args(&args[1..]),
-            Duration::from_secs(10)
-        )
-        .ok());
-    }
-    let cidr = format!("{ew_public}/24");
-    for args in [
-        vec![
-            "ip", "netns", "exec", &ew.netns, "ip", "addr", "add", &cidr, "dev", "eth1",
-        ],
-        vec![
-            "ip", "netns", "exec", &ew.netns, "ip", "link", "set", "eth1", "up",
-        ],
-    ] {
-        assert!(support::run(
-            std::process::Command::new(args[0]).args(&args[1..]),
-            Duration::from_secs(10)
-        )
-        .ok());
-    }
+    let ew1 = m1.start_pod(
+        PodSpec::new("eastwest")
+            .host(20)
+            .port(7070)
+            .label("istio", "eastwestgateway")
+            .service_account("istio-eastwestgateway")
+            .gateway()
+            .secure(&cp1),
+    );
+    public_leg(&ew1, &m2, &m1, &m2.addr(251).to_string());
+    let sleep2 = m2.start_pod(
+        PodSpec::new("sleep2")
+            .host(10)
+            .service_account("sleep2")
+            .secure(&cp2),
+    );
+    sleep2.hosts(&[("ratings", &m1.vip(1).to_string())]);
     let sleep = m1.start_pod(
         PodSpec::new("sleep")
             .host(10)
@@ -812,4 +813,47 @@ fn two_clusters_on_two_networks_are_one_mesh() {
         via >= 1,
         "the gateway's v2 SNI cluster carried jason's calls"
     );
+
+    // A pod of cluster 2, which has no ratings at all, reaches cluster 1's through cluster
+    // 1's east-west gateway.
+    let up = wait_until(READY, || {
+        let (code, body) = sleep2.curl("http://ratings:8080/", &["-m", "5"]);
+        code == 200 && body.contains("\"ratings-1\"")
+    });
+    assert!(
+        up,
+        "cluster 2 never reached ratings: {:?}\n{}",
+        sleep2.curl("http://ratings:8080/", &["-m", "5"]),
+        ew1.logs()
+    );
+    let (_, body) = sleep2.curl("http://ratings:8080/", &["-m", "5"]);
+    assert!(
+        body.contains("spiffe://cluster.local/ns/default/sa/sleep2"),
+        "mTLS end to end from cluster 2: {body}"
+    );
+}
+
+/// Gives a gateway pod of `own` mesh a second interface on `other`'s bridge at `addr`: the
+/// address the other network reaches it at (standing for a public one).
+fn public_leg(gw: &Pod, other: &Mesh, own: &Mesh, addr: &str) {
+    let host_if = format!("pf{}ew{}", other.n(), own.n());
+    let ok = |args: &[&str]| {
+        let o = support::run(
+            std::process::Command::new(args[0]).args(&args[1..]),
+            Duration::from_secs(10),
+        );
+        assert!(o.ok(), "{args:?}: {}", o.describe());
+    };
+    ok(&[
+        "ip", "link", "add", &host_if, "type", "veth", "peer", "name", "eth1", "netns", &gw.netns,
+    ]);
+    ok(&["ip", "link", "set", &host_if, "master", other.bridge()]);
+    ok(&["ip", "link", "set", &host_if, "up"]);
+    let cidr = format!("{addr}/24");
+    ok(&[
+        "ip", "netns", "exec", &gw.netns, "ip", "addr", "add", &cidr, "dev", "eth1",
+    ]);
+    ok(&[
+        "ip", "netns", "exec", &gw.netns, "ip", "link", "set", "eth1", "up",
+    ]);
 }
