@@ -857,12 +857,32 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     if !a.config_dir.is_dir() {
         anyhow::bail!("config directory {} does not exist", a.config_dir.display());
     }
-    for r in &a.remote_clusters {
-        if !r.dir.is_dir() {
+    // Remote directories, canonical: a remote file is told by its path, so neither may
+    // hold the other or the config directory (a remote file read as local config would
+    // bring its policies in).
+    let config_real = a.config_dir.canonicalize()?;
+    let mut remotes = a.remote_clusters.clone();
+    for r in &mut remotes {
+        r.dir = r.dir.canonicalize().map_err(|e| {
+            anyhow::anyhow!("--remote-cluster {}: {}: {e}", r.name, r.dir.display())
+        })?;
+        if r.dir.starts_with(&config_real) || config_real.starts_with(&r.dir) {
             anyhow::bail!(
-                "--remote-cluster {}: directory {} does not exist",
+                "--remote-cluster {}: {} overlaps the config directory {}",
                 r.name,
-                r.dir.display()
+                r.dir.display(),
+                config_real.display()
+            );
+        }
+    }
+    for (i, r) in remotes.iter().enumerate() {
+        if remotes[..i]
+            .iter()
+            .any(|o| o.dir.starts_with(&r.dir) || r.dir.starts_with(&o.dir) || o.name == r.name)
+        {
+            anyhow::bail!(
+                "--remote-cluster {}: overlaps another remote cluster",
+                r.name
             );
         }
     }
@@ -899,7 +919,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             a.config_dir.clone(),
             metrics.clone(),
             a.ca.state_dir.clone(),
-            a.remote_clusters.clone(),
+            remotes,
         );
         let (d, dm) = (
             Duration::from_millis(a.debounce_ms),

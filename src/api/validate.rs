@@ -587,7 +587,7 @@ fn gateway(v: &mut V, g: &Gateway) {
             }
             let host_ok = host == "*"
                 || (!host.is_empty()
-                    && !host[1..].contains('*')
+                    && !host.chars().skip(1).any(|c| c == '*')
                     && host
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '*')));

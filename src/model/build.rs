@@ -205,12 +205,8 @@ pub fn build_world(
                     Some((
                         l.port.number,
                         Protocol::from_name(&l.port.protocol.to_ascii_lowercase(), ""),
-                        // The app listens on every address: loopback reaches it.
-                        if host == "0.0.0.0" {
-                            "127.0.0.1".to_string()
-                        } else {
-                            host.to_string()
-                        },
+                        // 0.0.0.0: the pod's own address (the proxy's, see `inbound_key`).
+                        host.to_string(),
                         port.parse().ok()?,
                     ))
                 })

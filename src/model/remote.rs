@@ -68,6 +68,33 @@ pub fn as_remote(resources: &mut Vec<Resource>, cluster: &RemoteCluster) {
         if let Some(svc) = labels.get_mut("kubernetes.io/service-name") {
             *svc = format!("{svc}@{}", cluster.name);
         }
+        // A remote Service speaks for its own cluster's network only.
+        if r.key.kind == Kind::Service && !cluster.network.is_empty() {
+            labels.insert("topology.istio.io/network".into(), cluster.network.clone());
+        }
+        // Endpoints name their pods: the renamed ones of the same cluster.
+        let rename = |t: &mut Option<crate::api::k8s::ObjectReference>| {
+            if let Some(t) = t.as_mut().filter(|t| t.kind.is_empty() || t.kind == "Pod") {
+                t.name = format!("{}@{}", t.name, cluster.name);
+            }
+        };
+        match &mut r.spec {
+            crate::api::Spec::Endpoints(subsets) => {
+                for a in subsets.iter_mut().flat_map(|s| {
+                    s.addresses
+                        .iter_mut()
+                        .chain(s.not_ready_addresses.iter_mut())
+                }) {
+                    rename(&mut a.target_ref);
+                }
+            }
+            crate::api::Spec::EndpointSlice(s) => {
+                for e in &mut s.endpoints {
+                    rename(&mut e.target_ref);
+                }
+            }
+            _ => {}
+        }
         // A WorkloadEntry's endpoint labels are its spec's.
         if let crate::api::Spec::WorkloadEntry(w) = &mut r.spec {
             w.labels

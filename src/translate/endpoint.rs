@@ -134,9 +134,10 @@ pub fn assignment(
         if let Some(n) = net {
             if e.network != n {
                 if e.in_mesh() && !svc.mesh_external {
-                    *remote
+                    let w = remote
                         .entry((e.locality.as_str(), e.network.as_str()))
-                        .or_default() += e.weight.max(1);
+                        .or_default();
+                    *w = w.saturating_add(e.weight.max(1));
                 }
                 continue;
             }
@@ -166,6 +167,10 @@ pub fn assignment(
     let distribute = setting
         .as_ref()
         .and_then(|(f, s)| s.distribute.iter().find(|d| locality_matches(&d.from, f)));
+    // The cluster weighs localities whenever `distribute` is set (see `cluster.rs`): a
+    // proxy no rule's `from` matches (or with no locality) weighs them equally, rather
+    // than leaving them unweighted (no traffic).
+    let weighted = locality_lb(dr, subset, sp.port).is_some_and(|l| !l.distribute.is_empty());
     for (loc, lb_endpoints) in by_locality {
         let [region, zone, sub_zone] = parts(loc);
         let mut g = ep::LocalityLbEndpoints {
@@ -191,13 +196,16 @@ pub fn assignment(
                         .collect();
                     matched.sort();
                     matched.dedup();
-                    weight += w * 1000 / matched.len().max(1) as u32;
+                    weight =
+                        weight.saturating_add(w.saturating_mul(1000) / matched.len().max(1) as u32);
                 }
             }
             if weight == 0 {
                 continue;
             }
             g.load_balancing_weight = u32v(weight);
+        } else if weighted {
+            g.load_balancing_weight = u32v(1);
         } else if let Some((f, s)) = &setting {
             g.priority = locality_level(f, loc, s);
         }

@@ -103,9 +103,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
                 continue;
             }
             let names = server_names(&srv.s.hosts);
-            if names.iter().any(|n| !seen_sni.insert(n.clone()))
-                || (names.is_empty() && !seen_sni.insert("*".into()))
-            {
+            if !claim_sni(&mut seen_sni, &names) {
                 // Envoy refuses two chains with the same match: the first server wins.
                 continue;
             }
@@ -115,10 +113,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             routes.push(rc);
             chains.push(FilterChain {
                 name: rname.clone(),
-                filter_chain_match: Some(FilterChainMatch {
-                    server_names: names,
-                    ..Default::default()
-                }),
+                filter_chain_match: Some(tls_match(names)),
                 filters: vec![gateway_hcm(&rname, log)],
                 transport_socket: Some(downstream_tls(srv.tls().expect("validated"))),
                 ..Default::default()
@@ -133,17 +128,15 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             // the cluster of this network's endpoints (see `sni_clusters`); mTLS passes
             // through end to end.
             let names = server_names(&srv.s.hosts);
-            if names.iter().any(|n| !seen_sni.insert(n.clone()))
-                || (names.is_empty() && !seen_sni.insert("*".into()))
-            {
+            if !claim_sni(&mut seen_sni, &names) {
                 continue;
             }
             chains.push(FilterChain {
-                name: format!("auto-passthrough|{port}"),
-                filter_chain_match: Some(FilterChainMatch {
-                    server_names: names,
-                    ..Default::default()
-                }),
+                name: format!(
+                    "auto-passthrough|{port}|{}/{}|{}",
+                    srv.gw.key.namespace, srv.gw.key.name, srv.index
+                ),
+                filter_chain_match: Some(tls_match(names)),
                 filters: vec![
                     listener::filter(
                         "envoy.filters.network.sni_cluster",
@@ -165,10 +158,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
                 }
                 chains.push(FilterChain {
                     name: format!("passthrough|{sni}"),
-                    filter_chain_match: Some(FilterChainMatch {
-                        server_names: vec![sni],
-                        ..Default::default()
-                    }),
+                    filter_chain_match: Some(tls_match(vec![sni])),
                     filters: vec![listener::tcp_proxy_logged(&cluster, &cluster, log)],
                     ..Default::default()
                 });
@@ -231,6 +221,32 @@ pub fn bind_port(world: &World, proxy: &Proxy, port: u32) -> u32 {
         }
     }
     port
+}
+
+/// Takes the SNI names of a TLS chain (none: any name) unless another chain of the port
+/// has one of them already (Envoy refuses two chains with one match: the first server
+/// wins); nothing is taken when the chain is skipped.
+fn claim_sni(seen: &mut BTreeSet<String>, names: &[String]) -> bool {
+    let wanted: Vec<String> = if names.is_empty() {
+        vec!["*".into()]
+    } else {
+        names.to_vec()
+    };
+    if wanted.iter().any(|n| seen.contains(n)) {
+        return false;
+    }
+    seen.extend(wanted);
+    true
+}
+
+/// A TLS chain's match: its SNI names and the TLS transport, so it never equals the plain
+/// HTTP chain of the same port (Envoy would refuse the listener).
+fn tls_match(server_names: Vec<String>) -> FilterChainMatch {
+    FilterChainMatch {
+        server_names,
+        transport_protocol: "tls".into(),
+        ..Default::default()
+    }
 }
 
 fn route_config(name: &str) -> rt::RouteConfiguration {

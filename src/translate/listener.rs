@@ -287,7 +287,9 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
                 e.0 = true;
             }
             if !sp.protocol.is_http() {
-                e.1.push((tcp_target(world, svc, sp.port), svc.vips.clone()));
+                // An auto-allocated address (sidecar DNS answers it) is the service's too.
+                let vips = svc.vips.iter().chain(&svc.auto_vip).cloned().collect();
+                e.1.push((tcp_target(world, svc, sp.port), vips));
             }
         }
     }
@@ -421,7 +423,17 @@ pub fn inbound_key(world: &World, proxy: &Proxy) -> InboundKey {
     let (ports, endpoints): (Vec<(u32, Protocol)>, Vec<(String, u32)>) = match ingress {
         Some(i) => i
             .into_iter()
-            .map(|(port, proto, host, target)| ((port, proto), (host, target)))
+            .map(|(port, proto, host, target)| {
+                // `0.0.0.0:PORT` (an app on every address): reached on loopback. Istio
+                // dials the pod's address; from the proxy that would loop back through
+                // the inbound capture (no 127.0.0.6 bind on inbound clusters yet).
+                let host = if host == "0.0.0.0" {
+                    "127.0.0.1".to_string()
+                } else {
+                    host
+                };
+                ((port, proto), (host, target))
+            })
             .unzip(),
         None => {
             let ports = inbound_ports(world, proxy);

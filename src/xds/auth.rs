@@ -104,7 +104,7 @@ impl Security {
                     namespace: ns.clone(),
                     name: name.to_string(),
                 };
-                world.objects.contains_key(&key)
+                world.objects.contains_key(&key) && credential_names(world, proxy).contains(name)
             })
         };
         for n in asked
@@ -117,15 +117,18 @@ impl Security {
     }
 
     /// Every secret the identity may have: its own SVID, the trust bundle, and the
-    /// Kubernetes Secrets of its own namespace that DestinationRules name (`credentialName`).
+    /// Kubernetes Secrets of its own namespace that config reaching this proxy names as
+    /// `credentialName` (a DestinationRule of its namespace, a Gateway selecting it). Other
+    /// TLS Secrets of the namespace (a webhook's, cert-manager's) are never sent.
     pub fn secrets(&self, id: Option<&Identity>, proxy: &Proxy, world: &World) -> Vec<Res> {
         let Some(id) = id else { return Vec::new() };
         let mut out = self.own_secrets(id, proxy);
-        for r in world
-            .objects
-            .values()
-            .filter(|r| r.key.kind == Kind::Secret && r.key.namespace == id.namespace)
-        {
+        let named = credential_names(world, proxy);
+        for r in world.objects.values().filter(|r| {
+            r.key.kind == Kind::Secret
+                && r.key.namespace == id.namespace
+                && named.contains(r.key.name.as_str())
+        }) {
             let Spec::Secret(sec) = &r.spec else { continue };
             let (cert_name, ca_name) = credential_sds_names(&r.key.name);
             if let (Some(c), Some(k)) = (sec.get("tls.crt"), sec.get("tls.key")) {
@@ -154,4 +157,42 @@ impl Security {
         )));
         out
     }
+}
+
+/// The `credentialName`s that reach a proxy: those of DestinationRules of its namespace
+/// (their Secrets resolve there) and of the Gateways that select it (a gateway's Secrets
+/// resolve in its own namespace).
+pub fn credential_names<'w>(
+    world: &'w World,
+    proxy: &Proxy,
+) -> std::collections::BTreeSet<&'w str> {
+    let mut out = std::collections::BTreeSet::new();
+    for dr in world.destination_rules.values() {
+        if dr.key.namespace != proxy.namespace {
+            continue;
+        }
+        let tp = dr.spec.traffic_policy.iter().chain(
+            dr.spec
+                .subsets
+                .iter()
+                .filter_map(|s| s.traffic_policy.as_ref()),
+        );
+        for tp in tp {
+            let tls = tp
+                .tls
+                .iter()
+                .chain(tp.port_level_settings.iter().filter_map(|p| p.tls.as_ref()));
+            out.extend(tls.filter_map(|t| t.credential_name.as_deref()));
+        }
+    }
+    if proxy.router {
+        for g in crate::translate::gateway::selecting(world, proxy) {
+            out.extend(
+                g.servers
+                    .iter()
+                    .filter_map(|s| s.tls.as_ref()?.credential_name.as_deref()),
+            );
+        }
+    }
+    out
 }
