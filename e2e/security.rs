@@ -539,7 +539,10 @@ fn plaintext_xds_outside_loopback_needs_an_explicit_flag() {
     assert!(err.contains("plaintext xDS has no authentication"), "{err}");
 }
 
-const CREDS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: api-client, namespace: shop}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: CERT-PEM\n  tls.key: KEY-PEM-SECRET\n  ca.crt: CA-PEM\n";
+const CREDS: &str = "apiVersion: v1\nkind: Secret\nmetadata: {name: api-client, namespace: shop}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: CERT-PEM\n  tls.key: KEY-PEM-SECRET\n  ca.crt: CA-PEM\n---\n\
+apiVersion: v1\nkind: Secret\nmetadata: {name: webhook-tls, namespace: shop}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: WEBHOOK-CERT\n  tls.key: WEBHOOK-KEY\n---\n\
+apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: shop}\nspec:\n  hosts: [api.example.com]\n  location: MESH_EXTERNAL\n  resolution: DNS\n  ports: [{number: 443, name: tls, protocol: TLS}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: shop}\nspec:\n  host: api.example.com\n  trafficPolicy:\n    tls: {mode: MUTUAL, credentialName: api-client}\n";
 
 #[tokio::test]
 async fn credential_secrets_go_only_to_their_namespace_and_never_to_debug_pages() {
@@ -560,6 +563,18 @@ async fn credential_secrets_go_only_to_their_namespace_and_never_to_debug_pages(
     assert_eq!(n, names.to_vec());
     let dump = format!("{got:?}");
     assert!(dump.contains("KEY-PEM-SECRET") && dump.contains("CA-PEM"));
+    // A TLS Secret of the same namespace that no config names (a webhook's) is not served.
+    let mut s1 = open(
+        &h.addr,
+        Some(&t),
+        sds(&["kubernetes://webhook-tls"], node("shop", Some("web")), ""),
+    )
+    .await
+    .unwrap();
+    assert!(
+        secrets(&s1.next().await).is_empty(),
+        "a Secret no config names must not be served"
+    );
     // A proxy of another namespace asking for the same names gets nothing.
     let o = h.tokens.sign(&id("other", "web"), Duration::from_secs(600));
     let mut s2 = open(
