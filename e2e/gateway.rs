@@ -77,7 +77,9 @@ fn config(mesh: &Mesh, ca: &TestCa, shop: &(String, String), files: &Path) -> St
          \x20 - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, credentialName: shop-cert}}\n\
          \x20 - port: {{number: 8443, name: https-files, protocol: HTTPS}}\n    hosts: [files.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {fc}, privateKey: {fk}}}\n\
          \x20 - port: {{number: 9443, name: https-mutual, protocol: HTTPS}}\n    hosts: [partner.example.com]\n    tls: {{mode: MUTUAL, credentialName: shop-cert, subjectAltNames: [partner.example]}}\n\
-         \x20 - port: {{number: 10443, name: tls-passthrough, protocol: TLS}}\n    hosts: [\"*.backend.example.com\"]\n    tls: {{mode: PASSTHROUGH}}\n---\n\
+         \x20 - port: {{number: 10443, name: tls-passthrough, protocol: TLS}}\n    hosts: [\"*.backend.example.com\"]\n    tls: {{mode: PASSTHROUGH}}\n\
+         \x20 - port: {{number: 31400, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-b}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  tcp:\n  - match: [{{port: 31400}}]\n    route: [{{destination: {{host: b, subset: v2, port: {{number: 8080}}}}}}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [shop.example.com, files.example.com, partner.example.com, plain.example.com]\n  gateways: [shop]\n  http:\n  - route:\n    - {{destination: {{host: b, subset: v1}}, weight: 80}}\n    - {{destination: {{host: b, subset: v2}}, weight: 20}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [secure.backend.example.com]\n  gateways: [default/shop]\n  tls:\n  - match: [{{sniHosts: [secure.backend.example.com]}}]\n    route: [{{destination: {{host: tlsback, port: {{number: 8443}}}}}}]\n",
         vb = mesh.vip(0),
@@ -312,6 +314,16 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     );
     assert_eq!(code, 200, "passthrough: {body}");
     assert_eq!(answered_by(&body), "tlsback", "{body}");
+
+    // A TCP server: the VirtualService's tcp route takes any bytes to b's v2.
+    let (code, body) = call(
+        &client,
+        &gw,
+        "http://anything.example:31400/",
+        "anything.example:31400",
+        &[],
+    );
+    assert_eq!((code, answered_by(&body).as_str()), (200, "b-v2"), "{body}");
 
     // The gateway's names are Istio's.
     let dump = gw.envoy_admin("/config_dump");

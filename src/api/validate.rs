@@ -475,11 +475,10 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             if !m.source_labels.is_empty()
                 || !m.source_namespace.is_empty()
                 || !m.destination_subnets.is_empty()
-                || !m.gateways.is_empty()
             {
                 v.bad(
                     format!("{f}.match[{j}]"),
-                    "only port matches are supported for TCP routes yet",
+                    "only port and gateways matches are supported for TCP routes yet",
                 );
             }
             if let Some(p) = m.port {
@@ -619,6 +618,11 @@ fn gateway(v: &mut V, g: &Gateway) {
                     );
                 }
             }
+            "TCP" => {
+                if s.tls.is_some() {
+                    v.bad(format!("{f}.tls"), "a TCP server takes no TLS settings");
+                }
+            }
             "TLS" => {
                 if !matches!(mode, "PASSTHROUGH" | "AUTO_PASSTHROUGH") {
                     v.bad(
@@ -632,7 +636,7 @@ fn gateway(v: &mut V, g: &Gateway) {
             _ => v.bad(
                 format!("{f}.port.protocol"),
                 format!(
-                    "{:?} servers are not supported yet (HTTP, HTTP2, GRPC, HTTPS, TLS)",
+                    "{:?} servers are not supported yet (HTTP, HTTP2, GRPC, HTTPS, TLS, TCP)",
                     s.port.protocol
                 ),
             ),

@@ -829,6 +829,11 @@ fn virtual_service(
             m.gateways = m.gateways.iter().map(resolve).collect();
         }
     }
+    for t in spec.tcp.iter_mut() {
+        for m in t.matches.iter_mut() {
+            m.gateways = m.gateways.iter().map(resolve).collect();
+        }
+    }
     let mut hosts = Vec::new();
     for (i, h) in vs.hosts.iter().enumerate() {
         let f = fqdn(h, &ns, cx.domain);

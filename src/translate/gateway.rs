@@ -170,6 +170,21 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             .filter(|s| matches!(s.protocol().as_str(), "HTTP" | "HTTP2" | "GRPC"))
             .copied()
             .collect();
+        // TCP: the first server of the port whose gateway a VirtualService's `tcp` route
+        // binds; it takes the port's plain (unmatched) chain, so not beside HTTP servers.
+        if http.is_empty() {
+            if let Some(t) = servers
+                .iter()
+                .filter(|s| s.protocol() == "TCP")
+                .find_map(|srv| tcp_route(world, srv))
+            {
+                chains.push(FilterChain {
+                    name: format!("tcp.{port}"),
+                    filters: vec![t.filter_logged(log)],
+                    ..Default::default()
+                });
+            }
+        }
         if !http.is_empty() {
             let rname = format!("http.{port}");
             let mut rc = route_config(&rname);
@@ -201,6 +216,36 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
         });
     }
     (listeners, routes)
+}
+
+/// The TCP route of a TCP server: the first `tcp` route of a VirtualService bound to its
+/// gateway (one of whose hosts the server takes) that matches the server's port.
+fn tcp_route(world: &World, srv: &Srv) -> Option<listener::TcpTarget> {
+    let port = srv.s.port.number;
+    for vs in &world.virtual_services {
+        let takes = vs
+            .spec
+            .hosts
+            .iter()
+            .any(|h| bound_host(srv, vs, h).is_some());
+        if !vs.binds(&srv.gw.name()) || !takes {
+            continue;
+        }
+        for t in &vs.spec.tcp {
+            let applies = t.matches.is_empty()
+                || t.matches.iter().any(|m| {
+                    m.port.is_none_or(|p| p == port)
+                        && (m.gateways.is_empty() || m.gateways.contains(&srv.gw.name()))
+                });
+            if applies && !t.route.is_empty() {
+                return Some(listener::TcpTarget {
+                    stat: format!("tcp.{port}.{}.{}", vs.key.namespace, vs.key.name),
+                    clusters: listener::tcp_clusters(world, &t.route, port),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// The port a server listens on: as in Istio, the target port of the Service port that

@@ -118,7 +118,11 @@ pub fn tcp_target(world: &World, svc: &crate::model::Service, port: u32) -> TcpT
     let vs = world.virtual_service_for(&svc.hostname);
     let route = vs.and_then(|vs| {
         vs.spec.tcp.iter().find(|t| {
-            t.matches.is_empty() || t.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+            t.matches.is_empty()
+                || t.matches.iter().any(|m| {
+                    m.port.is_none_or(|p| p == port)
+                        && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+                })
         })
     });
     let Some(route) = route else {
@@ -127,21 +131,28 @@ pub fn tcp_target(world: &World, svc: &crate::model::Service, port: u32) -> TcpT
             clusters: vec![(own, 1)],
         };
     };
-    let clusters: Vec<(String, u32)> = route
-        .route
+    TcpTarget {
+        stat: own,
+        clusters: tcp_clusters(world, &route.route, port),
+    }
+}
+
+/// The weighted clusters of a TCP route's destinations.
+pub fn tcp_clusters(
+    world: &World,
+    route: &[crate::api::networking::RouteDestination],
+    port: u32,
+) -> Vec<(String, u32)> {
+    route
         .iter()
-        .filter(|d| route.route.len() == 1 || d.weight > 0)
+        .filter(|d| route.len() == 1 || d.weight > 0)
         .map(|d| {
             (
                 super::route::dest_cluster(world, &d.destination, port),
                 d.weight.max(1) as u32,
             )
         })
-        .collect();
-    TcpTarget {
-        stat: own,
-        clusters,
-    }
+        .collect()
 }
 
 pub enum RouteSource {
