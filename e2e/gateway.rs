@@ -125,24 +125,20 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     let stranger = ca.leaf(&["stranger.example"]);
 
     // Files the gateway's Envoy (uid 1337) and the pods read.
-    let certs = mesh.dir().join("certs");
-    fs::create_dir_all(&certs).unwrap();
-    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
-    for (name, text) in [
-        ("tls.crt", &files_cert.0),
-        ("tls.key", &files_cert.1),
-        ("backend.crt", &backend.0),
-        ("backend.key", &backend.1),
-        ("ca.pem", &ca.pem),
-        ("partner.crt", &partner.0),
-        ("partner.key", &partner.1),
-        ("stranger.crt", &stranger.0),
-        ("stranger.key", &stranger.1),
-    ] {
-        let p = certs.join(name);
-        fs::write(&p, text).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    let certs = write_certs(
+        &mesh,
+        &[
+            ("tls.crt", files_cert.0.as_str()),
+            ("tls.key", files_cert.1.as_str()),
+            ("backend.crt", backend.0.as_str()),
+            ("backend.key", backend.1.as_str()),
+            ("ca.pem", ca.pem.as_str()),
+            ("partner.crt", partner.0.as_str()),
+            ("partner.key", partner.1.as_str()),
+            ("stranger.crt", stranger.0.as_str()),
+            ("stranger.key", stranger.1.as_str()),
+        ],
+    );
 
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "shop.yaml", &config(&mesh, &ca, &shop, &certs));
@@ -170,17 +166,7 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
             .secure(&cp),
     );
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let _tlsback = mesh.start_pod(
-        PodSpec::new("tlsback")
-            .host(13)
-            .sidecar(false)
-            .app_arg("--tls-port")
-            .app_arg("8443")
-            .app_arg("--tls-cert")
-            .app_arg(&s(&certs.join("backend.crt")))
-            .app_arg("--tls-key")
-            .app_arg(&s(&certs.join("backend.key"))),
-    );
+    let _tlsback = mesh.start_pod(tls_app("tlsback", 13, &certs, "backend"));
     let gw = mesh.start_pod(
         PodSpec::new("ingress")
             .host(20)
@@ -406,18 +392,14 @@ fn egress_gateway_originates_tls_under_registry_only() {
     let mesh = Mesh::new();
     let ca = TestCa::new();
     let external = ca.leaf(&["api.external.example"]);
-    let certs = mesh.dir().join("certs");
-    fs::create_dir_all(&certs).unwrap();
-    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
-    for (name, text) in [
-        ("ca.pem", &ca.pem),
-        ("ext.crt", &external.0),
-        ("ext.key", &external.1),
-    ] {
-        let p = certs.join(name);
-        fs::write(&p, text).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-    }
+    let certs = write_certs(
+        &mesh,
+        &[
+            ("ca.pem", ca.pem.as_str()),
+            ("ext.crt", external.0.as_str()),
+            ("ext.key", external.1.as_str()),
+        ],
+    );
     let dir = tempfile::tempdir().unwrap();
     let meshcfg = tempfile::tempdir().unwrap();
     write(
@@ -442,18 +424,7 @@ fn egress_gateway_originates_tls_under_registry_only() {
         ],
     );
     assert_eq!(support::config_errors(&cp), serde_json::json!([]));
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let ext = mesh.start_pod(
-        PodSpec::new("external")
-            .host(13)
-            .sidecar(false)
-            .app_arg("--tls-port")
-            .app_arg("8443")
-            .app_arg("--tls-cert")
-            .app_arg(&s(&certs.join("ext.crt")))
-            .app_arg("--tls-key")
-            .app_arg(&s(&certs.join("ext.key"))),
-    );
+    let ext = mesh.start_pod(tls_app("external", 13, &certs, "ext"));
     let egw = mesh.start_pod(
         PodSpec::new("egress")
             .host(20)
@@ -607,6 +578,40 @@ fn east_west_gateway_carries_mtls_between_networks() {
         "b sees a's identity: {body}"
     );
     println!("east-west: {via} connection(s) through the gateway, mTLS end to end");
+}
+
+/// Writes certificate files where the pods' processes (the gateway's Envoy runs as 1337)
+/// can read them: `<mesh dir>/certs/<name>`.
+fn write_certs(mesh: &Mesh, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let certs = mesh.dir().join("certs");
+    fs::create_dir_all(&certs).unwrap();
+    fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, text) in files {
+        let p = certs.join(name);
+        fs::write(&p, text).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    certs
+}
+
+/// A pod outside the mesh whose app also serves HTTPS on 8443 with `<stem>.crt/.key`.
+fn tls_app(name: &str, host: u8, certs: &Path, stem: &str) -> PodSpec {
+    let f = |ext: &str| {
+        certs
+            .join(format!("{stem}.{ext}"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    PodSpec::new(name)
+        .host(host)
+        .sidecar(false)
+        .app_arg("--tls-port")
+        .app_arg("8443")
+        .app_arg("--tls-cert")
+        .app_arg(&f("crt"))
+        .app_arg("--tls-key")
+        .app_arg(&f("key"))
 }
 
 /// A pilotfish of one cluster, signing under its own intermediate of the shared root.

@@ -56,13 +56,8 @@ const SLEEP: ProxyDef = ProxyDef {
 /// The sleep pod with a certificate.
 const SLEEP_MTLS: ProxyDef = ProxyDef {
     name: "sleep-mtls",
-    ip: "10.0.0.1",
-    labels: &[("app", "sleep"), ("version", "v1")],
     mtls: true,
-    router: false,
-    dns: false,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 /// A reviews server pod with a certificate (10.0.1.1 is a reviews endpoint in the mTLS cases).
 const REVIEWS_MTLS: ProxyDef = ProxyDef {
@@ -74,64 +69,38 @@ const REVIEWS_MTLS: ProxyDef = ProxyDef {
         ("security.istio.io/tlsMode", "istio"),
     ],
     mtls: true,
-    router: false,
-    dns: false,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 const PRODUCTPAGE: ProxyDef = ProxyDef {
     name: "productpage",
     ip: "10.0.0.2",
     labels: &[("app", "productpage"), ("version", "v1")],
-    mtls: false,
-    router: false,
-    dns: false,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 const RATINGS: ProxyDef = ProxyDef {
     name: "ratings",
     ip: "10.0.0.3",
     labels: &[("app", "ratings"), ("version", "v1")],
-    mtls: false,
-    router: false,
-    dns: false,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 
 /// The sleep pod, capturing DNS.
 const SLEEP_DNS: ProxyDef = ProxyDef {
     name: "sleep-dns",
-    ip: "10.0.0.1",
-    labels: &[("app", "sleep"), ("version", "v1")],
-    mtls: false,
-    router: false,
     dns: true,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 /// The sleep pod in us-east/zone1/sub1.
 const SLEEP_EAST: ProxyDef = ProxyDef {
     name: "sleep-east",
-    ip: "10.0.0.1",
-    labels: &[("app", "sleep"), ("version", "v1")],
-    mtls: false,
-    router: false,
-    dns: false,
     locality: "us-east/zone1/sub1",
-    network: "",
+    ..SLEEP
 };
 /// The sleep pod on network n1.
 const SLEEP_N1: ProxyDef = ProxyDef {
     name: "sleep-n1",
-    ip: "10.0.0.1",
-    labels: &[("app", "sleep"), ("version", "v1")],
-    mtls: true,
-    router: false,
-    dns: false,
-    locality: "",
     network: "n1",
+    ..SLEEP_MTLS
 };
 /// The east-west gateway of network n2.
 const EASTWEST_N2: ProxyDef = ProxyDef {
@@ -140,9 +109,8 @@ const EASTWEST_N2: ProxyDef = ProxyDef {
     labels: &[("istio", "eastwestgateway")],
     mtls: true,
     router: true,
-    dns: false,
-    locality: "",
     network: "n2",
+    ..SLEEP
 };
 /// An ingress gateway pod with a certificate.
 const INGRESS: ProxyDef = ProxyDef {
@@ -151,9 +119,7 @@ const INGRESS: ProxyDef = ProxyDef {
     labels: &[("istio", "ingressgateway")],
     mtls: true,
     router: true,
-    dns: false,
-    locality: "",
-    network: "",
+    ..SLEEP
 };
 
 struct Case {

@@ -127,6 +127,10 @@ pub fn build_world(
         }
     }
     let network_gateways = network_gateways(&cx);
+    let multi_network = services
+        .values()
+        .flat_map(|s| s.endpoints.iter())
+        .any(|e| e.network != mesh.network);
 
     let mut destination_rules: BTreeMap<String, Arc<DestRule>> = BTreeMap::new();
     let drs: Vec<_> = cx.of_kind(Kind::DestinationRule).cloned().collect();
@@ -265,6 +269,7 @@ pub fn build_world(
     }
 
     let bad = cx.bad;
+    let locality_aware = locality_aware(&destination_rules);
     let world = World {
         version,
         mesh: mesh.clone(),
@@ -275,6 +280,8 @@ pub fn build_world(
         sidecars,
         gateways,
         network_gateways,
+        locality_aware,
+        multi_network,
         authz,
         request_authn,
         jwks: Default::default(),
@@ -990,4 +997,23 @@ fn network_gateways(cx: &Ctx<'_>) -> BTreeMap<String, Vec<(String, u32)>> {
         v.dedup();
     }
     out
+}
+
+/// Some DestinationRule has outlier detection (top level, subset or port level): Istio's
+/// condition for locality-aware load balancing.
+fn locality_aware(drs: &BTreeMap<String, Arc<DestRule>>) -> bool {
+    let tp_has = |tp: &networking::TrafficPolicy| {
+        tp.outlier_detection.is_some()
+            || tp
+                .port_level_settings
+                .iter()
+                .any(|p| p.outlier_detection.is_some())
+    };
+    drs.values().any(|d| {
+        d.spec.traffic_policy.as_ref().is_some_and(tp_has)
+            || d.spec
+                .subsets
+                .iter()
+                .any(|s| s.traffic_policy.as_ref().is_some_and(tp_has))
+    })
 }

@@ -467,6 +467,21 @@ impl Endpoint {
 }
 
 impl Service {
+    /// A Kubernetes service's other names, valid from any namespace: `name.ns.svc`,
+    /// `name.ns`, and the global `name.ns.<suffix>` (none for other services).
+    pub fn kube_names(&self, mesh: &MeshConfig) -> Vec<String> {
+        let suffix = format!(".{}.svc.{}", self.namespace, mesh.domain);
+        let Some(short) = self.hostname.strip_suffix(&suffix) else {
+            return Vec::new();
+        };
+        let ns = &self.namespace;
+        let mut v = vec![format!("{short}.{ns}.svc"), format!("{short}.{ns}")];
+        if !mesh.global_suffix.is_empty() {
+            v.push(format!("{short}.{ns}.{}", mesh.global_suffix));
+        }
+        v
+    }
+
     pub fn port(&self, n: u32) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == n)
     }
@@ -566,6 +581,11 @@ pub struct World {
     /// Each network's east-west gateways (address, port): Services labelled
     /// `topology.istio.io/network` with port 15443 and external addresses.
     pub network_gateways: BTreeMap<String, Vec<(String, u32)>>,
+    /// Some DestinationRule has outlier detection: load balancing is locality-aware, and
+    /// endpoints depend on the proxy's locality (see `locality_class`).
+    pub locality_aware: bool,
+    /// Endpoints are on more than one network (see `network_class`).
+    pub multi_network: bool,
     /// AuthorizationPolicies, in (namespace, name) order.
     pub authz: Vec<Arc<AuthzPolicy>>,
     /// RequestAuthentications, in (namespace, name) order.
@@ -756,36 +776,14 @@ impl World {
     /// DestinationRule makes load balancing locality-aware (outlier detection, as in Istio);
     /// else None, and every proxy of a scope shares one set of endpoints.
     pub fn locality_class<'p>(&self, proxy: &'p Proxy) -> Option<&'p str> {
-        if proxy.locality.is_empty() {
-            return None;
-        }
-        let tp_has = |tp: &networking::TrafficPolicy| {
-            tp.outlier_detection.is_some()
-                || tp
-                    .port_level_settings
-                    .iter()
-                    .any(|p| p.outlier_detection.is_some())
-        };
-        let any = self.destination_rules.values().any(|d| {
-            d.spec.traffic_policy.as_ref().is_some_and(tp_has)
-                || d.spec
-                    .subsets
-                    .iter()
-                    .any(|s| s.traffic_policy.as_ref().is_some_and(tp_has))
-        });
-        any.then_some(proxy.locality.as_str())
+        (self.locality_aware && !proxy.locality.is_empty()).then_some(proxy.locality.as_str())
     }
 
     /// The network a proxy's endpoints are computed for: its own, when endpoints are on
     /// more than one network (then those of other networks are reached through their
     /// network's gateway); else None.
     pub fn network_class<'p>(&'p self, proxy: &'p Proxy) -> Option<&'p str> {
-        let multi = self
-            .services
-            .values()
-            .flat_map(|s| s.endpoints.iter())
-            .any(|e| e.network != self.mesh.network);
-        if !multi {
+        if !self.multi_network {
             return None;
         }
         let own = if !proxy.network.is_empty() {

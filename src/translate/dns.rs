@@ -62,17 +62,7 @@ pub fn table(world: &World, scope: &Scope) -> Vec<(String, Vec<String>)> {
             continue;
         }
         let mut names = vec![svc.hostname.clone()];
-        let kube_suffix = format!(".{}.svc.{}", svc.namespace, world.mesh.domain);
-        if let Some(short) = svc.hostname.strip_suffix(&kube_suffix) {
-            names.push(format!("{short}.{}.svc", svc.namespace));
-            names.push(format!("{short}.{}", svc.namespace));
-            if !world.mesh.global_suffix.is_empty() {
-                names.push(format!(
-                    "{short}.{}.{}",
-                    svc.namespace, world.mesh.global_suffix
-                ));
-            }
-        }
+        names.extend(svc.kube_names(&world.mesh));
         for n in names {
             if seen.insert(n.clone()) {
                 out.push((n, addrs.clone()));

@@ -152,14 +152,10 @@ pub fn domains(
     mesh: &crate::model::MeshConfig,
 ) -> Vec<String> {
     let mut names = vec![svc.hostname.clone()];
+    names.extend(svc.kube_names(mesh));
+    // The bare name, from the service's own namespace.
     let kube_suffix = format!(".{}.svc.{}", svc.namespace, mesh.domain);
     if let Some(short) = svc.hostname.strip_suffix(&kube_suffix) {
-        names.push(format!("{short}.{}.svc", svc.namespace));
-        names.push(format!("{short}.{}", svc.namespace));
-        // The global name (`name.ns.global`): the same service, across clusters.
-        if !mesh.global_suffix.is_empty() {
-            names.push(format!("{short}.{}.{}", svc.namespace, mesh.global_suffix));
-        }
         if svc.namespace == proxy_ns {
             names.push(short.to_string());
         }
