@@ -1506,3 +1506,70 @@ fn unsupported_gateway_features_are_errors_naming_the_field() {
         dump(&w.errors)
     );
 }
+
+#[test]
+fn locality_settings_and_dns_round_robin_are_checked_by_field() {
+    let dr = |lb: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: reviews\n  trafficPolicy:\n    outlierDetection: {{consecutive5xxErrors: 1}}\n    loadBalancer:\n      localityLbSetting:\n{lb}"
+        )
+    };
+    let f = "spec.trafficPolicy.loadBalancer.localityLbSetting";
+    let cases: &[(&str, String)] = &[
+        (
+            "        failoverPriority: [rack]\n        failover: [{from: us-east, to: us-west}]\n",
+            format!("{f}.failoverPriority"),
+        ),
+        (
+            "        failoverPriority: [rack]\n        distribute: [{from: \"us-east/*\", to: {\"us-east/*\": 100}}]\n",
+            format!("{f}.failoverPriority"),
+        ),
+        (
+            "        failoverPriority: [rack, zone, rack=r1]\n",
+            format!("{f}.failoverPriority[2]"),
+        ),
+        ("        failoverPriority: [\"=r1\"]\n", format!("{f}.failoverPriority[0]")),
+    ];
+    for (lb, field) in cases {
+        let w = world(&[("dr.yaml", &dr(lb))]);
+        one_error(&w.errors, "dr.yaml", "DestinationRule default/r", field);
+        assert!(
+            w.destination_rules.is_empty(),
+            "a refused rule is not served"
+        );
+    }
+    let w = world(&[(
+        "dr.yaml",
+        &dr("        failoverPriority: [rack, topology.istio.io/network, tier=gold]\n"),
+    )]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    assert_eq!(w.failover_keys, ["rack", "topology.istio.io/network"]);
+
+    // DNS_ROUND_ROBIN is Envoy's LOGICAL_DNS: one name.
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [ext.example.com]\n  resolution: DNS_ROUND_ROBIN\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  endpoints: [{address: a.example.com}, {address: b.example.com}]\n";
+    let w = world(&[("se.yaml", se)]);
+    one_error(
+        &w.errors,
+        "se.yaml",
+        "ServiceEntry default/ext",
+        "spec.endpoints",
+    );
+    let one = se.replace(", {address: b.example.com}", "");
+    let w = world(&[("se.yaml", &one)]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    let cfg = pilotfish::translate::generate(&w, &sleep_proxy());
+    let c = cfg
+        .clusters
+        .iter()
+        .find(|c| c.name == "outbound|443||ext.example.com")
+        .expect("cluster");
+    let logical = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::LogicalDns;
+    assert_eq!(
+        c.cluster_discovery_type,
+        Some(
+            envoy_types::pb::envoy::config::cluster::v3::cluster::ClusterDiscoveryType::Type(
+                logical as i32
+            )
+        )
+    );
+}

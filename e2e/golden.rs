@@ -96,6 +96,13 @@ const SLEEP_EAST: ProxyDef = ProxyDef {
     locality: "us-east/zone1/sub1",
     ..SLEEP
 };
+/// The sleep pod in us-east/zone1, rack r1.
+const SLEEP_RACK: ProxyDef = ProxyDef {
+    name: "sleep-rack",
+    labels: &[("app", "sleep"), ("version", "v1"), ("rack", "r1")],
+    locality: "us-east/zone1",
+    ..SLEEP
+};
 /// The sleep pod on network n1.
 const SLEEP_N1: ProxyDef = ProxyDef {
     name: "sleep-n1",
@@ -217,6 +224,10 @@ const CASES: &[Case] = &[
     Case {
         proxies: &[RATINGS],
         ..case("sidecar_listeners")
+    },
+    Case {
+        proxies: &[SLEEP_EAST, SLEEP_RACK],
+        ..case("failover_priority")
     },
     Case {
         proxies: &[SLEEP_N1, EASTWEST_N2],
@@ -430,6 +441,7 @@ golden!(
     locality,
     sidecar_listeners,
     multi_network,
+    failover_priority,
 );
 
 #[test]

@@ -869,8 +869,32 @@ fn load_balancer(v: &mut V, f: &str, lb: &LoadBalancerSettings) {
                 v.bad(format!("{lf}.failover[{i}].to"), "must differ from `from`");
             }
         }
-        if !l.failover_priority.is_empty() {
-            v.bad(format!("{lf}.failoverPriority"), "not supported yet");
+        if !l.failover_priority.is_empty() && !l.failover.is_empty() {
+            v.bad(
+                format!("{lf}.failoverPriority"),
+                "failover and failoverPriority together are not supported; use one",
+            );
+        }
+        if !l.failover_priority.is_empty() && !l.distribute.is_empty() {
+            v.bad(
+                format!("{lf}.failoverPriority"),
+                "distribute and failoverPriority are mutually exclusive (as in Istio)",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, entry) in l.failover_priority.iter().enumerate() {
+            let key = entry.split_once('=').map_or(entry.as_str(), |(k, _)| k);
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                v.bad(
+                    format!("{lf}.failoverPriority[{i}]"),
+                    "a label key, or key=value",
+                );
+            } else if !seen.insert(key) {
+                v.bad(
+                    format!("{lf}.failoverPriority[{i}]"),
+                    format!("label {key:?} appears twice"),
+                );
+            }
         }
     }
 }

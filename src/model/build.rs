@@ -270,6 +270,7 @@ pub fn build_world(
 
     let bad = cx.bad;
     let locality_aware = locality_aware(&destination_rules);
+    let failover_keys = failover_keys(&destination_rules);
     let world = World {
         version,
         mesh: mesh.clone(),
@@ -281,6 +282,7 @@ pub fn build_world(
         gateways,
         network_gateways,
         locality_aware,
+        failover_keys,
         multi_network,
         authz,
         request_authn,
@@ -639,7 +641,8 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
         };
         let ns = &r.key.namespace;
         let resolution = match se.resolution.as_deref().unwrap_or("NONE") {
-            "DNS" | "DNS_ROUND_ROBIN" => Resolution::Dns,
+            "DNS" => Resolution::Dns,
+            "DNS_ROUND_ROBIN" => Resolution::DnsRoundRobin,
             "STATIC" => Resolution::Static,
             _ => Resolution::Passthrough,
         };
@@ -688,11 +691,19 @@ fn service_entries(cx: &mut Ctx<'_>) -> Vec<Service> {
                 "resolution STATIC needs IP addresses; use DNS for host names",
             );
         }
+        if resolution == Resolution::DnsRoundRobin && endpoints.len() > 1 {
+            cx.err(
+                &r,
+                "spec.endpoints",
+                "resolution DNS_ROUND_ROBIN takes at most one endpoint (Envoy's LOGICAL_DNS uses one name); use DNS for several",
+            );
+        }
         dedup_endpoints(&mut endpoints);
         for h in &se.hosts {
             let hostname = fqdn(h, ns, cx.domain);
             let mut eps = endpoints.clone();
-            if resolution == Resolution::Dns && eps.is_empty() && !hostname.starts_with('*') {
+            let dns = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+            if dns && eps.is_empty() && !hostname.starts_with('*') {
                 eps.push(Endpoint {
                     address: hostname.clone(),
                     ports: BTreeMap::new(),
@@ -997,6 +1008,38 @@ fn network_gateways(cx: &Ctx<'_>) -> BTreeMap<String, Vec<(String, u32)>> {
         v.dedup();
     }
     out
+}
+
+/// The label keys some DestinationRule's `failoverPriority` compares with the proxy's
+/// (any level; `key=value` entries compare with the value, not the proxy), sorted.
+fn failover_keys(drs: &BTreeMap<String, Arc<DestRule>>) -> Vec<String> {
+    let mut keys = BTreeSet::new();
+    let mut add = |tp: &networking::TrafficPolicy| {
+        let lbs = std::iter::once(&tp.load_balancer)
+            .chain(tp.port_level_settings.iter().map(|p| &p.load_balancer));
+        for lb in lbs.flatten() {
+            for k in lb
+                .locality_lb_setting
+                .iter()
+                .flat_map(|l| &l.failover_priority)
+            {
+                if !k.contains('=') {
+                    keys.insert(k.clone());
+                }
+            }
+        }
+    };
+    for d in drs.values() {
+        let subsets = d
+            .spec
+            .subsets
+            .iter()
+            .filter_map(|s| s.traffic_policy.as_ref());
+        for tp in d.spec.traffic_policy.iter().chain(subsets) {
+            add(tp);
+        }
+    }
+    keys.into_iter().collect()
 }
 
 /// Some DestinationRule has outlier detection (top level, subset or port level): Istio's

@@ -394,8 +394,11 @@ pub struct ServicePort {
 pub enum Resolution {
     /// Endpoints are listed (EDS).
     Static,
-    /// Envoy resolves the endpoint names by DNS.
+    /// Envoy resolves the endpoint names by DNS and uses every address (STRICT_DNS).
     Dns,
+    /// Envoy resolves the one endpoint name and uses its first address for new
+    /// connections (LOGICAL_DNS; ServiceEntry `DNS_ROUND_ROBIN`, as Istio).
+    DnsRoundRobin,
     /// Envoy forwards to the original destination address.
     Passthrough,
 }
@@ -418,6 +421,33 @@ pub struct Endpoint {
     /// The network it is on: WorkloadEntry `network`, else the `topology.istio.io/network`
     /// label, else the mesh's own network.
     pub network: String,
+}
+
+/// Where a proxy's endpoints are computed from (see `World::locality_class`): its
+/// locality (`region/zone/subzone`) and its values of the `failoverPriority` label keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Origin {
+    pub locality: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The value of label `key` of a workload, as `failoverPriority` compares them: the
+/// topology keys are read from its locality and network (as Istio adds them to its
+/// endpoints' and proxies' labels), any other from its labels; missing is empty.
+pub fn topology_label<'a>(
+    key: &str,
+    locality: &'a str,
+    network: &'a str,
+    labels: &'a BTreeMap<String, String>,
+) -> &'a str {
+    let part = |i: usize| locality.split('/').nth(i).unwrap_or("");
+    match key {
+        "topology.kubernetes.io/region" => part(0),
+        "topology.kubernetes.io/zone" => part(1),
+        "topology.istio.io/subzone" => part(2),
+        "topology.istio.io/network" => network,
+        _ => labels.get(key).map(String::as_str).unwrap_or(""),
+    }
 }
 
 /// A workload's locality from its labels (see `Endpoint::locality`), `explicit` first.
@@ -584,6 +614,9 @@ pub struct World {
     /// Some DestinationRule has outlier detection: load balancing is locality-aware, and
     /// endpoints depend on the proxy's locality (see `locality_class`).
     pub locality_aware: bool,
+    /// The label keys DestinationRules' `failoverPriority` compare between a proxy and the
+    /// endpoints (those without a `=value`): endpoints depend on the proxy's values of them.
+    pub failover_keys: Vec<String>,
     /// Endpoints are on more than one network (see `network_class`).
     pub multi_network: bool,
     /// AuthorizationPolicies, in (namespace, name) order.
@@ -772,21 +805,32 @@ impl World {
             })
     }
 
-    /// The locality a proxy's endpoints are computed for: its own, when it has one and some
-    /// DestinationRule makes load balancing locality-aware (outlier detection, as in Istio);
-    /// else None, and every proxy of a scope shares one set of endpoints.
-    pub fn locality_class<'p>(&self, proxy: &'p Proxy) -> Option<&'p str> {
-        (self.locality_aware && !proxy.locality.is_empty()).then_some(proxy.locality.as_str())
-    }
-
-    /// The network a proxy's endpoints are computed for: its own, when endpoints are on
-    /// more than one network (then those of other networks are reached through their
-    /// network's gateway); else None.
-    pub fn network_class<'p>(&'p self, proxy: &'p Proxy) -> Option<&'p str> {
-        if !self.multi_network {
+    /// Where a proxy's endpoints are computed from: its locality and its values of the
+    /// `failoverPriority` labels, when some DestinationRule makes load balancing
+    /// locality-aware (outlier detection, as in Istio); else None, and every proxy of a
+    /// scope shares one set of endpoints.
+    pub fn locality_class(&self, proxy: &Proxy) -> Option<Origin> {
+        if !self.locality_aware || (proxy.locality.is_empty() && self.failover_keys.is_empty()) {
             return None;
         }
-        let own = if !proxy.network.is_empty() {
+        let network = self.proxy_network(proxy);
+        Some(Origin {
+            locality: proxy.locality.clone(),
+            labels: self
+                .failover_keys
+                .iter()
+                .map(|k| {
+                    let v = topology_label(k, &proxy.locality, network, &proxy.labels);
+                    (k.clone(), v.to_string())
+                })
+                .collect(),
+        })
+    }
+
+    /// The network a proxy is on: node metadata `NETWORK`, else its
+    /// `topology.istio.io/network` label, else the mesh's.
+    pub fn proxy_network<'p>(&'p self, proxy: &'p Proxy) -> &'p str {
+        if !proxy.network.is_empty() {
             proxy.network.as_str()
         } else {
             proxy
@@ -794,8 +838,14 @@ impl World {
                 .get("topology.istio.io/network")
                 .map(String::as_str)
                 .unwrap_or(&self.mesh.network)
-        };
-        Some(own)
+        }
+    }
+
+    /// The network a proxy's endpoints are computed for: its own, when endpoints are on
+    /// more than one network (then those of other networks are reached through their
+    /// network's gateway); else None.
+    pub fn network_class<'p>(&'p self, proxy: &'p Proxy) -> Option<&'p str> {
+        self.multi_network.then(|| self.proxy_network(proxy))
     }
 
     /// What a workload sees of the mesh.

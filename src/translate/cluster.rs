@@ -130,8 +130,12 @@ fn service_cluster(
                 service_name: name.clone(),
             });
         }
-        Resolution::Dns => {
-            c.cluster_discovery_type = discovery(cluster::DiscoveryType::StrictDns);
+        Resolution::Dns | Resolution::DnsRoundRobin => {
+            c.cluster_discovery_type = discovery(if svc.resolution == Resolution::Dns {
+                cluster::DiscoveryType::StrictDns
+            } else {
+                cluster::DiscoveryType::LogicalDns
+            });
             c.dns_lookup_family = cluster::DnsLookupFamily::V4Only as i32;
             c.load_assignment = Some(crate::translate::endpoint::assignment(
                 world, &name, svc, sp, dr, subset, None, None,
@@ -374,11 +378,11 @@ fn apply_outlier(c: &mut Cluster, od: &OutlierDetection) {
         o.enforcing_consecutive_local_origin_failure = u32v(100);
     }
     c.outlier_detection = Some(o);
-    c.common_lb_config = Some(cluster::CommonLbConfig {
-        healthy_panic_threshold: Some(envoy_types::pb::envoy::r#type::v3::Percent {
-            value: od.min_health_percent.unwrap_or(0) as f64,
-        }),
-        ..Default::default()
+    // Kept with what is there (the locality-weighted config of `distribute`).
+    c.common_lb_config
+        .get_or_insert_with(Default::default)
+        .healthy_panic_threshold = Some(envoy_types::pb::envoy::r#type::v3::Percent {
+        value: od.min_health_percent.unwrap_or(0) as f64,
     });
 }
 

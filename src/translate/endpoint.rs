@@ -2,8 +2,9 @@
 
 use super::*;
 use crate::api::networking::LocalityLoadBalancerSetting;
-use crate::model::{selects, DestRule, Resolution, Service, ServicePort};
+use crate::model::{selects, DestRule, Origin, Resolution, Service, ServicePort};
 use envoy_types::pb::envoy::config::endpoint::v3 as ep;
+use std::collections::BTreeMap;
 
 /// `{tlsMode: istio}`: the transport-socket-match key auto mTLS uses.
 pub fn tls_mode_match() -> pbw::Struct {
@@ -115,27 +116,53 @@ pub fn assignment(
     sp: &ServicePort,
     dr: Option<&DestRule>,
     subset: &str,
-    from: Option<&str>,
+    from: Option<&Origin>,
     net: Option<&str>,
 ) -> ep::ClusterLoadAssignment {
     let labels = dr
         .and_then(|d| d.spec.subsets.iter().find(|s| s.name == subset))
         .map(|s| &s.labels);
-    let mut by_locality: std::collections::BTreeMap<&str, Vec<ep::LbEndpoint>> = Default::default();
+    // A proxy with no locality has nothing to prefer, unless `failoverPriority` compares
+    // labels.
+    let setting = from.and_then(|f| {
+        let s = locality_lb(dr, subset, sp.port)?;
+        (!f.locality.is_empty() || !s.failover_priority.is_empty()).then_some((f, s))
+    });
+    // `failoverPriority`: how many of its labels, in order, an endpoint shares with the
+    // proxy decides its priority (0: all); localities are split by it.
+    let label_priority = |locality: &str, network: &str, labels: &BTreeMap<String, String>| {
+        let Some((f, s)) = &setting else { return 0 };
+        let n = s.failover_priority.len() as u32;
+        for (i, entry) in s.failover_priority.iter().enumerate() {
+            let (key, want) = match entry.split_once('=') {
+                Some((k, v)) => (k, v),
+                None => (
+                    entry.as_str(),
+                    f.labels.get(entry).map(String::as_str).unwrap_or(""),
+                ),
+            };
+            if crate::model::topology_label(key, locality, network, labels) != want {
+                return n - i as u32;
+            }
+        }
+        0
+    };
+    let mut by_locality: BTreeMap<(u32, &str), Vec<ep::LbEndpoint>> = Default::default();
     // Endpoints on another network than the proxy's: reached through that network's
     // east-west gateway (mutual TLS, the SNI names the cluster), weighted by how many there
     // are; without a gateway, or without a sidecar to speak mTLS, they are left out.
-    let mut remote: std::collections::BTreeMap<(&str, &str), u32> = Default::default();
+    let mut remote: BTreeMap<(u32, &str, &str), u32> = Default::default();
     for e in svc
         .endpoints
         .iter()
         .filter(|e| labels.is_none_or(|l| selects(l, &e.labels)))
     {
+        let level = label_priority(&e.locality, &e.network, &e.labels);
         if let Some(n) = net {
             if e.network != n {
                 if e.in_mesh() && !svc.mesh_external {
                     let w = remote
-                        .entry((e.locality.as_str(), e.network.as_str()))
+                        .entry((level, e.locality.as_str(), e.network.as_str()))
                         .or_default();
                     *w = w.saturating_add(e.weight.max(1));
                 }
@@ -148,30 +175,29 @@ pub fn assignment(
             && e.in_mesh()
             && world.mtls_mode(&e.namespace, &e.labels, port) != crate::model::MtlsMode::Disable;
         by_locality
-            .entry(e.locality.as_str())
+            .entry((level, e.locality.as_str()))
             .or_default()
             .push(lb_endpoint_tls(&e.address, port, e.weight, mtls));
     }
-    for ((loc, network), weight) in remote {
+    for ((level, loc, network), weight) in remote {
         for (addr, port) in world.network_gateways.get(network).into_iter().flatten() {
             by_locality
-                .entry(loc)
+                .entry((level, loc))
                 .or_default()
                 .push(lb_endpoint_tls(addr, *port, weight, true));
         }
     }
-    let setting = from
-        .filter(|f| !f.is_empty())
-        .and_then(|f| Some((f, locality_lb(dr, subset, sp.port)?)));
     let mut groups: Vec<ep::LocalityLbEndpoints> = Vec::new();
-    let distribute = setting
-        .as_ref()
-        .and_then(|(f, s)| s.distribute.iter().find(|d| locality_matches(&d.from, f)));
+    let distribute = setting.as_ref().and_then(|(f, s)| {
+        s.distribute
+            .iter()
+            .find(|d| locality_matches(&d.from, &f.locality))
+    });
     // The cluster weighs localities whenever `distribute` is set (see `cluster.rs`): a
     // proxy no rule's `from` matches (or with no locality) weighs them equally, rather
     // than leaving them unweighted (no traffic).
     let weighted = locality_lb(dr, subset, sp.port).is_some_and(|l| !l.distribute.is_empty());
-    for (loc, lb_endpoints) in by_locality {
+    for ((level, loc), lb_endpoints) in by_locality {
         let [region, zone, sub_zone] = parts(loc);
         let mut g = ep::LocalityLbEndpoints {
             locality: (!loc.is_empty()).then(|| core::Locality {
@@ -207,7 +233,11 @@ pub fn assignment(
         } else if weighted {
             g.load_balancing_weight = u32v(1);
         } else if let Some((f, s)) = &setting {
-            g.priority = locality_level(f, loc, s);
+            g.priority = if s.failover_priority.is_empty() {
+                locality_level(&f.locality, loc, s)
+            } else {
+                level
+            };
         }
         groups.push(g);
     }
@@ -230,7 +260,7 @@ pub fn assignment(
 pub fn all(
     world: &World,
     scope: &crate::model::Scope,
-    from: Option<&str>,
+    from: Option<&Origin>,
     net: Option<&str>,
 ) -> Vec<ep::ClusterLoadAssignment> {
     let mut out: Vec<_> = services(world, scope)
@@ -272,7 +302,7 @@ pub fn names(svc: &Service, dr: Option<&DestRule>) -> Vec<String> {
 pub fn for_service(
     world: &World,
     svc: &Service,
-    from: Option<&str>,
+    from: Option<&Origin>,
     net: Option<&str>,
 ) -> Vec<ep::ClusterLoadAssignment> {
     let dr = world.destination_rules.get(&svc.hostname).map(|d| &**d);

@@ -78,7 +78,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
         let mut endpoints = endpoint::all(
             world,
             &scope,
-            world.locality_class(proxy),
+            world.locality_class(proxy).as_ref(),
             world.network_class(proxy),
         );
         if gateway::has_auto_passthrough(world, proxy) {
@@ -114,7 +114,7 @@ pub fn generate(world: &World, proxy: &Proxy) -> ProxyConfig {
         endpoints: endpoint::all(
             world,
             &scope,
-            world.locality_class(proxy),
+            world.locality_class(proxy).as_ref(),
             world.network_class(proxy),
         ),
         listeners,

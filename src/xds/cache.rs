@@ -4,7 +4,7 @@
 //! inbound listener and clusters), so proxies of one class share the same bytes.
 
 use super::{CLUSTER, ENDPOINT, LISTENER, ROUTE, VHOST};
-use crate::model::{Change, Proxy, RouteChange, Scope, World};
+use crate::model::{Change, Origin, Proxy, RouteChange, Scope, World};
 use crate::translate;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
@@ -121,7 +121,7 @@ type RouteKey = (String, BTreeMap<String, String>);
 /// An outbound class: the proxy's scope, whether it has certificates, and its locality
 /// where locality-aware load balancing applies (see `World::locality_class`), and its
 /// network where endpoints are on several (see `World::network_class`).
-type OutKey = (Scope, bool, Option<String>, Option<String>);
+type OutKey = (Scope, bool, Option<Origin>, Option<String>);
 type GatewayKey = (String, BTreeMap<String, String>, Vec<String>, bool, String);
 /// A gateway class's listeners, routes, and its SNI clusters and their endpoints
 /// (east-west gateways; empty otherwise).
@@ -797,7 +797,7 @@ impl Generation {
                             w,
                             scope,
                             prev.map(|(c, o)| (&c.inputs, &*o.endpoints)),
-                            locality.as_deref(),
+                            locality.as_ref(),
                             network.as_deref(),
                         ),
                         prev.map(|(_, o)| &o.endpoints),
@@ -922,7 +922,7 @@ impl Generation {
         let okey = (
             scope,
             proxy.mtls,
-            w.locality_class(proxy).map(str::to_string),
+            w.locality_class(proxy),
             w.network_class(proxy).map(str::to_string),
         );
         let built = lock_or_skip(&self.outbound, build)?.get(&okey).cloned();
@@ -1155,7 +1155,7 @@ fn endpoint_map(
     w: &World,
     scope: &Scope,
     prev: Option<(&EndpointInputs, &TypeMap)>,
-    locality: Option<&str>,
+    locality: Option<&Origin>,
     network: Option<&str>,
 ) -> TypeMap {
     // Assignments read the service, its DestinationRule and the mTLS settings.
