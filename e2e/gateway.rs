@@ -373,6 +373,7 @@ fn egress_config(mesh: &Mesh, ca_path: &Path, with_entry: bool) -> String {
         "{registry}---\n\
          apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: external}}\nspec:\n  hosts: [api.external.example]\n  addresses: [240.240.0.5]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n  - {{number: 443, name: https, protocol: HTTPS}}\n  endpoints:\n  - {{address: {ext}, ports: {{http: 8080, https: 8443}}}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: direct-external-through-egress-gateway}}\nspec:\n  hosts: [api.external.example]\n  gateways: [istio-egressgateway, mesh]\n  http:\n  - match: [{{gateways: [mesh], port: 80}}]\n    route:\n    - destination: {{host: istio-egressgateway.default.svc.cluster.local, subset: external, port: {{number: 80}}}}\n  - match: [{{gateways: [istio-egressgateway], port: 80}}]\n    route:\n    - destination: {{host: api.external.example, port: {{number: 443}}}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: wildcard}}\nspec:\n  hosts: [\"*.wild.example\"]\n  location: MESH_EXTERNAL\n  resolution: NONE\n  ports:\n  - {{number: 8443, name: tls, protocol: TLS}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: originate-tls-for-external}}\nspec:\n  host: api.external.example\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 443}}\n      tls: {{mode: SIMPLE, caCertificates: {ca}, sni: api.external.example}}\n",
         ext = mesh.addr(13),
         ca = ca_path.display(),
@@ -391,7 +392,7 @@ fn egress_gateway_originates_tls_under_registry_only() {
     }
     let mesh = Mesh::new();
     let ca = TestCa::new();
-    let external = ca.leaf(&["api.external.example"]);
+    let external = ca.leaf(&["api.external.example", "api.wild.example", "other.example"]);
     let certs = write_certs(
         &mesh,
         &[
@@ -484,6 +485,36 @@ fn egress_gateway_originates_tls_under_registry_only() {
     // REGISTRY_ONLY: the external server's own address is not reachable from the pod.
     let (code, _) = a.curl(&format!("https://{}:8443/", ext.ip), &["-m", "5", "-k"]);
     assert_ne!(code, 200, "a direct call to the external address passes");
+
+    // A wildcard ServiceEntry (resolution NONE) for TLS: the app dials the address its
+    // DNS gave, the sidecar matches the SNI; a host it does not cover stays blocked.
+    let ca_pem = certs.join("ca.pem");
+    let tls = |host: &str| {
+        a.curl(
+            &format!("https://{host}:8443/"),
+            &["-m", "5", "--cacert", ca_pem.to_str().unwrap()],
+        )
+    };
+    a.hosts(&[
+        ("api.external.example", "240.240.0.5"),
+        ("api.wild.example", &ext.ip.to_string()),
+        ("other.example", &ext.ip.to_string()),
+    ]);
+    let (code, body) = tls("api.wild.example");
+    assert_eq!(
+        (code, answered_by(&body).as_str()),
+        (200, "external"),
+        "{body}"
+    );
+    let sni = a
+        .envoy_stat("cluster.outbound|8443||*.wild.example.upstream_cx_total")
+        .unwrap_or(0);
+    assert!(sni >= 1, "went through the wildcard's cluster");
+    assert_ne!(
+        tls("other.example").0,
+        200,
+        "a host no ServiceEntry covers passes"
+    );
 
     // Without the ServiceEntry (and the rules naming it) the call fails.
     write(

@@ -281,8 +281,10 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         }),
         ..Default::default()
     }];
-    // port → (has http, tcp services: their tcp_proxy target and VIPs)
-    let mut ports: BTreeMap<u32, (bool, Vec<(TcpTarget, Vec<String>)>)> = BTreeMap::new();
+    // port → (has http, tcp services: their tcp_proxy target, VIPs, and the host name
+    // matched by SNI where the service has no address of its own)
+    type TcpSvc = (TcpTarget, Vec<String>, Option<String>);
+    let mut ports: BTreeMap<u32, (bool, Vec<TcpSvc>)> = BTreeMap::new();
     for svc in world
         .services
         .values()
@@ -300,7 +302,14 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
             if !sp.protocol.is_http() {
                 // An auto-allocated address (sidecar DNS answers it) is the service's too.
                 let vips = svc.vips.iter().chain(&svc.auto_vip).cloned().collect();
-                e.1.push((tcp_target(world, svc, sp.port), vips));
+                // TLS to a ServiceEntry host without addresses (wildcards too): the app
+                // dials whatever its DNS said, so the SNI tells the host (as Istio). Not
+                // for headless Kubernetes services: there the app picks the pod.
+                let sni = (sp.protocol == Protocol::Tls
+                    && svc.vips.is_empty()
+                    && svc.origin.kind == crate::api::Kind::ServiceEntry)
+                    .then(|| svc.hostname.clone());
+                e.1.push((tcp_target(world, svc, sp.port), vips, sni));
             }
         }
     }
@@ -317,12 +326,26 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
             traffic_direction: core::TrafficDirection::Outbound as i32,
             ..Default::default()
         };
-        let tcp_default = if !has_http && tcp_svcs.len() == 1 {
+        // A lone TCP service takes the port's unmatched connections, unless it is matched
+        // by SNI (then anything else is not it).
+        let tcp_default = if !has_http && tcp_svcs.len() == 1 && tcp_svcs[0].2.is_none() {
             Some(&tcp_svcs[0].0)
         } else {
             None
         };
-        for (target, vips) in &tcp_svcs {
+        for (target, vips, sni) in &tcp_svcs {
+            if let Some(host) = sni {
+                l.filter_chains.push(FilterChain {
+                    name: format!("{}_sni", target.stat),
+                    filter_chain_match: Some(FilterChainMatch {
+                        server_names: vec![host.clone()],
+                        transport_protocol: "tls".into(),
+                        ..Default::default()
+                    }),
+                    filters: vec![target.filter_logged(log)],
+                    ..Default::default()
+                });
+            }
             let ranges: Vec<core::CidrRange> = vips
                 .iter()
                 .filter_map(|v| v.parse::<std::net::IpAddr>().ok())
@@ -356,6 +379,12 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         let fallback_filter = tcp_default
             .map(|t| t.filter_logged(log))
             .unwrap_or_else(|| tcp_proxy(fallback, fallback));
+        if tcp_svcs.iter().any(|(_, _, sni)| sni.is_some()) {
+            l.listener_filters.push(listener_filter(
+                "envoy.filters.listener.tls_inspector",
+                tls_inspector::TlsInspector::default(),
+            ));
+        }
         if has_http {
             // Sniff: HTTP goes to the route table, anything else passes through.
             l.listener_filters.push(listener_filter(
