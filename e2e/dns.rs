@@ -138,7 +138,8 @@ fn sidecar_answers_dns_without_an_agent() {
 /// The Sidecar resource's listeners with real pods: b's app listens on 8080 while its
 /// service port is 9080 (an ingress listener with `defaultEndpoint: 127.0.0.1:8080`), and a
 /// client whose Sidecar has an egress listener on 9080 for `b` only (REGISTRY_ONLY) reaches
-/// b but not c, which shares the port.
+/// b but not c, which shares the port; a client whose egress listener is bound on loopback
+/// (`bind: 127.0.0.1`, `captureMode: NONE`) calls it directly.
 #[test]
 fn sidecar_ingress_and_per_port_egress_listeners() {
     if !need_root("sidecar listeners") {
@@ -152,7 +153,8 @@ fn sidecar_ingress_and_per_port_egress_listeners() {
          apiVersion: v1\nkind: Service\nmetadata: {{name: c}}\nspec:\n  clusterIP: {vc}\n  selector: {{app: c}}\n  ports: [{{name: http, port: 9080}}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: c-1}}\nspec:\n  address: {c}\n  ports: {{http: 8080}}\n  labels: {{app: c}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: b}}\nspec:\n  workloadSelector: {{labels: {{app: b}}}}\n  ingress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    defaultEndpoint: 127.0.0.1:8080\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: a}}\nspec:\n  workloadSelector: {{labels: {{app: a}}}}\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n  egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    hosts: [./b]\n  - hosts: [./c]\n",
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: a}}\nspec:\n  workloadSelector: {{labels: {{app: a}}}}\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n  egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    hosts: [./b]\n  - hosts: [./c]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: d}}\nspec:\n  workloadSelector: {{labels: {{app: d}}}}\n  egress:\n  - port: {{number: 9080, protocol: HTTP, name: http}}\n    bind: 127.0.0.1\n    captureMode: NONE\n    hosts: [./b]\n",
         vb = mesh.vip(0),
         vc = mesh.vip(1),
         b = mesh.addr(11),
@@ -188,5 +190,25 @@ fn sidecar_ingress_and_per_port_egress_listeners() {
     assert!(
         dump.contains("outbound|9080||c.default.svc.cluster.local"),
         "c's cluster is still there (the catch-all listener sees it)"
+    );
+
+    // d's Sidecar binds its 9080 egress listener on loopback (captureMode NONE): the app
+    // calls 127.0.0.1:9080 itself and reaches b by its Host.
+    let d = mesh.start_pod(PodSpec::new("d").host(13).control_plane(&cp));
+    let ok = wait_until(READY, || {
+        let (code, body) = d.curl("http://127.0.0.1:9080/", &["-m", "5", "-H", "Host: b"]);
+        code == 200 && body.contains("\"b\"")
+    });
+    assert!(
+        ok,
+        "{:?}\n{}",
+        d.curl("http://127.0.0.1:9080/", &["-m", "5", "-H", "Host: b"]),
+        d.logs()
+    );
+    let dump = d.envoy_admin("/config_dump");
+    assert!(dump.contains("127.0.0.1_9080"), "the listener is named by its bind address");
+    assert!(
+        !dump.contains("\"0.0.0.0_9080\""),
+        "no capturing 9080 listener besides the bound one"
     );
 }
