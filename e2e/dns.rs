@@ -206,7 +206,10 @@ fn sidecar_ingress_and_per_port_egress_listeners() {
         d.logs()
     );
     let dump = d.envoy_admin("/config_dump");
-    assert!(dump.contains("127.0.0.1_9080"), "the listener is named by its bind address");
+    assert!(
+        dump.contains("127.0.0.1_9080"),
+        "the listener is named by its bind address"
+    );
     assert!(
         !dump.contains("\"0.0.0.0_9080\""),
         "no capturing 9080 listener besides the bound one"
