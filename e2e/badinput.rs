@@ -1497,14 +1497,18 @@ fn unsupported_gateway_features_are_errors_naming_the_field() {
         one_error(&w.errors, "gw.yaml", "Gateway default/gw", field);
         assert!(w.gateways.is_empty(), "a refused Gateway is not served");
     }
-    // A mesh VirtualService with TLS routes (sidecars do not route TLS by SNI yet).
-    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t}\nspec:\n  hosts: [a.example.com]\n  tls:\n  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: a.example.com}}]\n";
+    // TLS routes: weighted destinations must sum to 100.
+    let vs = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example.com, b.example.com]\n  resolution: NONE\n  ports: [{number: 443, name: tls, protocol: TLS}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: t}\nspec:\n  hosts: [a.example.com]\n  tls:\n  - match: [{sniHosts: [a.example.com]}]\n    route: [{destination: {host: a.example.com}, weight: 50}, {destination: {host: b.example.com}, weight: 40}]\n";
     let w = world(&[("vs.yaml", vs)]);
-    assert!(
-        w.errors.iter().any(|e| e.field == "spec.tls"),
-        "{}",
-        dump(&w.errors)
+    one_error(
+        &w.errors,
+        "vs.yaml",
+        "VirtualService default/t",
+        "spec.tls[0].route",
     );
+    let w = world(&[("vs.yaml", &vs.replace("weight: 40", "weight: 50"))]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    generate_ok(&w);
 }
 
 #[test]

@@ -905,3 +905,87 @@ fn public_leg(gw: &Pod, other: &Mesh, own: &Mesh, addr: &str) {
         "ip", "netns", "exec", &gw.netns, "ip", "link", "set", "eth1", "up",
     ]);
 }
+
+/// VirtualService `tls` routes on a sidecar (`mesh`): the app calls `secure.example` over
+/// TLS at the address its own DNS gave (no VIP), and its sidecar, matching the SNI, splits
+/// the connections 50/50 between two external TLS servers; the TLS is the app's, end to end
+/// (its CA verifies the servers). Under REGISTRY_ONLY.
+#[test]
+fn sidecar_routes_tls_by_sni() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["secure.example"]);
+    let certs = write_certs(
+        &mesh,
+        &[
+            ("ca.pem", ca.pem.as_str()),
+            ("s.crt", leaf.0.as_str()),
+            ("s.key", leaf.1.as_str()),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let meshcfg = tempfile::tempdir().unwrap();
+    write(
+        meshcfg.path(),
+        "mesh.yaml",
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    let config = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.example]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 8443, name: tls, protocol: TLS}}]\n  endpoints: [{{address: {v1}}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure-v2}}\nspec:\n  hosts: [secure-v2.example]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 8443, name: tls, protocol: TLS}}]\n  endpoints: [{{address: {v2}}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.example]\n  tls:\n  - match: [{{port: 8443, sniHosts: [secure.example]}}]\n    route:\n    - {{destination: {{host: secure.example}}, weight: 50}}\n    - {{destination: {{host: secure-v2.example}}, weight: 50}}\n",
+        v1 = mesh.addr(13),
+        v2 = mesh.addr(14),
+    );
+    write(dir.path(), "tls.yaml", &config);
+    let mesh_file = meshcfg.path().join("mesh.yaml");
+    let cp = ControlPlane::start_with(
+        &mesh,
+        dir.path(),
+        &[
+            "--debounce-ms",
+            "50",
+            "--mesh-config",
+            mesh_file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(support::config_errors(&cp), serde_json::json!([]));
+    let _v1 = mesh.start_pod(tls_app("v1", 13, &certs, "s"));
+    let _v2 = mesh.start_pod(tls_app("v2", 14, &certs, "s"));
+    let a = mesh.start_pod(PodSpec::new("a").host(10).control_plane(&cp));
+    // The app's DNS answers the first server's own address.
+    a.hosts(&[("secure.example", &mesh.addr(13).to_string())]);
+    let ca_pem = certs.join("ca.pem");
+    let call = || {
+        let (code, body) = a.curl(
+            "https://secure.example:8443/",
+            &["-m", "5", "--cacert", ca_pem.to_str().unwrap()],
+        );
+        (code, answered_by(&body))
+    };
+    let up = wait_until(READY, || call().0 == 200);
+    assert!(up, "{:?}\n{}\n{}", call(), cp.log_tail(20), a.logs());
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..30 {
+        match call() {
+            (200, n) if n == "v1" => v1 += 1,
+            (200, n) if n == "v2" => v2 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    println!("tls route 50/50 by SNI: v1 {v1}, v2 {v2}");
+    assert!(
+        v1 >= 5 && v2 >= 5,
+        "both destinations answer: v1 {v1}, v2 {v2}"
+    );
+    // Another name on the same address is no ServiceEntry's: refused.
+    a.hosts(&[
+        ("secure.example", &mesh.addr(13).to_string()),
+        ("other.example", &mesh.addr(13).to_string()),
+    ]);
+    let (code, _) = a.curl("https://other.example:8443/", &["-m", "5", "-k"]);
+    assert_ne!(code, 200, "an uncovered SNI passes under REGISTRY_ONLY");
+}

@@ -229,6 +229,7 @@ const CASES: &[Case] = &[
         proxies: &[SLEEP_EAST, SLEEP_RACK],
         ..case("failover_priority")
     },
+    case("tls_route"),
     Case {
         proxies: &[SLEEP_N1, EASTWEST_N2],
         ..case("multi_network")
@@ -442,6 +443,7 @@ golden!(
     sidecar_listeners,
     multi_network,
     failover_priority,
+    tls_route,
 );
 
 #[test]

@@ -486,12 +486,6 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             }
         }
     }
-    if !vs.tls.is_empty() && (vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh")) {
-        v.bad(
-            "spec.tls",
-            "TLS routes are supported on gateways only yet (list the gateways, without mesh)",
-        );
-    }
     for (i, t) in vs.tls.iter().enumerate() {
         let f = format!("spec.tls[{i}]");
         if t.matches.is_empty() {
@@ -519,10 +513,13 @@ fn virtual_service(v: &mut V, vs: &VirtualService) {
             v.bad(format!("{f}.route"), "required");
         }
         if t.route.len() > 1 {
-            v.bad(
-                format!("{f}.route"),
-                "one destination per TLS route is supported yet",
-            );
+            let total: i64 = t.route.iter().map(|d| d.weight).sum();
+            if total != 100 {
+                v.bad(
+                    format!("{f}.route"),
+                    format!("weights sum to {total}, not 100"),
+                );
+            }
         }
         for (j, d) in t.route.iter().enumerate() {
             v.dest(format!("{f}.route[{j}].destination"), &d.destination);

@@ -152,14 +152,14 @@ pub fn generate(world: &World, proxy: &Proxy) -> (Vec<ls::Listener>, Vec<rt::Rou
             .iter()
             .filter(|s| s.protocol() == "TLS" && s.mode() == "PASSTHROUGH")
         {
-            for (sni, cluster) in passthrough_routes(world, srv) {
+            for (sni, target) in passthrough_routes(world, srv) {
                 if !seen_sni.insert(sni.clone()) {
                     continue;
                 }
                 chains.push(FilterChain {
                     name: format!("passthrough|{sni}"),
                     filter_chain_match: Some(tls_match(vec![sni])),
-                    filters: vec![listener::tcp_proxy_logged(&cluster, &cluster, log)],
+                    filters: vec![target.filter_logged(log)],
                     ..Default::default()
                 });
                 tls_chains = true;
@@ -404,9 +404,10 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost>
     out
 }
 
-/// SNI → cluster for a PASSTHROUGH server: the `tls` routes of VirtualServices bound to its
-/// gateway whose sniHosts the server takes (and whose port, if set, is this one).
-fn passthrough_routes(world: &World, srv: &Srv) -> Vec<(String, String)> {
+/// SNI → where it goes, for a PASSTHROUGH server: the `tls` routes of VirtualServices
+/// bound to its gateway whose sniHosts the server takes (and whose port, if set, is this
+/// one); one destination or weighted ones.
+fn passthrough_routes(world: &World, srv: &Srv) -> Vec<(String, listener::TcpTarget)> {
     let port = srv.s.port.number;
     let mut out = Vec::new();
     for vs in &world.virtual_services {
@@ -414,14 +415,21 @@ fn passthrough_routes(world: &World, srv: &Srv) -> Vec<(String, String)> {
             continue;
         }
         for t in &vs.spec.tls {
-            let Some(d) = t.route.first() else { continue };
+            let clusters = listener::tcp_clusters(world, &t.route, port);
+            let Some((first, _)) = clusters.first() else {
+                continue;
+            };
+            let target = || listener::TcpTarget {
+                stat: first.clone(),
+                clusters: clusters.clone(),
+            };
             for m in t.matches.iter().filter(|m| {
                 m.port.is_none_or(|p| p == port)
                     && (m.gateways.is_empty() || m.gateways.contains(&srv.gw.name()))
             }) {
                 for sni in &m.sni_hosts {
                     if let Some(host) = bound_host(srv, vs, sni) {
-                        out.push((host, route::dest_cluster(world, &d.destination, port)));
+                        out.push((host, target()));
                     }
                 }
             }

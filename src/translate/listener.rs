@@ -137,6 +137,46 @@ pub fn tcp_target(world: &World, svc: &crate::model::Service, port: u32) -> TcpT
     }
 }
 
+/// The `tls` routes of the host's (mesh) VirtualService that apply to this port: each
+/// route's SNI names (not claimed by an earlier route) and where they go.
+pub fn tls_routes(
+    world: &World,
+    svc: &crate::model::Service,
+    port: u32,
+) -> Vec<(Vec<String>, TcpTarget)> {
+    let Some(vs) = world.virtual_service_for(&svc.hostname) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for t in &vs.spec.tls {
+        let mut names = Vec::new();
+        for m in t.matches.iter().filter(|m| {
+            m.port.is_none_or(|p| p == port)
+                && (m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+        }) {
+            for sni in &m.sni_hosts {
+                let sni = sni.to_ascii_lowercase();
+                if seen.insert(sni.clone()) {
+                    names.push(sni);
+                }
+            }
+        }
+        let clusters = tcp_clusters(world, &t.route, port);
+        if names.is_empty() || clusters.is_empty() {
+            continue;
+        }
+        out.push((
+            names,
+            TcpTarget {
+                stat: clusters[0].0.clone(),
+                clusters,
+            },
+        ));
+    }
+    out
+}
+
 /// The weighted clusters of a TCP route's destinations.
 pub fn tcp_clusters(
     world: &World,
@@ -283,7 +323,12 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
     }];
     // port → (has http, tcp services: their tcp_proxy target, VIPs, and the host name
     // matched by SNI where the service has no address of its own)
-    type TcpSvc = (TcpTarget, Vec<String>, Option<String>);
+    type TcpSvc = (
+        TcpTarget,
+        Vec<String>,
+        Option<String>,
+        Vec<(Vec<String>, TcpTarget)>,
+    );
     let mut ports: BTreeMap<u32, (bool, Vec<TcpSvc>)> = BTreeMap::new();
     for svc in world
         .services
@@ -309,7 +354,12 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
                     && svc.vips.is_empty()
                     && svc.origin.kind == crate::api::Kind::ServiceEntry)
                     .then(|| svc.hostname.clone());
-                e.1.push((tcp_target(world, svc, sp.port), vips, sni));
+                let tls = if sp.protocol == Protocol::Tls {
+                    tls_routes(world, svc, sp.port)
+                } else {
+                    Vec::new()
+                };
+                e.1.push((tcp_target(world, svc, sp.port), vips, sni, tls));
             }
         }
     }
@@ -328,24 +378,17 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         };
         // A lone TCP service takes the port's unmatched connections, unless it is matched
         // by SNI (then anything else is not it).
-        let tcp_default = if !has_http && tcp_svcs.len() == 1 && tcp_svcs[0].2.is_none() {
+        let tcp_default = if !has_http
+            && tcp_svcs.len() == 1
+            && tcp_svcs[0].2.is_none()
+            && tcp_svcs[0].3.is_empty()
+        {
             Some(&tcp_svcs[0].0)
         } else {
             None
         };
-        for (target, vips, sni) in &tcp_svcs {
-            if let Some(host) = sni {
-                l.filter_chains.push(FilterChain {
-                    name: format!("{}_sni", target.stat),
-                    filter_chain_match: Some(FilterChainMatch {
-                        server_names: vec![host.clone()],
-                        transport_protocol: "tls".into(),
-                        ..Default::default()
-                    }),
-                    filters: vec![target.filter_logged(log)],
-                    ..Default::default()
-                });
-            }
+        let mut tls_seen = std::collections::BTreeSet::new();
+        for (target, vips, sni, tls) in &tcp_svcs {
             let ranges: Vec<core::CidrRange> = vips
                 .iter()
                 .filter_map(|v| v.parse::<std::net::IpAddr>().ok())
@@ -354,6 +397,50 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
                     prefix_len: u32v(if ip.is_ipv4() { 32 } else { 128 }),
                 })
                 .collect();
+            let mut sni_chain =
+                |name: String, names: Vec<String>, ranges: &[core::CidrRange], t: &TcpTarget| {
+                    l.filter_chains.push(FilterChain {
+                        name,
+                        filter_chain_match: Some(FilterChainMatch {
+                            prefix_ranges: ranges.to_vec(),
+                            server_names: names,
+                            transport_protocol: "tls".into(),
+                            ..Default::default()
+                        }),
+                        filters: vec![t.filter_logged(log)],
+                        ..Default::default()
+                    });
+                };
+            // VirtualService `tls` routes: by SNI, on the service's addresses and, where
+            // it has none of its own, on any address. (The first service to claim an SNI
+            // without addresses keeps it.)
+            let mut claimed = Vec::new();
+            for (i, (names, t)) in tls.iter().enumerate() {
+                claimed.extend(names.iter().cloned());
+                if !ranges.is_empty() {
+                    sni_chain(format!("{}_tls{i}", target.stat), names.clone(), &ranges, t);
+                }
+                if sni.is_some() {
+                    let free: Vec<String> = names
+                        .iter()
+                        .filter(|n| tls_seen.insert((*n).clone()))
+                        .cloned()
+                        .collect();
+                    if !free.is_empty() {
+                        sni_chain(format!("{}_tls{i}_sni", target.stat), free, &[], t);
+                    }
+                }
+            }
+            if let Some(host) = sni.as_ref().filter(|h| !claimed.contains(h)) {
+                if tls_seen.insert(host.clone()) {
+                    sni_chain(
+                        format!("{}_sni", target.stat),
+                        vec![host.clone()],
+                        &[],
+                        target,
+                    );
+                }
+            }
             if !ranges.is_empty() {
                 l.filter_chains.push(FilterChain {
                     name: target.stat.clone(),
@@ -379,7 +466,10 @@ pub fn outbound(world: &World, scope: &crate::model::Scope, mtls: bool) -> Vec<l
         let fallback_filter = tcp_default
             .map(|t| t.filter_logged(log))
             .unwrap_or_else(|| tcp_proxy(fallback, fallback));
-        if tcp_svcs.iter().any(|(_, _, sni)| sni.is_some()) {
+        if tcp_svcs
+            .iter()
+            .any(|(_, _, sni, tls)| sni.is_some() || !tls.is_empty())
+        {
             l.listener_filters.push(listener_filter(
                 "envoy.filters.listener.tls_inspector",
                 tls_inspector::TlsInspector::default(),
