@@ -1577,3 +1577,135 @@ fn locality_settings_and_dns_round_robin_are_checked_by_field() {
         )
     );
 }
+
+#[test]
+fn gateway_api_fields_not_translated_are_errors_naming_the_field() {
+    let gw = |listeners: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  gatewayClassName: istio\n  listeners:\n{listeners}"
+        )
+    };
+    let obj = "Gateway.gateway.networking.k8s.io default/gw";
+    let cases: &[(&str, &str)] = &[
+        ("  - {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}\n", "spec.listeners[0].protocol"),
+        ("  - {name: https, port: 443, protocol: HTTPS}\n", "spec.listeners[0].tls"),
+        (
+            "  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c, namespace: other}]}}\n",
+            "spec.listeners[0].tls.certificateRefs[0].namespace",
+        ),
+        (
+            "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: Selector}}}\n",
+            "spec.listeners[0].allowedRoutes.namespaces.from",
+        ),
+        (
+            "  - {name: http, port: 80, protocol: HTTP}\n  - {name: http, port: 81, protocol: HTTP}\n",
+            "spec.listeners[1].name",
+        ),
+        ("  - {name: http, port: 80, protocol: HTTP, bogus: 1}\n", "spec.listeners[0].bogus"),
+    ];
+    for (listeners, field) in cases {
+        let w = world(&[("gw.yaml", &gw(listeners))]);
+        let e = one_error(&w.errors, "gw.yaml", obj, field);
+        assert!(!e.reason.is_empty());
+        assert!(
+            w.gateways.is_empty(),
+            "a refused Gateway is not served: {e}"
+        );
+    }
+
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.9\n  ports: [{name: http, port: 8080}]\n---\n";
+    let good_gw = gw("  - {name: http, port: 80, protocol: HTTP}\n");
+    let route = |rules: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n{rules}"
+        )
+    };
+    let cases: &[(&str, &str)] = &[
+        (
+            "  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+            "spec.rules[0].filters[0].type",
+        ),
+        (
+            "  - backendRefs: [{name: web, port: 8080, namespace: other}]\n",
+            "spec.rules[0].backendRefs[0].namespace",
+        ),
+        ("  - backendRefs: [{name: web}]\n", "spec.rules[0].backendRefs[0].port"),
+        (
+            "  - matches: [{path: {type: PathPrefix, value: nope}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        // Cross references: a Service that does not exist, a port it does not have.
+        ("  - backendRefs: [{name: nothere, port: 8080}]\n", "spec.rules[0].backendRefs[0]"),
+        ("  - backendRefs: [{name: web, port: 9999}]\n", "spec.rules[0].backendRefs[0]"),
+    ];
+    for (rules, field) in cases {
+        let w = world(&[
+            ("gw.yaml", &format!("{svc}{good_gw}")),
+            ("r.yaml", &route(rules)),
+        ]);
+        one_error(&w.errors, "r.yaml", "HTTPRoute default/r", field);
+        assert!(
+            !w.virtual_services.iter().any(|v| v.key.name == "r"),
+            "a refused HTTPRoute is not served"
+        );
+    }
+    // A listener the route names does not exist: an error on the parent reference.
+    let w = world(&[
+        ("gw.yaml", &format!("{svc}{good_gw}")),
+        (
+            "r.yaml",
+            &route("  - backendRefs: [{name: web, port: 8080}]\n")
+                .replace("[{name: gw}]", "[{name: gw, sectionName: https}]"),
+        ),
+    ]);
+    one_error(
+        &w.errors,
+        "r.yaml",
+        "HTTPRoute default/r",
+        "spec.parentRefs[0]",
+    );
+    // Mesh routing (a Service parent) is refused by name.
+    let w = world(&[
+        ("gw.yaml", &format!("{svc}{good_gw}")),
+        (
+            "r.yaml",
+            &route("  - backendRefs: [{name: web, port: 8080}]\n")
+                .replace("[{name: gw}]", "[{kind: Service, group: \"\", name: web}]"),
+        ),
+    ]);
+    assert!(
+        w.errors
+            .iter()
+            .any(|e| e.field == "spec.parentRefs[0].kind"),
+        "{}",
+        dump(&w.errors)
+    );
+    // Another controller's Gateway: not ours, no error, nothing served.
+    let other = good_gw.replace("gatewayClassName: istio", "gatewayClassName: other");
+    let w = world(&[
+        ("gw.yaml", &format!("{svc}{other}")),
+        (
+            "r.yaml",
+            &route("  - backendRefs: [{name: web, port: 8080}]\n"),
+        ),
+    ]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    assert!(w.gateways.is_empty());
+    assert!(!w.virtual_services.iter().any(|v| v.key.name == "r"));
+    // And ours: one Istio Gateway per listener, the route bound to it.
+    let w = world(&[
+        ("gw.yaml", &format!("{svc}{good_gw}")),
+        (
+            "r.yaml",
+            &route("  - backendRefs: [{name: web, port: 8080}]\n"),
+        ),
+    ]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    assert_eq!(w.gateways.len(), 1);
+    let vs = w
+        .virtual_services
+        .iter()
+        .find(|v| v.key.name == "r")
+        .unwrap();
+    assert_eq!(vs.gateways, ["default/gw:http"]);
+}

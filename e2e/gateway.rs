@@ -989,3 +989,138 @@ fn sidecar_routes_tls_by_sni() {
     let (code, _) = a.curl("https://other.example:8443/", &["-m", "5", "-k"]);
     assert_ne!(code, 200, "an uncovered SNI passes under REGISTRY_ONLY");
 }
+
+/// The Kubernetes Gateway API (Istio's getting-started Bookinfo gateway and more) with a
+/// real gateway Envoy labelled `gateway.networking.k8s.io/gateway-name`: HTTPRoute exact
+/// and segment-wise prefix paths, a prefix rewrite with a request header set, an 80/20
+/// weighted split, a 302 redirect, and an HTTPS listener terminating with a Secret's
+/// certificate where two HTTPRoutes for one host are merged in precedence order.
+#[test]
+fn kubernetes_gateway_api_routes_http_and_https() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let ca = TestCa::new();
+    let cert = ca.leaf(&["bookinfo.example.com"]);
+    let certs = write_certs(&mesh, &[("ca.pem", ca.pem.as_str())]);
+    let svc = |name: &str, vip: u8, host: u8| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: {addr}\n  serviceAccount: {name}\n  labels: {{app: {name}, security.istio.io/tlsMode: istio}}\n---\n",
+            vip = mesh.vip(vip),
+            addr = mesh.addr(host),
+        )
+    };
+    let config = format!(
+        "{p}{r1}{r2}\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: bookinfo-cert}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: {crt}\n  tls.key: {key}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: bookinfo-gateway}}\nspec:\n  gatewayClassName: istio\n  listeners:\n\
+         \x20 - {{name: http, port: 8080, protocol: HTTP, allowedRoutes: {{namespaces: {{from: Same}}}}}}\n\
+         \x20 - name: https\n    hostname: bookinfo.example.com\n    port: 8443\n    protocol: HTTPS\n    tls: {{mode: Terminate, certificateRefs: [{{kind: Secret, name: bookinfo-cert}}]}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: bookinfo}}\nspec:\n  parentRefs: [{{name: bookinfo-gateway}}]\n  rules:\n\
+         \x20 - matches:\n    - path: {{type: Exact, value: /productpage}}\n    - path: {{type: PathPrefix, value: /static}}\n    backendRefs: [{{name: productpage, port: 8080}}]\n\
+         \x20 - matches:\n    - path: {{type: PathPrefix, value: /reviews}}\n    filters:\n    - type: URLRewrite\n      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /api}}}}\n    - type: RequestHeaderModifier\n      requestHeaderModifier: {{set: [{{name: x-gateway, value: pilotfish}}]}}\n    backendRefs:\n    - {{name: reviews-v1, port: 8080, weight: 80}}\n    - {{name: reviews-v2, port: 8080, weight: 20}}\n\
+         \x20 - matches:\n    - path: {{type: Exact, value: /old}}\n    filters:\n    - type: RequestRedirect\n      requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /productpage}}}}\n---\n\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: secure}}\nspec:\n  parentRefs: [{{name: bookinfo-gateway, sectionName: https}}]\n  hostnames: [bookinfo.example.com]\n  rules:\n  - backendRefs: [{{name: reviews-v2, port: 8080}}]\n",
+        p = svc("productpage", 0, 11),
+        r1 = svc("reviews-v1", 1, 12),
+        r2 = svc("reviews-v2", 2, 13),
+        crt = yaml_str(&cert.0),
+        key = yaml_str(&cert.1),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bookinfo.yaml", &config);
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    assert_eq!(support::config_errors(&cp), serde_json::json!([]));
+    let _pods: Vec<Pod> = [("productpage", 11), ("reviews-v1", 12), ("reviews-v2", 13)]
+        .iter()
+        .map(|(n, h)| mesh.start_pod(PodSpec::new(n).host(*h).service_account(n).secure(&cp)))
+        .collect();
+    let gw = mesh.start_pod(
+        PodSpec::new("bookinfo-gateway-istio")
+            .host(20)
+            .port(7070)
+            .label("gateway.networking.k8s.io/gateway-name", "bookinfo-gateway")
+            .service_account("bookinfo-gateway-istio")
+            .gateway()
+            .secure(&cp),
+    );
+    let client = mesh.start_pod(PodSpec::new("client").host(30).sidecar(false));
+    let get = |path: &str| {
+        let (code, body) = call(
+            &client,
+            &gw,
+            &format!("http://bookinfo.example.com:8080{path}"),
+            "bookinfo.example.com:8080",
+            &[],
+        );
+        (code, answered_by(&body), body)
+    };
+    let up = wait_until(READY, || get("/productpage").0 == 200);
+    assert!(
+        up,
+        "{:?}\n{}\n{}",
+        get("/productpage"),
+        cp.log_tail(30),
+        gw.logs()
+    );
+    assert_eq!(get("/productpage").1, "productpage");
+    assert_eq!(get("/static/app.js").1, "productpage");
+    // Prefixes are whole path segments: /static is not /statics.
+    assert_eq!(get("/statics").0, 404);
+    assert_eq!(get("/productpage/x").0, 404, "Exact is exact");
+
+    // The rewrite (the matched prefix replaced) and the header set reach the backend.
+    let (code, who, body) = get("/reviews/1");
+    assert_eq!(code, 200, "{body}");
+    assert!(who.starts_with("reviews-v"), "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["path"], "/api/1", "{body}");
+    assert_eq!(doc["headers"]["x-gateway"], "pilotfish", "{body}");
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..100 {
+        match get("/reviews").1.as_str() {
+            "reviews-v1" => v1 += 1,
+            "reviews-v2" => v2 += 1,
+            other => panic!("answered by {other:?}"),
+        }
+    }
+    println!("gateway api 80/20: reviews-v1 {v1}, reviews-v2 {v2}");
+    assert!((62..=94).contains(&v1), "v1 {v1} of 100");
+
+    // The redirect's default is 302 (the Gateway API's, where Istio's is 301).
+    let (code, out) = client.curl(
+        "http://bookinfo.example.com:8080/old",
+        &[
+            "-m",
+            "5",
+            "--resolve",
+            &format!("bookinfo.example.com:8080:{}", gw.ip),
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}\n%{http_code}",
+        ],
+    );
+    assert_eq!(code, 302);
+    assert_eq!(out.trim(), "http://bookinfo.example.com:8080/productpage");
+
+    // HTTPS with the Secret's certificate; both routes attach to the listener and are
+    // merged: the exact /productpage of one before the catch-all of the other.
+    let cacert = certs.join("ca.pem");
+    let https = |path: &str| {
+        let (code, body) = call(
+            &client,
+            &gw,
+            &format!("https://bookinfo.example.com:8443{path}"),
+            "bookinfo.example.com:8443",
+            &["--cacert", cacert.to_str().unwrap()],
+        );
+        (code, answered_by(&body))
+    };
+    let up = wait_until(READY, || https("/productpage").0 == 200);
+    assert!(up, "{:?}\n{}", https("/productpage"), gw.logs());
+    assert_eq!(https("/productpage").1, "productpage");
+    assert_eq!(https("/anything").1, "reviews-v2");
+}

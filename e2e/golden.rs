@@ -129,6 +129,16 @@ const INGRESS: ProxyDef = ProxyDef {
     ..SLEEP
 };
 
+/// A Kubernetes Gateway API gateway (the label Istio puts on the pods it deploys).
+const K8S_GATEWAY: ProxyDef = ProxyDef {
+    name: "bookinfo-gateway-istio",
+    ip: "10.0.9.2",
+    labels: &[("gateway.networking.k8s.io/gateway-name", "bookinfo-gateway")],
+    mtls: true,
+    router: true,
+    ..SLEEP
+};
+
 struct Case {
     name: &'static str,
     allow_any: bool,
@@ -230,6 +240,10 @@ const CASES: &[Case] = &[
         ..case("failover_priority")
     },
     case("tls_route"),
+    Case {
+        proxies: &[K8S_GATEWAY],
+        ..case("gateway_api")
+    },
     Case {
         proxies: &[SLEEP_N1, EASTWEST_N2],
         ..case("multi_network")
@@ -444,6 +458,7 @@ golden!(
     multi_network,
     failover_priority,
     tls_route,
+    gateway_api,
 );
 
 #[test]

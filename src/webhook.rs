@@ -108,7 +108,7 @@ pub fn review(body: &[u8]) -> AdmissionReview<DynamicObject> {
             .into_review();
     };
     let name = crate::source::kube::index_name(
-        &req.kind.kind,
+        &crate::source::kube::kind_id(&req.kind.group, &req.kind.kind),
         obj.metadata.namespace.as_deref(),
         obj.metadata.name.as_deref().unwrap_or(""),
     );

@@ -8,6 +8,7 @@
 //! same file still load.
 
 pub mod crds;
+pub mod gateway_api;
 pub mod k8s;
 pub mod mesh;
 pub mod networking;
@@ -56,6 +57,10 @@ pub enum Kind {
     Pod,
     Namespace,
     Secret,
+    /// `gateway.networking.k8s.io` Gateway.
+    KubeGateway,
+    /// `gateway.networking.k8s.io` HTTPRoute.
+    HttpRoute,
 }
 
 impl Kind {
@@ -79,6 +84,8 @@ impl Kind {
             ("", "Namespace") => Kind::Namespace,
             ("", "Secret") => Kind::Secret,
             ("discovery.k8s.io", "EndpointSlice") => Kind::EndpointSlice,
+            ("gateway.networking.k8s.io", "Gateway") => Kind::KubeGateway,
+            ("gateway.networking.k8s.io", "HTTPRoute") => Kind::HttpRoute,
             _ => {
                 return Err(format!(
                     "unsupported kind {kind} in apiVersion {api_version:?}"
@@ -89,6 +96,7 @@ impl Kind {
             "networking.istio.io" => matches!(version, "v1" | "v1beta1" | "v1alpha3"),
             "security.istio.io" => matches!(version, "v1" | "v1beta1"),
             "discovery.k8s.io" => version == "v1",
+            "gateway.networking.k8s.io" => matches!(version, "v1" | "v1beta1"),
             _ => version == "v1",
         };
         if !ok {
@@ -102,7 +110,12 @@ impl Kind {
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
+        match self {
+            // As kubectl names them where Istio has a kind of the same name.
+            Kind::KubeGateway => f.write_str("Gateway.gateway.networking.k8s.io"),
+            Kind::HttpRoute => f.write_str("HTTPRoute"),
+            k => fmt::Debug::fmt(k, f),
+        }
     }
 }
 
@@ -153,6 +166,8 @@ pub enum Spec {
     Pod(k8s::PodBody),
     Namespace,
     Secret(k8s::SecretBody),
+    KubeGateway(gateway_api::KubeGateway),
+    HttpRoute(gateway_api::HttpRouteSpec),
 }
 
 /// One parsed, validated config object and where it came from.
@@ -375,6 +390,8 @@ fn parse_value(
             | Kind::PeerAuthentication
             | Kind::AuthorizationPolicy
             | Kind::RequestAuthentication
+            | Kind::KubeGateway
+            | Kind::HttpRoute
     ) {
         let unknown: Vec<&String> = map
             .keys()
@@ -433,6 +450,8 @@ fn parse_value(
         }
         Kind::Namespace => Ok(Spec::Namespace),
         Kind::Secret => de(body, "").map(Spec::Secret),
+        Kind::KubeGateway => de(spec_v, "spec").map(Spec::KubeGateway),
+        Kind::HttpRoute => de(spec_v, "spec").map(Spec::HttpRoute),
     };
     let spec = match spec {
         Ok(s) => s,

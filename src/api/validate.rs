@@ -175,6 +175,8 @@ pub fn validate(r: &Resource) -> Problems {
         Spec::ServiceEntry(se) => service_entry(&mut v, se),
         Spec::Sidecar(sc) => sidecar(&mut v, sc),
         Spec::Gateway(g) => gateway(&mut v, g),
+        Spec::KubeGateway(g) => kube_gateway(&mut v, g),
+        Spec::HttpRoute(r) => http_route(&mut v, r),
         Spec::PeerAuthentication(pa) => {
             let ok = |m: &Option<String>| {
                 m.as_deref()
@@ -1158,6 +1160,406 @@ fn sidecar(v: &mut V, sc: &Sidecar) {
                 "spec.outboundTrafficPolicy.egressProxy",
                 "not supported yet",
             );
+        }
+    }
+}
+
+/// A host name of the Gateway API (`hostname`, `hostnames`): a DNS name, `*.` prefix the
+/// only wildcard, no port, no IP.
+fn gateway_api_hostname(v: &mut V, f: String, h: &str) {
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let ok = !rest.is_empty()
+        && rest.len() <= 253
+        && rest.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        && rest.parse::<std::net::IpAddr>().is_err();
+    if !ok {
+        v.bad(
+            f,
+            format!("{h:?} is not a host name (a leading `*.` is the only wildcard)"),
+        );
+    }
+}
+
+/// A Kubernetes Gateway: the listeners pilotfish translates, and a named error for the rest.
+fn kube_gateway(v: &mut V, g: &super::gateway_api::KubeGateway) {
+    if g.gateway_class_name.is_empty() {
+        v.bad("spec.gatewayClassName", "required");
+    }
+    if !g.addresses.is_empty() {
+        v.bad(
+            "spec.addresses",
+            "not supported: pilotfish deploys no gateway; run `pilotfish bootstrap --gateway` with the label gateway.networking.k8s.io/gateway-name=<name>",
+        );
+    }
+    for (field, set) in [
+        ("infrastructure", g.infrastructure.is_some()),
+        ("backendTLS", g.backend_tls.is_some()),
+        ("allowedListeners", g.allowed_listeners.is_some()),
+    ] {
+        if set {
+            v.bad(format!("spec.{field}"), "not supported yet");
+        }
+    }
+    if g.listeners.is_empty() {
+        v.bad("spec.listeners", "at least one listener is required");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, l) in g.listeners.iter().enumerate() {
+        let f = format!("spec.listeners[{i}]");
+        if l.name.is_empty() {
+            v.bad(format!("{f}.name"), "required");
+        } else if !names.insert(l.name.as_str()) {
+            v.bad(
+                format!("{f}.name"),
+                format!("{:?} names another listener", l.name),
+            );
+        }
+        v.port(format!("{f}.port"), l.port);
+        if let Some(h) = &l.hostname {
+            gateway_api_hostname(v, format!("{f}.hostname"), h);
+        }
+        match l.protocol.as_str() {
+            "HTTP" => {
+                if l.tls.is_some() {
+                    v.bad(format!("{f}.tls"), "an HTTP listener takes no TLS settings");
+                }
+            }
+            "HTTPS" => match &l.tls {
+                None => v.bad(format!("{f}.tls"), "required for HTTPS (certificateRefs)"),
+                Some(t) => {
+                    let mode = t.mode.as_deref().unwrap_or("Terminate");
+                    if mode != "Terminate" {
+                        v.bad(
+                            format!("{f}.tls.mode"),
+                            format!("{mode:?}: HTTPS listeners terminate TLS (Passthrough needs TLSRoute, not supported yet)"),
+                        );
+                    }
+                    if t.certificate_refs.is_empty() {
+                        v.bad(format!("{f}.tls.certificateRefs"), "at least one is required");
+                    }
+                    if t.certificate_refs.len() > 1 {
+                        v.bad(
+                            format!("{f}.tls.certificateRefs"),
+                            "one certificate per listener is supported yet",
+                        );
+                    }
+                    for (j, c) in t.certificate_refs.iter().enumerate() {
+                        let cf = format!("{f}.tls.certificateRefs[{j}]");
+                        if c.kind.as_deref().is_some_and(|k| k != "Secret")
+                            || c.group.as_deref().is_some_and(|g| !g.is_empty() && g != "core")
+                        {
+                            v.bad(format!("{cf}.kind"), "only Secrets are supported");
+                        }
+                        if c.name.is_empty() {
+                            v.bad(format!("{cf}.name"), "required");
+                        }
+                        if c.namespace.is_some() {
+                            v.bad(
+                                format!("{cf}.namespace"),
+                                "Secrets of another namespace (ReferenceGrant) are not supported yet; use the Gateway's namespace",
+                            );
+                        }
+                    }
+                    if !t.options.is_empty() {
+                        v.bad(format!("{f}.tls.options"), "not supported yet");
+                    }
+                    if t.frontend_validation.is_some() {
+                        v.bad(format!("{f}.tls.frontendValidation"), "not supported yet");
+                    }
+                }
+            },
+            p => v.bad(
+                format!("{f}.protocol"),
+                format!("{p:?} is not supported yet (HTTP and HTTPS; TLS and TCP need TLSRoute and TCPRoute)"),
+            ),
+        }
+        if let Some(a) = &l.allowed_routes {
+            if let Some(n) = &a.namespaces {
+                match n.from.as_deref().unwrap_or("Same") {
+                    "Same" | "All" => {}
+                    "Selector" => v.bad(
+                        format!("{f}.allowedRoutes.namespaces.from"),
+                        "Selector is not supported yet (Same or All)",
+                    ),
+                    x => v.bad(
+                        format!("{f}.allowedRoutes.namespaces.from"),
+                        format!("unknown value {x:?}"),
+                    ),
+                }
+            }
+            for (j, k) in a.kinds.iter().enumerate() {
+                if k.kind != "HTTPRoute"
+                    || k.group
+                        .as_deref()
+                        .is_some_and(|g| g != "gateway.networking.k8s.io")
+                {
+                    v.bad(
+                        format!("{f}.allowedRoutes.kinds[{j}]"),
+                        "only HTTPRoute is supported",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A Gateway API path, header or redirect value and its fields.
+fn http_route_filter(v: &mut V, f: &str, flt: &super::gateway_api::HttpRouteFilter) {
+    let set = |name: &str| match name {
+        "RequestHeaderModifier" => flt.request_header_modifier.is_some(),
+        "ResponseHeaderModifier" => flt.response_header_modifier.is_some(),
+        "RequestRedirect" => flt.request_redirect.is_some(),
+        "URLRewrite" => flt.url_rewrite.is_some(),
+        "RequestMirror" => flt.request_mirror.is_some(),
+        _ => false,
+    };
+    match flt.kind.as_str() {
+        k @ ("RequestHeaderModifier"
+        | "ResponseHeaderModifier"
+        | "RequestRedirect"
+        | "URLRewrite"
+        | "RequestMirror") => {
+            if !set(k) {
+                let field = match k {
+                    "URLRewrite" => "urlRewrite".to_string(),
+                    _ => {
+                        let mut c = k.chars();
+                        c.next()
+                            .map(|h| h.to_ascii_lowercase().to_string() + c.as_str())
+                            .unwrap_or_default()
+                    }
+                };
+                v.bad(format!("{f}.{field}"), format!("required for type {k}"));
+            }
+        }
+        "" => v.bad(format!("{f}.type"), "required"),
+        k => v.bad(format!("{f}.type"), format!("{k:?} is not supported yet")),
+    }
+    for (name, m) in [
+        ("requestHeaderModifier", &flt.request_header_modifier),
+        ("responseHeaderModifier", &flt.response_header_modifier),
+    ] {
+        let Some(m) = m else { continue };
+        for (j, h) in m.set.iter().chain(&m.add).enumerate() {
+            if h.name.is_empty() {
+                v.bad(format!("{f}.{name}"), format!("header {j} has no name"));
+            }
+        }
+    }
+    let path =
+        |v: &mut V, field: String, p: &super::gateway_api::PathModifier, prefix_ok: bool| match p
+            .kind
+            .as_str()
+        {
+            "ReplaceFullPath" if p.replace_full_path.is_some() => {}
+            "ReplacePrefixMatch" if p.replace_prefix_match.is_some() && prefix_ok => {}
+            "ReplacePrefixMatch" if !prefix_ok => v.bad(
+                field,
+                "ReplacePrefixMatch in a redirect is not supported yet",
+            ),
+            k => v.bad(
+                field,
+                format!("type {k:?} needs its value (ReplaceFullPath or ReplacePrefixMatch)"),
+            ),
+        };
+    if let Some(r) = &flt.request_redirect {
+        if let Some(s) = &r.scheme {
+            if !matches!(s.as_str(), "http" | "https") {
+                v.bad(format!("{f}.requestRedirect.scheme"), "http or https");
+            }
+        }
+        if let Some(p) = r.port {
+            v.port(format!("{f}.requestRedirect.port"), p);
+        }
+        if let Some(c) = r.status_code {
+            if !matches!(c, 301 | 302) {
+                v.bad(format!("{f}.requestRedirect.statusCode"), "301 or 302");
+            }
+        }
+        if let Some(p) = &r.path {
+            path(v, format!("{f}.requestRedirect.path"), p, false);
+        }
+    }
+    if let Some(u) = &flt.url_rewrite {
+        if let Some(p) = &u.path {
+            path(v, format!("{f}.urlRewrite.path"), p, true);
+        }
+    }
+    if let Some(m) = &flt.request_mirror {
+        backend_ref(
+            v,
+            &format!("{f}.requestMirror.backendRef"),
+            m.backend_ref.kind.as_deref(),
+            m.backend_ref.group.as_deref(),
+            &m.backend_ref.name,
+            m.backend_ref.namespace.is_some(),
+            m.backend_ref.port,
+        );
+        if m.fraction.is_some() {
+            v.bad(
+                format!("{f}.requestMirror.fraction"),
+                "not supported yet (use percent)",
+            );
+        }
+        if m.percent.is_some_and(|p| p > 100) {
+            v.bad(format!("{f}.requestMirror.percent"), "0 to 100");
+        }
+    }
+}
+
+fn backend_ref(
+    v: &mut V,
+    f: &str,
+    kind: Option<&str>,
+    group: Option<&str>,
+    name: &str,
+    namespaced: bool,
+    port: Option<u32>,
+) {
+    if kind.is_some_and(|k| k != "Service") || group.is_some_and(|g| !g.is_empty() && g != "core") {
+        v.bad(format!("{f}.kind"), "only Services are supported");
+    }
+    if name.is_empty() {
+        v.bad(format!("{f}.name"), "required");
+    }
+    if namespaced {
+        v.bad(
+            format!("{f}.namespace"),
+            "backends of another namespace (ReferenceGrant) are not supported yet",
+        );
+    }
+    match port {
+        None => v.bad(format!("{f}.port"), "required for a Service"),
+        Some(p) => v.port(format!("{f}.port"), p),
+    }
+}
+
+/// An HTTPRoute: what pilotfish translates, and a named error for the rest.
+fn http_route(v: &mut V, r: &super::gateway_api::HttpRouteSpec) {
+    if r.parent_refs.is_empty() {
+        v.bad("spec.parentRefs", "at least one parent Gateway is required");
+    }
+    for (i, p) in r.parent_refs.iter().enumerate() {
+        let f = format!("spec.parentRefs[{i}]");
+        match p.kind.as_deref().unwrap_or("Gateway") {
+            "Gateway" => {}
+            "Service" => v.bad(
+                format!("{f}.kind"),
+                "Service parents (mesh routing, GAMMA) are not supported yet; use a VirtualService",
+            ),
+            k => v.bad(format!("{f}.kind"), format!("{k:?} is not a Gateway")),
+        }
+        if p.group
+            .as_deref()
+            .is_some_and(|g| g != "gateway.networking.k8s.io")
+        {
+            v.bad(format!("{f}.group"), "gateway.networking.k8s.io");
+        }
+        if p.name.is_empty() {
+            v.bad(format!("{f}.name"), "required");
+        }
+        if let Some(port) = p.port {
+            v.port(format!("{f}.port"), port);
+        }
+    }
+    for (i, h) in r.hostnames.iter().enumerate() {
+        gateway_api_hostname(v, format!("spec.hostnames[{i}]"), h);
+    }
+    for (i, rule) in r.rules.iter().enumerate() {
+        let f = format!("spec.rules[{i}]");
+        for (j, m) in rule.matches.iter().enumerate() {
+            let mf = format!("{f}.matches[{j}]");
+            if let Some(p) = &m.path {
+                let value = p.value.as_deref().unwrap_or("/");
+                match p.kind.as_deref().unwrap_or("PathPrefix") {
+                    "Exact" | "PathPrefix" => {
+                        if !value.starts_with('/') {
+                            v.bad(format!("{mf}.path.value"), "must start with /");
+                        }
+                    }
+                    "RegularExpression" => {
+                        if let Err(e) = check_regex(value) {
+                            v.bad(format!("{mf}.path.value"), e);
+                        }
+                    }
+                    k => v.bad(format!("{mf}.path.type"), format!("unknown type {k:?}")),
+                }
+            }
+            for (what, list) in [("headers", &m.headers), ("queryParams", &m.query_params)] {
+                for (k, h) in list.iter().enumerate() {
+                    let hf = format!("{mf}.{what}[{k}]");
+                    if h.name.is_empty() {
+                        v.bad(format!("{hf}.name"), "required");
+                    }
+                    match h.kind.as_deref().unwrap_or("Exact") {
+                        "Exact" => {}
+                        "RegularExpression" => {
+                            if let Err(e) = check_regex(&h.value) {
+                                v.bad(format!("{hf}.value"), e);
+                            }
+                        }
+                        t => v.bad(format!("{hf}.type"), format!("unknown type {t:?}")),
+                    }
+                }
+            }
+            if let Some(meth) = &m.method {
+                if meth.is_empty() || !meth.chars().all(|c| c.is_ascii_uppercase()) {
+                    v.bad(
+                        format!("{mf}.method"),
+                        format!("{meth:?} is not an HTTP method"),
+                    );
+                }
+            }
+        }
+        let mut redirect = false;
+        for (j, flt) in rule.filters.iter().enumerate() {
+            let ff = format!("{f}.filters[{j}]");
+            http_route_filter(v, &ff, flt);
+            redirect |= flt.kind == "RequestRedirect";
+            if rule.filters[..j].iter().any(|o| o.kind == flt.kind) && flt.kind != "RequestMirror" {
+                v.bad(format!("{ff}.type"), format!("{} appears twice", flt.kind));
+            }
+        }
+        if redirect && rule.filters.iter().any(|x| x.kind == "URLRewrite") {
+            v.bad(
+                format!("{f}.filters"),
+                "RequestRedirect and URLRewrite are mutually exclusive",
+            );
+        }
+        if redirect && !rule.backend_refs.is_empty() {
+            v.bad(
+                format!("{f}.backendRefs"),
+                "a rule that redirects sends to no backend",
+            );
+        }
+        for (j, b) in rule.backend_refs.iter().enumerate() {
+            let bf = format!("{f}.backendRefs[{j}]");
+            backend_ref(
+                v,
+                &bf,
+                b.kind.as_deref(),
+                b.group.as_deref(),
+                &b.name,
+                b.namespace.is_some(),
+                b.port,
+            );
+            if !b.filters.is_empty() {
+                v.bad(format!("{bf}.filters"), "not supported yet");
+            }
+        }
+        if let Some(t) = &rule.timeouts {
+            v.dur(format!("{f}.timeouts.request"), &t.request);
+            v.dur(format!("{f}.timeouts.backendRequest"), &t.backend_request);
+        }
+        if rule.session_persistence.is_some() {
+            v.bad(format!("{f}.sessionPersistence"), "not supported yet");
+        }
+        if rule.retry.is_some() {
+            v.bad(format!("{f}.retry"), "not supported yet");
         }
     }
 }

@@ -232,10 +232,21 @@ pub fn build_world(
             Some(Arc::new(GatewayCfg {
                 key: r.key.clone(),
                 selector: g.selector.clone(),
+                namespace_only: false,
                 servers: g.servers.clone(),
             }))
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // The Kubernetes Gateway API, as Istio Gateways and VirtualServices.
+    let kube = super::gateway_api::convert(
+        cx.of_kind(Kind::KubeGateway),
+        cx.of_kind(Kind::HttpRoute),
+        &services,
+        cx.domain,
+    );
+    let mut gateways = gateways;
+    gateways.extend(kube.gateways);
+    cx.bad.extend(kube.errors);
 
     let authz = authorization_policies(&mut cx, &services);
     let mut request_authn = Vec::new();
@@ -268,6 +279,7 @@ pub fn build_world(
         }
     }
 
+    virtual_services.extend(kube.virtual_services);
     let bad = cx.bad;
     let locality_aware = locality_aware(&destination_rules);
     let failover_keys = failover_keys(&destination_rules);
@@ -877,6 +889,7 @@ fn virtual_service(
         hosts,
         spec,
         gateways,
+        order: Vec::new(),
     })
 }
 

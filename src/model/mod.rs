@@ -8,6 +8,7 @@
 
 mod authz;
 mod build;
+pub mod gateway_api;
 mod index;
 pub mod remote;
 
@@ -547,7 +548,17 @@ pub struct VirtualSvc {
     pub spec: networking::VirtualService,
     /// What it is bound to: `mesh` (sidecars) and gateways as `namespace/name`.
     pub gateways: Vec<String>,
+    /// For an HTTPRoute, each `http` route's place in the Gateway API's precedence, as
+    /// routes of several HTTPRoutes for one host are ordered (see `RouteOrder`); empty for
+    /// a VirtualService (its routes keep their order, before any HTTPRoute's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub order: Vec<RouteOrder>,
 }
+
+/// The Gateway API's route precedence, smallest first: path kind (exact, prefix, regex),
+/// longer prefix (inverted length), a method (0), more headers and more query parameters
+/// (inverted counts), then the route (`namespace/name`), its rule and match.
+pub type RouteOrder = (u8, u64, u8, u64, u64, String, u32, u32);
 
 impl VirtualSvc {
     /// Bound to the gateway `ns/name`.
@@ -562,6 +573,8 @@ impl VirtualSvc {
 pub struct GatewayCfg {
     pub key: ObjectKey,
     pub selector: BTreeMap<String, String>,
+    /// Selects proxies of its own namespace only (a Kubernetes Gateway's listener).
+    pub namespace_only: bool,
     pub servers: Vec<networking::GatewayServer>,
 }
 

@@ -38,7 +38,20 @@ pub const KINDS: &[(&str, &str, &str)] = &[
     // TLS Secrets only (field selector below): `credentialName` of gateways and
     // DestinationRules; served over SDS to proxies of the Secret's namespace only.
     ("", "v1", "Secret"),
+    // The Kubernetes Gateway API (served as empty where its CRDs are not installed).
+    ("gateway.networking.k8s.io", "v1", "Gateway"),
+    ("gateway.networking.k8s.io", "v1", "HTTPRoute"),
 ];
+
+/// How a kind is named in index names and the sync state: its kind, qualified by its
+/// group where another group has a kind of the same name (the Gateway API's Gateway).
+pub fn kind_id(group: &str, kind: &str) -> String {
+    if group == "gateway.networking.k8s.io" {
+        format!("{kind}.{group}")
+    } else {
+        kind.to_string()
+    }
+}
 
 /// What a kind's watch lists: every object, except Secrets (the TLS ones only: a service
 /// account token or an app's password is never read).
@@ -96,7 +109,9 @@ impl Pending {
     /// Every kind has listed once.
     pub fn synced(&self) -> bool {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        KINDS.iter().all(|(_, _, k)| s.synced.contains(*k))
+        KINDS
+            .iter()
+            .all(|(g, _, k)| s.synced.contains(&kind_id(g, k)))
     }
 }
 
@@ -146,8 +161,8 @@ async fn watch_kind(
 ) {
     use futures::StreamExt;
     let api: kube::Api<DynamicObject> = kube::Api::all_with(client, &ar);
-    let kind = ar.kind.clone();
-    let mut stream = watcher::watcher(api, watch_config(&kind))
+    let kind = kind_id(&ar.group, &ar.kind);
+    let mut stream = watcher::watcher(api, watch_config(&ar.kind))
         .default_backoff()
         .boxed();
     // Objects of a relist in progress.
@@ -231,7 +246,7 @@ async fn watch_kind(
                 }
                 Event::Delete(obj) => {
                     let name = index_name(
-                        &ar.kind,
+                        &kind,
                         obj.metadata.namespace.as_deref(),
                         obj.metadata.name.as_deref().unwrap_or(""),
                     );
@@ -251,7 +266,11 @@ async fn watch_kind(
 /// without it) and the metadata pilotfish does not read left out.
 fn object_text(ar: &ApiResource, mut obj: DynamicObject) -> Option<(String, String)> {
     let name = obj.metadata.name.clone()?;
-    let index = index_name(&ar.kind, obj.metadata.namespace.as_deref(), &name);
+    let index = index_name(
+        &kind_id(&ar.group, &ar.kind),
+        obj.metadata.namespace.as_deref(),
+        &name,
+    );
     obj.types = Some(kube::api::TypeMeta {
         api_version: ar.api_version.clone(),
         kind: ar.kind.clone(),

@@ -35,7 +35,11 @@ pub fn selecting<'w>(world: &'w World, proxy: &Proxy) -> Vec<&'w GatewayCfg> {
     world
         .gateways
         .iter()
-        .filter(|g| !g.selector.is_empty() && crate::model::selects(&g.selector, &proxy.labels))
+        .filter(|g| {
+            !g.selector.is_empty()
+                && crate::model::selects(&g.selector, &proxy.labels)
+                && (!g.namespace_only || g.key.namespace == proxy.namespace)
+        })
         .map(|g| &**g)
         .collect()
 }
@@ -359,11 +363,14 @@ fn bound_host(srv: &Srv, vs: &VirtualSvc, vs_host: &str) -> Option<String> {
 }
 
 /// Virtual hosts of servers sharing one route configuration: for each VirtualService bound
-/// to a server's gateway, in order, each of its hosts the server takes. A domain goes to
-/// the first VirtualService that claims it (Envoy refuses a domain twice).
+/// to a server's gateway, in order, each of its hosts the server takes. Several
+/// VirtualServices (and HTTPRoutes) for one host are merged into its virtual host, as
+/// Istio merges them on gateways: VirtualServices' routes in (namespace, name) order, then
+/// HTTPRoutes' in the Gateway API's precedence.
 fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost> {
-    let mut used = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut index: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out: Vec<rt::VirtualHost> = Vec::new();
+    let mut keyed: Vec<Vec<(Option<crate::model::RouteOrder>, rt::Route)>> = Vec::new();
     for vs in &world.virtual_services {
         if vs.spec.http.is_empty() {
             continue;
@@ -378,9 +385,19 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost>
                 let Some(host) = bound_host(srv, vs, h) else {
                     continue;
                 };
-                if !used.insert(host.clone()) {
+                let routes = route::vs_routes(world, proxy, &vs.spec, port, &srv.gw.name());
+                // One Envoy route per HTTPRoute route (each has one match).
+                let ordered = !vs.order.is_empty() && routes.len() == vs.order.len();
+                let routes = routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (ordered.then(|| vs.order[i].clone()), r));
+                if let Some(&at) = index.get(&host) {
+                    keyed[at].extend(routes);
                     continue;
                 }
+                index.insert(host.clone(), out.len());
+                keyed.push(routes.collect());
                 let domains = if host == "*" {
                     vec!["*".to_string()]
                 } else {
@@ -389,7 +406,6 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost>
                 out.push(rt::VirtualHost {
                     name: format!("{host}:{port}"),
                     domains,
-                    routes: route::vs_routes(world, proxy, &vs.spec, port, &srv.gw.name()),
                     require_tls: if redirect {
                         rt::virtual_host::TlsRequirementType::All as i32
                     } else {
@@ -400,6 +416,11 @@ fn vhosts(world: &World, proxy: &Proxy, servers: &[Srv]) -> Vec<rt::VirtualHost>
                 });
             }
         }
+    }
+    for (vh, mut routes) in out.iter_mut().zip(keyed) {
+        // Stable: VirtualServices' routes (no key) first, in order.
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        vh.routes = routes.into_iter().map(|(_, r)| r).collect();
     }
     out
 }
