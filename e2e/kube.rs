@@ -1304,6 +1304,34 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     for leaked in ["KEY-MATERIAL-XYZ", "hunter2"] {
         assert!(!body.contains(leaked), "{leaked} shows on /debug/configz");
     }
+    // The Kubernetes Gateway API, its CRDs installed after pilotfish started (served as
+    // empty until then): a Gateway and an HTTPRoute are read with the chart's rights.
+    let crds = support::repo_root().join("e2e/testdata/gateway-api-crds.yaml");
+    let o = api.kubectl(&["apply", "-f", crds.to_str().unwrap()]);
+    assert!(o.ok(), "{}", o.describe());
+    let applied = wait_until(READY, || {
+        api.apply(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: default}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 8080, protocol: HTTP}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\nspec:\n  parentRefs: [{name: web}]\n  rules: [{backendRefs: [{name: reviews, port: 9080}]}]\n",
+        )
+        .ok()
+    });
+    assert!(applied, "the Gateway API objects were not stored");
+    let read = wait_until(READY, || {
+        let (objects, _) = served(&cp);
+        find(&objects, "HTTPRoute", "web").is_some()
+            && find(&objects, "Gateway.gateway.networking.k8s.io", "web").is_some()
+    });
+    assert!(
+        read,
+        "the Gateway API objects were not read: {:?}",
+        served(&cp)
+    );
+    let errors = support::config_errors(&cp).to_string();
+    assert!(
+        !errors.contains("HTTPRoute") && !errors.contains("Gateway.gateway"),
+        "{errors}"
+    );
     let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
     assert!(
         !log.to_lowercase().contains("forbidden"),

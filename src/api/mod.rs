@@ -58,8 +58,10 @@ pub enum Kind {
     Namespace,
     Secret,
     /// `gateway.networking.k8s.io` Gateway.
+    #[serde(rename = "Gateway.gateway.networking.k8s.io")]
     KubeGateway,
     /// `gateway.networking.k8s.io` HTTPRoute.
+    #[serde(rename = "HTTPRoute")]
     HttpRoute,
 }
 

@@ -168,6 +168,7 @@ async fn watch_kind(
     // Objects of a relist in progress.
     let mut listing: Option<Vec<(String, String)>> = None;
     let istio = ar.group.ends_with("istio.io");
+    let optional = ar.group == "gateway.networking.k8s.io";
     let mut relisted_istio = BTreeMap::new();
     let mut failing = false;
     let mut missing = false;
@@ -185,13 +186,21 @@ async fn watch_kind(
                 // The kind is not installed (no CRD): served as empty, so pilotfish is not
                 // held back by a kind nobody uses; the watcher keeps retrying and a CRD
                 // installed later is picked up with a relist.
-                let not_found = matches!(
-                    &e,
-                    watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
-                );
+                let code = match &e {
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => s.code,
+                    _ => 0,
+                };
+                // The Gateway API is optional: forbidden to an account an older chart made,
+                // it is served as empty too (with a warning) rather than holding back the
+                // rest of the mesh.
+                let not_found = code == 404 || (code == 403 && optional);
                 if not_found && !missing {
                     missing = true;
-                    warn!(%kind, "kind not installed in the cluster (CRD missing?); served as empty until it is");
+                    if code == 403 {
+                        warn!(%kind, "listing this kind is forbidden to pilotfish's account (grant get/list/watch on gateway.networking.k8s.io to use the Gateway API); served as empty until it is allowed");
+                    } else {
+                        warn!(%kind, "kind not installed in the cluster (CRD missing?); served as empty until it is");
+                    }
                     let mut s = pending.state.lock().unwrap_or_else(|p| p.into_inner());
                     if s.synced.insert(kind.clone()) {
                         s.relists.insert(kind.clone(), Vec::new());
