@@ -429,7 +429,8 @@ fn unsupported_kinds_and_versions() {
     for (text, mention) in [
         ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", "ConfigMap"),
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n", "Deployment"),
-        ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: x}\n", "HTTPRoute"),
+        ("apiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\nmetadata: {name: x}\n", "TLSRoute"),
+        ("apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: HTTPRoute\nmetadata: {name: x}\n", "v1alpha2"),
         ("apiVersion: networking.istio.io/v2\nkind: VirtualService\nmetadata: {name: x}\n", "networking.istio.io/v2"),
         ("apiVersion: security.istio.io/v1alpha3\nkind: PeerAuthentication\nmetadata: {name: x}\n", "v1alpha3"),
     ] {
@@ -1464,8 +1465,8 @@ fn unsupported_gateway_features_are_errors_naming_the_field() {
             "spec.servers[0].tls.mode",
         ),
         (
-            "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, credentialName: c}\n",
-            "spec.servers[0].tls.mode",
+            "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: OPTIONAL_MUTUAL, credentialName: c, subjectAltNames: [x]}\n",
+            "spec.servers[0].tls.subjectAltNames",
         ),
         (
             "  - port: {number: 8443, name: https, protocol: HTTPS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE}\n",

@@ -77,10 +77,11 @@ fn config(mesh: &Mesh, ca: &TestCa, shop: &(String, String), files: &Path) -> St
          \x20 - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [shop.example.com]\n    tls: {{mode: SIMPLE, credentialName: shop-cert}}\n\
          \x20 - port: {{number: 8443, name: https-files, protocol: HTTPS}}\n    hosts: [files.example.com]\n    tls: {{mode: SIMPLE, serverCertificate: {fc}, privateKey: {fk}}}\n\
          \x20 - port: {{number: 9443, name: https-mutual, protocol: HTTPS}}\n    hosts: [partner.example.com]\n    tls: {{mode: MUTUAL, credentialName: shop-cert, subjectAltNames: [partner.example]}}\n\
+         \x20 - port: {{number: 9444, name: https-optional, protocol: HTTPS}}\n    hosts: [optional.example.com]\n    tls: {{mode: OPTIONAL_MUTUAL, credentialName: shop-cert}}\n\
          \x20 - port: {{number: 10443, name: tls-passthrough, protocol: TLS}}\n    hosts: [\"*.backend.example.com\"]\n    tls: {{mode: PASSTHROUGH}}\n\
          \x20 - port: {{number: 31400, name: tcp, protocol: TCP}}\n    hosts: [\"*\"]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: tcp-b}}\nspec:\n  hosts: [\"*\"]\n  gateways: [shop]\n  tcp:\n  - match: [{{port: 31400}}]\n    route: [{{destination: {{host: b, subset: v2, port: {{number: 8080}}}}}}]\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [shop.example.com, files.example.com, partner.example.com, plain.example.com]\n  gateways: [shop]\n  http:\n  - route:\n    - {{destination: {{host: b, subset: v1}}, weight: 80}}\n    - {{destination: {{host: b, subset: v2}}, weight: 20}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: shop}}\nspec:\n  hosts: [shop.example.com, files.example.com, partner.example.com, plain.example.com, optional.example.com]\n  gateways: [shop]\n  http:\n  - route:\n    - {{destination: {{host: b, subset: v1}}, weight: 80}}\n    - {{destination: {{host: b, subset: v2}}, weight: 20}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: backend}}\nspec:\n  hosts: [secure.backend.example.com]\n  gateways: [default/shop]\n  tls:\n  - match: [{{sniHosts: [secure.backend.example.com]}}]\n    route: [{{destination: {{host: tlsback, port: {{number: 8443}}}}}}]\n",
         vb = mesh.vip(0),
         vt = mesh.vip(1),
@@ -118,11 +119,16 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     }
     let mesh = Mesh::new();
     let ca = TestCa::new();
-    let shop = ca.leaf(&["shop.example.com", "partner.example.com"]);
+    let shop = ca.leaf(&[
+        "shop.example.com",
+        "partner.example.com",
+        "optional.example.com",
+    ]);
     let files_cert = ca.leaf(&["files.example.com"]);
     let backend = ca.leaf(&["secure.backend.example.com"]);
     let partner = ca.leaf(&["partner.example"]);
     let stranger = ca.leaf(&["stranger.example"]);
+    let rogue = TestCa::new().leaf(&["partner.example"]);
 
     // Files the gateway's Envoy (uid 1337) and the pods read.
     let certs = write_certs(
@@ -137,6 +143,8 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
             ("partner.key", partner.1.as_str()),
             ("stranger.crt", stranger.0.as_str()),
             ("stranger.key", stranger.1.as_str()),
+            ("rogue.crt", rogue.0.as_str()),
+            ("rogue.key", rogue.1.as_str()),
         ],
     );
 
@@ -288,6 +296,30 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
     assert_ne!(code, 200, "a certificate without the SAN: {body}");
     let (code, body) = with_cert("partner");
     assert_eq!(code, 200, "the partner's certificate: {body}");
+
+    // OPTIONAL_MUTUAL: without a certificate the client is let in; a certificate it does
+    // present is verified against the CA.
+    let url = "https://optional.example.com:9444/";
+    let hp = "optional.example.com:9444";
+    let with_cert = |who: &str| {
+        let (c, k) = (
+            s(&certs.join(format!("{who}.crt"))),
+            s(&certs.join(format!("{who}.key"))),
+        );
+        call(
+            &client,
+            &gw,
+            url,
+            hp,
+            &["--cacert", &cacert, "--cert", &c, "--key", &k],
+        )
+    };
+    let (code, body) = call(&client, &gw, url, hp, &["--cacert", &cacert]);
+    assert_eq!(code, 200, "optional: no client certificate: {body}");
+    let (code, body) = with_cert("partner");
+    assert_eq!(code, 200, "optional: a certificate of the CA: {body}");
+    let (code, body) = with_cert("rogue");
+    assert_ne!(code, 200, "optional: a certificate of another CA: {body}");
 
     // PASSTHROUGH: the backend's own certificate (verified for its name) answers, so the
     // gateway routed by SNI without terminating TLS.

@@ -608,11 +608,14 @@ fn gateway(v: &mut V, g: &Gateway) {
                 }
             }
             "HTTPS" => {
-                if !matches!(mode, "SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL") {
+                if !matches!(
+                    mode,
+                    "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" | "ISTIO_MUTUAL"
+                ) {
                     v.bad(
                         format!("{f}.tls.mode"),
                         format!(
-                            "an HTTPS server needs mode SIMPLE, MUTUAL or ISTIO_MUTUAL, not {mode:?}"
+                            "an HTTPS server needs mode SIMPLE, MUTUAL, OPTIONAL_MUTUAL or ISTIO_MUTUAL, not {mode:?}"
                         ),
                     );
                 }
@@ -678,7 +681,7 @@ fn gateway(v: &mut V, g: &Gateway) {
         }
         let files = t.server_certificate.is_some() || t.private_key.is_some();
         match mode {
-            "SIMPLE" | "MUTUAL" => {
+            "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL" => {
                 if t.credential_name.is_some() && (files || t.ca_certificates.is_some()) {
                     v.bad(
                         format!("{tf}.credentialName"),
@@ -692,14 +695,21 @@ fn gateway(v: &mut V, g: &Gateway) {
                         "needs credentialName, or serverCertificate and privateKey",
                     );
                 }
-                if mode == "MUTUAL" && t.credential_name.is_none() && t.ca_certificates.is_none() {
+                if mode != "SIMPLE" && t.credential_name.is_none() && t.ca_certificates.is_none() {
                     v.bad(
                         format!("{tf}.caCertificates"),
-                        "MUTUAL needs the CA that signs client certificates",
+                        format!("{mode} needs the CA that signs client certificates"),
                     );
                 }
                 if mode == "SIMPLE" && !t.subject_alt_names.is_empty() {
                     v.bad(format!("{tf}.subjectAltNames"), "applies to MUTUAL only");
+                }
+                if mode == "OPTIONAL_MUTUAL" && !t.subject_alt_names.is_empty() {
+                    // Envoy requires a client certificate as soon as SANs are checked.
+                    v.bad(
+                        format!("{tf}.subjectAltNames"),
+                        "with OPTIONAL_MUTUAL Envoy would require every client's certificate; use MUTUAL, or drop the SANs",
+                    );
                 }
             }
             "ISTIO_MUTUAL" | "PASSTHROUGH" | "AUTO_PASSTHROUGH" => {

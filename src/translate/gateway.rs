@@ -537,8 +537,10 @@ fn downstream_tls(t: &ServerTlsSettings) -> core::TransportSocket {
             }]
         }
     }
+    // OPTIONAL_MUTUAL: a client certificate is verified (CA, SANs) when presented, and
+    // a client without one is let in.
     let mutual = mode == "MUTUAL";
-    if mutual {
+    if mutual || mode == "OPTIONAL_MUTUAL" {
         let sans = tlsv3::CertificateValidationContext {
             match_typed_subject_alt_names: tls::san_matchers(&t.subject_alt_names),
             ..Default::default()
