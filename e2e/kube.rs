@@ -1571,3 +1571,107 @@ fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
         cp.log_tail(20)
     );
 }
+
+/// The endpoints pilotfish serves for `host` (`/debug/endpointz`): (address, network,
+/// origin) sorted.
+fn endpoints_of(cp: &ControlPlane, host: &str) -> Vec<(String, String, String)> {
+    let Ok((_, text)) = cp.get("/debug/endpointz") else {
+        return vec![];
+    };
+    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let mut out: Vec<_> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["hostname"] == host)
+        .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_string();
+            (s("address"), s("network"), s("origin"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A remote cluster read from its own API server (`--remote-cluster
+/// c2=kubeconfig:PATH,network=n2`): its Service and EndpointSlice join this cluster's
+/// `reviews` (one service, endpoints of both, the remote ones on n2), follow its changes,
+/// and its routing config is never read (a VirtualService there changes nothing here).
+#[test]
+fn remote_cluster_registry_from_its_api_server() {
+    let remote = KubeApi::start();
+    with_crds(&remote);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("reviews.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews}\nspec:\n  clusterIP: 10.96.0.20\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: reviews-local}\nspec:\n  address: 10.0.0.5\n  labels: {app: reviews}\n",
+    )
+    .unwrap();
+    let slice = |addrs: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: reviews-abc\n  namespace: default\n  labels: {{kubernetes.io/service-name: reviews}}\naddressType: IPv4\nports: [{{name: http, port: 9080}}]\nendpoints:\n{addrs}"
+        )
+    };
+    let o = remote.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  selector: {{app: reviews}}\n  ports: [{{name: http, port: 9080}}]\n---\n{}---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: default}}\nspec:\n  hosts: [reviews]\n  http: [{{fault: {{abort: {{httpStatus: 503, percentage: {{value: 100}}}}}}, route: [{{destination: {{host: reviews}}}}]}}]\n",
+        slice("- addresses: [10.9.0.5]\n  conditions: {ready: true}\n")
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    let remote_arg = format!(
+        "c2=kubeconfig:{},network=n2",
+        remote.kubeconfig.to_str().unwrap()
+    );
+    let cp = ControlPlane::start_local(dir.path(), &["--remote-cluster", &remote_arg]);
+    let host = "reviews.default.svc.cluster.local";
+    let want = |remote_addrs: &[&str]| {
+        let mut w = vec![(
+            "10.0.0.5".to_string(),
+            String::new(),
+            "WorkloadEntry default/reviews-local".to_string(),
+        )];
+        for a in remote_addrs {
+            w.push((
+                a.to_string(),
+                "n2".to_string(),
+                "EndpointSlice default/reviews-abc@c2".to_string(),
+            ));
+        }
+        w.sort();
+        w
+    };
+    let both = wait_until(READY, || endpoints_of(&cp, host) == want(&["10.9.0.5"]));
+    assert!(
+        both,
+        "endpoints: {:?}\n{}",
+        endpoints_of(&cp, host),
+        cp.log_tail(20)
+    );
+    // The remote cluster's routing config is not read.
+    let (objects, errors) = served(&cp);
+    assert!(
+        !objects.iter().any(|o| o.0 == "VirtualService"),
+        "a remote VirtualService was read"
+    );
+    assert_eq!(errors, serde_json::json!([]));
+    // A change in the remote cluster follows: a second endpoint, then the slice is gone.
+    let o = remote.apply(&slice(
+        "- addresses: [10.9.0.5]\n  conditions: {ready: true}\n- addresses: [10.9.0.6]\n  conditions: {ready: true}\n",
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    assert!(
+        wait_until(READY, || endpoints_of(&cp, host)
+            == want(&["10.9.0.5", "10.9.0.6"])),
+        "{:?}",
+        endpoints_of(&cp, host)
+    );
+    let o = remote.kubectl(&["delete", "endpointslice", "reviews-abc", "-n", "default"]);
+    assert!(o.ok(), "{}", o.describe());
+    assert!(
+        wait_until(READY, || endpoints_of(&cp, host) == want(&[])),
+        "{:?}",
+        endpoints_of(&cp, host)
+    );
+}

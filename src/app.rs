@@ -529,18 +529,25 @@ fn remove_unit(index: &mut Index, applied: &mut HashMap<String, u64>, name: &str
 fn apply_kube(
     index: &mut Index,
     applied: &mut HashMap<String, u64>,
+    source: &crate::source::kube::Pending,
     batch: crate::source::kube::Batch,
+    remote: Option<&crate::model::remote::RemoteCluster>,
 ) -> bool {
     let mut any = false;
     let mut apply = |index: &mut Index, name: String, text: Option<String>| {
         any |= match text {
-            Some(text) => apply_unit(index, applied, name, &text, |_, _, _, _| {}),
+            Some(text) => apply_unit(index, applied, name, &text, |_, _, r, _| {
+                // A remote cluster's object: its registry only, renamed and labelled.
+                if let Some(c) = remote {
+                    crate::model::remote::as_remote(r, c);
+                }
+            }),
             None => remove_unit(index, applied, &name),
         };
     };
     for (kind, objects) in batch.relists {
         let listed: HashSet<&str> = objects.iter().map(|(n, _)| n.as_str()).collect();
-        for gone in index.file_names(&crate::source::kube::kind_prefix(&kind)) {
+        for gone in index.file_names(&source.kind_prefix(&kind)) {
             if !listed.contains(gone.as_str()) {
                 apply(index, gone, None);
             }
@@ -632,6 +639,13 @@ fn check_proxy() -> Proxy {
 
 /// The config loop: load, publish, watch, debounce, reload. Runs on its own thread
 /// (file IO and parsing are blocking work).
+/// A remote cluster read from its API server: its registry's watchers.
+pub struct RemoteKube {
+    pub cluster: crate::model::remote::RemoteCluster,
+    pub client: kube::Client,
+    pub pending: Arc<crate::source::kube::Pending>,
+}
+
 /// The Kubernetes source of a config loop: the client, and the runtime its watchers run on.
 pub struct KubeSource {
     pub client: kube::Client,
@@ -651,6 +665,7 @@ fn config_loop(
     tx: watch::Sender<Option<Published>>,
     metrics: Arc<Metrics>,
     kube_source: Option<KubeSource>,
+    (remote_kube, runtime): (Vec<RemoteKube>, tokio::runtime::Handle),
 ) -> anyhow::Result<()> {
     // The watcher's events name the paths that changed (None: read everything again).
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Option<Vec<PathBuf>>>();
@@ -670,6 +685,23 @@ fn config_loop(
         pending
     });
     let mut kube_applied: HashMap<String, u64> = HashMap::new();
+    // Remote clusters' watchers wake the loop too; their registries do not hold serving
+    // back (as istiod goes on without a remote cluster it cannot reach).
+    for r in &remote_kube {
+        let tx = std::sync::Mutex::new(ev_tx.clone());
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let _ = tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Some(vec![]));
+        });
+        runtime.spawn(crate::source::kube::run_kinds(
+            r.client.clone(),
+            r.pending.clone(),
+            wake,
+            crate::source::kube::REMOTE_KINDS,
+        ));
+    }
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         let _ = match res {
             Ok(ev) if matches!(ev.kind, notify::EventKind::Access(_)) => Ok(()),
@@ -740,7 +772,17 @@ fn config_loop(
                 );
                 any |= index.set_jwks(jwks_fetched.lock().unwrap().clone());
                 if let Some(k) = &kube {
-                    any |= apply_kube(&mut index, &mut kube_applied, k.take());
+                    any |= apply_kube(&mut index, &mut kube_applied, k, k.take(), None);
+                }
+                for r in &remote_kube {
+                    let batch = r.pending.take();
+                    any |= apply_kube(
+                        &mut index,
+                        &mut kube_applied,
+                        &r.pending,
+                        batch,
+                        Some(&r.cluster),
+                    );
                 }
                 let t_read = t0.elapsed();
                 let unsynced = kube.as_ref().is_some_and(|k| !k.synced());
@@ -861,7 +903,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     // hold the other or the config directory (a remote file read as local config would
     // bring its policies in).
     let config_real = a.config_dir.canonicalize()?;
-    let mut remotes = a.remote_clusters.clone();
+    let (kube_remotes, mut remotes): (Vec<_>, Vec<_>) = a
+        .remote_clusters
+        .iter()
+        .cloned()
+        .partition(|r| r.kubeconfig.is_some());
     for r in &mut remotes {
         r.dir = r.dir.canonicalize().map_err(|e| {
             anyhow::anyhow!("--remote-cluster {}: {}: {e}", r.name, r.dir.display())
@@ -875,10 +921,15 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             );
         }
     }
+    for (i, r) in a.remote_clusters.iter().enumerate() {
+        if a.remote_clusters[..i].iter().any(|o| o.name == r.name) {
+            anyhow::bail!("--remote-cluster {}: named twice", r.name);
+        }
+    }
     for (i, r) in remotes.iter().enumerate() {
         if remotes[..i]
             .iter()
-            .any(|o| o.dir.starts_with(&r.dir) || r.dir.starts_with(&o.dir) || o.name == r.name)
+            .any(|o| o.dir.starts_with(&r.dir) || r.dir.starts_with(&o.dir))
         {
             anyhow::bail!(
                 "--remote-cluster {}: overlaps another remote cluster",
@@ -902,6 +953,19 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
+    // Remote clusters read from their API servers (registry kinds only).
+    let mut remote_sources = Vec::new();
+    for r in kube_remotes {
+        let path = r.kubeconfig.clone().unwrap_or_default();
+        let client = kube_client(Some(&path))
+            .await
+            .with_context(|| format!("--remote-cluster {}", r.name))?;
+        remote_sources.push(RemoteKube {
+            pending: Arc::new(crate::source::kube::Pending::remote(&r.name)),
+            cluster: r,
+            client,
+        });
+    }
     let kube_pending: Arc<crate::source::kube::Pending> = Default::default();
     let kube_source = kube.clone().map(|client| KubeSource {
         client,
@@ -925,12 +989,22 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             Duration::from_millis(a.debounce_ms),
             Duration::from_millis(a.debounce_max_ms),
         );
+        let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("config".into())
             .spawn(move || {
-                if let Err(e) =
-                    config_loop(dir, remotes, Some(state), mesh, d, dm, tx, m, kube_source)
-                {
+                if let Err(e) = config_loop(
+                    dir,
+                    remotes,
+                    Some(state),
+                    mesh,
+                    d,
+                    dm,
+                    tx,
+                    m,
+                    kube_source,
+                    (remote_sources, handle),
+                ) {
                     error!(error = %format!("{e:#}"), "config loop stopped");
                 }
             })?;

@@ -537,6 +537,16 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
             .collect();
         let mut endpoints = Vec::new();
         let mut have_endpoint_objects = false;
+        // An endpoint's network: its pod's label, else the Service's (a remote cluster's
+        // Services carry their cluster's), else this cluster's (filled in later).
+        let svc_network = r.meta.labels.get("topology.istio.io/network");
+        let network_of = |labels: &BTreeMap<String, String>| {
+            labels
+                .get("topology.istio.io/network")
+                .or(svc_network)
+                .cloned()
+                .unwrap_or_default()
+        };
         let slice_start = ObjectKey {
             kind: Kind::EndpointSlice,
             namespace: ns.clone(),
@@ -574,7 +584,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                         weight: 1,
                         origin: e.key.to_string(),
                         locality: locality_of("", &labels),
-                        network: String::new(),
+                        network: network_of(&labels),
                     });
                 }
             }
@@ -596,7 +606,7 @@ fn kube_services(cx: &Ctx<'_>) -> Vec<Service> {
                             address: a.ip.clone(),
                             ports: pmap.clone(),
                             locality: locality_of("", &labels),
-                            network: String::new(),
+                            network: network_of(&labels),
                             labels,
                             service_account: if sa.is_empty() { "default".into() } else { sa },
                             namespace: ns.clone(),

@@ -8,21 +8,30 @@
 
 use crate::api::{Kind, Resource};
 
-/// A remote cluster: its name, and the network its workloads are on (empty: this one's).
+/// A remote cluster: its name, where its registry is read (a directory, or a Kubernetes
+/// API server), and the network its workloads are on (empty: this one's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteCluster {
     pub name: String,
+    /// The directory (empty when read from an API server).
     pub dir: std::path::PathBuf,
+    /// The kubeconfig of its API server (`NAME=kubeconfig:PATH`).
+    pub kubeconfig: Option<std::path::PathBuf>,
     pub network: String,
 }
 
-/// `NAME=DIR[,network=NET]`.
+/// `NAME=DIR[,network=NET]` or `NAME=kubeconfig:PATH[,network=NET]`.
 pub fn parse_remote(s: &str) -> Result<RemoteCluster, String> {
-    let (name, rest) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected NAME=DIR[,network=NET]"))?;
+    let (name, rest) = s.split_once('=').ok_or_else(|| {
+        format!("{s:?}: expected NAME=DIR[,network=NET] or NAME=kubeconfig:PATH[,network=NET]")
+    })?;
     let mut parts = rest.split(',');
-    let dir = parts.next().unwrap_or_default();
+    let mut dir = parts.next().unwrap_or_default();
+    let mut kubeconfig = None;
+    if let Some(p) = dir.strip_prefix("kubeconfig:") {
+        kubeconfig = Some(std::path::PathBuf::from(p));
+        dir = p;
+    }
     let mut network = String::new();
     for p in parts {
         match p.split_once('=') {
@@ -37,12 +46,17 @@ pub fn parse_remote(s: &str) -> Result<RemoteCluster, String> {
     };
     if !ok(name) || dir.is_empty() {
         return Err(format!(
-            "{s:?}: a cluster name ([A-Za-z0-9._-]) and a directory"
+            "{s:?}: a cluster name ([A-Za-z0-9._-]) and a directory or kubeconfig:PATH"
         ));
     }
     Ok(RemoteCluster {
         name: name.to_string(),
-        dir: dir.into(),
+        dir: if kubeconfig.is_some() {
+            Default::default()
+        } else {
+            dir.into()
+        },
+        kubeconfig,
         network,
     })
 }

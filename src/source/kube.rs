@@ -62,10 +62,21 @@ fn watch_config(kind: &str) -> watcher::Config {
     }
 }
 
+/// What a remote cluster's watchers read: its registry only (see `model::remote`).
+pub const REMOTE_KINDS: &[(&str, &str, &str)] = &[
+    ("", "v1", "Service"),
+    ("", "v1", "Pod"),
+    ("discovery.k8s.io", "v1", "EndpointSlice"),
+    ("networking.istio.io", "v1", "WorkloadEntry"),
+];
+
 /// What the watchers saw since the config loop last looked.
 #[derive(Default)]
 pub struct Pending {
     state: Mutex<PendingState>,
+    /// Index names start with this: `kube:` for this cluster (empty means that), and
+    /// `kube@<cluster>:` for a remote cluster's.
+    prefix: String,
 }
 
 #[derive(Default)]
@@ -91,6 +102,44 @@ pub struct Batch {
 }
 
 impl Pending {
+    /// The watchers of a remote cluster (`--remote-cluster NAME=kubeconfig:PATH`).
+    pub fn remote(cluster: &str) -> Pending {
+        Pending {
+            prefix: format!("kube@{cluster}:"),
+            ..Default::default()
+        }
+    }
+
+    /// The prefix of this source's index names.
+    pub fn prefix(&self) -> &str {
+        if self.prefix.is_empty() {
+            PREFIX
+        } else {
+            &self.prefix
+        }
+    }
+
+    /// The index name of an object of this source (see `index_name`).
+    pub fn index_name(&self, kind: &str, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) => format!("{}{kind}/{ns}/{name}", self.prefix()),
+            None => format!("{}{kind}/{name}", self.prefix()),
+        }
+    }
+
+    /// The prefix of one kind's index names in this source.
+    pub fn kind_prefix(&self, kind: &str) -> String {
+        format!("{}{kind}/", self.prefix())
+    }
+
+    /// Every kind of `kinds` has listed once.
+    pub fn synced_all(&self, kinds: &[(&str, &str, &str)]) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        kinds
+            .iter()
+            .all(|(g, _, k)| s.synced.contains(&kind_id(g, k)))
+    }
+
     /// Everything since the last call.
     pub fn take(&self) -> Batch {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,7 +184,17 @@ pub fn kind_prefix(kind: &str) -> String {
 /// Watches every kind until the process ends; `wake` is called after each change so the
 /// config loop picks it up.
 pub async fn run(client: kube::Client, pending: Arc<Pending>, wake: Arc<dyn Fn() + Send + Sync>) {
-    let tasks: Vec<_> = KINDS
+    run_kinds(client, pending, wake, KINDS).await
+}
+
+/// Watches `kinds` until the process ends (a remote cluster's: `REMOTE_KINDS`).
+pub async fn run_kinds(
+    client: kube::Client,
+    pending: Arc<Pending>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    kinds: &'static [(&'static str, &'static str, &'static str)],
+) {
+    let tasks: Vec<_> = kinds
         .iter()
         .map(|(group, version, kind)| {
             let gvk = GroupVersionKind::gvk(group, version, kind);
@@ -225,7 +284,7 @@ async fn watch_kind(
                 }
                 Event::InitApply(obj) => {
                     let seen = istio.then(|| super::status::Seen::of(&obj));
-                    if let Some((name, text)) = object_text(&ar, obj) {
+                    if let Some((name, text)) = object_text(&pending, &ar, obj) {
                         if let Some(seen) = seen {
                             relisted_istio.insert(name.clone(), seen);
                         }
@@ -235,7 +294,7 @@ async fn watch_kind(
                 Event::InitDone => {
                     let objects = listing.take().unwrap_or_default();
                     // A relist replaces the kind: changes queued before it are stale.
-                    let prefix = kind_prefix(&kind);
+                    let prefix = pending.kind_prefix(&kind);
                     s.changes.retain(|n, _| !n.starts_with(&prefix));
                     if istio {
                         s.istio.retain(|n, _| !n.starts_with(&prefix));
@@ -246,7 +305,7 @@ async fn watch_kind(
                 }
                 Event::Apply(obj) => {
                     let seen = istio.then(|| super::status::Seen::of(&obj));
-                    if let Some((name, text)) = object_text(&ar, obj) {
+                    if let Some((name, text)) = object_text(&pending, &ar, obj) {
                         if let Some(seen) = seen {
                             s.istio.insert(name.clone(), seen);
                         }
@@ -254,7 +313,7 @@ async fn watch_kind(
                     }
                 }
                 Event::Delete(obj) => {
-                    let name = index_name(
+                    let name = pending.index_name(
                         &kind,
                         obj.metadata.namespace.as_deref(),
                         obj.metadata.name.as_deref().unwrap_or(""),
@@ -273,9 +332,13 @@ async fn watch_kind(
 
 /// An object as the text the parser reads (JSON), with its type set (list items come
 /// without it) and the metadata pilotfish does not read left out.
-fn object_text(ar: &ApiResource, mut obj: DynamicObject) -> Option<(String, String)> {
+fn object_text(
+    pending: &Pending,
+    ar: &ApiResource,
+    mut obj: DynamicObject,
+) -> Option<(String, String)> {
     let name = obj.metadata.name.clone()?;
-    let index = index_name(
+    let index = pending.index_name(
         &kind_id(&ar.group, &ar.kind),
         obj.metadata.namespace.as_deref(),
         &name,
