@@ -1189,7 +1189,24 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     let cp = match &a.spawn_pilotfish {
         Some(bin) => {
             std::fs::create_dir_all(&work)?;
-            ControlPlane::spawn(&a, bin, &dir, work.join("serve.log")).await?
+            // A port picked free can be taken by another process before pilotfish binds
+            // it (parallel runs): such a start is retried on new ports.
+            let mut attempt = 0;
+            loop {
+                match ControlPlane::spawn(&a, bin, &dir, work.join("serve.log")).await {
+                    Ok(cp) => break cp,
+                    Err(e) if attempt < 3 => {
+                        let log =
+                            std::fs::read_to_string(work.join("serve.log")).unwrap_or_default();
+                        if !log.contains("ddress already in use") {
+                            return Err(e);
+                        }
+                        attempt += 1;
+                        eprintln!("pilotfish could not bind a port (taken meanwhile); retrying");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         None => {
             let xds = a
