@@ -1675,3 +1675,79 @@ fn remote_cluster_registry_from_its_api_server() {
         endpoints_of(&cp, host)
     );
 }
+
+/// Istio's multicluster model: a remote Secret (`istio/multiCluster: "true"`, key = cluster
+/// name, value = its kubeconfig, as `istioctl create-remote-secret` makes) in pilotfish's
+/// namespace adds the cluster at run time: its registry joins this cluster's `reviews`, on
+/// the network its namespace's label names; deleting the Secret drops it.
+#[test]
+fn remote_secret_adds_and_removes_a_cluster() {
+    let local = KubeApi::start();
+    with_crds(&local);
+    let remote = KubeApi::start();
+    let slice = |addr: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: reviews-abc\n  namespace: default\n  labels: {{kubernetes.io/service-name: reviews}}\naddressType: IPv4\nports: [{{name: http, port: 9080}}]\nendpoints:\n- addresses: [{addr}]\n  conditions: {{ready: true}}\n"
+        )
+    };
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: default}\nspec:\n  selector: {app: reviews}\n  ports: [{name: http, port: 9080}]\n---\n";
+    let o = local.apply(&format!("{svc}{}", slice("10.0.0.5")));
+    assert!(o.ok(), "{}", o.describe());
+    let o = remote.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: pilotfish-system\n  labels: {{topology.istio.io/network: n2}}\n---\n{svc}{}",
+        slice("10.9.0.5")
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    let dir = tempfile::tempdir().unwrap();
+    let cp = with_webhooks(&local, dir.path(), &[]);
+    let host = "reviews.default.svc.cluster.local";
+    let local_only = vec![(
+        "10.0.0.5".to_string(),
+        String::new(),
+        "EndpointSlice default/reviews-abc".to_string(),
+    )];
+    assert!(
+        wait_until(READY, || endpoints_of(&cp, host) == local_only),
+        "{:?}",
+        endpoints_of(&cp, host)
+    );
+    // The remote Secret, as istioctl makes it (the kubeconfig inline).
+    let kubeconfig = std::fs::read_to_string(&remote.kubeconfig).unwrap();
+    let indented: String = kubeconfig.lines().map(|l| format!("    {l}\n")).collect();
+    let o = local.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: istio-remote-secret-c2\n  namespace: pilotfish-system\n  labels: {{istio/multiCluster: \"true\"}}\ntype: Opaque\nstringData:\n  c2: |\n{indented}"
+    ));
+    assert!(o.ok(), "{}", o.describe());
+    let mut both = local_only.clone();
+    both.push((
+        "10.9.0.5".to_string(),
+        "n2".to_string(),
+        "EndpointSlice default/reviews-abc@c2".to_string(),
+    ));
+    both.sort();
+    assert!(
+        wait_until(READY, || endpoints_of(&cp, host) == both),
+        "{:?}\n{}",
+        endpoints_of(&cp, host),
+        cp.log_tail(20)
+    );
+    // The kubeconfig never shows on the debug pages.
+    let (_, body) = cp.get("/debug/configz").unwrap_or_default();
+    assert!(
+        !body.contains("istio-remote-secret"),
+        "the remote Secret is shown"
+    );
+    let o = local.kubectl(&[
+        "delete",
+        "secret",
+        "istio-remote-secret-c2",
+        "-n",
+        "pilotfish-system",
+    ]);
+    assert!(o.ok(), "{}", o.describe());
+    assert!(
+        wait_until(READY, || endpoints_of(&cp, host) == local_only),
+        "{:?}",
+        endpoints_of(&cp, host)
+    );
+}

@@ -652,6 +652,10 @@ pub struct KubeSource {
     pub runtime: tokio::runtime::Handle,
     /// What the watchers saw (the status writer reads it too).
     pub pending: Arc<crate::source::kube::Pending>,
+    /// Remote clusters from remote Secrets of this namespace (Istio's multicluster
+    /// model), but not those named here (given with `--remote-cluster`).
+    pub remote_secrets: (String, std::collections::BTreeSet<String>),
+    pub remotes: Arc<crate::source::remote_secrets::Remotes>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -671,6 +675,7 @@ fn config_loop(
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<Option<Vec<PathBuf>>>();
     let jwks_tx = ev_tx.clone();
     // The Kubernetes watchers wake the loop the way the JWKS fetcher does.
+    let mut secret_remotes = None;
     let kube = kube_source.map(|k| {
         let pending = k.pending;
         let tx = std::sync::Mutex::new(ev_tx.clone());
@@ -680,6 +685,15 @@ fn config_loop(
                 .unwrap_or_else(|p| p.into_inner())
                 .send(Some(vec![]));
         });
+        let (ns, named) = k.remote_secrets;
+        k.runtime.spawn(crate::source::remote_secrets::watch(
+            k.client.clone(),
+            ns,
+            named,
+            k.remotes.clone(),
+            wake.clone(),
+        ));
+        secret_remotes = Some(k.remotes);
         k.runtime
             .spawn(crate::source::kube::run(k.client, pending.clone(), wake));
         pending
@@ -783,6 +797,28 @@ fn config_loop(
                         batch,
                         Some(&r.cluster),
                     );
+                }
+                if let Some(rs) = &secret_remotes {
+                    let (live, gone) = rs.take();
+                    // A dropped cluster's objects go with it.
+                    for name in gone {
+                        let prefix = crate::source::kube::Pending::remote(&name)
+                            .prefix()
+                            .to_string();
+                        for unit in index.file_names(&prefix) {
+                            any |= remove_unit(&mut index, &mut kube_applied, &unit);
+                        }
+                    }
+                    for r in live {
+                        let batch = r.pending.take();
+                        any |= apply_kube(
+                            &mut index,
+                            &mut kube_applied,
+                            &r.pending,
+                            batch,
+                            Some(&r.cluster),
+                        );
+                    }
                 }
                 let t_read = t0.elapsed();
                 let unsynced = kube.as_ref().is_some_and(|k| !k.synced());
@@ -971,6 +1007,11 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         client,
         runtime: tokio::runtime::Handle::current(),
         pending: kube_pending.clone(),
+        remote_secrets: (
+            a.ca.system_namespace.clone(),
+            a.remote_clusters.iter().map(|r| r.name.clone()).collect(),
+        ),
+        remotes: Default::default(),
     });
     if !matches!(a.webhook_failure_policy.as_str(), "Fail" | "Ignore") {
         anyhow::bail!(

@@ -3,4 +3,5 @@ pub mod file;
 pub mod jwks;
 pub mod kube;
 pub mod last_good;
+pub mod remote_secrets;
 pub mod status;
