@@ -1312,6 +1312,7 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     let applied = wait_until(READY, || {
         api.apply(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web, namespace: default}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 8080, protocol: HTTP}]\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: theirs, namespace: default}\nspec:\n  gatewayClassName: another-controller\n  listeners: [{name: http, port: 8080, protocol: HTTP}]\n---\n\
              apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\nspec:\n  parentRefs: [{name: web}]\n  rules: [{backendRefs: [{name: reviews, port: 9080}]}]\n",
         )
         .ok()
@@ -1331,6 +1332,38 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
     assert!(
         !errors.contains("HTTPRoute") && !errors.contains("Gateway.gateway"),
         "{errors}"
+    );
+    // Istio's getting-started step: wait until the Gateway is programmed; its listener
+    // counts the HTTPRoute.
+    let o = api.kubectl(&[
+        "wait",
+        "--for=condition=programmed",
+        "gateways.gateway.networking.k8s.io/web",
+        "--timeout=60s",
+    ]);
+    assert!(o.ok(), "{}\n{}", o.describe(), cp.log_tail(10));
+    let attached = api
+        .kubectl(&[
+            "get",
+            "gateways.gateway.networking.k8s.io",
+            "web",
+            "-o",
+            "jsonpath={.status.listeners[0].attachedRoutes}",
+        ])
+        .stdout;
+    assert_eq!(attached.trim(), "1");
+    let theirs = api
+        .kubectl(&[
+            "get",
+            "gateways.gateway.networking.k8s.io",
+            "theirs",
+            "-o",
+            "jsonpath={.status}",
+        ])
+        .stdout;
+    assert!(
+        !theirs.contains("pilotfish"),
+        "another controller's Gateway got a status: {theirs}"
     );
     let log = std::fs::read_to_string(cp.log_path()).unwrap_or_default();
     assert!(

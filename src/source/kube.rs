@@ -226,7 +226,9 @@ async fn watch_kind(
         .boxed();
     // Objects of a relist in progress.
     let mut listing: Option<Vec<(String, String)>> = None;
-    let istio = ar.group.ends_with("istio.io");
+    // Objects whose status pilotfish writes: Istio's, and the Gateway API's Gateways.
+    let istio = ar.group.ends_with("istio.io")
+        || (ar.group == "gateway.networking.k8s.io" && ar.kind == "Gateway");
     let optional = ar.group == "gateway.networking.k8s.io";
     let mut relisted_istio = BTreeMap::new();
     let mut failing = false;
@@ -351,7 +353,7 @@ fn object_text(
     // What pilotfish itself writes (an Istio object's status) and what changes with it (the
     // resource version) are left out, so a status write is no change to the config.
     // A Pod's status (its IP, its phase) is config.
-    if ar.group.ends_with("istio.io") {
+    if ar.group.ends_with("istio.io") || ar.group == "gateway.networking.k8s.io" {
         if let Some(m) = obj.data.as_object_mut() {
             m.remove("status");
         }

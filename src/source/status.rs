@@ -29,6 +29,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+
 /// The condition type pilotfish owns.
 pub const CONDITION: &str = "Accepted";
 /// Longest message written (the whole error list is on `/debug/configz`).
@@ -41,6 +43,8 @@ pub struct Seen {
     /// (status, reason, message, observedGeneration) of the `Accepted` condition.
     pub accepted: Option<(String, String, String, i64)>,
     pub last_transition: Option<String>,
+    /// The whole status (a Gateway API Gateway's, compared whole).
+    pub status: serde_json::Value,
 }
 
 impl Seen {
@@ -61,6 +65,7 @@ impl Seen {
             last_transition: cond
                 .and_then(|c| c["lastTransitionTime"].as_str())
                 .map(String::from),
+            status: obj.data["status"].clone(),
         }
     }
 }
@@ -113,10 +118,10 @@ pub async fn keep(
 ) {
     let resources: BTreeMap<String, ApiResource> = KINDS
         .iter()
-        .filter(|(g, _, _)| g.ends_with("istio.io"))
+        .filter(|(g, _, k)| g.ends_with("istio.io") || (*g == GATEWAY_API && *k == "Gateway"))
         .map(|(g, v, k)| {
             (
-                k.to_string(),
+                super::kube::kind_id(g, k),
                 ApiResource::from_gvk(&GroupVersionKind::gvk(g, v, k)),
             )
         })
@@ -138,10 +143,6 @@ pub async fn keep(
         };
         let mut wrote = 0;
         for (unit, seen) in pending.istio_objects() {
-            let want = desired(&p, &unit, seen.generation);
-            if seen.accepted.as_ref() == Some(&want) {
-                continue;
-            }
             // `kube:Kind/ns/name`
             let mut parts = unit.trim_start_matches(PREFIX).splitn(3, '/');
             let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
@@ -151,6 +152,39 @@ pub async fn keep(
             let Some(ar) = resources.get(kind) else {
                 continue;
             };
+            if ar.group == GATEWAY_API {
+                // A Gateway of one of pilotfish's classes: its whole status.
+                let Some(want) = gateway_status(&p, &unit, ns, name, &seen) else {
+                    continue;
+                };
+                if without_times(&want) == without_times(&seen.status) {
+                    continue;
+                }
+                let api: kube::Api<DynamicObject> =
+                    kube::Api::namespaced_with(client.clone(), ns, ar);
+                match api
+                    .patch_status(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({ "status": want })),
+                    )
+                    .await
+                {
+                    Ok(_) => wrote += 1,
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        if !failing {
+                            warn!(object = %unit, error = %e, "status write failed; retrying later");
+                        }
+                        failing = true;
+                    }
+                }
+                continue;
+            }
+            let want = desired(&p, &unit, seen.generation);
+            if seen.accepted.as_ref() == Some(&want) {
+                continue;
+            }
             // The transition time moves only when the status does.
             let since = match (&seen.accepted, &seen.last_transition) {
                 (Some(a), Some(t)) if a.0 == want.0 => t.clone(),
@@ -193,4 +227,120 @@ pub async fn keep(
             debug!(wrote, "status written");
         }
     }
+}
+
+/// A status without its transition times (what a rewrite compares).
+fn without_times(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.iter()
+                .filter(|(k, _)| *k != "lastTransitionTime")
+                .map(|(k, v)| (k.clone(), without_times(v)))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(without_times).collect())
+        }
+        x => x.clone(),
+    }
+}
+
+/// The status pilotfish wants on a Gateway API Gateway (`unit`), None when the Gateway is
+/// not of one of its classes (another controller's, left alone): `Accepted` and
+/// `Programmed` (its config is served to the proxies labelled with its name), and per
+/// listener the routes attached and the same conditions, as `kubectl wait
+/// --for=condition=programmed gateway/NAME` expects.
+pub fn gateway_status(
+    p: &Published,
+    unit: &str,
+    ns: &str,
+    name: &str,
+    seen: &Seen,
+) -> Option<serde_json::Value> {
+    use crate::api::{Kind, ObjectKey, Spec};
+    let w = &p.gen.world;
+    let key = ObjectKey {
+        kind: Kind::KubeGateway,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    };
+    let obj = w.objects.get(&key)?;
+    let Spec::KubeGateway(g) = &obj.spec else {
+        return None;
+    };
+    if !crate::model::gateway_api::CLASSES.contains(&g.gateway_class_name.as_str()) {
+        return None;
+    }
+    let (accepted, reason, message) = {
+        let (status, reason, message, _) = desired(p, unit, seen.generation);
+        (status, reason, message)
+    };
+    let ok = accepted == "True";
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    // The transition time moves only when a condition's status does.
+    let since = |prev: &serde_json::Value, kind: &str, status: &str| {
+        prev.as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["type"] == kind && c["status"] == status)
+            })
+            .and_then(|c| c["lastTransitionTime"].as_str())
+            .map(String::from)
+            .unwrap_or_else(|| now.clone())
+    };
+    let cond = |prev: &serde_json::Value, kind: &str, status: &str, reason: &str, message: &str| {
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "observedGeneration": seen.generation,
+            "lastTransitionTime": since(prev, kind, status),
+        })
+    };
+    let st = if ok { "True" } else { "False" };
+    let programmed_reason = if ok { "Programmed" } else { "Invalid" };
+    let programmed_message = if ok {
+        format!("served by pilotfish to the gateway proxies of {ns} labelled gateway.networking.k8s.io/gateway-name={name}")
+    } else {
+        message.clone()
+    };
+    let prev = &seen.status["conditions"];
+    let listeners: Vec<serde_json::Value> = g
+        .listeners
+        .iter()
+        .map(|l| {
+            let bound = format!("{ns}/{}", format_args!("{name}:{}", l.name));
+            let attached = w
+                .virtual_services
+                .iter()
+                .filter(|v| v.key.kind == Kind::HttpRoute && v.gateways.contains(&bound))
+                .count();
+            let lprev = seen.status["listeners"]
+                .as_array()
+                .and_then(|ls| ls.iter().find(|x| x["name"] == l.name.as_str()))
+                .map(|x| x["conditions"].clone())
+                .unwrap_or_default();
+            json!({
+                "name": l.name,
+                "supportedKinds": [{"group": GATEWAY_API, "kind": "HTTPRoute"}],
+                "attachedRoutes": attached,
+                "conditions": [
+                    cond(&lprev, "Accepted", st, if ok { "Accepted" } else { "Invalid" }, &message),
+                    cond(&lprev, "Programmed", st, programmed_reason, &programmed_message),
+                    cond(&lprev, "ResolvedRefs", st, if ok { "ResolvedRefs" } else { "Invalid" }, &message),
+                ],
+            })
+        })
+        .collect();
+    Some(json!({
+        "conditions": [
+            cond(prev, "Accepted", &accepted, &reason, &message),
+            cond(prev, "Programmed", st, programmed_reason, &programmed_message),
+        ],
+        "listeners": listeners,
+    }))
 }
