@@ -275,50 +275,37 @@ fn ingress_gateway_serves_http_https_mutual_and_passthrough() {
 
     // MUTUAL: no client certificate, or one without the accepted SAN, is refused; the
     // partner's certificate passes.
-    let url = "https://partner.example.com:9443/";
-    let hp = "partner.example.com:9443";
-    let with_cert = |who: &str| {
-        let (c, k) = (
-            s(&certs.join(format!("{who}.crt"))),
-            s(&certs.join(format!("{who}.key"))),
-        );
-        call(
-            &client,
-            &gw,
-            url,
-            hp,
-            &["--cacert", &cacert, "--cert", &c, "--key", &k],
-        )
+    // `who`'s client certificate (None: none) to the server of `host_port`.
+    let with_cert = |host_port: &str, who: Option<&str>| {
+        let url = format!("https://{host_port}/");
+        let mut args = vec!["--cacert".to_string(), cacert.clone()];
+        if let Some(who) = who {
+            args.extend([
+                "--cert".to_string(),
+                s(&certs.join(format!("{who}.crt"))),
+                "--key".to_string(),
+                s(&certs.join(format!("{who}.key"))),
+            ]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        call(&client, &gw, &url, host_port, &args)
     };
-    let (code, body) = call(&client, &gw, url, hp, &["--cacert", &cacert]);
+    let hp = "partner.example.com:9443";
+    let (code, body) = with_cert(hp, None);
     assert_ne!(code, 200, "no client certificate: {body}");
-    let (code, body) = with_cert("stranger");
+    let (code, body) = with_cert(hp, Some("stranger"));
     assert_ne!(code, 200, "a certificate without the SAN: {body}");
-    let (code, body) = with_cert("partner");
+    let (code, body) = with_cert(hp, Some("partner"));
     assert_eq!(code, 200, "the partner's certificate: {body}");
 
     // OPTIONAL_MUTUAL: without a certificate the client is let in; a certificate it does
     // present is verified against the CA.
-    let url = "https://optional.example.com:9444/";
     let hp = "optional.example.com:9444";
-    let with_cert = |who: &str| {
-        let (c, k) = (
-            s(&certs.join(format!("{who}.crt"))),
-            s(&certs.join(format!("{who}.key"))),
-        );
-        call(
-            &client,
-            &gw,
-            url,
-            hp,
-            &["--cacert", &cacert, "--cert", &c, "--key", &k],
-        )
-    };
-    let (code, body) = call(&client, &gw, url, hp, &["--cacert", &cacert]);
+    let (code, body) = with_cert(hp, None);
     assert_eq!(code, 200, "optional: no client certificate: {body}");
-    let (code, body) = with_cert("partner");
+    let (code, body) = with_cert(hp, Some("partner"));
     assert_eq!(code, 200, "optional: a certificate of the CA: {body}");
-    let (code, body) = with_cert("rogue");
+    let (code, body) = with_cert(hp, Some("rogue"));
     assert_ne!(code, 200, "optional: a certificate of another CA: {body}");
 
     // PASSTHROUGH: the backend's own certificate (verified for its name) answers, so the
@@ -434,28 +421,12 @@ fn egress_gateway_originates_tls_under_registry_only() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let meshcfg = tempfile::tempdir().unwrap();
-    write(
-        meshcfg.path(),
-        "mesh.yaml",
-        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
-    );
     write(
         dir.path(),
         "egress.yaml",
         &egress_config(&mesh, &certs.join("ca.pem"), true),
     );
-    let mesh_file = meshcfg.path().join("mesh.yaml");
-    let cp = ControlPlane::start_with(
-        &mesh,
-        dir.path(),
-        &[
-            "--debounce-ms",
-            "50",
-            "--mesh-config",
-            mesh_file.to_str().unwrap(),
-        ],
-    );
+    let (cp, _meshcfg) = registry_only(&mesh, dir.path());
     assert_eq!(support::config_errors(&cp), serde_json::json!([]));
     let ext = mesh.start_pod(tls_app("external", 13, &certs, "ext"));
     let egw = mesh.start_pod(
@@ -655,6 +626,29 @@ fn write_certs(mesh: &Mesh, files: &[(&str, &str)]) -> std::path::PathBuf {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
     }
     certs
+}
+
+/// pilotfish on `config` with the mesh's outbound policy REGISTRY_ONLY (the mesh config's
+/// directory is returned: it must live as long as pilotfish).
+fn registry_only(mesh: &Mesh, config: &Path) -> (ControlPlane, tempfile::TempDir) {
+    let meshcfg = tempfile::tempdir().unwrap();
+    write(
+        meshcfg.path(),
+        "mesh.yaml",
+        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
+    );
+    let mesh_file = meshcfg.path().join("mesh.yaml");
+    let cp = ControlPlane::start_with(
+        mesh,
+        config,
+        &[
+            "--debounce-ms",
+            "50",
+            "--mesh-config",
+            mesh_file.to_str().unwrap(),
+        ],
+    );
+    (cp, meshcfg)
 }
 
 /// A pod outside the mesh whose app also serves HTTPS on 8443 with `<stem>.crt/.key`.
@@ -959,12 +953,6 @@ fn sidecar_routes_tls_by_sni() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let meshcfg = tempfile::tempdir().unwrap();
-    write(
-        meshcfg.path(),
-        "mesh.yaml",
-        "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n",
-    );
     let config = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.example]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 8443, name: tls, protocol: TLS}}]\n  endpoints: [{{address: {v1}}}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure-v2}}\nspec:\n  hosts: [secure-v2.example]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 8443, name: tls, protocol: TLS}}]\n  endpoints: [{{address: {v2}}}]\n---\n\
@@ -973,17 +961,7 @@ fn sidecar_routes_tls_by_sni() {
         v2 = mesh.addr(14),
     );
     write(dir.path(), "tls.yaml", &config);
-    let mesh_file = meshcfg.path().join("mesh.yaml");
-    let cp = ControlPlane::start_with(
-        &mesh,
-        dir.path(),
-        &[
-            "--debounce-ms",
-            "50",
-            "--mesh-config",
-            mesh_file.to_str().unwrap(),
-        ],
-    );
+    let (cp, _meshcfg) = registry_only(&mesh, dir.path());
     assert_eq!(support::config_errors(&cp), serde_json::json!([]));
     let _v1 = mesh.start_pod(tls_app("v1", 13, &certs, "s"));
     let _v2 = mesh.start_pod(tls_app("v2", 14, &certs, "s"));

@@ -658,6 +658,17 @@ pub struct KubeSource {
     pub remotes: Arc<crate::source::remote_secrets::Remotes>,
 }
 
+/// A wake-up for the config loop (an empty change event), for watchers on other threads.
+fn waker(tx: &std::sync::mpsc::Sender<Option<Vec<PathBuf>>>) -> Arc<dyn Fn() + Send + Sync> {
+    let tx = std::sync::Mutex::new(tx.clone());
+    Arc::new(move || {
+        let _ = tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Some(vec![]));
+    })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn config_loop(
     dir: PathBuf,
@@ -678,13 +689,7 @@ fn config_loop(
     let mut secret_remotes = None;
     let kube = kube_source.map(|k| {
         let pending = k.pending;
-        let tx = std::sync::Mutex::new(ev_tx.clone());
-        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Some(vec![]));
-        });
+        let wake = waker(&ev_tx);
         let (ns, named) = k.remote_secrets;
         k.runtime.spawn(crate::source::remote_secrets::watch(
             k.client.clone(),
@@ -702,13 +707,7 @@ fn config_loop(
     // Remote clusters' watchers wake the loop too; their registries do not hold serving
     // back (as istiod goes on without a remote cluster it cannot reach).
     for r in &remote_kube {
-        let tx = std::sync::Mutex::new(ev_tx.clone());
-        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            let _ = tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Some(vec![]));
-        });
+        let wake = waker(&ev_tx);
         runtime.spawn(crate::source::kube::run_kinds(
             r.client.clone(),
             r.pending.clone(),
@@ -788,37 +787,27 @@ fn config_loop(
                 if let Some(k) = &kube {
                     any |= apply_kube(&mut index, &mut kube_applied, k, k.take(), None);
                 }
-                for r in &remote_kube {
-                    let batch = r.pending.take();
-                    any |= apply_kube(
-                        &mut index,
-                        &mut kube_applied,
-                        &r.pending,
-                        batch,
-                        Some(&r.cluster),
-                    );
+                // Remote clusters: from flags, and from remote Secrets (a dropped
+                // cluster's objects go with it).
+                let (live, gone) = match &secret_remotes {
+                    Some(rs) => rs.take(),
+                    None => Default::default(),
+                };
+                for name in gone {
+                    let prefix = crate::source::kube::Pending::remote(&name)
+                        .prefix()
+                        .to_string();
+                    for unit in index.file_names(&prefix) {
+                        any |= remove_unit(&mut index, &mut kube_applied, &unit);
+                    }
                 }
-                if let Some(rs) = &secret_remotes {
-                    let (live, gone) = rs.take();
-                    // A dropped cluster's objects go with it.
-                    for name in gone {
-                        let prefix = crate::source::kube::Pending::remote(&name)
-                            .prefix()
-                            .to_string();
-                        for unit in index.file_names(&prefix) {
-                            any |= remove_unit(&mut index, &mut kube_applied, &unit);
-                        }
-                    }
-                    for r in live {
-                        let batch = r.pending.take();
-                        any |= apply_kube(
-                            &mut index,
-                            &mut kube_applied,
-                            &r.pending,
-                            batch,
-                            Some(&r.cluster),
-                        );
-                    }
+                let remotes = remote_kube
+                    .iter()
+                    .map(|r| (&r.cluster, &r.pending))
+                    .chain(live.iter().map(|r| (&r.cluster, &r.pending)));
+                for (cluster, pending) in remotes {
+                    let batch = pending.take();
+                    any |= apply_kube(&mut index, &mut kube_applied, pending, batch, Some(cluster));
                 }
                 let t_read = t0.elapsed();
                 let unsynced = kube.as_ref().is_some_and(|k| !k.synced());

@@ -60,15 +60,7 @@ fn label_index(objects: &Objects) -> std::collections::HashMap<(&str, &str, &str
 
 impl<'a> Ctx<'a> {
     fn err(&mut self, r: &Resource, field: impl Into<String>, reason: impl Into<String>) {
-        self.bad.push((
-            r.key.clone(),
-            ConfigError {
-                file: r.origin.clone(),
-                object: r.key.to_string(),
-                field: field.into(),
-                reason: reason.into(),
-            },
-        ));
+        self.bad.push(super::blame(r, field, reason));
     }
     fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &'a Arc<Resource>> + 'a {
         of_kind(self.objects, kind)

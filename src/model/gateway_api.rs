@@ -24,20 +24,15 @@ pub struct Converted {
     pub errors: Vec<(ObjectKey, ConfigError)>,
 }
 
-fn error(
-    r: &Resource,
-    field: impl Into<String>,
-    reason: impl Into<String>,
-) -> (ObjectKey, ConfigError) {
-    (
-        r.key.clone(),
-        ConfigError {
-            file: r.origin.clone(),
-            object: r.key.to_string(),
-            field: field.into(),
-            reason: reason.into(),
-        },
-    )
+use super::blame as error;
+
+/// Which namespaces' routes a listener takes: `Same` (the default) or `All`.
+fn routes_from(l: &crate::api::gateway_api::Listener) -> &str {
+    l.allowed_routes
+        .as_ref()
+        .and_then(|a| a.namespaces.as_ref())
+        .and_then(|n| n.from.as_deref())
+        .unwrap_or("Same")
 }
 
 /// `pattern` (a host, `*.suffix` a wildcard) and `host` can name the same host.
@@ -71,13 +66,7 @@ pub fn convert<'a>(
         }
         ours.insert((r.key.namespace.clone(), r.key.name.clone()), g);
         for l in &g.listeners {
-            let from = l
-                .allowed_routes
-                .as_ref()
-                .and_then(|a| a.namespaces.as_ref())
-                .and_then(|n| n.from.as_deref())
-                .unwrap_or("Same");
-            let ns = if from == "All" { "*" } else { "." };
+            let ns = if routes_from(l) == "All" { "*" } else { "." };
             let host = l.hostname.as_deref().unwrap_or("*");
             let tls = (l.protocol == "HTTPS").then(|| net::ServerTlsSettings {
                 mode: Some("SIMPLE".into()),
@@ -126,12 +115,7 @@ pub fn convert<'a>(
             };
             let before = bound.len();
             for l in &g.listeners {
-                let from = l
-                    .allowed_routes
-                    .as_ref()
-                    .and_then(|a| a.namespaces.as_ref())
-                    .and_then(|n| n.from.as_deref())
-                    .unwrap_or("Same");
+                let from = routes_from(l);
                 let accepts = p.section_name.as_ref().is_none_or(|s| *s == l.name)
                     && p.port.is_none_or(|port| port == l.port)
                     && (from == "All" || gw_ns == *ns)

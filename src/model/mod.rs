@@ -424,6 +424,23 @@ pub struct Endpoint {
     pub network: String,
 }
 
+/// A config error on `r` (its file and name) at `field`, with the object to blame.
+pub(crate) fn blame(
+    r: &Resource,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> (ObjectKey, ConfigError) {
+    (
+        r.key.clone(),
+        ConfigError {
+            file: r.origin.clone(),
+            object: r.key.to_string(),
+            field: field.into(),
+            reason: reason.into(),
+        },
+    )
+}
+
 /// Where a proxy's endpoints are computed from (see `World::locality_class`): its
 /// locality (`region/zone/subzone`) and its values of the `failoverPriority` label keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
