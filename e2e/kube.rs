@@ -1352,6 +1352,47 @@ fn the_charts_rbac_is_enough_for_pilotfish() {
         ])
         .stdout;
     assert_eq!(attached.trim(), "1");
+    // The HTTPRoute's parent entry: accepted, its backend resolved.
+    let route_cond = |kind: &str| {
+        api.kubectl(&[
+            "get",
+            "httproutes.gateway.networking.k8s.io",
+            "web",
+            "-o",
+            &format!("jsonpath={{.status.parents[?(@.controllerName==\"pilotfish.dev/gateway-controller\")].conditions[?(@.type==\"{kind}\")].status}}"),
+        ])
+        .stdout
+    };
+    assert!(
+        wait_until(READY, || route_cond("Accepted") == "True"),
+        "HTTPRoute status: {}",
+        api.kubectl(&[
+            "get",
+            "httproutes.gateway.networking.k8s.io",
+            "web",
+            "-o",
+            "yaml"
+        ])
+        .stdout
+    );
+    assert_eq!(route_cond("ResolvedRefs"), "True");
+    // A backend that does not exist: ResolvedRefs goes False (the last good route stays).
+    let o = api.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: web, namespace: default}\nspec:\n  parentRefs: [{name: web}]\n  rules: [{backendRefs: [{name: nothere, port: 9080}]}]\n",
+    );
+    assert!(o.ok(), "{}", o.describe());
+    assert!(
+        wait_until(READY, || route_cond("ResolvedRefs") == "False"),
+        "HTTPRoute status: {}",
+        api.kubectl(&[
+            "get",
+            "httproutes.gateway.networking.k8s.io",
+            "web",
+            "-o",
+            "yaml"
+        ])
+        .stdout
+    );
     let theirs = api
         .kubectl(&[
             "get",

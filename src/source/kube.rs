@@ -226,9 +226,8 @@ async fn watch_kind(
         .boxed();
     // Objects of a relist in progress.
     let mut listing: Option<Vec<(String, String)>> = None;
-    // Objects whose status pilotfish writes: Istio's, and the Gateway API's Gateways.
-    let istio = ar.group.ends_with("istio.io")
-        || (ar.group == "gateway.networking.k8s.io" && ar.kind == "Gateway");
+    // Objects whose status pilotfish writes: Istio's and the Gateway API's.
+    let istio = ar.group.ends_with("istio.io") || ar.group == "gateway.networking.k8s.io";
     let optional = ar.group == "gateway.networking.k8s.io";
     let mut relisted_istio = BTreeMap::new();
     let mut failing = false;

@@ -118,7 +118,7 @@ pub async fn keep(
 ) {
     let resources: BTreeMap<String, ApiResource> = KINDS
         .iter()
-        .filter(|(g, _, k)| g.ends_with("istio.io") || (*g == GATEWAY_API && *k == "Gateway"))
+        .filter(|(g, _, _)| g.ends_with("istio.io") || *g == GATEWAY_API)
         .map(|(g, v, k)| {
             (
                 super::kube::kind_id(g, k),
@@ -153,8 +153,14 @@ pub async fn keep(
                 continue;
             };
             if ar.group == GATEWAY_API {
-                // A Gateway of one of pilotfish's classes: its whole status.
-                let Some(want) = gateway_status(&p, &unit, ns, name, &seen) else {
+                // A Gateway of one of pilotfish's classes: its whole status; an HTTPRoute:
+                // its parents that are such Gateways (other controllers' entries kept).
+                let want = if ar.kind == "Gateway" {
+                    gateway_status(&p, &unit, ns, name, &seen)
+                } else {
+                    route_status(&p, &unit, ns, name, &seen)
+                };
+                let Some(want) = want else {
                     continue;
                 };
                 if without_times(&want) == without_times(&seen.status) {
@@ -343,4 +349,127 @@ pub fn gateway_status(
         ],
         "listeners": listeners,
     }))
+}
+
+/// The controller name pilotfish writes on the HTTPRoute parents it handles.
+pub const CONTROLLER: &str = "pilotfish.dev/gateway-controller";
+
+/// The status pilotfish wants on an HTTPRoute: for each parent that is a Gateway of its
+/// classes, `Accepted` (a listener takes it) and `ResolvedRefs` (its backends exist); the
+/// parents other controllers wrote stay. None when it has no such parent, or has never
+/// been valid (nothing is known of its parents).
+pub fn route_status(
+    p: &Published,
+    unit: &str,
+    ns: &str,
+    name: &str,
+    seen: &Seen,
+) -> Option<serde_json::Value> {
+    use crate::api::{Kind, ObjectKey, Spec};
+    let w = &p.gen.world;
+    let key = |kind, ns: &str, name: &str| ObjectKey {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    };
+    let obj = w.objects.get(&key(Kind::HttpRoute, ns, name))?;
+    let Spec::HttpRoute(r) = &obj.spec else {
+        return None;
+    };
+    let errors: Vec<&crate::api::ConfigError> =
+        w.errors.iter().filter(|e| e.file == unit).collect();
+    let now = k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let prev_parents = seen.status["parents"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut parents: Vec<serde_json::Value> = prev_parents
+        .iter()
+        .filter(|x| x["controllerName"] != CONTROLLER)
+        .cloned()
+        .collect();
+    let mut ours = 0;
+    for (i, pr) in r.parent_refs.iter().enumerate() {
+        let gw_ns = pr.namespace.as_deref().unwrap_or(ns);
+        let Some(gw) = w.objects.get(&key(Kind::KubeGateway, gw_ns, &pr.name)) else {
+            continue;
+        };
+        let Spec::KubeGateway(g) = &gw.spec else {
+            continue;
+        };
+        if !crate::model::gateway_api::CLASSES.contains(&g.gateway_class_name.as_str()) {
+            continue;
+        }
+        ours += 1;
+        let field = format!("spec.parentRefs[{i}]");
+        let parent_err = errors.iter().find(|e| e.field.starts_with(&field));
+        let ref_err = errors.iter().find(|e| e.field.contains("backendRefs"));
+        let other_err = errors
+            .iter()
+            .find(|e| !e.field.starts_with("spec.parentRefs") && !e.field.contains("backendRefs"));
+        let (accepted, a_reason, a_msg) = match (parent_err, other_err) {
+            (Some(e), _) => ("False", "NoMatchingParent", e.reason.clone()),
+            (None, Some(e)) => ("False", "Invalid", format!("{}: {}", e.field, e.reason)),
+            (None, None) => ("True", "Accepted", "served by pilotfish".to_string()),
+        };
+        let (resolved, r_reason, r_msg) = match ref_err {
+            Some(e) => (
+                "False",
+                "BackendNotFound",
+                format!("{}: {}", e.field, e.reason),
+            ),
+            None => ("True", "ResolvedRefs", "every backend exists".to_string()),
+        };
+        // As the API server stores it (the CRD defaults group and kind).
+        let mut parent_ref = json!({
+            "group": pr.group.as_deref().unwrap_or(GATEWAY_API),
+            "kind": pr.kind.as_deref().unwrap_or("Gateway"),
+            "name": pr.name,
+        });
+        if let Some(n) = &pr.namespace {
+            parent_ref["namespace"] = json!(n);
+        }
+        if let Some(sn) = &pr.section_name {
+            parent_ref["sectionName"] = json!(sn);
+        }
+        if let Some(port) = pr.port {
+            parent_ref["port"] = json!(port);
+        }
+        let prev = prev_parents
+            .iter()
+            .find(|x| x["controllerName"] == CONTROLLER && x["parentRef"] == parent_ref)
+            .map(|x| x["conditions"].clone())
+            .unwrap_or_default();
+        let cond = |kind: &str, status: &str, reason: &str, message: &str| {
+            let since = prev
+                .as_array()
+                .and_then(|cs| {
+                    cs.iter()
+                        .find(|c| c["type"] == kind && c["status"] == status)
+                })
+                .and_then(|c| c["lastTransitionTime"].as_str())
+                .map(String::from)
+                .unwrap_or_else(|| now.clone());
+            json!({
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "observedGeneration": seen.generation,
+                "lastTransitionTime": since,
+            })
+        };
+        parents.push(json!({
+            "parentRef": parent_ref,
+            "controllerName": CONTROLLER,
+            "conditions": [
+                cond("Accepted", accepted, a_reason, &a_msg),
+                cond("ResolvedRefs", resolved, r_reason, &r_msg),
+            ],
+        }));
+    }
+    (ours > 0).then(|| json!({ "parents": parents }))
 }
