@@ -48,23 +48,28 @@ impl ControlPlane {
         config_dir: &Path,
         extra_args: &[&str],
     ) -> Result<ControlPlane, String> {
-        let gw = mesh.gateway();
-        let xds = format!("{gw}:{}", free_port(gw));
-        let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
-        let mut cp = Self::new(&xds, &http, config_dir, extra_args, Some(mesh.dir()));
-        cp.mesh_pids = Some(mesh.n());
-        cp.spawn_and_wait()?;
-        if let Some(pid) = cp.pid() {
-            register_pid(mesh.n(), pid);
-        }
-        Ok(cp)
+        retry_taken_ports(|| {
+            let gw = mesh.gateway();
+            let xds = format!("{gw}:{}", free_port(gw));
+            let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+            let mut cp = Self::new(&xds, &http, config_dir, extra_args, Some(mesh.dir()));
+            cp.mesh_pids = Some(mesh.n());
+            cp.spawn_and_wait()?;
+            if let Some(pid) = cp.pid() {
+                register_pid(mesh.n(), pid);
+            }
+            Ok(cp)
+        })
     }
 
     /// A control plane on loopback only (no mesh): xDS and HTTP on 127.0.0.1 free ports.
     pub fn start_local(config_dir: &Path, extra_args: &[&str]) -> ControlPlane {
-        let xds = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
-        let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
-        Self::try_start_at(&xds, &http, config_dir, extra_args).unwrap_or_else(|e| panic!("{e}"))
+        retry_taken_ports(|| {
+            let xds = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+            let http = format!("127.0.0.1:{}", free_port(Ipv4Addr::LOCALHOST));
+            Self::try_start_at(&xds, &http, config_dir, extra_args)
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Like `start_local`, but returns as soon as the debug port answers, ready or not (for
@@ -345,4 +350,21 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("{addr}{path}: not an HTTP answer: {head:.200}"))?;
     Ok((status, body.to_string()))
+}
+
+/// Starts with `start`, again (on new ports) when a port picked free was taken by another
+/// test before pilotfish bound it.
+fn retry_taken_ports(
+    mut start: impl FnMut() -> Result<ControlPlane, String>,
+) -> Result<ControlPlane, String> {
+    let mut attempt = 0;
+    loop {
+        match start() {
+            Err(e) if attempt < 3 && e.contains("ddress already in use") => {
+                attempt += 1;
+                eprintln!("=== harness: a picked port was taken meanwhile; starting again ===");
+            }
+            r => return r,
+        }
+    }
 }
