@@ -1723,6 +1723,27 @@ fn remote_cluster_registry_from_its_api_server() {
         endpoints_of(&cp, host),
         cp.log_tail(20)
     );
+    // /debug/clusterz: where c2 comes from, its network, its watches listed, what it gives.
+    let (_, text) = cp.get("/debug/clusterz").unwrap();
+    let clusters: Value = serde_json::from_str(&text).unwrap();
+    let c2 = &clusters[0];
+    assert_eq!(
+        (
+            &c2["name"],
+            &c2["source"],
+            &c2["network"],
+            &c2["synced"],
+            &c2["endpoints"]
+        ),
+        (
+            &serde_json::json!("c2"),
+            &serde_json::json!("kubeconfig"),
+            &serde_json::json!("n2"),
+            &serde_json::json!(true),
+            &serde_json::json!(1)
+        ),
+        "{text}"
+    );
     // The remote cluster's routing config is not read.
     let (objects, errors) = served(&cp);
     assert!(
@@ -1805,7 +1826,15 @@ fn remote_secret_adds_and_removes_a_cluster() {
         endpoints_of(&cp, host),
         cp.log_tail(20)
     );
-    // The kubeconfig never shows on the debug pages.
+    // The kubeconfig never shows on the debug pages; the cluster does, on /debug/clusterz.
+    let (_, clusters) = cp.get("/debug/clusterz").unwrap_or_default();
+    assert!(
+        clusters.contains("\"remote secret\"") && clusters.contains("\"c2\""),
+        "{clusters}"
+    );
+    for leaked in ["certificate-authority", "token", "client-key"] {
+        assert!(!clusters.contains(leaked), "{leaked} on /debug/clusterz");
+    }
     let (_, body) = cp.get("/debug/configz").unwrap_or_default();
     assert!(
         !body.contains("istio-remote-secret"),

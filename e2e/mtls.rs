@@ -101,6 +101,7 @@ fn assert_no_leaks(bed: &Bed, tokens: &[String]) {
         "/debug/configz",
         "/debug/registryz",
         "/debug/endpointz",
+        "/debug/clusterz",
         "/debug/push_status",
         "/debug/certz",
         "/debug/config_dump?proxyID=a",

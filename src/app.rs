@@ -979,14 +979,21 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         None
     };
     // Remote clusters read from their API servers (registry kinds only).
+    let secret_remotes: Arc<crate::source::remote_secrets::Remotes> = Default::default();
+    let mut remote_view = crate::debug::RemoteView {
+        flags: remotes.iter().map(|r| (r.clone(), None)).collect(),
+        secrets: kube.is_some().then(|| secret_remotes.clone()),
+    };
     let mut remote_sources = Vec::new();
     for r in kube_remotes {
         let path = r.kubeconfig.clone().unwrap_or_default();
         let client = kube_client(Some(&path))
             .await
             .with_context(|| format!("--remote-cluster {}", r.name))?;
+        let pending = Arc::new(crate::source::kube::Pending::remote(&r.name));
+        remote_view.flags.push((r.clone(), Some(pending.clone())));
         remote_sources.push(RemoteKube {
-            pending: Arc::new(crate::source::kube::Pending::remote(&r.name)),
+            pending,
             cluster: r,
             client,
         });
@@ -1000,7 +1007,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
             a.ca.system_namespace.clone(),
             a.remote_clusters.iter().map(|r| r.name.clone()).collect(),
         ),
-        remotes: Default::default(),
+        remotes: secret_remotes.clone(),
     });
     if !matches!(a.webhook_failure_policy.as_str(), "Fail" | "Ignore") {
         anyhow::bail!(
@@ -1144,6 +1151,7 @@ async fn run(a: ServeArgs) -> anyhow::Result<()> {
         conns,
         ca: Some(ca.clone()),
         telemetry: Some(telemetry.clone()),
+        remotes: Arc::new(remote_view),
     });
     // Hand freed memory back to the kernel now and then (see `mem`).
     tokio::spawn(async {

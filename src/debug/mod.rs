@@ -29,6 +29,19 @@ pub struct DebugState {
     pub token: Option<Arc<str>>,
     /// Paths open without the token (`/ready`, `/healthz`, `/metrics` by default).
     pub open_paths: Arc<Vec<String>>,
+    /// Remote clusters: those given with `--remote-cluster` (with their watches' state
+    /// when read from an API server) and those of remote Secrets.
+    pub remotes: Arc<RemoteView>,
+}
+
+/// What `/debug/clusterz` shows of remote clusters.
+#[derive(Default)]
+pub struct RemoteView {
+    pub flags: Vec<(
+        crate::model::remote::RemoteCluster,
+        Option<Arc<crate::source::kube::Pending>>,
+    )>,
+    pub secrets: Option<Arc<crate::source::remote_secrets::Remotes>>,
 }
 
 pub fn router(state: DebugState) -> Router {
@@ -42,6 +55,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/configz", get(configz))
         .route("/debug/registryz", get(registryz))
         .route("/debug/endpointz", get(endpointz))
+        .route("/debug/clusterz", get(clusterz))
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/push_status", get(push_status))
         .route("/debug/certz", get(certz))
@@ -221,7 +235,7 @@ async fn certz(State(s): State<DebugState>) -> Json<serde_json::Value> {
 async fn index() -> Json<serde_json::Value> {
     Json(json!({"endpoints": [
         "/ready", "/metrics", "/debug/syncz", "/debug/adsz", "/debug/configz", "/debug/registryz",
-        "/debug/endpointz", "/debug/config_dump?proxyID=", "/debug/push_status", "/debug/certz",
+        "/debug/endpointz", "/debug/clusterz", "/debug/config_dump?proxyID=", "/debug/push_status", "/debug/certz",
         "/debug/authorizationz?proxyID="
     ]}))
 }
@@ -376,6 +390,65 @@ async fn endpointz(State(s): State<DebugState>) -> Response {
         .map(|s| json!({"hostname": s.hostname, "endpoints": s.endpoints}))
         .collect();
     Json(json!(svcs)).into_response()
+}
+
+/// Remote clusters: where each is read from, its network, which of its kinds have listed
+/// (an API server's), and what of it is served (objects, endpoints). Never a kubeconfig.
+async fn clusterz(State(s): State<DebugState>) -> Response {
+    let p = match published(&s) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let w = &p.gen.world;
+    let served = |name: &str| {
+        let suffix = format!("@{name}");
+        let objects = w
+            .objects
+            .keys()
+            .filter(|k| k.name.ends_with(&suffix))
+            .count();
+        let endpoints = w
+            .services
+            .values()
+            .flat_map(|svc| &svc.endpoints)
+            .filter(|e| e.origin.ends_with(&suffix))
+            .count();
+        (objects, endpoints)
+    };
+    let kinds = crate::source::kube::REMOTE_KINDS;
+    let row = |c: &crate::model::remote::RemoteCluster,
+               source: &str,
+               pending: Option<&crate::source::kube::Pending>| {
+        let (objects, endpoints) = served(&c.name);
+        let synced = pending.map(|p| p.synced_kinds());
+        json!({
+            "name": c.name,
+            "source": source,
+            "network": c.network,
+            "synced_kinds": synced,
+            "synced": pending.map(|p| p.synced_all(kinds)),
+            "objects": objects,
+            "endpoints": endpoints,
+        })
+    };
+    let mut out: Vec<serde_json::Value> = s
+        .remotes
+        .flags
+        .iter()
+        .map(|(c, pending)| {
+            let source = match &c.kubeconfig {
+                Some(_) => "kubeconfig".to_string(),
+                None => format!("directory {}", c.dir.display()),
+            };
+            row(c, &source, pending.as_deref())
+        })
+        .collect();
+    if let Some(rs) = &s.remotes.secrets {
+        for r in rs.live() {
+            out.push(row(&r.cluster, "remote secret", Some(&r.pending)));
+        }
+    }
+    Json(json!(out)).into_response()
 }
 
 async fn push_status(State(s): State<DebugState>) -> Response {

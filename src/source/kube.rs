@@ -132,6 +132,12 @@ impl Pending {
         format!("{}{kind}/", self.prefix())
     }
 
+    /// The kinds that have listed at least once.
+    pub fn synced_kinds(&self) -> Vec<String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.synced.iter().cloned().collect()
+    }
+
     /// Every kind of `kinds` has listed once.
     pub fn synced_all(&self, kinds: &[(&str, &str, &str)]) -> bool {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -47,6 +47,12 @@ impl Remotes {
         (s.live.values().cloned().collect(), gone)
     }
 
+    /// The clusters being watched.
+    pub fn live(&self) -> Vec<Arc<Remote>> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.live.values().cloned().collect()
+    }
+
     /// Names of the clusters being watched.
     pub fn names(&self) -> Vec<String> {
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
