@@ -1665,21 +1665,42 @@ fn gateway_api_fields_not_translated_are_errors_naming_the_field() {
         "HTTPRoute default/r",
         "spec.parentRefs[0]",
     );
-    // Mesh routing (a Service parent) is refused by name.
+    // Mesh routing (a Service parent, GAMMA): a mesh VirtualService for the Service; what
+    // is not translated is refused by name; a host a VirtualService routes already is an
+    // error on the HTTPRoute.
+    let gamma = |parent: &str| {
+        route("  - backendRefs: [{name: web, port: 8080}]\n").replace(
+            "[{name: gw}]",
+            &format!("[{{kind: Service, group: \"\", name: web{parent}}}]"),
+        )
+    };
+    let w = world(&[("gw.yaml", svc), ("r.yaml", &gamma(""))]);
+    assert!(w.errors.is_empty(), "{}", dump(&w.errors));
+    let vs = w
+        .virtual_services
+        .iter()
+        .find(|v| v.key.name == "r")
+        .unwrap();
+    assert_eq!(vs.hosts, ["web.default.svc.cluster.local"]);
+    assert_eq!(vs.gateways, ["mesh"]);
+    let w = world(&[("gw.yaml", svc), ("r.yaml", &gamma(", port: 8080"))]);
+    one_error(
+        &w.errors,
+        "r.yaml",
+        "HTTPRoute default/r",
+        "spec.parentRefs[0].port",
+    );
+    let istio_vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http: [{route: [{destination: {host: web}}]}]\n";
     let w = world(&[
-        ("gw.yaml", &format!("{svc}{good_gw}")),
-        (
-            "r.yaml",
-            &route("  - backendRefs: [{name: web, port: 8080}]\n")
-                .replace("[{name: gw}]", "[{kind: Service, group: \"\", name: web}]"),
-        ),
+        ("gw.yaml", svc),
+        ("vs.yaml", istio_vs),
+        ("r.yaml", &gamma("")),
     ]);
-    assert!(
-        w.errors
-            .iter()
-            .any(|e| e.field == "spec.parentRefs[0].kind"),
-        "{}",
-        dump(&w.errors)
+    one_error(
+        &w.errors,
+        "r.yaml",
+        "HTTPRoute default/r",
+        "spec.parentRefs",
     );
     // Another controller's Gateway: not ours, no error, nothing served.
     let other = good_gw.replace("gatewayClassName: istio", "gatewayClassName: other");

@@ -1134,3 +1134,55 @@ fn kubernetes_gateway_api_routes_http_and_https() {
     assert_eq!(https("/productpage").1, "productpage");
     assert_eq!(https("/anything").1, "reviews-v2");
 }
+
+/// Mesh routing with the Gateway API (GAMMA): an HTTPRoute whose parent is the Service `b`
+/// routes the sidecars' traffic to b: a header sends it to `b-v2`, the rest to `b-v1`.
+#[test]
+fn gamma_httproute_routes_mesh_traffic() {
+    if !need_root("gateway") {
+        return;
+    }
+    let mesh = Mesh::new();
+    let svc = |name: &str, vip: u8, host: Option<u8>| {
+        let mut y = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: {vip}\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 8080}}]\n---\n",
+            vip = mesh.vip(vip),
+        );
+        if let Some(h) = host {
+            y.push_str(&format!(
+                "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}}}\nspec:\n  address: {addr}\n  labels: {{app: {name}}}\n---\n",
+                addr = mesh.addr(h),
+            ));
+        }
+        y
+    };
+    let config = format!(
+        "{b}{v1}{v2}\
+         apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: b}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: b}}]\n  rules:\n\
+         \x20 - matches: [{{headers: [{{name: x-version, value: v2}}]}}]\n    backendRefs: [{{name: b-v2, port: 8080}}]\n\
+         \x20 - backendRefs: [{{name: b-v1, port: 8080}}]\n",
+        b = svc("b", 0, None),
+        v1 = svc("b-v1", 1, Some(11)),
+        v2 = svc("b-v2", 2, Some(12)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "gamma.yaml", &config);
+    let cp = ControlPlane::start_with(&mesh, dir.path(), &["--debounce-ms", "50"]);
+    assert_eq!(support::config_errors(&cp), serde_json::json!([]));
+    let _v1 = mesh.start_pod(PodSpec::new("b-v1").host(11).control_plane(&cp));
+    let _v2 = mesh.start_pod(PodSpec::new("b-v2").host(12).control_plane(&cp));
+    let a = mesh.start_pod(PodSpec::new("a").host(10).control_plane(&cp));
+    a.hosts(&[("b", &mesh.vip(0).to_string())]);
+    let who = |extra: &[&str]| {
+        let mut args = vec!["-m", "5"];
+        args.extend_from_slice(extra);
+        let (code, body) = a.curl("http://b:8080/", &args);
+        (code, answered_by(&body))
+    };
+    let up = wait_until(READY, || who(&[]).0 == 200);
+    assert!(up, "{:?}\n{}\n{}", who(&[]), cp.log_tail(20), a.logs());
+    for _ in 0..5 {
+        assert_eq!(who(&[]), (200, "b-v1".to_string()));
+        assert_eq!(who(&["-H", "x-version: v2"]), (200, "b-v2".to_string()));
+    }
+}

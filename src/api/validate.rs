@@ -1451,23 +1451,61 @@ fn backend_ref(
 /// An HTTPRoute: what pilotfish translates, and a named error for the rest.
 fn http_route(v: &mut V, r: &super::gateway_api::HttpRouteSpec) {
     if r.parent_refs.is_empty() {
-        v.bad("spec.parentRefs", "at least one parent Gateway is required");
+        v.bad(
+            "spec.parentRefs",
+            "at least one parent (a Gateway or a Service) is required",
+        );
+    }
+    let services = r
+        .parent_refs
+        .iter()
+        .filter(|p| p.kind.as_deref() == Some("Service"))
+        .count();
+    if services > 0 && services < r.parent_refs.len() {
+        v.bad(
+            "spec.parentRefs",
+            "Gateway and Service parents in one HTTPRoute are not supported yet; use two routes",
+        );
     }
     for (i, p) in r.parent_refs.iter().enumerate() {
         let f = format!("spec.parentRefs[{i}]");
         match p.kind.as_deref().unwrap_or("Gateway") {
-            "Gateway" => {}
-            "Service" => v.bad(
+            "Gateway" => {
+                if p.group
+                    .as_deref()
+                    .is_some_and(|g| g != "gateway.networking.k8s.io")
+                {
+                    v.bad(format!("{f}.group"), "gateway.networking.k8s.io");
+                }
+            }
+            // Mesh routing (GAMMA): the Service's own traffic, from every sidecar.
+            "Service" => {
+                if p.group
+                    .as_deref()
+                    .is_some_and(|g| !g.is_empty() && g != "core")
+                {
+                    v.bad(format!("{f}.group"), "\"\" (core) for a Service");
+                }
+                if p.namespace.is_some() {
+                    v.bad(
+                        format!("{f}.namespace"),
+                        "a Service of another namespace (consumer routes) is not supported yet",
+                    );
+                }
+                if p.port.is_some() {
+                    v.bad(format!("{f}.port"), "not supported yet for Service parents");
+                }
+                if p.section_name.is_some() {
+                    v.bad(
+                        format!("{f}.sectionName"),
+                        "not supported yet for Service parents",
+                    );
+                }
+            }
+            k => v.bad(
                 format!("{f}.kind"),
-                "Service parents (mesh routing, GAMMA) are not supported yet; use a VirtualService",
+                format!("{k:?} is not a Gateway or a Service"),
             ),
-            k => v.bad(format!("{f}.kind"), format!("{k:?} is not a Gateway")),
-        }
-        if p.group
-            .as_deref()
-            .is_some_and(|g| g != "gateway.networking.k8s.io")
-        {
-            v.bad(format!("{f}.group"), "gateway.networking.k8s.io");
         }
         if p.name.is_empty() {
             v.bad(format!("{f}.name"), "required");

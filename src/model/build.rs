@@ -271,7 +271,27 @@ pub fn build_world(
         }
     }
 
-    virtual_services.extend(kube.virtual_services);
+    // HTTPRoutes of Services (mesh routing) claim their hosts after the VirtualServices.
+    for v in kube.virtual_services {
+        if let Some((host, by)) = v
+            .hosts
+            .iter()
+            .find_map(|h| claimed.get(h).map(|k| (h.clone(), k.clone())))
+        {
+            if let Some(r) = objects.get(&v.key) {
+                cx.err(
+                    r,
+                    "spec.parentRefs",
+                    format!("host {host} is already routed by {by} (object not served)"),
+                );
+            }
+            continue;
+        }
+        for h in &v.hosts {
+            claimed.insert(h.clone(), v.key.clone());
+        }
+        virtual_services.push(v);
+    }
     let bad = cx.bad;
     let locality_aware = locality_aware(&destination_rules);
     let failover_keys = failover_keys(&destination_rules);

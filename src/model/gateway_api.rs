@@ -107,7 +107,22 @@ pub fn convert<'a>(
         let ns = &r.key.namespace;
         let mut bound = Vec::new();
         let mut bad = Vec::new();
+        // Mesh routing (GAMMA): Service parents are the hosts the sidecars route.
+        let mut mesh_hosts = Vec::new();
         for (i, p) in hr.parent_refs.iter().enumerate() {
+            if p.kind.as_deref() == Some("Service") {
+                let host = format!("{}.{ns}.svc.{domain}", p.name);
+                if services.contains_key(&host) {
+                    mesh_hosts.push(host);
+                } else {
+                    bad.push(error(
+                        r,
+                        format!("spec.parentRefs[{i}]"),
+                        format!("Service {ns}/{} not found", p.name),
+                    ));
+                }
+                continue;
+            }
             let gw_ns = p.namespace.clone().unwrap_or_else(|| ns.clone());
             let Some(g) = ours.get(&(gw_ns.clone(), p.name.clone())) else {
                 // Another controller's Gateway, or none (yet): nothing of ours to bind.
@@ -148,12 +163,27 @@ pub fn convert<'a>(
             out.errors.extend(bad);
             continue;
         }
-        if bound.is_empty() {
-            continue;
-        }
         // The Gateway API's precedence: exact paths, then longer prefixes, then a method,
         // more header matches, more query matches; then rule order.
         http.sort_by(|a, b| a.0.cmp(&b.0));
+        if !mesh_hosts.is_empty() {
+            out.virtual_services.push(Arc::new(VirtualSvc {
+                key: r.key.clone(),
+                hosts: mesh_hosts.clone(),
+                order: Vec::new(),
+                spec: net::VirtualService {
+                    hosts: mesh_hosts,
+                    gateways: vec!["mesh".into()],
+                    http: http.into_iter().map(|(_, h)| h).collect(),
+                    ..Default::default()
+                },
+                gateways: vec!["mesh".into()],
+            }));
+            continue;
+        }
+        if bound.is_empty() {
+            continue;
+        }
         let hosts = if hr.hostnames.is_empty() {
             vec!["*".to_string()]
         } else {
