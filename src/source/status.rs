@@ -194,10 +194,7 @@ pub async fn keep(
             // The transition time moves only when the status does.
             let since = match (&seen.accepted, &seen.last_transition) {
                 (Some(a), Some(t)) if a.0 == want.0 => t.clone(),
-                _ => k8s_openapi::jiff::Timestamp::now()
-                    .round(k8s_openapi::jiff::Unit::Second)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default(),
+                _ => now(),
             };
             let patch = json!({"status": {
                 "observedGeneration": want.3,
@@ -235,6 +232,51 @@ pub async fn keep(
     }
 }
 
+fn object_key(kind: crate::api::Kind, ns: &str, name: &str) -> crate::api::ObjectKey {
+    crate::api::ObjectKey {
+        kind,
+        namespace: ns.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// Now, as a condition's `lastTransitionTime`.
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// A Gateway API condition; its transition time is `prev`'s (the conditions written
+/// before) when that had the same status, else now.
+fn condition(
+    prev: &serde_json::Value,
+    generation: i64,
+    kind: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+) -> serde_json::Value {
+    let since = prev
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["type"] == kind && c["status"] == status)
+        })
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .map(String::from)
+        .unwrap_or_else(now);
+    json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    })
+}
+
 /// A status without its transition times (what a rewrite compares).
 fn without_times(v: &serde_json::Value) -> serde_json::Value {
     match v {
@@ -263,14 +305,9 @@ pub fn gateway_status(
     name: &str,
     seen: &Seen,
 ) -> Option<serde_json::Value> {
-    use crate::api::{Kind, ObjectKey, Spec};
+    use crate::api::{Kind, Spec};
     let w = &p.gen.world;
-    let key = ObjectKey {
-        kind: Kind::KubeGateway,
-        namespace: ns.to_string(),
-        name: name.to_string(),
-    };
-    let obj = w.objects.get(&key)?;
+    let obj = w.objects.get(&object_key(Kind::KubeGateway, ns, name))?;
     let Spec::KubeGateway(g) = &obj.spec else {
         return None;
     };
@@ -282,30 +319,8 @@ pub fn gateway_status(
         (status, reason, message)
     };
     let ok = accepted == "True";
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    // The transition time moves only when a condition's status does.
-    let since = |prev: &serde_json::Value, kind: &str, status: &str| {
-        prev.as_array()
-            .and_then(|cs| {
-                cs.iter()
-                    .find(|c| c["type"] == kind && c["status"] == status)
-            })
-            .and_then(|c| c["lastTransitionTime"].as_str())
-            .map(String::from)
-            .unwrap_or_else(|| now.clone())
-    };
     let cond = |prev: &serde_json::Value, kind: &str, status: &str, reason: &str, message: &str| {
-        json!({
-            "type": kind,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "observedGeneration": seen.generation,
-            "lastTransitionTime": since(prev, kind, status),
-        })
+        condition(prev, seen.generation, kind, status, reason, message)
     };
     let st = if ok { "True" } else { "False" };
     let programmed_reason = if ok { "Programmed" } else { "Invalid" };
@@ -365,23 +380,15 @@ pub fn route_status(
     name: &str,
     seen: &Seen,
 ) -> Option<serde_json::Value> {
-    use crate::api::{Kind, ObjectKey, Spec};
+    use crate::api::{Kind, Spec};
     let w = &p.gen.world;
-    let key = |kind, ns: &str, name: &str| ObjectKey {
-        kind,
-        namespace: ns.to_string(),
-        name: name.to_string(),
-    };
+    let key = object_key;
     let obj = w.objects.get(&key(Kind::HttpRoute, ns, name))?;
     let Spec::HttpRoute(r) = &obj.spec else {
         return None;
     };
     let errors: Vec<&crate::api::ConfigError> =
         w.errors.iter().filter(|e| e.file == unit).collect();
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
     let prev_parents = seen.status["parents"]
         .as_array()
         .cloned()
@@ -444,23 +451,7 @@ pub fn route_status(
             .map(|x| x["conditions"].clone())
             .unwrap_or_default();
         let cond = |kind: &str, status: &str, reason: &str, message: &str| {
-            let since = prev
-                .as_array()
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c["type"] == kind && c["status"] == status)
-                })
-                .and_then(|c| c["lastTransitionTime"].as_str())
-                .map(String::from)
-                .unwrap_or_else(|| now.clone());
-            json!({
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "observedGeneration": seen.generation,
-                "lastTransitionTime": since,
-            })
+            condition(&prev, seen.generation, kind, status, reason, message)
         };
         parents.push(json!({
             "parentRef": parent_ref,
