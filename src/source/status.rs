@@ -152,7 +152,7 @@ pub async fn keep(
             let Some(ar) = resources.get(kind) else {
                 continue;
             };
-            if ar.group == GATEWAY_API {
+            let patch = if ar.group == GATEWAY_API {
                 // A Gateway of one of pilotfish's classes: its whole status; an HTTPRoute:
                 // its parents that are such Gateways (other controllers' entries kept).
                 let want = if ar.kind == "Gateway" {
@@ -166,47 +166,29 @@ pub async fn keep(
                 if without_times(&want) == without_times(&seen.status) {
                     continue;
                 }
-                let api: kube::Api<DynamicObject> =
-                    kube::Api::namespaced_with(client.clone(), ns, ar);
-                match api
-                    .patch_status(
-                        name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&json!({ "status": want })),
-                    )
-                    .await
-                {
-                    Ok(_) => wrote += 1,
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => {
-                        if !failing {
-                            warn!(object = %unit, error = %e, "status write failed; retrying later");
-                        }
-                        failing = true;
-                    }
+                json!({ "status": want })
+            } else {
+                let want = desired(&p, &unit, seen.generation);
+                if seen.accepted.as_ref() == Some(&want) {
+                    continue;
                 }
-                continue;
-            }
-            let want = desired(&p, &unit, seen.generation);
-            if seen.accepted.as_ref() == Some(&want) {
-                continue;
-            }
-            // The transition time moves only when the status does.
-            let since = match (&seen.accepted, &seen.last_transition) {
-                (Some(a), Some(t)) if a.0 == want.0 => t.clone(),
-                _ => now(),
-            };
-            let patch = json!({"status": {
-                "observedGeneration": want.3,
-                "conditions": [{
-                    "type": CONDITION,
-                    "status": want.0,
-                    "reason": want.1,
-                    "message": want.2,
+                // The transition time moves only when the status does.
+                let since = match (&seen.accepted, &seen.last_transition) {
+                    (Some(a), Some(t)) if a.0 == want.0 => t.clone(),
+                    _ => now(),
+                };
+                json!({"status": {
                     "observedGeneration": want.3,
-                    "lastTransitionTime": since,
-                }]
-            }});
+                    "conditions": [{
+                        "type": CONDITION,
+                        "status": want.0,
+                        "reason": want.1,
+                        "message": want.2,
+                        "observedGeneration": want.3,
+                        "lastTransitionTime": since,
+                    }]
+                }})
+            };
             let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(client.clone(), ns, ar);
             match api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
